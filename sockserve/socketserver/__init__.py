@@ -1,0 +1,38 @@
+"""sockserve's socketserver: a framework for network servers, compatible with the stdlib's.
+
+A server is the product of three independent choices:
+
+- the address family: internet (AF_INET, or AF_INET6 by setting `address_family`) or Unix;
+- the socket type: stream (connections) or datagram (packets);
+- the concurrency: synchronous (one request after the other), a thread per request, or a
+  child process per request.
+
+The first two choose one of four concrete classes, in a five-class tree::
+
+    BaseServer
+      └── TCPServer ──────────── UnixStreamServer
+            └── UDPServer ────── UnixDatagramServer
+
+(UnixDatagramServer derives from UDPServer: Unix and IP servers differ only in the family.)
+The third is a mixin, ThreadingMixIn or ForkingMixIn, placed *first* in the bases so that its
+`process_request` replaces the server's: ``class S(ThreadingMixIn, TCPServer): pass``.
+
+A request handler class, instantiated once per request, does the work: subclass
+BaseRequestHandler and override `handle`, or StreamRequestHandler / DatagramRequestHandler to
+get file objects (`rfile`, `wfile`) for either kind of socket.
+
+Where sockserve goes further than the stdlib, it keeps the stdlib's behaviour by default:
+`shutdown()` wakes the loop at once; `ThreadingMixIn.max_threads` bounds the threads;
+`ForkingMixIn` waits for a free child slot on pidfds instead of polling; `dualstack_ipv6`
+lets a server on "::" accept IPv4; errors are logged through `logging`. The Unix and Forking
+classes exist where the platform has AF_UNIX and fork(), all of them on Python 3.11 too.
+"""
+
+from __future__ import annotations
+
+from . import handlers, mixins, servers
+from .handlers import *  # noqa: F403
+from .mixins import *  # noqa: F403
+from .servers import *  # noqa: F403
+
+__all__ = [*servers.__all__, *mixins.__all__, *handlers.__all__]
