@@ -251,7 +251,8 @@ class ThreadingMixIn:
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a new thread (or a pool thread when max_threads is set)."""
         if self.max_threads is not None:
-            if not self._pool().submit((request, client_address), lambda: _shutdown_requested(self)):
+            stop = lambda: _shutdown_requested(self)  # noqa: E731
+            if not self._pool().submit((request, client_address), stop):
                 self.shutdown_request(request)  # type: ignore[attr-defined]
             return
         lock, threads = self._thread_state()
