@@ -143,10 +143,14 @@ class BaseServer:
         self.__is_shut_down.wait()
 
     def _wake(self) -> None:
-        """Make a running `serve_forever` look at its flags now."""
-        with self.__waker_lock:
-            if self.__waker is not None:
-                self.__waker.wake()
+        """Make a running `serve_forever` look at its flags now.
+
+        Takes no lock, so it is safe from a signal handler: a waker closed concurrently just
+        makes the send fail, and the loop is then gone anyway.
+        """
+        waker = self.__waker
+        if waker is not None:
+            waker.wake()
 
     def _wakeup_fd(self) -> int | None:
         """The fd that turns readable when `shutdown()` is called, while the loop runs."""
