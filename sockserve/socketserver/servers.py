@@ -136,11 +136,15 @@ class BaseServer:
         Called from the thread that runs the loop (from a handler in a synchronous server), it
         only asks the loop to stop and returns, since waiting there would never end.
         """
-        self.__shutdown_request = True
-        self._wake()
+        self._request_shutdown()
         if self.__serving_thread == threading.get_ident():
             return
         self.__is_shut_down.wait()
+
+    def _request_shutdown(self) -> None:
+        """Ask the loop to stop without waiting: safe from any thread and signal handlers."""
+        self.__shutdown_request = True
+        self._wake()
 
     def _wake(self) -> None:
         """Make a running `serve_forever` look at its flags now.
