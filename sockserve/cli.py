@@ -1,0 +1,455 @@
+"""The `sockserve` command: click options → ServeConfig → runner.serve.
+
+Parsing errors go through click (usage, one "Invalid value" line, exit 2); a SockserveError
+from deeper down is printed as `sockserve: error: …` plus a hint, with its own exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+from . import __version__
+from .errors import ExitStatus, SockserveError
+
+PROTOCOLS = {
+    "tcp": "TCP stream server (IPv4 or IPv6)",
+    "udp": "UDP datagram server (IPv4 or IPv6)",
+    "unix": "unix domain stream socket (a path, or @name)",
+    "unix-dgram": "unix domain datagram socket (a path, or @name)",
+}
+BUILTIN_NAMES = (
+    "echo",
+    "upper",
+    "discard",
+    "stdout",
+    "stdio",
+    "chargen",
+    "daytime",
+    "time",
+    "reply",
+)
+
+# Which help section each option belongs to, in order.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Address": ("family", "socktype", "reuse_address", "reuse_port", "backlog", "mode"),
+    "Handler": ("handler", "reply", "reply_file", "timeout"),
+    "Concurrency": (
+        "concurrency",
+        "max_threads",
+        "max_children",
+        "workers",
+        "daemon_threads",
+        "block_on_close",
+    ),
+    "Lifecycle": ("once", "max_requests", "grace"),
+    "Output": ("print_address", "json_output", "quiet", "verbose", "color", "traceback"),
+    "Other": ("completion", "version", "help"),
+}
+
+EXAMPLES = """\
+  sockserve tcp :9999                        echo on 127.0.0.1:9999
+  sockserve tcp :9999 -H upper               upper-case what clients send
+  sockserve udp :5140 -H stdout | grep ERR   print received datagrams on stdout
+  sockserve tcp :0 --print-address --once    let the OS pick a port, print it, serve one client
+  sockserve tcp '[::]:8080' -H reply --reply-file response.http
+                                             a canned HTTP reply on all interfaces (v4 and v6)
+  sockserve unix /tmp/app.sock -c fork --max-children 8 -H mypkg.proto:Handler
+  sockserve tcp :7000 -H ./handler.py:Lines --json 2>events.jsonl"""
+
+EXIT_CODES = """\
+  0    stopped cleanly (Ctrl-C, SIGTERM, --once, --max-requests, stdout closed)
+  1    runtime failure (address in use, permission denied, ...)
+  2    usage error (bad option, address or handler)
+  130  forced stop by a second Ctrl-C/SIGTERM"""
+
+
+class HandlerSpecType(click.ParamType):
+    """A builtin name, `module:Class`, `file.py:Class` or `file.py`; completes names and files."""
+
+    name = "HANDLER"
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        items = [CompletionItem(n) for n in BUILTIN_NAMES if n.startswith(incomplete)]
+        if "/" in incomplete or incomplete.startswith(".") or not items:
+            items.append(CompletionItem(incomplete, type="file"))
+        return items
+
+
+class AddressType(click.ParamType):
+    """The address argument; completes paths (for unix sockets)."""
+
+    name = "ADDRESS"
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        proto = ctx.params.get("proto")
+        if proto in ("unix", "unix-dgram"):
+            return [CompletionItem(incomplete, type="file")]
+        if not incomplete:
+            return [CompletionItem(":0"), CompletionItem(":9999"), CompletionItem("127.0.0.1:")]
+        return []
+
+
+class ModeType(click.ParamType):
+    """Octal permission bits such as 600 or 0o660."""
+
+    name = "OCTAL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            self.fail(f"{value!r} is not an octal mode such as 600 or 660", param, ctx)
+        if not 0 <= mode <= 0o777:
+            self.fail(f"{value!r} is outside 000..777", param, ctx)
+        return mode
+
+
+class SockserveCommand(click.Command):
+    """A click command whose help groups options by section and ends with examples."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        by_name = {p.name: p for p in self.get_params(ctx)}
+        args = [
+            (p.human_readable_name, PROTO_HELP if p.name == "proto" else ADDRESS_HELP)
+            for p in self.params
+            if isinstance(p, click.Argument)
+        ]
+        with formatter.section("Arguments"):
+            formatter.write_dl(args)
+        for title, names in SECTIONS.items():
+            rows = []
+            for name in names:
+                param = by_name.get(name)
+                if param is None:
+                    continue
+                record = param.get_help_record(ctx)
+                if record:
+                    rows.append(record)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        formatter.write_text("Examples:")
+        formatter.write(EXAMPLES + "\n")
+        formatter.write_paragraph()
+        formatter.write_text("Exit status:")
+        formatter.write(EXIT_CODES + "\n")
+
+
+PROTO_HELP = "tcp, udp, unix or unix-dgram: the transport (family + socket type)."
+ADDRESS_HELP = (
+    ":PORT (127.0.0.1), HOST:PORT, [V6]:PORT, *:PORT or 0.0.0.0:PORT (all interfaces), "
+    "port 0 to let the OS pick; for unix: a path, or @name (Linux abstract namespace)."
+)
+
+
+def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(value)
+    if cls is None:  # pragma: no cover - Choice guards this
+        raise click.BadParameter(f"unsupported shell {value!r}")
+    comp = cls(main, {}, "sockserve", "_SOCKSERVE_COMPLETE")
+    click.echo(comp.source(), nl=False)
+    ctx.exit(0)
+
+
+def _version_message() -> str:
+    return f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
+
+
+@click.command(
+    cls=SockserveCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=" ",
+)
+@click.argument("proto", type=click.Choice(list(PROTOCOLS)), metavar="PROTO")
+@click.argument("address", type=AddressType())
+@click.option(
+    "--family",
+    type=click.Choice(["inet", "inet6", "unix"]),
+    help="Address family; implied by PROTO and ADDRESS.",
+)
+@click.option(
+    "--type",
+    "socktype",
+    type=click.Choice(["stream", "dgram"]),
+    help="Socket type; implied by PROTO.",
+)
+@click.option(
+    "-H",
+    "--handler",
+    type=HandlerSpecType(),
+    default="echo",
+    show_default=True,
+    help="Builtin name (echo upper discard stdout stdio chargen daytime time reply), "
+    "module:Class, or file.py[:Class].",
+)
+@click.option(
+    "--reply",
+    metavar="TEXT",
+    help="Bytes the reply handler answers with (implies -H reply); \\n, \\r\\n, \\xNN "
+    "escapes are decoded.",
+)
+@click.option(
+    "--reply-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="File the reply handler answers with (implies -H reply).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.Choice(["sync", "thread", "fork", "event"]),
+    help="How requests overlap. [default: thread for streams, sync for datagrams]",
+)
+@click.option(
+    "--max-threads",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Thread mode: at most N handler threads (a pool); accept waits when all busy.",
+)
+@click.option(
+    "--max-children",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Fork mode: at most N live children; new requests wait for one to exit.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Processes serving the same socket (SO_REUSEPORT / shared listener).",
+)
+@click.option(
+    "--daemon-threads/--no-daemon-threads",
+    default=False,
+    show_default=True,
+    help="Thread mode: handler threads do not hold up the exit.",
+)
+@click.option(
+    "--block-on-close/--no-block-on-close",
+    default=True,
+    show_default=True,
+    help="On stop, wait (up to --grace) for in-flight requests.",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=0),
+    default=128,
+    show_default=True,
+    metavar="N",
+    help="Listen queue length (request_queue_size).",
+)
+@click.option(
+    "--reuse-address/--no-reuse-address",
+    default=True,
+    show_default=True,
+    help="Set SO_REUSEADDR, so a restart does not wait for TIME_WAIT.",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    default=False,
+    help="Set SO_REUSEPORT, so several servers can share the port.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Close a connection idle for this long.  [default: never]",
+)
+@click.option("--mode", type=ModeType(), help="Unix socket file permissions, e.g. 600.")
+@click.option("--once", is_flag=True, help="Serve one connection (or datagram), then exit.")
+@click.option(
+    "--max-requests",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Serve N connections (or datagrams), then exit.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On stop, how long in-flight requests may take to finish.",
+)
+@click.option(
+    "--print-address",
+    is_flag=True,
+    help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",
+)
+@click.option(
+    "--json",
+    "json_output",
+    is_flag=True,
+    help="Log events as JSON lines on stderr (listening, connect, close, ...).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("-v", "--verbose", count=True, help="-v: byte counts; -vv: hex dump of traffic.")
+@click.option("--color/--no-color", default=None, help="Force colours on or off. [default: auto]")
+@click.option("--traceback", is_flag=True, help="Show the full traceback of a fatal error.")
+@click.option(
+    "--completion",
+    type=click.Choice(["bash", "zsh", "fish"]),
+    expose_value=False,
+    is_eager=True,
+    callback=_print_completion,
+    help="Print the shell completion script.",
+)
+@click.version_option(__version__, "-V", "--version", message=_version_message())
+def main(**params: Any) -> None:
+    """Serve PROTO on ADDRESS with a handler: a real socket server in one line.
+
+    Listens on loopback unless ADDRESS names another interface. Ctrl-C or SIGTERM stops it
+    gracefully and prints a summary; a second Ctrl-C forces the exit.
+    """
+    traceback = params["traceback"]
+    try:
+        config = build_config(params)
+        reporter = _reporter(params)
+        from .console import setup_logging
+        from .runner import serve
+
+        setup_logging(reporter, params["verbose"])
+        status = serve(config, reporter)
+    except click.exceptions.Exit:
+        raise
+    except click.ClickException:
+        raise
+    except SockserveError as exc:
+        if traceback:
+            raise
+        _fatal(params, exc.message, exc.hint)
+        sys.exit(int(exc.exit_status))
+    _exit(status)
+
+
+def _reporter(params: dict[str, Any]) -> Any:
+    from .console import make_reporter
+
+    return make_reporter(
+        "json" if params["json_output"] else "rich",
+        params["verbose"],
+        params["quiet"],
+        params["color"],
+    )
+
+
+def _fatal(params: dict[str, Any], message: str, hint: str | None) -> None:
+    _reporter(params).fatal(message, hint)
+
+
+def _exit(status: ExitStatus) -> None:
+    """Exit; if a hung non-daemon handler thread would hold the process, leave at once."""
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(status))
+    sys.exit(int(status))
+
+
+def decode_escapes(text: str) -> bytes:
+    """Turn `--reply` text into bytes, decoding \\n, \\r, \\t, \\\\ and \\xNN escapes."""
+    try:
+        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise click.BadParameter(
+            "invalid escape sequence (use \\n, \\r, \\t, \\\\ or \\xNN)", param_hint="--reply"
+        ) from None
+
+
+def build_config(params: dict[str, Any]) -> Any:
+    """Validate the parsed options into a ServeConfig; raises click.BadParameter/UsageError."""
+    from .addresses import parse_address, resolve_transport
+    from .config import ServeConfig, default_concurrency
+    from .errors import UsageError
+    from .loading import check_compatible, load_handler
+
+    try:
+        family, socktype = resolve_transport(params["proto"], params["family"], params["socktype"])
+    except UsageError as exc:
+        raise click.UsageError(_with_hint(exc)) from None
+    try:
+        address = parse_address(params["address"], family)
+    except UsageError as exc:
+        raise click.BadParameter(_with_hint(exc), param_hint="ADDRESS") from None
+    family = address.family
+    concurrency = params["concurrency"] or default_concurrency(socktype)
+
+    spec = params["handler"]
+    reply = decode_escapes(params["reply"]) if params["reply"] is not None else None
+    reply_file = params["reply_file"]
+    source = click.get_current_context().get_parameter_source("handler")
+    if (
+        reply is not None or reply_file is not None
+    ) and source == click.core.ParameterSource.DEFAULT:
+        spec = "reply"
+    if spec == "reply" and reply is None and reply_file is None:
+        raise click.UsageError("-H reply needs --reply TEXT or --reply-file PATH")
+    if spec != "reply" and (reply is not None or reply_file is not None):
+        raise click.UsageError(f"--reply/--reply-file only apply to -H reply, not -H {spec}")
+    try:
+        handler = load_handler(spec)
+        check_compatible(handler, socktype, concurrency)
+    except UsageError as exc:
+        raise click.BadParameter(_with_hint(exc), param_hint="'-H' / '--handler'") from None
+
+    if params["once"] and params["max_requests"]:
+        raise click.UsageError(
+            "cannot combine --once and --max-requests (--once is --max-requests 1)"
+        )
+    try:
+        return ServeConfig(
+            family=family,
+            socktype=socktype,
+            address=address,
+            handler=handler,
+            concurrency=concurrency,
+            max_children=params["max_children"],
+            max_threads=params["max_threads"],
+            daemon_threads=params["daemon_threads"],
+            block_on_close=params["block_on_close"],
+            backlog=params["backlog"],
+            reuse_address=params["reuse_address"],
+            reuse_port=params["reuse_port"],
+            timeout=params["timeout"],
+            mode=params["mode"],
+            reply=reply,
+            reply_file=reply_file,
+            once=params["once"],
+            max_requests=params["max_requests"],
+            grace=params["grace"],
+            workers=params["workers"],
+            print_address=params["print_address"],
+            output="json" if params["json_output"] else "rich",
+            verbosity=params["verbose"],
+            color=params["color"],
+            traceback=params["traceback"],
+        )
+    except UsageError as exc:
+        raise click.UsageError(_with_hint(exc)) from None
+
+
+def _with_hint(exc: SockserveError) -> str:
+    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message

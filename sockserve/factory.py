@@ -1,0 +1,414 @@
+"""Build the server for a ServeConfig: the class (with type()), the handler, the bound socket.
+
+`server_class(family, socktype, concurrency)` composes a framework class at run time:
+``(ToolServerMixIn, ConcurrencyMixIn, BaseServerClass)``. ToolServerMixIn adds what the
+command needs and the stdlib lacks: safe unix socket files (stale ones replaced, live ones and
+non-sockets refused, created with --mode and removed on close), EMFILE back-off in accept,
+idle timeouts, byte counts and events for a Monitor, and a request limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import sys
+import time
+from typing import Any, Protocol
+
+from . import socketserver as ss
+from .config import MAX_DATAGRAM, ServeConfig
+from .errors import EnvironmentProblem, UsageError
+
+logger = logging.getLogger(__name__)
+
+_BASES: dict[tuple[str, str], type[ss.BaseServer]] = {
+    ("inet", "stream"): ss.TCPServer,
+    ("inet6", "stream"): ss.TCPServer,
+    ("inet", "dgram"): ss.UDPServer,
+    ("inet6", "dgram"): ss.UDPServer,
+    ("unix", "stream"): ss.UnixStreamServer,
+    ("unix", "dgram"): ss.UnixDatagramServer,
+}
+_MIXINS: dict[str, type | None] = {
+    "sync": None,
+    "thread": ss.ThreadingMixIn,
+    "fork": getattr(ss, "ForkingMixIn", None),
+    "event": None,  # the event loop runs on the socket this class binds
+}
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Monitor(Protocol):
+    """Receives what the server does; the runner's implementation reports and counts it."""
+
+    wants_data: bool
+
+    def connected(self, client: Any) -> None: ...
+    def record(self, client: Any, received: int, sent: int) -> None: ...
+    def data(self, client: Any, direction: str, data: bytes) -> None: ...
+    def handler_error(self, client: Any, exc: BaseException) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def info(self, message: str) -> None: ...
+
+
+class CountingSocket(socket.socket):
+    """A connected socket that counts the bytes a user's handler receives and sends."""
+
+    received = 0
+    sent = 0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self.received += len(data)
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        n = super().recv_into(buffer, nbytes, flags)
+        self.received += n
+        return n
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        n = super().send(data, flags)
+        self.sent += n
+        return n
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        super().sendall(data, flags)
+        with memoryview(data) as view:
+            self.sent += view.nbytes
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        n = super().sendfile(file, offset, count)
+        self.sent += n
+        return n
+
+
+class _CountingDatagramSocket:
+    """Stands in for the server's datagram socket in one request, counting what is sent."""
+
+    __slots__ = ("_sock", "sent", "client")
+
+    def __init__(self, sock: socket.socket, client: Any) -> None:
+        self._sock = sock
+        self.sent = 0
+        self.client = client
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        n = self._sock.sendto(data, *args)
+        self.sent += n
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class ToolServerMixIn:
+    """What the sockserve command adds to a framework server (see the module docstring)."""
+
+    monitor: Monitor | None = None
+    builtin_handler = False
+    idle_timeout: float | None = None
+    unix_mode: int | None = None
+    request_limit: int | None = None
+    max_packet_size = MAX_DATAGRAM
+    requests_started = 0
+    stop_reason: str | None = None
+    _unix_file: tuple[str, int, int] | None = None
+    _accept_failing_since: float | None = None
+    _accept_backoff = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.active_requests: set[Any] = set()  # connections being handled, for an abort
+        super().__init__(*args, **kwargs)
+
+    # -- binding and closing ------------------------------------------------------------------
+    def server_bind(self) -> None:
+        """Bind; for a unix path, replace a stale socket file and apply --mode via umask."""
+        path = self.server_address  # type: ignore[has-type]
+        if self.address_family != getattr(socket, "AF_UNIX", None) or not isinstance(path, str):
+            super().server_bind()  # type: ignore[misc]
+            return
+        prepare_unix_path(path, self.socket_type)  # type: ignore[attr-defined]
+        old_umask = None
+        if self.unix_mode is not None:
+            old_umask = os.umask(0o777 & ~self.unix_mode)
+        try:
+            super().server_bind()  # type: ignore[misc]
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        st = os.stat(path)
+        self._unix_file = (path, st.st_dev, st.st_ino)
+        if self.unix_mode is not None:
+            os.chmod(path, self.unix_mode)
+
+    def server_close(self) -> None:
+        """Close the socket, then remove the unix socket file this server created."""
+        super().server_close()  # type: ignore[misc]
+        if self._unix_file is not None:
+            path, dev, ino = self._unix_file
+            self._unix_file = None
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # -- requests ------------------------------------------------------------------------------
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept or receive; back off while the process is out of descriptors."""
+        try:
+            request, client = super().get_request()  # type: ignore[misc]
+        except OSError as exc:
+            if exc.errno in _RESOURCE_ERRNOS:
+                self._accept_failed(exc)
+            raise
+        if self._accept_failing_since is not None:
+            took = time.monotonic() - self._accept_failing_since
+            self._accept_failing_since = None
+            self._accept_backoff = 0.0
+            if self.monitor is not None:
+                self.monitor.info(f"accepting again after {took:.2f}s")
+        if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
+            if not self.builtin_handler:
+                request = CountingSocket(
+                    request.family, request.type, request.proto, fileno=request.detach()
+                )
+                request.client = client
+            if self.idle_timeout is not None:
+                request.settimeout(self.idle_timeout)
+            self.active_requests.add(request)
+        elif not self.builtin_handler:
+            data, sock = request
+            request = (data, _CountingDatagramSocket(sock, client))
+        return request, client
+
+    def service_actions(self) -> None:
+        """Run the mixin's actions (reaping), then report what forked children sent."""
+        super().service_actions()  # type: ignore[misc]
+        poll = getattr(self.monitor, "poll", None)
+        if poll is not None:
+            poll()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Log once, then wait (interruptible by shutdown) before the next accept."""
+        if self._accept_failing_since is None:
+            self._accept_failing_since = time.monotonic()
+            self._accept_backoff = 0.01
+            if self.monitor is not None:
+                self.monitor.warning(
+                    f"cannot accept: {os.strerror(exc.errno or 0)}; pausing accepts until "
+                    "descriptors free up (raise the limit with `ulimit -n`)"
+                )
+        else:
+            self._accept_backoff = min(self._accept_backoff * 2, 0.5)
+        wake = getattr(self, "_wakeup_fd", lambda: None)()
+        select.select([wake] if wake is not None else [], [], [], self._accept_backoff)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Report the request, stop accepting after the request limit, then dispatch it."""
+        self.requests_started += 1
+        if self.monitor is not None and self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
+            self.monitor.connected(client_address)
+        if self.request_limit is not None and self.requests_started >= self.request_limit:
+            self.request_stop("request limit reached")
+        super().process_request(request, client_address)  # type: ignore[misc]
+
+    def shutdown_request(self, request: Any) -> None:
+        """Report byte counts of a user handler's request, then close it."""
+        if not self.builtin_handler and self.monitor is not None:
+            if isinstance(request, CountingSocket):
+                self.monitor.record(request.client, request.received, request.sent)
+            elif isinstance(request, tuple) and isinstance(request[1], _CountingDatagramSocket):
+                self.monitor.record(request[1].client, len(request[0]), request[1].sent)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def close_request(self, request: Any) -> None:
+        """Forget the request (the parent's copy, in fork mode), then close it."""
+        self.active_requests.discard(request)
+        super().close_request(request)  # type: ignore[misc]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Report a handler's exception to the monitor (the framework default logs it)."""
+        exc = sys.exc_info()[1]
+        if self.monitor is None or exc is None:
+            super().handle_error(request, client_address)  # type: ignore[misc]
+            return
+        self.monitor.handler_error(client_address, exc)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask serve_forever to stop (safe from the loop, other threads and signal handlers)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._request_shutdown()  # type: ignore[attr-defined]
+
+
+def prepare_unix_path(path: str, socket_type: int) -> None:
+    """Make `path` free for bind: remove a stale socket file; refuse anything else.
+
+    Raises EnvironmentProblem when a server is listening there, or when the path is a regular
+    file, directory, symlink or other non-socket (those are never deleted).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = _file_kind(st.st_mode)
+        raise EnvironmentProblem(
+            f"refusing to replace {path}: it is {kind}, not a socket",
+            hint="remove it yourself if it is yours, or choose another path",
+        )
+    probe = socket.socket(socket.AF_UNIX, socket_type)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: a stale file left by a dead server
+        return
+    except OSError as exc:
+        if exc.errno in (errno.EPROTOTYPE,):
+            raise EnvironmentProblem(
+                f"{path} is a unix socket of another type in use by a running program",
+                hint="choose another path",
+            ) from None
+        raise EnvironmentProblem(
+            f"cannot check the existing socket {path}: {exc.strerror}",
+            hint="remove it if it is stale, or choose another path",
+        ) from None
+    finally:
+        probe.close()
+    raise EnvironmentProblem(
+        f"{path} is already in use by a running server",
+        hint="stop that server, or choose another path",
+    )
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    return "a special file"
+
+
+def server_class(family: str, socktype: str, concurrency: str) -> type[ss.BaseServer]:
+    """Compose the framework server class for family × type × concurrency."""
+    base = _BASES[(family, socktype)]
+    mixin = _MIXINS[concurrency]
+    if concurrency == "fork" and mixin is None:  # pragma: no cover - platforms without fork
+        raise UsageError("--concurrency fork needs fork(), which this platform lacks")
+    bases: tuple[type, ...] = (
+        (ToolServerMixIn, base) if mixin is None else (ToolServerMixIn, mixin, base)
+    )
+    prefix = {"thread": "Threading", "fork": "Forking"}.get(concurrency, "")
+    attrs: dict[str, Any] = {"__module__": __name__}
+    if family == "inet6":
+        attrs["address_family"] = socket.AF_INET6
+    return type(f"{prefix}{base.__name__}", bases, attrs)
+
+
+def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
+    """Return (family, sockaddr) to bind, resolving a host name once."""
+    address = config.address
+    if config.family == "unix":
+        return "unix", address.sockaddr()
+    family = config.family
+    host = address.host or ""
+    try:
+        socket.inet_pton(socket.AF_INET6 if family == "inet6" else socket.AF_INET, host)
+        return family, address.sockaddr()
+    except OSError:
+        pass
+    want = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(family, socket.AF_UNSPEC)
+    sock_type = socket.SOCK_STREAM if config.socktype == "stream" else socket.SOCK_DGRAM
+    try:
+        infos = socket.getaddrinfo(host, address.port, want, sock_type, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"cannot resolve host {host!r}: {exc.strerror}",
+            hint="use an IP address such as 127.0.0.1 or [::1]",
+        ) from None
+    fam, _, _, _, sockaddr = infos[0]
+    return ("inet6" if fam == socket.AF_INET6 else "inet"), sockaddr
+
+
+def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = None) -> ss.BaseServer:
+    """Create, bind and activate the server for `config`, with `handler` as its handler class.
+
+    Raises EnvironmentProblem (address in use, permission denied, ...) with a hint.
+    """
+    family, sockaddr = resolve_sockaddr(config)
+    concurrency = "sync" if config.concurrency == "event" else config.concurrency
+    cls = server_class(family, config.socktype, concurrency)
+    attrs: dict[str, Any] = {
+        "monitor": monitor,
+        "builtin_handler": config.handler.builtin is not None,
+        "idle_timeout": config.timeout,
+        "unix_mode": config.mode,
+        "request_limit": config.request_limit,
+        "request_queue_size": config.backlog,
+        "allow_reuse_address": config.reuse_address,
+        "allow_reuse_port": config.reuse_port or config.workers > 1,
+        "dualstack_ipv6": family == "inet6" and config.address.all_interfaces,
+        "daemon_threads": config.daemon_threads,
+        "block_on_close": config.block_on_close,
+    }
+    if config.max_children is not None:
+        attrs["max_children"] = config.max_children
+    if config.max_threads is not None:
+        attrs["max_threads"] = config.max_threads
+    cls = type(cls.__name__, (cls,), attrs)
+    try:
+        return cls(sockaddr, handler)
+    except OSError as exc:
+        raise translate_bind_error(exc, config) from None
+
+
+def translate_bind_error(exc: OSError, config: ServeConfig) -> EnvironmentProblem:
+    """Turn the usual OSErrors of bind/listen into one-line errors with a hint."""
+    where = str(config.address)
+    if exc.errno == errno.EADDRINUSE:
+        if config.family == "unix":
+            return EnvironmentProblem(
+                f"{where} is already in use", hint="stop the other server or choose another name"
+            )
+        return EnvironmentProblem(
+            f"address {where} is already in use",
+            hint="choose another port, or use port 0 (e.g. :0) to let the OS pick a free one",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if config.family != "unix" and config.address.port and config.address.port < 1024:
+            return EnvironmentProblem(
+                f"permission denied binding to {where}: ports below 1024 are privileged",
+                hint="use a port of 1024 or above (e.g. :8080), or port 0",
+            )
+        return EnvironmentProblem(
+            f"permission denied binding to {where}",
+            hint="choose a path or address you may write to",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return EnvironmentProblem(
+            f"cannot bind to {where}: no such address on this machine",
+            hint="use 127.0.0.1, [::1], or an address of one of this machine's interfaces",
+        )
+    if exc.errno == errno.ENOENT and config.family == "unix":
+        return EnvironmentProblem(
+            f"cannot create {where}: its directory does not exist",
+            hint="create the directory first, or choose another path",
+        )
+    if exc.errno == errno.EAFNOSUPPORT:
+        return EnvironmentProblem(
+            f"cannot bind to {where}: address family not supported here",
+            hint="IPv6 may be disabled; use an IPv4 address such as 127.0.0.1",
+        )
+    return EnvironmentProblem(f"cannot listen on {where}: {exc.strerror or exc}")

@@ -1,0 +1,474 @@
+"""Run one server from a ServeConfig: banner, signals, serve_forever, graceful stop, summary.
+
+Stopping, in order:
+1. The first SIGINT/SIGTERM (or --once, --max-requests, a closed stdout) only asks the loop
+   to stop; the loop returns at once and the listening socket is closed (no new clients).
+2. In-flight requests get `grace` seconds to finish (threads joined, children reaped).
+3. When the grace period ends, or on a second SIGINT/SIGTERM, what is left is aborted:
+   connections are shut down, children killed. A forced stop exits 130, a graceful one 0.
+Signal handlers only count the signal and ask the loop to stop, or raise to abort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .config import ServeConfig
+from .console import PlainReporter, Stats
+from .errors import ExitStatus
+
+_CHILD_RECORD_MAX = select.PIPE_BUF - 1
+
+
+class ForcedExit(BaseException):
+    """Raised in the main thread by a second SIGINT/SIGTERM."""
+
+
+class GraceExpired(BaseException):
+    """Raised in the main thread when the grace period of a graceful stop ends."""
+
+
+class RunMonitor:
+    """Counts and reports what the server does; forwards events from forked children.
+
+    Implements the Monitor protocol of `factory` and the Observer protocol of the builtin
+    handlers. In a forked child, events travel to the parent as JSON lines on a pipe (one
+    atomic write each), and the parent reports them from `poll()`.
+    """
+
+    def __init__(self, reporter: PlainReporter, config: ServeConfig) -> None:
+        self.reporter = reporter
+        self.socktype = config.socktype
+        self.stats = Stats()
+        self.wants_data = config.verbosity >= 2
+        self.stop_reason: str | None = None
+        self.stop_callback: Any = None
+        self.output_closed = False
+        self._pid = os.getpid()
+        self._pipe: tuple[int, int] | None = None
+        if config.concurrency == "fork":
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            self._pipe = (r, w)
+        self._partial = b""
+
+    @property
+    def in_child(self) -> bool:
+        return os.getpid() != self._pid
+
+    def _forward(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=str).encode() + b"\n"
+        if len(line) > _CHILD_RECORD_MAX:
+            record.pop("tb", None)
+            line = json.dumps(record, default=str).encode()[:_CHILD_RECORD_MAX] + b"\n"
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._pipe[1], line)
+
+    # -- Monitor / Observer interface ---------------------------------------------------------
+    def connected(self, client: Any) -> None:
+        self.stats.add_connection()
+        self.reporter.connected(client)
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        if self.in_child:
+            self._forward({"k": "record", "c": _jsonable(client), "i": received, "o": sent})
+            return
+        self.stats.add_request(received, sent)
+        self.reporter.record(client, received, sent, self.socktype)
+
+    def data(self, client: Any, direction: str, data: bytes) -> None:
+        self.reporter.data(client, direction, bytes(data))
+
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        from .builtin_handlers import OutputClosed
+
+        if isinstance(exc, OutputClosed):
+            if self.in_child:
+                self._forward({"k": "output-closed"})
+            else:
+                self._output_closed()
+            return
+        if isinstance(exc, TimeoutError):
+            if self.in_child:
+                self._forward({"k": "info", "m": f"closed idle connection {client}"})
+            else:
+                from .console import format_client
+
+                self.reporter.info(f"closed idle connection {format_client(client)}")
+            return
+        if self.in_child:
+            import traceback
+
+            tb = "".join(traceback.format_exception(exc))
+            self._forward(
+                {
+                    "k": "error",
+                    "c": _jsonable(client),
+                    "t": type(exc).__name__,
+                    "m": str(exc),
+                    "tb": tb,
+                }
+            )
+            return
+        self.stats.add_error()
+        self.reporter.error(client, exc)
+
+    def warning(self, message: str) -> None:
+        self.reporter.warning(message)
+
+    def info(self, message: str) -> None:
+        self.reporter.info(message)
+
+    def _output_closed(self) -> None:
+        if not self.output_closed:
+            self.output_closed = True
+            self.request_stop("stdout closed")
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.stop_callback is not None:
+            self.stop_callback(reason)
+
+    # -- parent side of the child pipe ---------------------------------------------------------
+    def poll(self) -> None:
+        """Report what forked children sent (called from the serve loop and at the end)."""
+        if self._pipe is None or self.in_child:
+            return
+        chunks = [self._partial]
+        while True:
+            try:
+                chunk = os.read(self._pipe[0], 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            self._replay(rec)
+
+    def _replay(self, rec: dict[str, Any]) -> None:
+        kind = rec.get("k")
+        if kind == "record":
+            self.stats.add_request(int(rec["i"]), int(rec["o"]))
+            self.reporter.record(_from_json(rec.get("c")), rec["i"], rec["o"], self.socktype)
+        elif kind == "error":
+            self.stats.add_error()
+            exc = _RemoteError(f"{rec.get('t')}: {rec.get('m')}", rec.get("tb"))
+            self.reporter.error(_from_json(rec.get("c")), exc, with_traceback=False)
+            if rec.get("tb"):
+                self.reporter._emit(str(rec["tb"]).rstrip(), "error")
+        elif kind == "output-closed":
+            self._output_closed()
+        elif kind == "info":
+            self.reporter.info(str(rec.get("m")))
+
+    def close(self) -> None:
+        if self._pipe is not None and not self.in_child:
+            self.poll()
+            for fd in self._pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._pipe = None
+
+
+class _RemoteError(Exception):
+    """An exception that happened in a forked child, known by its text only."""
+
+    def __init__(self, text: str, tb: str | None) -> None:
+        super().__init__(text)
+        self.tb = tb
+
+
+def _jsonable(client: Any) -> Any:
+    if isinstance(client, bytes):
+        return client.decode(errors="replace")
+    return client
+
+
+def _from_json(client: Any) -> Any:
+    return tuple(client) if isinstance(client, list) else client
+
+
+def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
+    """The handler class (or protocol factory for `event`) for the config."""
+    loaded = config.handler
+    if loaded.builtin is None:
+        return loaded.cls
+    from . import builtin_handlers as bh
+
+    options = bh.HandlerOptions(reply=config.reply, reply_file=config.reply_file, observer=monitor)
+    if config.concurrency == "event":
+        return bh.protocol_factory(loaded.builtin, config.socktype, options)
+    if config.socktype == "stream":
+        return bh.stream_handler(loaded.builtin, options)
+    return bh.datagram_handler(loaded.builtin, options)
+
+
+class _Signals:
+    """Install SIGINT/SIGTERM handlers for one run; restore the old ones on exit."""
+
+    def __init__(self, on_first: Any, grace: float) -> None:
+        self.on_first = on_first
+        self.grace = grace
+        self.count = 0
+        self.name: str | None = None
+        self.saved: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.name = signal.Signals(signum).name
+            self.on_first(f"{self.name} received")
+            return
+        raise ForcedExit()
+
+    def expire(self, signum: int, frame: Any) -> None:
+        raise GraceExpired()
+
+    def arm_grace(self) -> None:
+        if self.grace > 0:
+            signal.setitimer(signal.ITIMER_REAL, self.grace)
+        else:
+            raise GraceExpired()
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self.handle)
+            self.saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self.expire)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig, old in self.saved.items():
+                signal.signal(sig, old)
+
+
+_child_reset_installed = False
+_in_run = False
+
+
+def _reset_in_child() -> None:
+    """After fork in a handler child: the parent coordinates the stop, the child just works."""
+    if not _in_run:
+        return
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole process group
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def _install_child_reset() -> None:
+    global _child_reset_installed
+    if not _child_reset_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset_in_child)
+        _child_reset_installed = True
+
+
+@contextlib.contextmanager
+def _running() -> Iterator[None]:
+    global _in_run
+    _install_child_reset()
+    _in_run = True
+    try:
+        yield
+    finally:
+        _in_run = False
+
+
+def print_address(text: str) -> None:
+    """Write the bound address on stdout and flush, without ever blocking on a gone reader."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so Python's exit-time flush cannot fail on a closed pipe."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
+    """Serve until stopped; return the exit status. Raises SockserveError before serving."""
+    from .addresses import format_bound, format_plain
+    from .factory import make_server
+
+    monitor = RunMonitor(reporter, config)
+    try:
+        handler = build_handler(config, monitor)
+        server: Any = make_server(config, handler, monitor)
+    except BaseException:
+        monitor.close()
+        raise
+    loop_server: Any = server
+    family = "unix" if config.family == "unix" else _family_of(server)
+    try:
+        if config.concurrency == "event":
+            from .event import EventServer
+
+            loop_server = EventServer(
+                server.socket, handler, idle_timeout=config.timeout, hooks=_EventHooks(monitor)
+            )
+        sockaddr = server.server_address
+        if config.print_address:
+            print_address(format_plain(family, config.socktype, sockaddr))
+        details: dict[str, Any] = {
+            "concurrency": config.concurrency,
+            "handler": config.handler.name,
+        }
+        if config.family == "unix" or config.output == "json":
+            details["pid"] = os.getpid()
+        reporter.listening(format_bound(family, config.socktype, sockaddr), details)
+        if config.address.all_interfaces:
+            reporter.warning(
+                "listening on all interfaces: other machines can connect "
+                "(use 127.0.0.1 or :PORT to stay local)"
+            )
+        status = _run(config, server, loop_server, monitor)
+    finally:
+        with contextlib.suppress(Exception):
+            server.server_close()
+        monitor.close()
+    reason = monitor.stop_reason
+    reporter.summary(monitor.stats, config.socktype, reason)
+    if monitor.output_closed:
+        _silence_stdout()
+    return status
+
+
+def _family_of(server: Any) -> str:
+    return "inet6" if server.address_family == socket.AF_INET6 else "inet"
+
+
+class _EventHooks:
+    """Adapt the event server's hooks to the monitor."""
+
+    def __init__(self, monitor: RunMonitor) -> None:
+        self.monitor = monitor
+
+    def connected(self, client: Any) -> None:
+        self.monitor.connected(client)
+
+    def disconnected(self, client: Any, received: int, sent: int, exc: Any) -> None:
+        self.monitor.record(client, received, sent)
+
+
+def _run(config: ServeConfig, server: Any, loop_server: Any, monitor: RunMonitor) -> ExitStatus:
+    """The serve loop and the ordered stop (see the module docstring)."""
+    limit = config.request_limit
+
+    def stop(reason: str) -> None:
+        if getattr(server, "stop_reason", None) is None and hasattr(server, "stop_reason"):
+            server.stop_reason = reason
+        if monitor.stop_reason is None:
+            monitor.stop_reason = reason
+        if loop_server is server:
+            server._request_shutdown()
+        else:
+            loop_server.request_stop()
+
+    monitor.stop_callback = stop
+    if loop_server is not server and limit is not None:
+        loop_server.request_limit = limit
+    signals = _Signals(stop, config.grace)
+    poll = 0.2 if config.concurrency == "fork" else 0.5
+    with _running(), signals:
+        try:
+            try:
+                loop_server.serve_forever(poll_interval=poll)
+            except GraceExpired:
+                pass  # sync mode: the handler in progress outlived the grace period
+            if monitor.stop_reason is None:
+                monitor.stop_reason = getattr(server, "stop_reason", None)
+            _close_listener(server)
+            if signals.count == 0:
+                signals.count = 1  # from now on, a signal forces the exit
+            if config.block_on_close:
+                try:
+                    signals.arm_grace()
+                    _drain(server, loop_server)
+                except GraceExpired:
+                    monitor.warning(f"grace period of {config.grace:g}s over: aborting requests")
+                    _abort(server, loop_server)
+            else:
+                _abort(server, loop_server)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except ForcedExit:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            monitor.stop_reason = "forced by a second signal"
+            _abort(server, loop_server)
+            return ExitStatus.INTERRUPTED
+    return ExitStatus.OK
+
+
+def _close_listener(server: Any) -> None:
+    """Stop new clients at once: close the listening socket (the file is removed later)."""
+    sock = getattr(server, "socket", None)
+    if sock is not None and server.socket_type == socket.SOCK_STREAM:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _drain(server: Any, loop_server: Any) -> None:
+    """Wait for in-flight requests (threads, children, event connections) to end."""
+    if loop_server is not server:
+        loop_server.close_connections(None)
+        return
+    server.server_close()
+    monitor = server.monitor
+    if monitor is not None:
+        monitor.poll()
+
+
+def _abort(server: Any, loop_server: Any) -> None:
+    """End what is still running: shut connections down, kill children."""
+    if loop_server is not server:
+        loop_server.close_connections(0)
+        return
+    for sock in list(getattr(server, "active_requests", ())):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    children = getattr(server, "active_children", None) or ()
+    for pid in list(children):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    for pid in list(children):
+        with contextlib.suppress(ChildProcessError, OSError):
+            while time.monotonic() < deadline:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.01)
+    if children:
+        children.clear()
+    with contextlib.suppress(Exception):
+        server.block_on_close = False
+        server.server_close()
+    server.monitor.poll() if server.monitor is not None else None
