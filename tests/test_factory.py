@@ -1,0 +1,165 @@
+"""factory: server classes for every family × type × concurrency, unix paths, bind errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+
+import pytest
+
+import sockserve as ss
+from sockserve.errors import EnvironmentProblem
+from sockserve.factory import ToolServerMixIn, prepare_unix_path, server_class
+
+
+@pytest.fixture
+def sockdir():
+    path = tempfile.mkdtemp(prefix="ssf", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+FAMILIES = ["inet", "inet6", "unix"]
+TYPES = ["stream", "dgram"]
+CONCURRENCIES = ["sync", "thread", "fork", "event"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("socktype", TYPES)
+@pytest.mark.parametrize("concurrency", CONCURRENCIES)
+def test_server_class_composition(family: str, socktype: str, concurrency: str) -> None:
+    cls = server_class(family, socktype, concurrency)
+    base = {
+        ("inet", "stream"): ss.TCPServer,
+        ("inet6", "stream"): ss.TCPServer,
+        ("inet", "dgram"): ss.UDPServer,
+        ("inet6", "dgram"): ss.UDPServer,
+        ("unix", "stream"): ss.UnixStreamServer,
+        ("unix", "dgram"): ss.UnixDatagramServer,
+    }[(family, socktype)]
+    assert issubclass(cls, base)
+    assert issubclass(cls, ToolServerMixIn)
+    assert cls.__mro__[1] is ToolServerMixIn or cls.__mro__[0] is not ToolServerMixIn
+    assert issubclass(cls, ss.ThreadingMixIn) == (concurrency == "thread")
+    assert issubclass(cls, ss.ForkingMixIn) == (concurrency == "fork")
+    expected_family = {
+        "inet": socket.AF_INET,
+        "inet6": socket.AF_INET6,
+        "unix": socket.AF_UNIX,
+    }[family]
+    assert cls.address_family == expected_family
+    expected_type = socket.SOCK_STREAM if socktype == "stream" else socket.SOCK_DGRAM
+    assert cls.socket_type == expected_type
+    assert cls.max_packet_size >= 65536  # the tool never truncates a datagram
+
+
+def test_stale_socket_file_is_replaced(sockdir: str) -> None:
+    path = os.path.join(sockdir, "s")
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old.bind(path)
+    old.close()  # the file stays: nobody listens
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    prepare_unix_path(path, socket.SOCK_STREAM)
+    assert not os.path.exists(path)
+
+
+def test_live_socket_is_refused(sockdir: str) -> None:
+    path = os.path.join(sockdir, "s")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(path)
+    live.listen()
+    try:
+        with pytest.raises(EnvironmentProblem, match="already in use"):
+            prepare_unix_path(path, socket.SOCK_STREAM)
+        assert os.path.exists(path)
+    finally:
+        live.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo"])
+def test_non_socket_paths_are_never_deleted(sockdir: str, kind: str) -> None:
+    path = os.path.join(sockdir, "s")
+    if kind == "file":
+        with open(path, "w") as f:
+            f.write("precious")
+    elif kind == "dir":
+        os.mkdir(path)
+    elif kind == "symlink":
+        target = os.path.join(sockdir, "target")
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(target)
+        stale.close()
+        os.symlink(target, path)
+    else:
+        os.mkfifo(path)
+    with pytest.raises(EnvironmentProblem, match="refusing to replace"):
+        prepare_unix_path(path, socket.SOCK_STREAM)
+    assert os.path.lexists(path)
+    if kind == "file":
+        with open(path) as f:
+            assert f.read() == "precious"
+
+
+def _unix_server(path: str, mode: int | None):
+    cls = server_class("unix", "stream", "sync")
+    cls = type("S", (cls,), {"unix_mode": mode})
+    return cls(path, ss.BaseRequestHandler)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o777])
+def test_unix_mode_is_applied_and_file_removed_on_close(sockdir: str, mode: int) -> None:
+    path = os.path.join(sockdir, "s")
+    seen: list[int] = []
+    real_bind = socket.socket.bind
+
+    def spy_bind(self, addr):  # the mode right after bind: never wider than asked
+        real_bind(self, addr)
+        if addr == path:
+            seen.append(stat.S_IMODE(os.lstat(path).st_mode))
+
+    old_umask = os.umask(0)  # the most permissive umask: --mode must not rely on it
+    try:
+        socket.socket.bind = spy_bind
+        server = _unix_server(path, mode)
+    finally:
+        socket.socket.bind = real_bind
+        os.umask(old_umask)
+    try:
+        assert seen and seen[0] & ~mode == 0
+        assert stat.S_IMODE(os.lstat(path).st_mode) == mode
+    finally:
+        server.server_close()
+    assert not os.path.exists(path)
+
+
+def test_server_close_leaves_a_replaced_file_alone(sockdir: str) -> None:
+    path = os.path.join(sockdir, "s")
+    server = _unix_server(path, None)
+    os.unlink(path)
+    with open(path, "w") as f:
+        f.write("someone else's")
+    server.server_close()
+    assert os.path.exists(path)
+
+
+def test_request_stop_from_a_handler_thread_returns_fast() -> None:
+    cls = server_class("inet", "stream", "thread")
+    entered = threading.Event()
+
+    class Handler(ss.BaseRequestHandler):
+        def handle(self) -> None:
+            self.server.request_stop("handler asked")
+            entered.set()
+
+    with cls(("127.0.0.1", 0), Handler) as server:
+        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 30})
+        t.start()
+        with socket.create_connection(server.server_address, timeout=5):
+            assert entered.wait(5)
+        t.join(5)
+        assert not t.is_alive()
+        assert server.stop_reason == "handler asked"
