@@ -231,6 +231,7 @@ class _Signals:
         self.on_first = on_first
         self.grace = grace
         self.count = 0
+        self.armed = False
         self.name: str | None = None
         self.saved: dict[int, Any] = {}
 
@@ -239,6 +240,7 @@ class _Signals:
         if self.count == 1:
             self.name = signal.Signals(signum).name
             self.on_first(f"{self.name} received")
+            self.arm_grace()  # in-flight requests have `grace` seconds from now
             return
         raise ForcedExit()
 
@@ -246,6 +248,10 @@ class _Signals:
         raise GraceExpired()
 
     def arm_grace(self) -> None:
+        """Start the grace period once; GraceExpired is raised in the main thread at its end."""
+        if self.armed:
+            return
+        self.armed = True
         if self.grace > 0:
             signal.setitimer(signal.ITIMER_REAL, self.grace)
         else:
@@ -400,24 +406,33 @@ def _run(config: ServeConfig, server: Any, loop_server: Any, monitor: RunMonitor
     poll = 0.2 if config.concurrency == "fork" else 0.5
     with _running(), signals:
         try:
+            expired = False
             try:
                 loop_server.serve_forever(poll_interval=poll)
             except GraceExpired:
-                pass  # sync mode: the handler in progress outlived the grace period
+                expired = True  # sync mode: the request in progress outlived the grace period
             if monitor.stop_reason is None:
                 monitor.stop_reason = getattr(server, "stop_reason", None)
             _close_listener(server)
-            if signals.count == 0:
-                signals.count = 1  # from now on, a signal forces the exit
-            if config.block_on_close:
+            signals.count = max(signals.count, 1)  # from now on, a signal forces the exit
+            if expired or not config.block_on_close:
+                if expired:
+                    monitor.warning(f"grace period of {config.grace:g}s over: aborting requests")
+                _abort(server, loop_server)
+            else:
+                pending = _in_flight(server, loop_server)
+                if pending:
+                    plural = "s" if pending != 1 else ""
+                    monitor.info(
+                        f"stopping: waiting up to {config.grace:g}s for {pending} request{plural}"
+                        " (Ctrl-C again to force)"
+                    )
                 try:
                     signals.arm_grace()
                     _drain(server, loop_server)
                 except GraceExpired:
                     monitor.warning(f"grace period of {config.grace:g}s over: aborting requests")
                     _abort(server, loop_server)
-            else:
-                _abort(server, loop_server)
             signal.setitimer(signal.ITIMER_REAL, 0)
         except ForcedExit:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -425,6 +440,16 @@ def _run(config: ServeConfig, server: Any, loop_server: Any, monitor: RunMonitor
             _abort(server, loop_server)
             return ExitStatus.INTERRUPTED
     return ExitStatus.OK
+
+
+def _in_flight(server: Any, loop_server: Any) -> int:
+    """How many requests are still being handled."""
+    if loop_server is not server:
+        return int(getattr(loop_server, "active_connections", 0))
+    children = getattr(server, "active_children", None)
+    if children:
+        return len(children)
+    return len(getattr(server, "active_requests", ()))
 
 
 def _close_listener(server: Any) -> None:
