@@ -76,6 +76,11 @@ class ServeConfig:
             )
         if self.workers < 1:
             raise UsageError("--workers must be at least 1", hint="use --workers 1 or more")
+        if self.workers > 1 and (self.once or self.max_requests is not None):
+            raise UsageError(
+                "--once and --max-requests count requests in one process: not with --workers",
+                hint="drop --workers, or stop the server with a signal",
+            )
         if self.reply is not None and self.reply_file is not None:
             raise UsageError(
                 "--reply and --reply-file cannot be combined", hint="give only one of them"

@@ -62,6 +62,17 @@ class RunMonitor:
             self._pipe = (r, w)
         self._partial = b""
 
+    def become_worker(self) -> None:
+        """In a --workers process: act as the parent of its own request children."""
+        self._pid = os.getpid()
+        self.stats = Stats()
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            self._pipe = (r, w)
+
     @property
     def in_child(self) -> bool:
         return os.getpid() != self._pid
@@ -227,8 +238,11 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
 class _Signals:
     """Install SIGINT/SIGTERM handlers for one run; restore the old ones on exit."""
 
-    def __init__(self, on_first: Any, grace: float) -> None:
+    def __init__(
+        self, on_first: Any, grace: float, sigs: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    ) -> None:
         self.on_first = on_first
+        self.sigs = sigs
         self.grace = grace
         self.count = 0
         self.armed = False
@@ -259,7 +273,7 @@ class _Signals:
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.sigs:
                 self.saved[sig] = signal.signal(sig, self.handle)
             self.saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self.expire)
         return self
@@ -335,12 +349,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
     loop_server: Any = server
     family = "unix" if config.family == "unix" else _family_of(server)
     try:
-        if config.concurrency == "event":
-            from .event import EventServer
-
-            loop_server = EventServer(
-                server.socket, handler, idle_timeout=config.timeout, hooks=_EventHooks(monitor)
-            )
+        if config.workers == 1:
+            loop_server = _make_loop_server(config, server, handler, monitor)
         sockaddr = server.server_address
         if config.print_address:
             print_address(format_plain(family, config.socktype, sockaddr))
@@ -348,6 +358,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
             "concurrency": config.concurrency,
             "handler": config.handler.name,
         }
+        if config.workers > 1:
+            details["workers"] = config.workers
         if config.family == "unix" or config.output == "json":
             details["pid"] = os.getpid()
         reporter.listening(format_bound(family, config.socktype, sockaddr), details)
@@ -356,7 +368,10 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
                 "listening on all interfaces: other machines can connect "
                 "(use 127.0.0.1 or :PORT to stay local)"
             )
-        status = _run(config, server, loop_server, monitor)
+        if config.workers > 1:
+            status = _serve_workers(config, server, handler, monitor)
+        else:
+            status = _run(config, server, loop_server, monitor)
     finally:
         with contextlib.suppress(Exception):
             server.server_close()
@@ -385,7 +400,154 @@ class _EventHooks:
         self.monitor.record(client, received, sent)
 
 
-def _run(config: ServeConfig, server: Any, loop_server: Any, monitor: RunMonitor) -> ExitStatus:
+def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
+    if config.concurrency != "event":
+        return server
+    from .event import EventServer
+
+    return EventServer(
+        server.socket, handler, idle_timeout=config.timeout, hooks=_EventHooks(monitor)
+    )
+
+
+def _serve_workers(
+    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor
+) -> ExitStatus:
+    """Prefork `config.workers` processes on the bound socket and supervise them.
+
+    Each worker runs the usual loop; SIGINT is ignored there, SIGTERM from this process is
+    its stop signal (a second SIGTERM forces it). This process forwards Ctrl-C/SIGTERM,
+    reaps the workers and adds their counters (sent as JSON on a pipe) to its own.
+    """
+    result_r, result_w = os.pipe()
+    workers: dict[int, int] = {}
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the worker, checked through its effects
+            os.close(result_r)
+            _worker_main(config, server, handler, monitor, result_w)
+        workers[pid] = _pidfd(pid)
+    os.close(result_w)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        with contextlib.suppress(OSError):
+            os.write(wake_w, b"s")
+
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    forwarded = 0
+    failed = False
+    try:
+        while workers:
+            fds = [wake_r, *(fd for fd in workers.values() if fd >= 0)]
+            timeout = None if all(fd >= 0 for fd in workers.values()) else 0.1
+            with contextlib.suppress(InterruptedError):
+                select.select(fds, [], [], timeout)
+            with contextlib.suppress(OSError):
+                os.read(wake_r, 1024)
+            while forwarded < len(received):
+                forwarded += 1
+                if forwarded == 1:
+                    monitor.stop_reason = f"{signal.Signals(received[0]).name} received"
+                for pid in workers:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM)
+            for pid in list(workers):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                fd = workers.pop(pid)
+                if fd >= 0:
+                    os.close(fd)
+                code = os.waitstatus_to_exitcode(status)
+                if not received and not failed:
+                    failed = True
+                    monitor.warning(f"worker {pid} exited with status {code}: stopping")
+                    monitor.stop_reason = "a worker exited"
+                    for other in workers:
+                        with contextlib.suppress(OSError):
+                            os.kill(other, signal.SIGTERM)
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        for fd in (wake_r, wake_w):
+            os.close(fd)
+        _collect_worker_stats(result_r, monitor)
+        os.close(result_r)
+    if len(received) >= 2:
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def _worker_main(
+    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, result_fd: int
+) -> None:  # pragma: no cover - runs in a worker process
+    status = ExitStatus.ERROR
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        server._unix_file = None  # the supervisor removes the socket file
+        server.socket.setblocking(False)  # another worker may win the accept race
+        monitor.become_worker()
+        loop_server = _make_loop_server(config, server, handler, monitor)
+        status = _run(config, server, loop_server, monitor, sigs=(signal.SIGTERM,))
+        stats = monitor.stats
+        record = {
+            "connections": stats.connections,
+            "requests": stats.requests,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "errors": stats.errors,
+        }
+        os.write(result_fd, json.dumps(record).encode() + b"\n")
+    except BaseException:
+        status = ExitStatus.ERROR
+    finally:
+        os._exit(int(status))
+
+
+def _collect_worker_stats(fd: int, monitor: RunMonitor) -> None:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    for line in data.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        stats = monitor.stats
+        with stats.lock:
+            stats.connections += int(rec["connections"])
+            stats.requests += int(rec["requests"])
+            stats.bytes_in += int(rec["bytes_in"])
+            stats.bytes_out += int(rec["bytes_out"])
+            stats.errors += int(rec["errors"])
+
+
+def _run(
+    config: ServeConfig,
+    server: Any,
+    loop_server: Any,
+    monitor: RunMonitor,
+    sigs: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> ExitStatus:
     """The serve loop and the ordered stop (see the module docstring)."""
     limit = config.request_limit
 
@@ -402,7 +564,7 @@ def _run(config: ServeConfig, server: Any, loop_server: Any, monitor: RunMonitor
     monitor.stop_callback = stop
     if loop_server is not server and limit is not None:
         loop_server.request_limit = limit
-    signals = _Signals(stop, config.grace)
+    signals = _Signals(stop, config.grace, sigs)
     poll = 0.2 if config.concurrency == "fork" else 0.5
     with _running(), signals:
         try:
