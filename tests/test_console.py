@@ -1,0 +1,120 @@
+"""console: formatting helpers and the three reporters."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from sockserve.console import (
+    JsonReporter,
+    PlainReporter,
+    Stats,
+    format_bytes,
+    format_client,
+    hexdump,
+    make_reporter,
+    setup_logging,
+    summary_text,
+)
+
+
+def test_format_client() -> None:
+    assert format_client(("127.0.0.1", 5000)) == "127.0.0.1:5000"
+    assert format_client(("::1", 5000, 0, 0)) == "[::1]:5000"
+    assert format_client("") == "unix client"
+    assert format_client("/tmp/c.sock") == "/tmp/c.sock"
+    assert format_client(b"\0abstract") == "@abstract"
+    assert format_client(None) == "unix client"
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(5 * 1024**3) == "5.0 GiB"
+
+
+def test_hexdump_shows_offsets_hex_and_ascii() -> None:
+    lines = hexdump(b"hello\x00\xffworld, more than sixteen")
+    assert lines[0].startswith("  00000000  68 65 6c 6c 6f 00 ff")
+    assert lines[0].endswith("|hello..world, mo|")
+    assert lines[1].startswith("  00000010  ")
+
+
+def test_summary_counts_connections_or_datagrams() -> None:
+    stats = Stats()
+    stats.add_connection()
+    stats.add_request(10, 20)
+    assert "1 connections, 10 B in, 20 B out, 0 errors" in summary_text(stats, "stream")
+    stats.add_error()
+    assert "1 datagrams" in summary_text(stats, "dgram")
+    assert summary_text(stats, "dgram").endswith("1 error")
+
+
+def test_plain_reporter_lines_and_verbosity() -> None:
+    out = io.StringIO()
+    rep = PlainReporter(out, verbosity=0)
+    rep.listening("tcp://127.0.0.1:1", {"concurrency": "thread", "handler": "echo"})
+    rep.connected(("127.0.0.1", 2))
+    rep.record(("127.0.0.1", 2), 3, 4, "stream")
+    rep.record(("127.0.0.1", 2), 3, 4, "dgram")  # datagrams only at -v
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "listening on tcp://127.0.0.1:1 (thread, handler=echo)",
+        "connect 127.0.0.1:2",
+        "close 127.0.0.1:2",
+    ]
+    out = io.StringIO()
+    rep = PlainReporter(out, verbosity=1)
+    rep.record(("127.0.0.1", 2), 3, 4, "stream")
+    assert out.getvalue() == "close 127.0.0.1:2 (3 B in, 4 B out)\n"
+
+
+def test_quiet_keeps_errors_only() -> None:
+    out = io.StringIO()
+    rep = PlainReporter(out, quiet=True)
+    rep.listening("tcp://x", {"concurrency": "sync"})
+    rep.connected(("h", 1))
+    rep.summary(Stats(), "stream", None)
+    assert out.getvalue() == ""
+    try:
+        raise ValueError("bad")
+    except ValueError as exc:
+        rep.error(("h", 1), exc)
+    assert "error handling h:1: ValueError: bad" in out.getvalue()
+    assert "Traceback" in out.getvalue()
+
+
+def test_json_reporter_emits_one_object_per_line() -> None:
+    out = io.StringIO()
+    rep = JsonReporter(out)
+    rep.listening("tcp://127.0.0.1:1", {"concurrency": "thread", "handler": "echo"})
+    rep.connected(("127.0.0.1", 2))
+    rep.record(("127.0.0.1", 2), 3, 4, "stream")
+    rep.data(("127.0.0.1", 2), "in", b"\x00ab")
+    rep.summary(Stats(), "stream", "SIGINT received")
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["listening", "connect", "close", "data", "shutdown"]
+    assert events[2]["bytes_in"] == 3
+    assert events[3]["hex"] == "006162"
+    assert events[4]["reason"] == "SIGINT received"
+    assert all(isinstance(e["time"], float) for e in events)
+
+
+def test_make_reporter_is_plain_when_not_a_tty() -> None:
+    rep = make_reporter("rich", 0, False, None)
+    assert type(rep) is PlainReporter  # pytest captures stderr: not a terminal
+    assert isinstance(make_reporter("json"), JsonReporter)
+
+
+def test_logging_goes_to_the_reporter() -> None:
+    root = logging.getLogger("sockserve")
+    saved = (list(root.handlers), root.propagate, root.level)
+    out = io.StringIO()
+    try:
+        setup_logging(PlainReporter(out), 0)
+        logging.getLogger("sockserve.socketserver").warning("careful")
+    finally:
+        root.handlers[:], root.propagate, root.level = saved
+    assert out.getvalue() == "warning: careful\n"
