@@ -1,0 +1,189 @@
+"""cli: help text, option → ServeConfig mapping (serve mocked), usage errors and exit codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sockserve import cli, runner
+from sockserve.errors import EnvironmentProblem, ExitStatus
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace runner.serve: record the config instead of serving."""
+    seen: list[Any] = []
+
+    def fake_serve(config: Any, reporter: Any) -> ExitStatus:
+        seen.append(config)
+        return ExitStatus.OK
+
+    monkeypatch.setattr(runner, "serve", fake_serve)
+    return seen
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+
+
+def test_help_has_sections_examples_and_exit_codes() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for heading in ("Address:", "Handler:", "Concurrency:", "Lifecycle:", "Output:"):
+        assert heading in result.output
+    assert "Examples:" in result.output
+    assert "sockserve tcp :9999" in result.output
+    assert "Exit status:" in result.output
+    assert "130" in result.output
+    assert run("-h").output == result.output
+
+
+def test_defaults_map_to_config(captured: list[Any]) -> None:
+    result = run("tcp", ":9999")
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert config.transport == "tcp"
+    assert config.family == "inet"
+    assert config.address.host == "127.0.0.1"
+    assert config.address.port == 9999
+    assert config.concurrency == "thread"
+    assert config.handler.builtin == "echo"
+    assert config.reuse_address is True
+    assert config.backlog == 128
+    assert config.grace == 5.0
+
+
+def test_udp_defaults_to_sync(captured: list[Any]) -> None:
+    assert run("udp", ":0", "-H", "upper").exit_code == 0
+    assert captured[0].concurrency == "sync"
+    assert captured[0].socktype == "dgram"
+
+
+def test_every_option_maps(captured: list[Any], tmp_path: Any) -> None:
+    result = run(
+        "unix",
+        str(tmp_path / "s"),
+        "-c",
+        "fork",
+        "--max-children",
+        "8",
+        "--backlog",
+        "7",
+        "--no-reuse-address",
+        "--timeout",
+        "2.5",
+        "--mode",
+        "660",
+        "--max-requests",
+        "3",
+        "--grace",
+        "1",
+        "--print-address",
+        "--json",
+        "-vv",
+        "-H",
+        "upper",
+    )
+    assert result.exit_code == 0, result.output
+    c = captured[0]
+    assert (c.family, c.socktype, c.concurrency) == ("unix", "stream", "fork")
+    assert c.max_children == 8
+    assert c.backlog == 7
+    assert c.reuse_address is False
+    assert c.timeout == 2.5
+    assert c.mode == 0o660
+    assert c.max_requests == 3
+    assert c.request_limit == 3
+    assert c.grace == 1
+    assert c.print_address is True
+    assert c.output == "json"
+    assert c.verbosity == 2
+
+
+def test_inet6_address(captured: list[Any]) -> None:
+    assert run("tcp", "[::1]:0").exit_code == 0
+    assert captured[0].family == "inet6"
+
+
+def test_reply_implies_reply_handler(captured: list[Any]) -> None:
+    assert run("tcp", ":0", "--reply", "hi\\r\\n").exit_code == 0
+    assert captured[0].handler.builtin == "reply"
+    assert captured[0].reply == b"hi\r\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tcp", "127.0.0.1:99999"], "Invalid value for 'ADDRESS'"),
+        (["ftp", ":1"], "Invalid value for 'PROTO'"),
+        (["tcp", ":0", "-H", "nosuchbuiltin"], "nosuchbuiltin"),
+        (["tcp", ":0", "--max-children", "3"], "--max-children only applies"),
+        (["tcp", ":0", "-c", "fork", "--max-threads", "3"], "--max-threads only applies"),
+        (["tcp", ":0", "--family", "unix"], "--family"),
+        (["udp", ":0", "--type", "stream"], "--type"),
+        (["tcp", ":0", "--mode", "600"], "--mode only applies"),
+        (["tcp", ":0", "--mode", "9"], "octal"),
+        (["tcp", ":0", "-H", "reply"], "--reply"),
+        (["tcp", ":0", "-H", "upper", "--reply", "x"], "only apply to -H reply"),
+        (["tcp", ":0", "--once", "--max-requests", "2"], "cannot combine"),
+        (["tcp", ":0", "--workers", "2", "--once"], "--workers"),
+        (["tcp", ":0", "--timeout", "0"], "--timeout"),
+    ],
+)
+def test_usage_errors_exit_2(captured: list[Any], args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert captured == []
+
+
+def test_environment_error_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(config: Any, reporter: Any) -> ExitStatus:
+        raise EnvironmentProblem("address 127.0.0.1:1 is already in use", hint="try :0")
+
+    monkeypatch.setattr(runner, "serve", failing)
+    result = CliRunner().invoke(cli.main, ["tcp", ":1"])
+    assert result.exit_code == 1
+    assert (
+        result.output == "sockserve: error: address 127.0.0.1:1 is already in use\nhint: try :0\n"
+    )
+
+
+def test_traceback_flag_reraises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(config: Any, reporter: Any) -> ExitStatus:
+        raise EnvironmentProblem("boom")
+
+    monkeypatch.setattr(runner, "serve", failing)
+    result = CliRunner().invoke(cli.main, ["tcp", ":1", "--traceback"])
+    assert isinstance(result.exception, EnvironmentProblem)
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.startswith("sockserve 0.")
+    assert "Python 3." in result.output
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_script(shell: str) -> None:
+    result = run("--completion", shell)
+    assert result.exit_code == 0
+    assert "_SOCKSERVE_COMPLETE" in result.output
+
+
+def test_completion_of_handler_and_proto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.shell_completion import ShellComplete
+
+    comp = ShellComplete(cli.main, {}, "sockserve", "_SOCKSERVE_COMPLETE")
+    assert [c.value for c in comp.get_completions([], "t")] == ["tcp"]
+    assert [c.value for c in comp.get_completions([], "u")] == ["udp", "unix", "unix-dgram"]
+    values = [c.value for c in comp.get_completions(["tcp", ":0", "-H"], "e")]
+    assert values == ["echo"]
+    values = [c.value for c in comp.get_completions(["tcp", ":0", "--concurrency"], "")]
+    assert values == ["sync", "thread", "fork", "event"]
+    items = comp.get_completions(["unix"], "/tm")
+    assert items and items[0].type == "file"
