@@ -1,0 +1,1484 @@
+"""The builtin handlers: echo, upper, discard, stdout, stdio, chargen, daytime, time, reply.
+
+Design. Each builtin's behaviour is first a pure function of bytes (`transform_chunk`,
+`respond_datagram`, `greeting`, `chargen_pattern`, ...), testable without sockets. Thin adapters
+put it on the wire:
+
+- `stream_handler(name, options)`: a request handler class for TCP and unix stream servers, in
+  sync, thread and fork mode;
+- `datagram_handler(name, options)`: the same for UDP and unix datagram servers;
+- `protocol_factory(name, socktype, options)`: asyncio protocols for the event mode.
+
+Every class gets its `HandlerOptions` bound as a class attribute. An `Observer` hears about each
+connection once when it ends (or each datagram) with its byte counts, and, only when it asks for
+them, about every chunk of data.
+
+Rules the adapters keep:
+
+- Bounded memory: streams are read in chunks of at most `chunk_size` bytes into a preallocated
+  buffer, never by lines, so no client can make the server allocate without limit.
+- A client that resets or goes away simply ends its connection; that is not an error.
+- Fast paths change nothing visible: echo moves bulk data with `os.splice` (socket -> pipe ->
+  socket, no copy through Python) once a read fills the whole buffer, and only when nobody
+  watches the data and the socket is blocking; discard on TCP drops data in the kernel
+  (`MSG_TRUNC`); `--reply-file` goes out with `socket.sendfile`; TCP connections get
+  TCP_NODELAY, so small replies leave at once.
+- Datagrams: the reply to a datagram is one datagram (0 bytes included) sent back to its sender.
+  A unix datagram client that did not bind an address cannot be answered and is not. Replies on
+  unix datagram sockets never block: if the client's queue is full, the reply is dropped, as a
+  datagram may be.
+
+stdout. Each received chunk is written to the output and flushed before the next one. Chunks of
+different clients never interleave: threads share one lock, and each chunk goes out in one
+`os.write`. In a process other than the one that built the class (a forked request child, or a
+`--workers` process) writing to a pipe, chunks are read at most `select.PIPE_BUF` bytes at a
+time, because only writes of that size are atomic on a pipe shared between processes; a larger
+datagram is written in `PIPE_BUF` pieces, which then stay whole. A closed output (EPIPE, e.g.
+`| head -c 10`) raises `OutputClosed`.
+
+stdio, like `nc -l`. Received bytes go to stdout as with `stdout`. One reader of stdin per handler
+class sends what it reads:
+
+- streams: to every connected client (in sync mode there is one). A client that has finished
+  sending (half-close) stays connected and keeps receiving stdin until stdin ends or it goes
+  away. At stdin EOF every connection's write side is shut (clients see EOF), and so is that of
+  any later connection. The reader thread runs only while clients are connected; stdin read
+  while none is connected waits for the next one. A client that does not read stalls stdin for
+  the others. In fork mode each child reads stdin for its own client, so a chunk of stdin goes
+  to one of them.
+- datagrams: to the sender of the latest datagram, one datagram per read (at most 65507 bytes on
+  UDP). The reader starts at the first datagram and stops at stdin EOF, when the server socket
+  closes (checked every 0.2 s), or at `release()`. In fork mode stdin is not forwarded.
+- event mode: the loop reads stdin itself (no thread) and pauses while a client's transport is
+  full.
+
+chargen (RFC 864): streams get the 72-character rotating lines without end; a datagram gets
+`min(len(request), 512)` bytes of the pattern from its start. daytime (RFC 867) is a line like
+``Tuesday, February 22, 1982 17:37:43-UTC``; time (RFC 868) is four bytes, big-endian seconds
+since 1900-01-01 00:00 UTC. On streams both are sent at connect, then the connection closes.
+
+reply: a stream waits for the client's first bytes (or its EOF), sends the reply (`reply` bytes,
+or the file `reply_file`), shuts its write side, then reads and drops what the client still sends
+until it closes or `LINGER_SECONDS` pass (so an HTTP client is not cut off by a reset). A
+datagram is answered with the reply bytes (the file is read once). With neither set the reply is
+empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Literal, Protocol
+
+from .socketserver import BaseRequestHandler
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = [
+    "BUILTINS",
+    "HandlerOptions",
+    "Observer",
+    "OutputClosed",
+    "stream_handler",
+    "datagram_handler",
+    "protocol_factory",
+    "transform_chunk",
+    "respond_datagram",
+    "greeting",
+    "chargen_pattern",
+    "chargen_datagram",
+    "daytime_line",
+    "time_bytes",
+]
+
+#: Builtin name -> one-line description (for --help, completions and the man page).
+BUILTINS: dict[str, str] = {
+    "echo": "send back every byte received",
+    "upper": "send back what is received with ASCII letters upper-cased",
+    "discard": "read and drop everything, answer nothing (RFC 863)",
+    "stdout": "write what is received to stdout, answer nothing",
+    "stdio": "like nc -l: received bytes to stdout, stdin to the client",
+    "chargen": "send the rotating character pattern of RFC 864",
+    "daytime": "send the date and time as one text line (RFC 867)",
+    "time": "send seconds since 1900 as 32 bits, big-endian (RFC 868)",
+    "reply": "answer each request with --reply TEXT or --reply-file PATH",
+}
+
+#: How long a closing stream connection keeps reading what the client still sends.
+LINGER_SECONDS = 2.0
+
+_MAX_UDP_PAYLOAD = 65507
+_CHARGEN_MAX_DATAGRAM = 512
+_RFC868_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_AF_UNIX = getattr(socket, "AF_UNIX", None)
+_PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_OUTPUT_GONE_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.EBADF}
+
+# Fast paths, switchable for measurements and tests.
+_USE_SPLICE = hasattr(os, "splice")
+_USE_MSG_TRUNC = sys.platform.startswith("linux") and hasattr(socket, "MSG_TRUNC")
+
+
+class OutputClosed(Exception):
+    """Raised by stdout and stdio when our output is gone (EPIPE: the reader exited)."""
+
+
+class Observer(Protocol):
+    """What the handlers report to (the runner implements it)."""
+
+    wants_data: bool
+
+    def record(self, client_address: Any, received: int, sent: int) -> None:
+        """Called once per connection when it ends (streams), or once per datagram."""
+
+    def data(self, client_address: Any, direction: Literal["in", "out"], data: bytes) -> None:
+        """Called for every chunk, only when `wants_data` is true."""
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary)."""
+
+    reply: bytes | None = None
+    reply_file: str | None = None
+    output: BinaryIO | None = None
+    input: BinaryIO | None = None
+    observer: Observer | None = None
+    chunk_size: int = 65536
+
+
+# -- the pure part: bytes in, bytes (or None: nothing) out -------------------------------------
+
+_CHARGEN_CHARS = bytes(range(32, 127))  # the 95 printable ASCII characters
+_CHARGEN_LINE = 72
+
+
+def _chargen_period() -> bytes:
+    ring = _CHARGEN_CHARS * 2
+    lines = []
+    for i in range(len(_CHARGEN_CHARS)):
+        start = (i + 1) % len(_CHARGEN_CHARS)  # line 0 starts with "!", as in RFC 864
+        lines.append(ring[start : start + _CHARGEN_LINE] + b"\r\n")
+    return b"".join(lines)
+
+
+#: One full cycle of the chargen pattern: 95 lines of 72 characters and CRLF (7030 bytes).
+CHARGEN_PERIOD = _chargen_period()
+
+
+def chargen_pattern(start: int, size: int) -> bytes:
+    """Return `size` bytes of the endless chargen stream, from byte offset `start`."""
+    period = len(CHARGEN_PERIOD)
+    start %= period
+    reps = (start + size) // period + 1
+    return (CHARGEN_PERIOD * reps)[start : start + size]
+
+
+def chargen_datagram(request: bytes) -> bytes:
+    """The reply to a chargen datagram: `min(len(request), 512)` bytes of the pattern."""
+    return CHARGEN_PERIOD[: min(len(request), _CHARGEN_MAX_DATAGRAM)]
+
+
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
+def daytime_line(now: float | None = None) -> bytes:
+    """The RFC 867 answer for `now` (default: the current time), in UTC, ending in CRLF."""
+    t = time.gmtime(time.time() if now is None else now)
+    return (
+        f"{_WEEKDAYS[t.tm_wday]}, {_MONTHS[t.tm_mon - 1]} {t.tm_mday:02d}, {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}-UTC\r\n"
+    ).encode("ascii")
+
+
+def time_bytes(now: float | None = None) -> bytes:
+    """The RFC 868 answer: seconds since 1900-01-01 00:00 UTC, 32-bit big-endian (wraps)."""
+    seconds = int(time.time() if now is None else now) + _RFC868_EPOCH_OFFSET
+    return struct.pack("!I", seconds & 0xFFFFFFFF)
+
+
+def _upper(data: Any) -> bytes:
+    return bytes(data).upper()  # ASCII only: other bytes, valid UTF-8 or not, pass unchanged
+
+
+def transform_chunk(name: str, data: bytes) -> bytes | None:
+    """What a chunk-by-chunk stream builtin sends back for `data`; None means nothing."""
+    if name == "echo":
+        return bytes(data)
+    if name == "upper":
+        return _upper(data)
+    if name in ("discard", "stdout", "stdio"):
+        return None
+    raise ValueError(f"{name!r} does not answer chunk by chunk")
+
+
+def greeting(name: str, now: float | None = None) -> bytes:
+    """What daytime or time send when a stream client connects."""
+    if name == "daytime":
+        return daytime_line(now)
+    if name == "time":
+        return time_bytes(now)
+    raise ValueError(f"{name!r} sends no greeting")
+
+
+def respond_datagram(
+    name: str, data: bytes, *, reply: bytes = b"", now: float | None = None
+) -> bytes | None:
+    """The datagram a builtin sends back for the datagram `data`; None means no reply."""
+    _check_name(name)
+    if name == "chargen":
+        return chargen_datagram(data)
+    if name in ("daytime", "time"):
+        return greeting(name, now)
+    if name == "reply":
+        return reply
+    return transform_chunk(name, data)
+
+
+def _check_name(name: str) -> None:
+    if name not in BUILTINS:
+        raise ValueError(f"unknown builtin handler {name!r}; choose one of: {', '.join(BUILTINS)}")
+
+
+# -- shared plumbing -----------------------------------------------------------------------------
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+_WRITERS: weakref.WeakSet[_OutputWriter] = weakref.WeakSet()
+
+
+class _OutputWriter:
+    """Writes chunks to the output under one lock; one `os.write` per chunk when it has an fd."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.fd = _fileno(stream)
+        self.lock = threading.Lock()
+        self.creator_pid = os.getpid()
+        self.is_pipe = False
+        if self.fd is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()  # what was buffered before us goes first
+            with contextlib.suppress(OSError):
+                self.is_pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
+        _WRITERS.add(self)
+
+    def chunk_limit(self, chunk_size: int) -> int:
+        """How much to read per chunk so that a chunk reaches the output in one atomic write."""
+        if self.is_pipe and os.getpid() != self.creator_pid:
+            return min(chunk_size, select.PIPE_BUF)
+        return chunk_size
+
+    def write(self, data: Any) -> None:
+        """Write all of `data`; raise OutputClosed when the output is gone."""
+        try:
+            with self.lock:
+                if self.fd is None:
+                    self.stream.write(data)
+                    self.stream.flush()
+                elif os.getpid() != self.creator_pid and self.is_pipe:
+                    self._write_pieces(data, select.PIPE_BUF)
+                else:
+                    self._write_pieces(data, len(data) or 1)
+        except OSError as exc:
+            if exc.errno in _OUTPUT_GONE_ERRNOS:
+                raise OutputClosed(f"output closed: {exc.strerror}") from exc
+            raise
+        except ValueError as exc:  # the stream object itself was closed
+            raise OutputClosed("output closed") from exc
+
+    def _write_pieces(self, data: Any, piece: int) -> None:
+        fd = self.fd
+        assert fd is not None
+        with memoryview(data) as view:
+            view = view.cast("B")
+            while view:
+                try:
+                    n = os.write(fd, view[:piece])
+                except BlockingIOError:  # an output left non-blocking by someone else
+                    select.select([], [fd], [])
+                    continue
+                view = view[n:]
+
+
+def _reset_locks_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+
+class _Buffers:
+    """A small free list of receive buffers, so a new connection reuses an old one's."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+
+    def get(self) -> bytearray:
+        try:
+            return self._free.pop()
+        except IndexError:
+            return bytearray(self.size)
+
+    def put(self, buf: bytearray) -> None:
+        if len(self._free) < 16:
+            self._free.append(buf)
+
+
+class _Shared:
+    """What all connections of one handler class (or protocol factory) share."""
+
+    def __init__(self, name: str, options: HandlerOptions) -> None:
+        if options.chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self.name = name
+        self.options = options
+        self.observer = options.observer
+        self.chunk_size = options.chunk_size
+        self.buffers = _Buffers(options.chunk_size)
+        self.writer: _OutputWriter | None = None
+        if name in ("stdout", "stdio"):
+            self.writer = _OutputWriter(options.output or sys.stdout.buffer)
+        self.input: BinaryIO | None = None
+        if name == "stdio":
+            self.input = options.input or sys.stdin.buffer
+        self.reply = options.reply if options.reply is not None else b""
+        self.stream_stdio: _StreamStdio | None = None
+        self.datagram_stdio: _DatagramStdio | None = None
+        self.event_stdin: _EventStdin | None = None
+        self.chargen_block = b""
+        if name == "chargen":
+            reps = max(1, options.chunk_size // len(CHARGEN_PERIOD))
+            self.chargen_block = CHARGEN_PERIOD * reps
+
+    def watcher(self) -> Observer | None:
+        obs = self.observer
+        return obs if obs is not None and obs.wants_data else None
+
+    def datagram_reply_bytes(self) -> bytes:
+        if self.options.reply_file is not None:
+            with open(self.options.reply_file, "rb") as f:
+                return f.read()
+        return self.reply
+
+    def release(self) -> None:
+        if self.stream_stdio is not None:
+            self.stream_stdio.release()
+        if self.datagram_stdio is not None:
+            self.datagram_stdio.release()
+
+
+# -- stdin for stdio (sync, thread and fork modes) -----------------------------------------------
+
+
+class _StdinReader:
+    """A thread reading `source` in chunks, handing each to `deliver`, until EOF or `stop()`.
+
+    `alive`, when given, is checked at least every 0.2 s; the thread ends when it returns False.
+    """
+
+    def __init__(
+        self,
+        source: BinaryIO,
+        chunk_size: int,
+        deliver: Callable[[bytes], None],
+        at_eof: Callable[[], None],
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        self.source = source
+        self.fd = _fileno(source)
+        self.chunk_size = chunk_size
+        self.deliver = deliver
+        self.at_eof = at_eof
+        self.alive = alive
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.wake: tuple[int, int] | None = os.pipe()
+        self.thread = threading.Thread(target=self._run, name="sockserve-stdin", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait for it (from any other thread)."""
+        with self.lock:
+            self.stopping = True
+            if self.wake is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self.wake[1], b"x")
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            if self.fd is None:
+                self._run_unselectable()
+            else:
+                self._run_fd(self.fd)
+        finally:
+            with self.lock:
+                if self.wake is not None:
+                    for fd in self.wake:
+                        os.close(fd)
+                    self.wake = None
+
+    def _run_fd(self, fd: int) -> None:
+        assert self.wake is not None
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self.wake[0], select.POLLIN)
+        timeout = None if self.alive is None else 200
+        while not self.stopping:
+            events = poller.poll(timeout)
+            if self.stopping or (self.alive is not None and not self.alive()):
+                return
+            if not any(efd == fd for efd, _ in events):
+                continue
+            try:
+                data = os.read(fd, self.chunk_size)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""  # e.g. EIO from a terminal that went away: as good as EOF
+            if not data:
+                self.at_eof()
+                return
+            self.deliver(data)
+
+    def _run_unselectable(self) -> None:
+        read = getattr(self.source, "read1", self.source.read)
+        while not self.stopping:
+            if self.alive is not None and not self.alive():
+                return
+            data = read(self.chunk_size)
+            if not data:
+                self.at_eof()
+                return
+            self.deliver(data)
+
+
+class _StreamPeer:
+    """One stream connection as the stdin reader sees it."""
+
+    def __init__(self, sock: socket.socket, client: Any, watch: Observer | None) -> None:
+        self.sock = sock
+        self.client = client
+        self.watch = watch
+        self.lock = threading.Lock()
+        self.open = True
+        self.sent = 0
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            if not self.open:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:  # gone, reset, or too slow for its timeout: stop sending to it
+                self.open = False
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                return
+            self.sent += len(data)
+            if self.watch is not None:
+                self.watch.data(self.client, "out", data)
+
+    def shut_write(self) -> None:
+        with self.lock:
+            if self.open:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop sending to this peer; wakes a send blocked on it first."""
+        if not self.lock.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.lock.acquire()
+        self.open = False
+        self.lock.release()
+
+
+class _StreamStdio:
+    """stdin for the stream connections of one class: one reader while clients are connected.
+
+    Lock order: `gate` (reader start/stop) before `lock` (peer list) or a peer's lock; the
+    reader thread takes `lock` and peer locks only, never `gate`.
+    """
+
+    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
+        self.source = source
+        self.chunk_size = chunk_size
+        self.gate = threading.Lock()
+        self.lock = threading.Lock()
+        self.peers: list[_StreamPeer] = []
+        self.pending: list[bytes] = []
+        self.reader: _StdinReader | None = None
+        self.eof = False
+
+    def attach(self, sock: socket.socket, client: Any, watch: Observer | None) -> _StreamPeer:
+        peer = _StreamPeer(sock, client, watch)
+        with self.gate:
+            with peer.lock:  # stdin read meanwhile waits until the pending chunks are out
+                with self.lock:
+                    self.peers.append(peer)
+                    pending, self.pending = self.pending, []
+                    eof = self.eof
+                    if not eof and self.reader is None:
+                        self.reader = _StdinReader(
+                            self.source, self.chunk_size, self._deliver, self._at_eof
+                        )
+                        self.reader.start()
+            for data in pending:
+                peer.send(data)
+            if eof:
+                peer.shut_write()
+        return peer
+
+    def detach(self, peer: _StreamPeer) -> None:
+        peer.close()
+        with self.gate:
+            with self.lock:
+                self.peers.remove(peer)
+                reader = None
+                if not self.peers:
+                    reader, self.reader = self.reader, None
+            if reader is not None:
+                reader.stop()
+
+    def release(self) -> None:
+        with self.gate:
+            with self.lock:
+                reader, self.reader = self.reader, None
+            if reader is not None:
+                reader.stop()
+
+    def _deliver(self, data: bytes) -> None:
+        with self.lock:
+            peers = list(self.peers)
+            if not peers:
+                self.pending.append(data)
+                return
+        for peer in peers:
+            peer.send(data)
+
+    def _at_eof(self) -> None:
+        with self.lock:
+            self.eof = True
+            peers = list(self.peers)
+        for peer in peers:
+            peer.shut_write()
+
+
+class _DatagramStdio:
+    """stdin for a datagram server: sent to the sender of the latest datagram."""
+
+    def __init__(self, source: BinaryIO, chunk_size: int, watch: Observer | None) -> None:
+        self.source = source
+        self.chunk_size = chunk_size
+        self.watch = watch
+        self.creator_pid = os.getpid()
+        self.lock = threading.Lock()
+        self.target: tuple[socket.socket, Any] | None = None
+        self.reader: _StdinReader | None = None
+        self.eof = False
+
+    def note_sender(self, sock: socket.socket, client: Any) -> None:
+        """Make `client` the destination of stdin; start reading stdin at the first one."""
+        if not client or os.getpid() != self.creator_pid:
+            return
+        with self.lock:
+            self.target = (sock, client)
+            if self.eof or self.reader is not None:
+                return
+            limit = self.chunk_size
+            if sock.family in _INET_FAMILIES:
+                limit = min(limit, _MAX_UDP_PAYLOAD)
+            self.reader = _StdinReader(
+                self.source, limit, self._deliver, self._at_eof, alive=lambda: sock.fileno() != -1
+            )
+            self.reader.start()
+
+    def _deliver(self, data: bytes) -> None:
+        with self.lock:
+            target = self.target
+        if target is None:
+            return
+        sock, client = target
+        if _send_datagram(sock, data, client) and self.watch is not None:
+            self.watch.data(client, "out", data)
+
+    def _at_eof(self) -> None:
+        with self.lock:
+            self.eof = True
+
+    def release(self) -> None:
+        with self.lock:
+            reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.stop()
+
+
+def _send_datagram(sock: socket.socket, data: bytes, client: Any) -> int:
+    """Send one datagram to `client`; on unix sockets drop it rather than block."""
+    flags = socket.MSG_DONTWAIT if sock.family == _AF_UNIX else 0
+    try:
+        return sock.sendto(data, flags, client)
+    except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+        return 0  # the client's queue is full, or it is gone: the datagram is lost
+
+
+def _wait_hangup(sock: socket.socket) -> None:
+    """Wait until both directions of `sock` are shut (or it fails); honour its timeout."""
+    poller = select.poll()
+    poller.register(sock, 0)  # no events asked: only POLLHUP / POLLERR / POLLNVAL report
+    timeout = sock.gettimeout()
+    if not poller.poll(None if timeout is None else timeout * 1000):
+        raise TimeoutError("timed out waiting for the connection to end")
+
+
+# -- stream adapters ---------------------------------------------------------------------------
+
+
+class _StreamBuiltin(BaseRequestHandler):
+    """Base of the stream builtins: counts bytes, reports the connection once when it ends.
+
+    Subclasses implement `serve(sock)`. A client that resets or goes away ends the connection
+    quietly; OutputClosed, TimeoutError and other errors go on to the server's handle_error.
+    """
+
+    builtin: ClassVar[str] = ""
+    socktype: ClassVar[str] = "stream"
+    options: ClassVar[HandlerOptions]
+    shared: ClassVar[_Shared]
+    nodelay: ClassVar[bool] = True
+
+    received: int
+    sent: int
+    watch: Observer | None
+
+    @classmethod
+    def release(cls) -> None:
+        """Stop background work of the class (the stdin reader of stdio); idempotent."""
+        cls.shared.release()
+
+    def setup(self) -> None:
+        self.received = 0
+        self.sent = 0
+        self.watch = self.shared.watcher()
+        sock = self.request
+        if self.nodelay and sock.family in _INET_FAMILIES:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        try:
+            self.serve(self.request)
+        except _PEER_GONE:
+            pass  # the client reset or closed: the connection simply ends
+        finally:
+            observer = self.shared.observer
+            if observer is not None:
+                observer.record(self.client_address, self.received, self.sent)
+
+    def serve(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+    def send(self, sock: socket.socket, data: Any) -> None:
+        sock.sendall(data)
+        self.sent += len(data)
+        if self.watch is not None:
+            self.watch.data(self.client_address, "out", bytes(data))
+
+    def saw(self, data: Any) -> None:
+        self.received += len(data)
+        if self.watch is not None:
+            self.watch.data(self.client_address, "in", bytes(data))
+
+    def linger(self, sock: socket.socket, buf: bytearray) -> None:
+        """Shut our write side, then drop what the client still sends until it closes."""
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        limit = sock.gettimeout()
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                sock.settimeout(left if limit is None else min(left, limit))
+                n = sock.recv_into(buf)
+                if not n:
+                    return
+                self.saw(memoryview(buf)[:n])
+        except OSError:  # timeout, reset: either way we are done
+            return
+
+
+class _TransformStream(_StreamBuiltin):
+    """echo and upper: each chunk received is sent back, through `transform` if set."""
+
+    transform: ClassVar[Callable[[Any], bytes] | None] = None
+
+    def serve(self, sock: socket.socket) -> None:
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        view = memoryview(buf)
+        size = len(buf)
+        transform = type(self).transform
+        watch = self.watch
+        may_splice = (
+            transform is None and watch is None and _USE_SPLICE and sock.gettimeout() is None
+        )
+        recv_into = sock.recv_into
+        sendall = sock.sendall
+        received = sent = 0
+        try:
+            while True:
+                n = recv_into(buf)
+                if not n:
+                    return
+                received += n
+                chunk = view[:n]
+                if watch is not None:
+                    watch.data(self.client_address, "in", bytes(chunk))
+                out = chunk if transform is None else transform(chunk)
+                sendall(out)
+                sent += len(out)
+                if watch is not None:
+                    watch.data(self.client_address, "out", bytes(out))
+                if may_splice and n == size:  # a bulk transfer: stop copying through Python
+                    self.received += received
+                    self.sent += sent
+                    received = sent = 0
+                    self._splice_echo(sock, size)
+                    return
+        finally:
+            self.received += received
+            self.sent += sent
+            view.release()
+            buffers.put(buf)
+
+    def _splice_echo(self, sock: socket.socket, size: int) -> None:
+        """Echo the rest of the connection through a pipe with os.splice: no user-space copy."""
+        fd = sock.fileno()
+        r, w = os.pipe()
+        try:
+            while True:
+                n = os.splice(fd, w, size, flags=os.SPLICE_F_MOVE)
+                if not n:
+                    return
+                self.received += n
+                while n:
+                    m = os.splice(r, fd, n, flags=os.SPLICE_F_MOVE)
+                    n -= m
+                    self.sent += m
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+class _UpperStream(_TransformStream):
+    transform = staticmethod(_upper)
+
+
+class _DiscardStream(_StreamBuiltin):
+    """discard: read and drop until the client closes; on TCP the kernel drops the data."""
+
+    def serve(self, sock: socket.socket) -> None:
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        try:
+            if self.watch is not None:
+                while n := sock.recv_into(buf):
+                    self.saw(memoryview(buf)[:n])
+                return
+            flags = 0
+            if _USE_MSG_TRUNC and sock.family in _INET_FAMILIES:
+                flags = socket.MSG_TRUNC  # TCP: count and drop without copying to user space
+            recv_into = sock.recv_into
+            size = len(buf)
+            received = 0
+            try:
+                while n := recv_into(buf, size, flags):
+                    received += n
+            finally:
+                self.received += received
+        finally:
+            buffers.put(buf)
+
+
+class _StdoutStream(_StreamBuiltin):
+    """stdout: each chunk received goes to the output, whole (see the module docstring)."""
+
+    def serve(self, sock: socket.socket) -> None:
+        writer = self.shared.writer
+        assert writer is not None
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        view = memoryview(buf)
+        limit = writer.chunk_limit(len(buf))
+        try:
+            while n := sock.recv_into(buf, limit):
+                chunk = view[:n]
+                self.saw(chunk)
+                writer.write(chunk)
+        finally:
+            view.release()
+            buffers.put(buf)
+
+
+class _StdioStream(_StdoutStream):
+    """stdio: received bytes to the output, stdin to the client (see the module docstring)."""
+
+    def serve(self, sock: socket.socket) -> None:
+        shared = self.shared
+        stdio = shared.stream_stdio
+        assert stdio is not None
+        peer = stdio.attach(sock, self.client_address, self.watch)
+        try:
+            super().serve(sock)
+            _wait_hangup(sock)  # the client is done sending; stdin may still have more for it
+        finally:
+            stdio.detach(peer)
+            self.sent += peer.sent
+
+
+class _ChargenStream(_StreamBuiltin):
+    """chargen: send the pattern until the client goes away; input is ignored."""
+
+    def serve(self, sock: socket.socket) -> None:
+        block = self.shared.chargen_block
+        if self.watch is not None:
+            while True:
+                self.send(sock, block)
+        sendall = sock.sendall
+        size = len(block)
+        while True:
+            sendall(block)
+            self.sent += size
+
+
+class _GreetingStream(_StreamBuiltin):
+    """daytime and time: send one answer at connect, then close."""
+
+    def serve(self, sock: socket.socket) -> None:
+        self.send(sock, greeting(self.builtin))
+        buf = bytearray(4096)
+        self.linger(sock, buf)
+
+
+class _ReplyStream(_StreamBuiltin):
+    """reply: wait for the client's first bytes, send the reply, then close."""
+
+    def serve(self, sock: socket.socket) -> None:
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        try:
+            n = sock.recv_into(buf)
+            if n:
+                self.saw(memoryview(buf)[:n])
+            path = self.options.reply_file
+            if path is None:
+                self.send(sock, self.shared.reply)
+            else:
+                with open(path, "rb") as f:
+                    if self.watch is None:
+                        self.sent += sock.sendfile(f)
+                    else:
+                        while chunk := f.read(len(buf)):
+                            self.send(sock, chunk)
+            self.linger(sock, buf)
+        finally:
+            buffers.put(buf)
+
+
+_STREAM_CLASSES: dict[str, type[_StreamBuiltin]] = {
+    "echo": _TransformStream,
+    "upper": _UpperStream,
+    "discard": _DiscardStream,
+    "stdout": _StdoutStream,
+    "stdio": _StdioStream,
+    "chargen": _ChargenStream,
+    "daytime": _GreetingStream,
+    "time": _GreetingStream,
+    "reply": _ReplyStream,
+}
+
+
+# -- datagram adapter ----------------------------------------------------------------------------
+
+
+class _DatagramBuiltin(BaseRequestHandler):
+    """Base of the datagram builtins: one request is one datagram; the reply is one datagram."""
+
+    builtin: ClassVar[str] = ""
+    socktype: ClassVar[str] = "dgram"
+    options: ClassVar[HandlerOptions]
+    shared: ClassVar[_Shared]
+    reply: ClassVar[bytes] = b""
+
+    @classmethod
+    def release(cls) -> None:
+        """Stop background work of the class (the stdin reader of stdio); idempotent."""
+        cls.shared.release()
+
+    def handle(self) -> None:
+        data, sock = self.request
+        shared = self.shared
+        client = self.client_address
+        observer = shared.observer
+        watch = shared.watcher()
+        sent = 0
+        try:
+            if watch is not None:
+                watch.data(client, "in", bytes(data))
+            writer = shared.writer
+            if writer is not None:
+                if shared.datagram_stdio is not None:
+                    shared.datagram_stdio.note_sender(sock, client)
+                if data:
+                    writer.write(data)
+                return
+            answer = respond_datagram(self.builtin, data, reply=self.reply)
+            if answer is None or not client:
+                return
+            sent = _send_datagram(sock, answer, client)
+            if watch is not None and sent:
+                watch.data(client, "out", answer)
+        finally:
+            if observer is not None:
+                observer.record(client, len(data), sent)
+
+
+# -- event mode: asyncio protocols -------------------------------------------------------------
+# The logic lives in plain classes; `_event_class` combines each with asyncio.Protocol or
+# DatagramProtocol at first use, so importing this module does not import asyncio.
+
+
+class _EventStream:
+    """Base of the stream protocols: counts bytes, reports the connection when it is lost."""
+
+    transport: Any
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared = shared
+        self.received = 0
+        self.sent = 0
+        self.watch = shared.watcher()
+        self.client: Any = None
+        self.transport = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.client = transport.get_extra_info("peername")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        observer = self.shared.observer
+        if observer is not None:
+            observer.record(self.client, self.received, self.sent)
+
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close once what we wrote is out
+
+    def saw(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.watch is not None:
+            self.watch.data(self.client, "in", data)
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.sent += len(data)
+        if self.watch is not None:
+            self.watch.data(self.client, "out", data)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+class _EventTransform(_EventStream):
+    """echo and upper; reading pauses while the client does not read our replies."""
+
+    transform: ClassVar[Callable[[Any], bytes] | None] = None
+
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+        transform = type(self).transform
+        self.send(data if transform is None else transform(data))
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class _EventUpper(_EventTransform):
+    transform = staticmethod(_upper)
+
+
+class _EventStdout(_EventStream):
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+        writer = self.shared.writer
+        assert writer is not None
+        writer.write(data)
+
+
+class _EventChargen(_EventStream):
+    """chargen: keep the transport's buffer filled until the client goes away."""
+
+    paused = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self._fill()
+
+    def _fill(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.send(self.shared.chargen_block)
+        if not self.paused:
+            self.loop.call_soon(self._fill)
+
+    def eof_received(self) -> bool:
+        return True  # a half-closed client still reads the pattern
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._fill()
+
+
+class _EventClosing(_EventStream):
+    """Close after our answer: shut the write side, drop input until EOF or LINGER_SECONDS."""
+
+    client_eof = False
+    done = False
+    timer: Any = None
+
+    def finish_sending(self) -> None:
+        self.done = True
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.client_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        import asyncio
+
+        self.timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        return not self.done
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        super().connection_lost(exc)
+
+
+class _EventGreeting(_EventClosing):
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.send(greeting(self.shared.name))
+        self.finish_sending()
+
+
+class _EventReply(_EventClosing):
+    """reply: answer the first bytes (or EOF) with the reply bytes or file, then close."""
+
+    started = False
+    paused = False
+    file: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+        if not self.started:
+            self.start()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if not self.started:
+            self.start()
+        return not self.done
+
+    def start(self) -> None:
+        self.started = True
+        path = self.shared.options.reply_file
+        if path is None:
+            self.send(self.shared.reply)
+            self.finish_sending()
+            return
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.file = open(path, "rb")  # closed when sent, or when the connection ends
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.file is None or self.paused or self.transport.is_closing():
+            return
+        chunk = self.file.read(self.shared.chunk_size)
+        if not chunk:
+            self.file.close()
+            self.file = None
+            self.finish_sending()
+            return
+        self.send(chunk)
+        self.loop.call_soon(self._pump)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        super().connection_lost(exc)
+
+
+class _EventStdin:
+    """stdin in the event loop, for the stdio protocols of one factory: no thread.
+
+    A pipe or terminal is watched with `add_reader`; a regular file (which a selector cannot
+    watch) or a file object without a descriptor is read chunk by chunk from `call_soon`.
+    Reading stops while no client is connected or while a client's transport is full.
+    """
+
+    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
+        self.source = source
+        self.fd = _fileno(source)
+        self.chunk_size = chunk_size
+        self.peers: list[Any] = []
+        self.pending: list[bytes] = []
+        self.eof = False
+        self.paused = 0
+        self.loop: Any = None
+        self.reading: str | None = None  # "reader", "soon" or None
+        self.handle: Any = None
+
+    def attach(self, proto: Any) -> None:
+        if proto in self.peers:
+            return
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.peers.append(proto)
+        pending, self.pending = self.pending, []
+        for data in pending:
+            proto.stdin_data(data)
+        if self.eof:
+            proto.stdin_eof()
+        else:
+            self._start()
+
+    def detach(self, proto: Any) -> None:
+        if proto in self.peers:
+            self.peers.remove(proto)
+        if not self.peers:
+            self._stop()
+
+    def pause(self) -> None:
+        self.paused += 1
+        self._stop()
+
+    def resume(self) -> None:
+        self.paused = max(0, self.paused - 1)
+        if self.peers:
+            self._start()
+
+    def _start(self) -> None:
+        if self.reading is not None or self.paused or self.eof:
+            return
+        if self.fd is not None:
+            try:
+                self.loop.add_reader(self.fd, self._read)
+                self.reading = "reader"
+                return
+            except (OSError, ValueError):
+                pass  # a regular file: it never blocks, so read it from call_soon
+        self.reading = "soon"
+        self.handle = self.loop.call_soon(self._read)
+
+    def _stop(self) -> None:
+        if self.reading == "reader":
+            self.loop.remove_reader(self.fd)
+        elif self.reading == "soon" and self.handle is not None:
+            self.handle.cancel()
+        self.reading = None
+        self.handle = None
+
+    def _read(self) -> None:
+        try:
+            if self.fd is not None:
+                data = os.read(self.fd, self.chunk_size)
+            else:
+                data = getattr(self.source, "read1", self.source.read)(self.chunk_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            self._stop()
+            for proto in list(self.peers):
+                proto.stdin_eof()
+            return
+        if not self.peers:
+            self.pending.append(data)
+        for proto in list(self.peers):
+            proto.stdin_data(data)
+        if self.reading == "soon":
+            self.handle = self.loop.call_soon(self._read)
+
+
+class _EventStdio(_EventStdout):
+    """stdio on a stream: as with threads, a half-closed client keeps getting stdin."""
+
+    client_eof = False
+    stdin_done = False
+    paused = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        assert self.shared.event_stdin is not None
+        self.shared.event_stdin.attach(self)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        return not self.stdin_done
+
+    def stdin_data(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.send(data)
+
+    def stdin_eof(self) -> None:
+        self.stdin_done = True
+        if self.transport.is_closing():
+            return
+        if self.client_eof or not self.transport.can_write_eof():
+            self.transport.close()
+        else:
+            self.transport.write_eof()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        assert self.shared.event_stdin is not None
+        self.shared.event_stdin.pause()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        assert self.shared.event_stdin is not None
+        self.shared.event_stdin.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        stdin = self.shared.event_stdin
+        assert stdin is not None
+        if self.paused:
+            self.paused = False
+            stdin.resume()
+        stdin.detach(self)
+        super().connection_lost(exc)
+
+
+class _EventDatagram:
+    """Datagram protocol for every builtin: one reply datagram per datagram."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared = shared
+        self.transport: Any = None
+        self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
+        self.last_sender: Any = None
+        self.stdin_limit = shared.chunk_size
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in _INET_FAMILIES:
+            self.stdin_limit = min(self.stdin_limit, _MAX_UDP_PAYLOAD)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        shared = self.shared
+        watch = shared.watcher()
+        sent = 0
+        try:
+            if watch is not None:
+                watch.data(addr, "in", data)
+            if shared.writer is not None:
+                if shared.event_stdin is not None and addr:
+                    self.last_sender = addr
+                    shared.event_stdin.attach(self)
+                if data:
+                    shared.writer.write(data)
+                return
+            answer = respond_datagram(shared.name, data, reply=self.reply)
+            if answer is None or not addr:
+                return
+            self.transport.sendto(answer, addr)
+            sent = len(answer)
+            if watch is not None:
+                watch.data(addr, "out", answer)
+        finally:
+            if shared.observer is not None:
+                shared.observer.record(addr, len(data), sent)
+
+    def stdin_data(self, data: bytes) -> None:
+        if self.last_sender is None or self.transport.is_closing():
+            return
+        for i in range(0, len(data), self.stdin_limit):
+            self.transport.sendto(data[i : i + self.stdin_limit], self.last_sender)
+
+    def stdin_eof(self) -> None:
+        pass
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: the client is gone, nothing to do
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.shared.event_stdin is not None:
+            self.shared.event_stdin.detach(self)
+
+
+_EVENT_STREAM_CLASSES: dict[str, type[_EventStream]] = {
+    "echo": _EventTransform,
+    "upper": _EventUpper,
+    "discard": _EventStream,
+    "stdout": _EventStdout,
+    "stdio": _EventStdio,
+    "chargen": _EventChargen,
+    "daytime": _EventGreeting,
+    "time": _EventGreeting,
+    "reply": _EventReply,
+}
+
+
+@functools.cache
+def _event_class(name: str, socktype: str) -> type[asyncio.BaseProtocol]:
+    import asyncio
+
+    if socktype == "dgram":
+        logic: type = _EventDatagram
+        base: type = asyncio.DatagramProtocol
+    else:
+        logic = _EVENT_STREAM_CLASSES[name]
+        base = asyncio.Protocol
+    cls_name = f"{name.capitalize()}{'Datagram' if socktype == 'dgram' else 'Stream'}Protocol"
+    return type(cls_name, (logic, base), {"__module__": __name__})
+
+
+# -- public constructors -------------------------------------------------------------------------
+
+
+def _class_name(name: str, kind: str) -> str:
+    return f"{name.capitalize()}{kind}Handler"
+
+
+def stream_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:
+    """A new request handler class for stream servers running the builtin `name`.
+
+    Raises ValueError for an unknown name.
+    """
+    _check_name(name)
+    shared = _Shared(name, options)
+    if name == "stdio":
+        assert shared.input is not None
+        shared.stream_stdio = _StreamStdio(shared.input, shared.chunk_size)
+    attrs = {"builtin": name, "options": options, "shared": shared, "__module__": __name__}
+    return type(_class_name(name, "Stream"), (_STREAM_CLASSES[name],), attrs)
+
+
+def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:
+    """A new request handler class for datagram servers running the builtin `name`.
+
+    Raises ValueError for an unknown name, OSError when `reply_file` cannot be read.
+    """
+    _check_name(name)
+    shared = _Shared(name, options)
+    if name == "stdio":
+        assert shared.input is not None
+        shared.datagram_stdio = _DatagramStdio(shared.input, shared.chunk_size, shared.watcher())
+    attrs: dict[str, Any] = {
+        "builtin": name,
+        "options": options,
+        "shared": shared,
+        "__module__": __name__,
+    }
+    if name == "reply":
+        attrs["reply"] = shared.datagram_reply_bytes()
+    return type(_class_name(name, "Datagram"), (_DatagramBuiltin,), attrs)
+
+
+def protocol_factory(
+    name: str, socktype: Literal["stream", "dgram"], options: HandlerOptions
+) -> Callable[[], asyncio.BaseProtocol]:
+    """A factory of asyncio protocols running the builtin `name`, for the event mode.
+
+    Use it with `loop.create_server` / `create_unix_server` (stream) or
+    `create_datagram_endpoint` (dgram). Raises ValueError for an unknown name or socktype.
+    An exception in a protocol callback (OutputClosed from stdout/stdio) reaches the loop's
+    exception handler as asyncio reports it, with the transport closed.
+    """
+    _check_name(name)
+    if socktype not in ("stream", "dgram"):
+        raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
+    shared = _Shared(name, options)
+    if name == "stdio":
+        assert shared.input is not None
+        shared.event_stdin = _EventStdin(shared.input, shared.chunk_size)
+    cls = _event_class(name, socktype)
+    return functools.partial(cls, shared)
