@@ -1045,9 +1045,19 @@ class _EventTransform(_EventStream):
     transform: ClassVar[Callable[[Any], bytes] | None] = None
 
     def data_received(self, data: bytes) -> None:
-        self.saw(data)
-        transform = type(self).transform
-        self.send(data if transform is None else transform(data))
+        watch = self.watch
+        if watch is not None:
+            watch.data(self.client, "in", data)
+        transform = self.transform
+        out = data if transform is None else transform(data)
+        self.transport.write(out)
+        self.received += len(data)  # upper keeps the length: received == sent
+        if watch is not None:
+            watch.data(self.client, "out", out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sent = self.received
+        super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()
