@@ -17,6 +17,7 @@ from click.shell_completion import CompletionItem
 from . import __version__
 from .errors import ExitStatus, SockserveError
 from .helptext import SockserveCommand
+from .loading import BUILTIN_NAMES
 
 PROTOCOLS = {
     "tcp": "TCP stream server (IPv4 or IPv6)",
@@ -24,17 +25,6 @@ PROTOCOLS = {
     "unix": "unix domain stream socket (a path, or @name)",
     "unix-dgram": "unix domain datagram socket (a path, or @name)",
 }
-BUILTIN_NAMES = (
-    "echo",
-    "upper",
-    "discard",
-    "stdout",
-    "stdio",
-    "chargen",
-    "daytime",
-    "time",
-    "reply",
-)
 
 
 class HandlerSpecType(click.ParamType):
@@ -320,7 +310,7 @@ def build_config(params: dict[str, Any]) -> Any:
     try:
         address = parse_address(params["address"], family)
     except UsageError as exc:
-        raise click.BadParameter(_with_hint(exc), param_hint="ADDRESS") from None
+        raise click.BadParameter(_with_hint(exc), param_hint="'ADDRESS'") from None
     family = address.family
     concurrency = params["concurrency"] or default_concurrency(socktype)
 
@@ -379,4 +369,4 @@ def build_config(params: dict[str, Any]) -> Any:
 
 
 def _with_hint(exc: SockserveError) -> str:
-    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
