@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import select
 import shutil
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +74,58 @@ class RecordingObserver:
         with self.cond:
             assert self.cond.wait_for(lambda: len(self.records) >= n, timeout), self.records
             return list(self.records)
+
+
+class ForwardingObserver:
+    """An Observer for forked children: records travel on a pipe to a RecordingObserver."""
+
+    wants_data = False
+
+    def __init__(self, target: RecordingObserver) -> None:
+        self.target = target
+        self.r, self.w = os.pipe()
+        self.thread = threading.Thread(target=self._pump)
+        self.thread.start()
+
+    def record(self, client_address: Any, received: int, sent: int) -> None:
+        os.write(self.w, json.dumps([client_address, received, sent]).encode() + b"\n")
+
+    def data(self, client_address: Any, direction: str, data: bytes) -> None:
+        pass
+
+    def _pump(self) -> None:
+        with os.fdopen(self.r, "rb") as lines:
+            for line in lines:
+                client, received, sent = json.loads(line)
+                self.target.record(
+                    tuple(client) if isinstance(client, list) else client, received, sent
+                )
+
+    def close(self) -> None:
+        os.close(self.w)  # the children's copies closed when they exited
+        self.thread.join(TIMEOUT)
+
+
+#: Descriptors that belong to the test itself: a forked server child closes its copies, so
+#: that (for instance) closing the test's end of the stdin pipe is an EOF the child sees.
+_TEST_ONLY_FDS: set[int] = set()
+
+
+#: The test's client sockets, closed in a forked server child for the same reason (a closed
+#: socket has fileno -1, so a reused descriptor number is never closed by mistake).
+_TEST_SOCKETS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _close_test_fds_in_child() -> None:
+    for fd in _TEST_ONLY_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    for sock in list(_TEST_SOCKETS):
+        if sock.fileno() >= 0:
+            sock.close()
+
+
+os.register_at_fork(after_in_child=_close_test_fds_in_child)
 
 
 @dataclass
@@ -140,6 +194,7 @@ def family(transport: str) -> int:
 
 def connect(transport: str, address: Any) -> socket.socket:
     sock = socket.socket(family(transport), socket.SOCK_STREAM)
+    _TEST_SOCKETS.add(sock)
     sock.settimeout(TIMEOUT)
     sock.connect(address)
     return sock
@@ -147,6 +202,7 @@ def connect(transport: str, address: Any) -> socket.socket:
 
 def dgram_client(ctx: Ctx) -> socket.socket:
     sock = socket.socket(family(ctx.transport), socket.SOCK_DGRAM)
+    _TEST_SOCKETS.add(sock)
     sock.settimeout(TIMEOUT)
     if ctx.transport == "udp":
         sock.bind(("127.0.0.1", 0))
@@ -268,6 +324,7 @@ def check_stdio(ctx: Ctx, address: Any) -> None:
             sock.shutdown(socket.SHUT_WR)  # half-closed: stdin still reaches us
             os.write(ctx.stdin_w, b"more")
             assert recv_exactly(sock, 4) == b"more"
+            _TEST_ONLY_FDS.discard(ctx.stdin_w)
             os.close(ctx.stdin_w)  # stdin EOF: the server shuts its write side
             ctx.stdin_w = None
             assert recv_all(sock) == b""
@@ -351,12 +408,21 @@ CHECKS: dict[str, Callable[[Ctx, Any], None]] = {
 
 
 @contextlib.contextmanager
-def make_ctx(name: str, transport: str, tmpdir: str) -> Iterator[tuple[Ctx, bh.HandlerOptions]]:
-    """The context of one check and the HandlerOptions it needs; closes files afterwards."""
+def make_ctx(
+    name: str, transport: str, tmpdir: str, forked: bool = False
+) -> Iterator[tuple[Ctx, bh.HandlerOptions]]:
+    """The context of one check and the HandlerOptions it needs; closes files afterwards.
+
+    With `forked`, the handler's observer forwards records from forked children on a pipe.
+    """
     observer = RecordingObserver()
     ctx = Ctx(transport, tmpdir, observer)
     files: list[Any] = []
     kwargs: dict[str, Any] = {"observer": observer}
+    if forked:
+        forwarder = ForwardingObserver(observer)
+        files.append(forwarder)
+        kwargs["observer"] = forwarder
     if name in ("stdout", "stdio"):
         ctx.output_path = os.path.join(tmpdir, "out")
         kwargs["output"] = open(ctx.output_path, "wb")  # noqa: SIM115 - closed below
@@ -364,6 +430,7 @@ def make_ctx(name: str, transport: str, tmpdir: str) -> Iterator[tuple[Ctx, bh.H
     if name == "stdio":
         r, w = os.pipe()
         ctx.stdin_w = w
+        _TEST_ONLY_FDS.add(w)
         kwargs["input"] = os.fdopen(r, "rb", buffering=0)
         files.append(kwargs["input"])
     if name == "reply":
@@ -371,6 +438,7 @@ def make_ctx(name: str, transport: str, tmpdir: str) -> Iterator[tuple[Ctx, bh.H
     try:
         yield ctx, bh.HandlerOptions(**kwargs)
     finally:
+        _TEST_ONLY_FDS.clear()
         if ctx.stdin_w is not None:
             os.close(ctx.stdin_w)
         for f in files:
@@ -490,6 +558,17 @@ def test_builtin_threading(name: str, transport: str, short_tmp: str) -> None:
         else:
             handler = bh.datagram_handler(name, options)
         with running(transport, handler, short_tmp) as server:
+            CHECKS[name](ctx, server.server_address)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", list(bh.BUILTINS))
+def test_builtin_forking(name: str, transport: str, short_tmp: str) -> None:
+    if name == "stdio" and transport not in STREAM:
+        pytest.skip("stdin is not forwarded to datagram clients in fork mode (documented)")
+    with make_ctx(name, transport, short_tmp, forked=True) as (ctx, options):
+        make = bh.stream_handler if transport in STREAM else bh.datagram_handler
+        with running(transport, make(name, options), short_tmp, classes=FORKING) as server:
             CHECKS[name](ctx, server.server_address)
 
 
