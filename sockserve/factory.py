@@ -129,7 +129,11 @@ class ToolServerMixIn:
     def server_bind(self) -> None:
         """Bind; for a unix path, replace a stale socket file and apply --mode via umask."""
         path = self.server_address  # type: ignore[has-type]
-        if self.address_family != getattr(socket, "AF_UNIX", None) or not isinstance(path, str):
+        if (
+            self.address_family != getattr(socket, "AF_UNIX", None)
+            or not isinstance(path, str)
+            or path.startswith("\0")  # abstract namespace: no file to prepare or remove
+        ):
             super().server_bind()  # type: ignore[misc]
             return
         prepare_unix_path(path, self.socket_type)  # type: ignore[attr-defined]
