@@ -56,6 +56,8 @@ def format_client(client: Any) -> str:
     """127.0.0.1:5000, [::1]:5000, a unix path, or 'unix client' for an unnamed one."""
     if isinstance(client, tuple) and len(client) >= 2:
         host, port = client[0], client[1]
+        if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+            host = host[7:]  # an IPv4 client of a dual-stack server: show it as IPv4
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     if isinstance(client, bytes):
         client = client.decode(errors="replace")
@@ -89,10 +91,10 @@ def hexdump(data: bytes, width: int = 16) -> list[str]:
 
 def summary_text(stats: Stats, socktype: str) -> str:
     """The one-line summary printed at the end of a run."""
-    units = "datagrams" if socktype == "dgram" else "connections"
+    unit = "datagram" if socktype == "dgram" else "connection"
     count = stats.requests if socktype == "dgram" else stats.connections
     return (
-        f"stopped after {stats.uptime:.1f}s: {count} {units}, "
+        f"stopped after {stats.uptime:.1f}s: {count} {unit}{'s' if count != 1 else ''}, "
         f"{format_bytes(stats.bytes_in)} in, {format_bytes(stats.bytes_out)} out, "
         f"{stats.errors} error{'s' if stats.errors != 1 else ''}"
     )

@@ -35,7 +35,7 @@ def test_tcp_upper_then_ctrl_c_prints_summary_and_exits_0() -> None:
     assert tcp_exchange(addr, b"hello world\n") == b"HELLO WORLD\n"
     child.expect("close 127.0.0.1:")
     child.sendintr()
-    child.expect(r"stopped after [\d.]+s: 1 connections, 12 B in, 12 B out, 0 errors")
+    child.expect(r"stopped after [\d.]+s: 1 connection, 12 B in, 12 B out, 0 errors")
     status, out = finish(child)
     assert status == 0
     assert "Traceback" not in out

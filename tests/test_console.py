@@ -22,6 +22,7 @@ from sockserve.console import (
 def test_format_client() -> None:
     assert format_client(("127.0.0.1", 5000)) == "127.0.0.1:5000"
     assert format_client(("::1", 5000, 0, 0)) == "[::1]:5000"
+    assert format_client(("::ffff:127.0.0.1", 5000, 0, 0)) == "127.0.0.1:5000"
     assert format_client("") == "unix client"
     assert format_client("/tmp/c.sock") == "/tmp/c.sock"
     assert format_client(b"\0abstract") == "@abstract"
@@ -46,9 +47,11 @@ def test_summary_counts_connections_or_datagrams() -> None:
     stats = Stats()
     stats.add_connection()
     stats.add_request(10, 20)
-    assert "1 connections, 10 B in, 20 B out, 0 errors" in summary_text(stats, "stream")
+    assert "1 connection, 10 B in, 20 B out, 0 errors" in summary_text(stats, "stream")
     stats.add_error()
-    assert "1 datagrams" in summary_text(stats, "dgram")
+    assert "1 datagram," in summary_text(stats, "dgram")
+    stats.add_connection()
+    assert "2 connections," in summary_text(stats, "stream")
     assert summary_text(stats, "dgram").endswith("1 error")
 
 
