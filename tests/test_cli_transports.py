@@ -1,0 +1,241 @@
+"""The real command over every transport and address form: udp, unix-dgram, @abstract,
+IPv6 and dual-stack, -vv hex dumps, -q, --reply, stdio like `nc -l`, 64 KiB datagrams."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pexpect
+import pytest
+from clitools import finish, inet_address, spawn, tcp_exchange, wait_listening
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="sst", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="IPv6 loopback unavailable")
+
+
+def test_udp_upper_once() -> None:
+    child = spawn(["udp", ":0", "-H", "upper", "--once"])
+    url = wait_listening(child)
+    assert url.startswith("udp://127.0.0.1:")
+    child.expect(r"\(sync, handler=upper")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.sendto(b"shout", inet_address(url))
+        assert s.recv(100) == b"SHOUT"
+    status, out = finish(child)
+    assert status == 0
+    assert "1 datagram, 5 B in, 5 B out" in out
+
+
+def test_udp_64k_datagram_is_not_truncated() -> None:
+    child = spawn(["udp", ":0", "-H", "echo", "--once"])
+    addr = inet_address(wait_listening(child))
+    payload = os.urandom(65507)  # the largest UDP payload over IPv4
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.settimeout(10)
+        s.sendto(payload, addr)
+        assert s.recv(70000) == payload
+    status, _ = finish(child)
+    assert status == 0
+
+
+def test_unix_dgram_echo_and_socket_removed(sockdir: str) -> None:
+    path = os.path.join(sockdir, "d.sock")
+    child = spawn(["unix-dgram", path, "-H", "echo", "--max-requests", "2"])
+    assert wait_listening(child) == f"unix-dgram://{path}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(os.path.join(sockdir, "client.sock"))  # a client must be named to get a reply
+        s.settimeout(10)
+        big = os.urandom(65536)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        for payload in (b"ping", big):
+            s.sendto(payload, path)
+            assert s.recv(70000) == payload
+    status, out = finish(child)
+    assert status == 0, out
+    assert not os.path.exists(path)
+
+
+def test_abstract_unix_stream() -> None:
+    name = f"sockserve-test-{os.getpid()}"
+    child = spawn(["unix", f"@{name}", "-H", "upper", "--once"])
+    assert wait_listening(child) == f"unix://@{name}"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect("\0" + name)
+        s.sendall(b"abstract")
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b"ABSTRACT"
+    status, _ = finish(child)
+    assert status == 0
+
+
+@needs_ipv6
+def test_family_inet6_port_only_is_ipv6_loopback() -> None:
+    child = spawn(["tcp", ":0", "--family", "inet6", "--once"])
+    url = wait_listening(child)
+    assert url.startswith("tcp://[::1]:")
+    assert tcp_exchange(inet_address(url), b"six") == b"six"
+    assert finish(child)[0] == 0
+
+
+@needs_ipv6
+def test_dual_stack_accepts_ipv4_and_warns() -> None:
+    child = spawn(["tcp", "[::]:0", "-H", "upper", "--max-requests", "2"])
+    url = wait_listening(child)
+    child.expect("warning: listening on all interfaces")
+    port = inet_address(url)[1]
+    assert tcp_exchange(("127.0.0.1", port), b"four") == b"FOUR"
+    assert tcp_exchange(("::1", port), b"six") == b"SIX"
+    status, out = finish(child)
+    assert status == 0
+    assert "connect 127.0.0.1:" in out  # shown as IPv4, not ::ffff:127.0.0.1
+
+
+def test_all_interfaces_v4_warns() -> None:
+    child = spawn(["tcp", "0.0.0.0:0", "--once"])
+    url = wait_listening(child)
+    child.expect("warning: listening on all interfaces")
+    assert tcp_exchange(("127.0.0.1", inet_address(url)[1]), b"x") == b"x"
+    assert finish(child)[0] == 0
+
+
+def test_loopback_default_prints_no_warning() -> None:
+    child = spawn(["tcp", ":0", "--once"])
+    addr = inet_address(wait_listening(child))
+    tcp_exchange(addr, b"x")
+    _, out = finish(child)
+    assert "warning" not in out
+
+
+def test_hex_dump_with_vv() -> None:
+    child = spawn(["tcp", ":0", "-H", "echo", "--once", "-vv"])
+    addr = inet_address(wait_listening(child))
+    assert tcp_exchange(addr, b"hi\x00\xff") == b"hi\x00\xff"
+    status, out = finish(child)
+    assert status == 0
+    assert "68 69 00 ff" in out
+    assert "|hi..|" in out
+    assert "(4 B in, 4 B out)" in out
+
+
+def test_quiet_prints_nothing_but_errors() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "tcp", ":0", "--once", "-q", "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    host, port = proc.stdout.readline().decode().strip().rsplit(":", 1)
+    assert tcp_exchange((host, int(port)), b"q") == b"q"
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert err == b""
+
+
+def test_reply_text_answers_http_like_client() -> None:
+    child = spawn(["tcp", ":0", "--reply", "HTTP/1.0 200 OK\\r\\n\\r\\nhi\\n", "--once"])
+    addr = inet_address(wait_listening(child))
+    answer = tcp_exchange(addr, b"GET / HTTP/1.0\r\n\r\n")
+    assert answer == b"HTTP/1.0 200 OK\r\n\r\nhi\n"
+    assert finish(child)[0] == 0
+
+
+def test_stdio_like_nc_listen() -> None:
+    """Received bytes go to stdout; our stdin goes to the client; stdin EOF closes it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "tcp", ":0", "-H", "stdio", "--once", "-q"]
+        + ["--print-address"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    host, port = proc.stdout.readline().decode().strip().rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"from client\n")
+        proc.stdin.write(b"from stdin\n")
+        proc.stdin.flush()
+        assert s.recv(100) == b"from stdin\n"
+        proc.stdin.close()  # EOF: the server shuts its write side
+        assert s.recv(100) == b""
+    assert proc.wait(timeout=15) == 0
+    assert proc.stdout.read() == b"from client\n"
+    proc.stdout.close()
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "thread", "fork"])
+def test_every_concurrency_serves_tcp(mode: str) -> None:
+    child = spawn(["tcp", ":0", "-H", "upper", "-c", mode, "--max-requests", "2"])
+    addr = inet_address(wait_listening(child))
+    child.expect(rf"\({mode}, handler=upper")
+    assert tcp_exchange(addr, b"a") == b"A"
+    assert tcp_exchange(addr, b"b") == b"B"
+    status, out = finish(child)
+    assert status == 0, out
+    assert "2 connections, 2 B in, 2 B out" in out
+
+
+def test_user_handler_with_module_colon_class(sockdir: str) -> None:
+    with open(os.path.join(sockdir, "myproto_sockserve.py"), "w") as f:
+        f.write(
+            "import sockserve\n"
+            "class Rev(sockserve.StreamRequestHandler):\n"
+            "    def handle(self):\n"
+            "        self.wfile.write(self.rfile.readline().strip()[::-1] + b'\\n')\n"
+        )
+    child = spawn(["tcp", ":0", "-H", "myproto_sockserve:Rev", "--once"], cwd=sockdir)
+    addr = inet_address(wait_listening(child))
+    assert tcp_exchange(addr, b"abc\n") == b"cba\n"
+    status, out = finish(child)
+    assert status == 0, out
+    assert "1 connection, 4 B in, 4 B out" in out
+
+
+def test_stdlib_handler_subclass_runs_in_fork_mode(sockdir: str) -> None:
+    path = os.path.join(sockdir, "legacy.py")
+    with open(path, "w") as f:
+        f.write(
+            "import socketserver\n"
+            "class Legacy(socketserver.BaseRequestHandler):\n"
+            "    def handle(self):\n"
+            "        self.request.sendall(self.request.recv(100)[::-1])\n"
+        )
+    child = spawn(["tcp", ":0", "-H", path, "-c", "fork", "--once"])
+    addr = inet_address(wait_listening(child))
+    assert tcp_exchange(addr, b"xyz", expect=3) == b"zyx"
+    assert finish(child)[0] == 0
+
+
+def test_python_m_sockserve_help_is_the_same_command() -> None:
+    child = pexpect.spawn(
+        sys.executable, ["-m", "sockserve", "--help"], env=dict(os.environ, NO_COLOR="1")
+    )
+    child.expect("PROTO")
+    status, _ = finish(child)
+    assert status == 0
