@@ -239,3 +239,66 @@ def test_python_m_sockserve_help_is_the_same_command() -> None:
     child.expect("PROTO")
     status, _ = finish(child)
     assert status == 0
+
+
+def test_regular_file_at_unix_path_is_never_deleted(sockdir: str) -> None:
+    path = os.path.join(sockdir, "precious.txt")
+    with open(path, "w") as f:
+        f.write("keep me")
+    child = spawn(["unix", path])
+    status, out = finish(child)
+    assert status == 1
+    assert f"sockserve: error: refusing to replace {path}: it is a regular file" in out
+    assert "Traceback" not in out
+    with open(path) as f:
+        assert f.read() == "keep me"
+
+
+def test_missing_directory_for_unix_path(sockdir: str) -> None:
+    path = os.path.join(sockdir, "no", "such", "dir.sock")
+    child = spawn(["unix", path])
+    status, out = finish(child)
+    assert status == 1
+    assert "its directory does not exist" in out
+
+
+@pytest.mark.parametrize(
+    ("err", "args", "expected"),
+    [
+        (
+            13,
+            ["tcp", "127.0.0.1:80"],
+            "127.0.0.1:80: ports below 1024",
+        ),
+        (13, ["unix", "/tmp/x.sock"], "permission denied binding to /tmp/x.sock"),
+        (99, ["tcp", "127.0.0.9:0"], "cannot bind to 127.0.0.9:0: no such address"),
+        (97, ["tcp", "[::1]:0"], "address family not supported"),
+        (98, ["unix", "@busy"], "@busy is already in use"),
+    ],
+)
+def test_bind_errors_are_translated(err: int, args: list[str], expected: str) -> None:
+    """The OSErrors a bind can raise (root cannot provoke EACCES here) become one line + hint."""
+    from click.testing import CliRunner
+
+    from sockserve import cli
+    from sockserve.errors import EnvironmentProblem
+    from sockserve.factory import translate_bind_error
+
+    seen: list[object] = []
+
+    def grab(config: object, reporter: object) -> int:
+        seen.append(config)
+        return 0
+
+    import sockserve.runner as runner_mod
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runner_mod, "serve", grab)
+    try:
+        CliRunner().invoke(cli.main, args, catch_exceptions=False)
+    finally:
+        mp.undo()
+    problem = translate_bind_error(OSError(err, os.strerror(err)), seen[0])  # type: ignore[arg-type]
+    assert isinstance(problem, EnvironmentProblem)
+    assert expected in problem.message
+    assert problem.hint
