@@ -302,3 +302,35 @@ def test_bind_errors_are_translated(err: int, args: list[str], expected: str) ->
     assert isinstance(problem, EnvironmentProblem)
     assert expected in problem.message
     assert problem.hint
+
+
+def test_workers_share_the_port_and_stop_together(sockdir: str) -> None:
+    """Two sync workers: while one holds a connection, the next one is served by the other."""
+    path = os.path.join(sockdir, "pid.py")
+    with open(path, "w") as f:
+        f.write(
+            "import os, sockserve\n"
+            "class Pid(sockserve.BaseRequestHandler):\n"
+            "    def handle(self):\n"
+            "        self.request.sendall(str(os.getpid()).encode() + b'\\n')\n"
+            "        self.request.recv(1)  # hold the worker until the client closes\n"
+        )
+    child = spawn(["tcp", ":0", "-H", path, "-c", "sync", "--workers", "2"])
+    addr = inet_address(wait_listening(child))
+    child.expect(r"workers=2")
+    first = socket.create_connection(addr, timeout=10)
+    second = socket.create_connection(addr, timeout=10)
+    try:
+        pids = {int(first.recv(20)), int(second.recv(20))}
+    finally:
+        first.close()
+        second.close()
+    assert len(pids) == 2
+    assert child.pid not in pids
+    child.sendintr()
+    status, out = finish(child)
+    assert status == 0, out
+    assert "2 connections" in out
+    for pid in pids:  # both workers are gone (reaped by the supervisor, which has exited)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
