@@ -6,15 +6,15 @@ A mixin goes first in the bases, because it overrides `process_request` (and ext
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import selectors
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from .servers import TCPServer, UDPServer
+from .servers import TCPServer, UDPServer, _Waker
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
 
@@ -146,79 +146,77 @@ if hasattr(os, "fork"):
             self.collect_children(blocking=self.block_on_close)
 
 
-class _Pool:
-    """At most `size` worker threads that run submitted jobs; submit waits when all are busy."""
+class _RequestThreads:
+    """The live request threads of one server, with the wait for a free slot (max_threads).
 
-    def __init__(self, size: int, daemon: bool, run: Any) -> None:
-        self.size = size
-        self.daemon = daemon
-        self.run = run
+    A thread is registered before it starts and forgets itself when it ends, so finished
+    threads are never kept. The wait for a slot selects on a private socketpair (written to
+    by every thread that ends) and on the server's wakeup fd, so `shutdown()` interrupts it,
+    and no lock is involved that a signal handler calling `shutdown()` could need.
+    """
+
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.has_job = threading.Condition(self.lock)
-        self.has_slot = threading.Condition(self.lock)
-        self.jobs: collections.deque[tuple[Any, Any]] = collections.deque()
-        self.workers: set[threading.Thread] = set()
-        self.busy = 0
-        self.closed = False
+        self.threads: set[threading.Thread] = set()
+        self.waiters: set[_Waker] = set()
 
-    def submit(self, job: tuple[Any, Any], should_stop: Any) -> bool:
-        """Queue a job, waiting for a free worker; return False if `should_stop()` first."""
-        with self.lock:
-            while self.busy >= self.size:
-                if should_stop() or self.closed:
-                    return False
-                self.has_slot.wait()
-            self.busy += 1
-            self.jobs.append(job)
-            if len(self.workers) < self.busy:
-                worker = threading.Thread(target=self._work, daemon=self.daemon)
-                self.workers.add(worker)
-                worker.start()
-            else:
-                self.has_job.notify()
-        return True
+    def add(
+        self,
+        thread: threading.Thread,
+        limit: int | None,
+        should_stop: Callable[[], bool],
+        wakeup_fd: Callable[[], int | None],
+    ) -> bool:
+        """Register `thread`, first waiting while `limit` threads are alive.
 
-    def wake(self) -> None:
-        with self.lock:
-            self.has_slot.notify_all()
-
-    def _work(self) -> None:
-        me = threading.current_thread()
-        while True:
-            with self.lock:
-                while not self.jobs and not self.closed:
-                    self.has_job.wait()
-                if not self.jobs:
-                    self.workers.discard(me)
-                    return
-                job = self.jobs.popleft()
-            try:
-                self.run(*job)
-            finally:
+        Returns False, without registering, when `should_stop()` turns true during the wait.
+        """
+        waiter: _Waker | None = None
+        try:
+            while True:
                 with self.lock:
-                    self.busy -= 1
-                    self.has_slot.notify()
+                    if limit is None or len(self.threads) < limit:
+                        self.threads.add(thread)
+                        return True
+                    if waiter is None:
+                        waiter = _Waker()
+                        self.waiters.add(waiter)
+                if should_stop():
+                    return False
+                with selectors.DefaultSelector() as selector:
+                    selector.register(waiter, selectors.EVENT_READ)
+                    fd = wakeup_fd()
+                    if fd is not None:
+                        selector.register(fd, selectors.EVENT_READ)
+                    selector.select()
+                waiter.drain()
+        finally:
+            if waiter is not None:
+                with self.lock:
+                    self.waiters.discard(waiter)
+                waiter.close()  # no thread can write to it any more: it left the set first
 
-    def close(self, wait: bool) -> None:
+    def discard(self, thread: threading.Thread) -> None:
+        """Forget `thread` and wake whoever waits for a slot."""
         with self.lock:
-            self.closed = True
-            self.has_job.notify_all()
-            self.has_slot.notify_all()
-            workers = list(self.workers)
-        if wait:
-            for worker in workers:
-                if not worker.daemon:
-                    worker.join()
+            self.threads.discard(thread)
+            for waiter in self.waiters:
+                waiter.wake()
+
+    def snapshot(self) -> list[threading.Thread]:
+        with self.lock:
+            return list(self.threads)
 
 
 class ThreadingMixIn:
-    """Handle each request in a thread.
+    """Handle each request in a new thread.
 
     Class variables: `daemon_threads` (threads that do not keep the process alive),
     `block_on_close` (server_close joins the non-daemon threads unless False), and sockserve's
-    `max_threads`: None for one new thread per request (the stdlib's way), or N for a pool of at
-    most N threads; when all N are busy the server waits before accepting more. Finished
-    threads are forgotten at once, never kept in a list.
+    `max_threads`: None for no limit (the stdlib's way), or N to run at most N request threads
+    at once; when N are busy the server waits for one to end before it handles the next
+    request (`shutdown()` interrupts that wait). Finished threads are forgotten at once, never
+    kept in a list; `live_threads` counts the running ones.
     """
 
     daemon_threads: bool = False
@@ -234,75 +232,46 @@ class ThreadingMixIn:
         finally:
             self.shutdown_request(request)  # type: ignore[attr-defined]
 
-    def _thread_state(self) -> tuple[threading.Lock, set[threading.Thread]]:
+    def _request_threads(self) -> _RequestThreads:
         state = vars(self).get("_sockserve_threads")
         if state is None:
-            state = vars(self).setdefault("_sockserve_threads", (threading.Lock(), set()))
+            state = vars(self).setdefault("_sockserve_threads", _RequestThreads())
         return state
 
-    def _pool(self) -> _Pool:
-        pool = vars(self).get("_sockserve_pool")
-        if pool is None:
-            assert self.max_threads is not None
-            pool = _Pool(self.max_threads, self.daemon_threads, self.process_request_thread)
-            pool = vars(self).setdefault("_sockserve_pool", pool)
-        return pool
-
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the request to a new thread (or a pool thread when max_threads is set)."""
-        if self.max_threads is not None:
-            stop = lambda: _shutdown_requested(self)  # noqa: E731
-            if not self._pool().submit((request, client_address), stop):
-                self.shutdown_request(request)  # type: ignore[attr-defined]
-            return
-        lock, threads = self._thread_state()
+        """Start a thread that handles the request (with max_threads, once a slot is free)."""
+        state = self._request_threads()
         thread = threading.Thread(
             target=self._run_tracked, args=(request, client_address), daemon=self.daemon_threads
         )
-        if not thread.daemon:
-            with lock:
-                threads.add(thread)
+        wakeup_fd = getattr(self, "_wakeup_fd", lambda: None)
+        if not state.add(thread, self.max_threads, lambda: _shutdown_requested(self), wakeup_fd):
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return  # shutdown() interrupted the wait: refuse rather than exceed the bound
         try:
             thread.start()
         except BaseException:
-            with lock:
-                threads.discard(thread)
+            state.discard(thread)
             raise
 
     def _run_tracked(self, request: Any, client_address: Any) -> None:
         try:
             self.process_request_thread(request, client_address)
         finally:
-            lock, threads = self._thread_state()
-            with lock:
-                threads.discard(threading.current_thread())
-
-    def _wake(self) -> None:
-        super()._wake()  # type: ignore[misc]
-        pool = vars(self).get("_sockserve_pool")
-        if pool is not None:
-            pool.wake()
+            self._request_threads().discard(threading.current_thread())
 
     def server_close(self) -> None:
         """Close the server, then join non-daemon threads unless block_on_close is False."""
         super().server_close()  # type: ignore[misc]
-        pool = vars(self).get("_sockserve_pool")
-        if pool is not None:
-            pool.close(wait=self.block_on_close)
         if self.block_on_close:
-            lock, threads = self._thread_state()
-            with lock:
-                pending = list(threads)
-            for thread in pending:
-                thread.join()
+            for thread in self._request_threads().snapshot():
+                if not thread.daemon:
+                    thread.join()
 
     @property
     def live_threads(self) -> int:
-        """How many request threads are alive now (sockserve's addition)."""
-        pool = vars(self).get("_sockserve_pool")
-        if pool is not None:
-            return len(pool.workers)
-        return len(self._thread_state()[1])
+        """How many request threads are running now, daemon or not (sockserve's addition)."""
+        return len(self._request_threads().threads)
 
 
 if hasattr(os, "fork"):

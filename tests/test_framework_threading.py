@@ -1,0 +1,395 @@
+"""ThreadingMixIn: a thread per request, daemon_threads, block_on_close, sockserve's max_threads."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Transport
+
+pytestmark = pytest.mark.leakcheck
+
+
+def test_requests_overlap(transport: Transport, run_server: Callable[..., Any]) -> None:
+    """Two handlers that each wait for the other both finish: they ran at the same time."""
+    barrier = threading.Barrier(2, timeout=5)
+
+    class Meet(transport.Handler):
+        def handle(self) -> None:
+            self.read()
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                self.reply(b"alone")
+            else:
+                self.reply(b"met")
+
+    server = transport.make(Meet, "threading")
+    run_server(server)
+    start = time.monotonic()
+    with transport.client(server) as first, transport.client(server) as second:
+        first.sendall(b"1")
+        second.sendall(b"2")
+        replies = transport.receive(first), transport.receive(second)
+    elapsed = time.monotonic() - start
+    assert replies == (b"met", b"met")
+    assert elapsed < 2.5, f"two overlapping requests took {elapsed:.3f}s"
+
+
+def test_handler_runs_in_a_new_thread(transport: Transport) -> None:
+    seen: list[threading.Thread] = []
+
+    class Where(transport.Handler):
+        def handle(self) -> None:
+            seen.append(threading.current_thread())
+            self.read()
+            self.reply(b"ok")
+
+    with transport.make(Where, "threading") as server:
+        for _ in range(2):
+            with transport.client(server) as client:
+                client.sendall(b"?")
+                server.handle_request()
+                assert transport.receive(client) == b"ok"
+    assert len(seen) == 2 and seen[0] is not seen[1]
+    assert threading.current_thread() not in seen
+    assert not any(thread.is_alive() for thread in seen), "server_close joins the threads"
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_daemon_threads(transport: Transport, daemon: bool) -> None:
+    flags: list[bool] = []
+
+    class Daemonic(transport.Handler):
+        def handle(self) -> None:
+            flags.append(threading.current_thread().daemon)
+            self.read()
+            self.reply(b"ok")
+
+    with transport.make(Daemonic, "threading", daemon_threads=daemon) as server:
+        with transport.client(server) as client:
+            client.sendall(b"?")
+            server.handle_request()
+            assert transport.receive(client) == b"ok"
+    assert flags == [daemon]
+
+
+class Gate:
+    """A handler parks on `release` after setting `entered`; `done` is set when it is let go.
+
+    Then it replies b"done" if it can: after server_close, a datagram server's socket is
+    closed (the stdlib closes it before joining the threads too).
+    """
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.done = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def handler(self, base: type[Any]) -> type[Any]:
+        gate = self
+
+        class Parked(base):
+            def handle(self) -> None:
+                gate.threads.append(threading.current_thread())
+                self.read()
+                gate.entered.set()
+                gate.release.wait(10)
+                gate.done.set()
+                try:
+                    self.reply(b"done")
+                except OSError:
+                    assert self.server.socket.fileno() == -1
+
+        return Parked
+
+
+@pytest.mark.parametrize(
+    ("block_on_close", "daemon", "waits"),
+    [(True, False, True), (False, False, False), (True, True, False)],
+    ids=["block", "no-block", "daemon"],
+)
+def test_server_close_waits_for_non_daemon_threads(
+    transport: Transport, block_on_close: bool, daemon: bool, waits: bool
+) -> None:
+    """server_close joins request threads, unless block_on_close is off or they are daemons."""
+    gate = Gate()
+    server = transport.make(
+        gate.handler(transport.Handler),
+        "threading",
+        block_on_close=block_on_close,
+        daemon_threads=daemon,
+    )
+    with server, transport.client(server) as client:
+        client.sendall(b"?")
+        server.handle_request()
+        assert gate.entered.wait(5)
+        opener = threading.Timer(0.1, gate.release.set)
+        opener.start()
+        start = time.monotonic()
+        server.server_close()
+        closed_in = time.monotonic() - start
+        assert gate.done.is_set() is waits, f"server_close returned after {closed_in:.3f}s"
+        if not waits:
+            assert closed_in < 0.1
+            opener.cancel()
+            gate.release.set()
+        opener.join()
+        if transport.stream:
+            assert transport.receive(client) == b"done"
+    gate.threads[0].join(5)
+
+
+def test_finished_threads_are_not_kept(transport: Transport) -> None:
+    refs: list[weakref.ref[threading.Thread]] = []
+    done = threading.Semaphore(0)
+
+    class Short(transport.Handler):
+        def handle(self) -> None:
+            refs.append(weakref.ref(threading.current_thread()))
+            self.reply(self.read())
+
+        def finish(self) -> None:
+            done.release()
+
+    with transport.make(Short, "threading") as server:
+        for n in range(5):
+            with transport.client(server) as client:
+                client.sendall(b"%d" % n)
+                server.handle_request()
+                assert transport.receive(client) == b"%d" % n
+        for _ in range(5):
+            assert done.acquire(timeout=5)
+        for ref in refs:
+            thread = ref()
+            if thread is not None:
+                thread.join(5)
+            del thread
+        assert server.live_threads == 0
+        gc.collect()
+        assert [ref() for ref in refs] == [None] * 5, "the server keeps finished threads"
+
+
+def test_live_threads_counts_running_handlers(transport: Transport) -> None:
+    gate = Gate()
+    with transport.make(gate.handler(transport.Handler), "threading", daemon_threads=True) as s:
+        assert s.live_threads == 0
+        with transport.client(s) as client:
+            client.sendall(b"?")
+            s.handle_request()
+            assert gate.entered.wait(5)
+            assert s.live_threads == 1, "a daemon thread is a live thread too"
+            gate.release.set()
+            assert transport.receive(client) == b"done"
+        gate.threads[0].join(5)
+        assert s.live_threads == 0
+
+
+def test_handler_error_in_thread(transport: Transport) -> None:
+    errors: list[tuple[Any, Any, BaseException | None]] = []
+    closed: list[Any] = []
+
+    class Broken(transport.Handler):
+        def handle(self) -> None:
+            raise ValueError("boom")
+
+    class Server(transport.server_class("threading")):  # type: ignore[misc]
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            errors.append((request, client_address, sys.exc_info()[1]))
+
+        def shutdown_request(self, request: Any) -> None:
+            closed.append(request)
+            super().shutdown_request(request)
+
+    with Server(transport.address(), Broken) as server, transport.client(server) as client:
+        client.sendall(b"?")
+        server.handle_request()
+        server.server_close()  # joins the thread
+    assert len(errors) == 1 and isinstance(errors[0][2], ValueError)
+    assert closed == [errors[0][0]], "the request is shut down after the error"
+
+
+def test_process_request_thread_is_the_hook(transport: Transport) -> None:
+    """Subclasses that override process_request_thread (a stdlib name) still get called."""
+    calls: list[str] = []
+
+    class Server(transport.server_class("threading")):  # type: ignore[misc]
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            calls.append(threading.current_thread().name)
+            super().process_request_thread(request, client_address)
+
+    class Echo(transport.Handler):
+        def handle(self) -> None:
+            self.reply(self.read())
+
+    with Server(transport.address(), Echo) as server, transport.client(server) as client:
+        client.sendall(b"hook")
+        server.handle_request()
+        assert transport.receive(client) == b"hook"
+    assert len(calls) == 1 and calls[0] != threading.current_thread().name
+
+
+# -- max_threads: sockserve's bound on request threads ---------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_max_threads_bounds_concurrency(
+    transport: Transport, run_server: Callable[..., Any], limit: int
+) -> None:
+    """5N clients at once: never more than N handlers run together, and all are served."""
+    clients = 5 * limit
+    lock = threading.Lock()
+    running = peak = 0
+    release = threading.Event()
+    dispatched = threading.Semaphore(0)
+
+    class Counted(transport.Handler):
+        def handle(self) -> None:
+            nonlocal running, peak
+            data = self.read()
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            release.wait(10)
+            with lock:
+                running -= 1
+            self.reply(data)
+
+    class Server(transport.server_class("threading", max_threads=limit)):  # type: ignore[misc]
+        request_queue_size = clients  # the clients wait in the backlog, not in connect()
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            dispatched.release()  # entered: the bound is enforced in here
+            super().process_request(request, client_address)
+
+    server = Server(transport.address(), Counted)
+    run_server(server)
+    socks = [transport.client(server) for _ in range(clients)]
+    try:
+        for n, sock in enumerate(socks):
+            sock.sendall(b"%d" % n)
+        # The first N requests got threads; the next one is waiting for a slot.
+        for _ in range(limit + 1):
+            assert dispatched.acquire(timeout=5)
+        with lock:
+            assert running <= limit
+        assert server.live_threads == limit
+        release.set()
+        replies = [transport.receive(sock) for sock in socks]
+    finally:
+        release.set()
+        for sock in socks:
+            sock.close()
+    assert replies == [b"%d" % n for n in range(clients)]
+    assert peak == limit
+
+
+def test_shutdown_interrupts_the_wait_for_a_thread(
+    transport: Transport, run_server: Callable[..., Any]
+) -> None:
+    """With every slot busy and a request waiting, shutdown() still returns at once."""
+    gate = Gate()
+    dispatched = threading.Semaphore(0)
+
+    class Server(transport.server_class("threading", max_threads=1)):  # type: ignore[misc]
+        def process_request(self, request: Any, client_address: Any) -> None:
+            dispatched.release()
+            super().process_request(request, client_address)
+
+    server = Server(transport.address(), gate.handler(transport.Handler))
+    loop = run_server(server, poll_interval=5)
+    with transport.client(server) as first, transport.client(server) as second:
+        first.sendall(b"1")
+        second.sendall(b"2")
+        assert gate.entered.wait(5)
+        assert dispatched.acquire(timeout=5) and dispatched.acquire(timeout=5)
+        start = time.monotonic()
+        server.shutdown()
+        elapsed = time.monotonic() - start
+        loop.join(5)
+        gate.release.set()
+        assert transport.receive(first) == b"done"
+    assert elapsed < 0.5, f"shutdown took {elapsed:.3f}s"
+    assert len(gate.threads) == 1, "the waiting request was refused, not handled"
+
+
+def _run_python(code: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_bounded_threads_let_the_process_exit() -> None:
+    """Without server_close, a max_threads server leaves no idle thread to block exit."""
+    result = _run_python(
+        """
+        import socket, threading
+        import sockserve as ss
+
+        class Echo(ss.BaseRequestHandler):
+            def handle(self):
+                self.request.sendall(self.request.recv(10))
+
+        class Server(ss.ThreadingTCPServer):
+            max_threads = 2
+
+        server = Server(("127.0.0.1", 0), Echo)
+        for _ in range(3):
+            with socket.create_connection(server.server_address, timeout=5) as c:
+                c.sendall(b"x")
+                server.handle_request()
+                assert c.recv(10) == b"x"
+        print("leaving", flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "leaving\n"
+
+
+def test_shutdown_from_a_signal_handler_during_dispatch() -> None:
+    """A signal handler that asks the loop to stop, even mid-dispatch, cannot deadlock."""
+    result = _run_python(
+        """
+        import os, signal, socket, threading
+        import sockserve as ss
+
+        class Echo(ss.BaseRequestHandler):
+            def handle(self):
+                self.request.sendall(b"x")
+
+        class Server(ss.ThreadingTCPServer):
+            max_threads = 2
+
+        server = Server(("127.0.0.1", 0), Echo)
+        signal.signal(signal.SIGUSR1, lambda *_: server._request_shutdown())
+        start = threading.Thread.start
+
+        def start_with_signal(thread):
+            os.kill(os.getpid(), signal.SIGUSR1)  # lands while process_request dispatches
+            start(thread)
+
+        threading.Thread.start = start_with_signal
+        client = socket.create_connection(server.server_address, timeout=5)
+        server.serve_forever(poll_interval=5)
+        threading.Thread.start = start
+        server.server_close()
+        assert client.recv(1) == b"x"
+        print("stopped", flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "stopped\n"
