@@ -27,22 +27,61 @@ PROTOCOLS = {
 }
 
 
+CONCURRENCIES = {
+    "sync": "one request at a time",
+    "thread": "a thread per request (default for streams)",
+    "fork": "a child process per request",
+    "event": "one event loop, asyncio protocol handlers",
+}
+
+
+class DescribedChoice(click.Choice):
+    """A click.Choice whose completions carry a description (zsh and fish show it)."""
+
+    def __init__(self, choices: dict[str, str]) -> None:
+        super().__init__(list(choices))
+        self.descriptions = choices
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        return [
+            CompletionItem(name, help=text)
+            for name, text in self.descriptions.items()
+            if name.startswith(incomplete)
+        ]
+
+
 class HandlerSpecType(click.ParamType):
-    """A builtin name, `module:Class`, `file.py:Class` or `file.py`; completes names and files."""
+    """A builtin name, `module:Class`, `file.py:Class` or `file.py`; completes names and files.
+
+    Completion offers the builtins (with their descriptions) and, through the shell, `*.py`
+    files and directories: all of them for an empty word, files only when no builtin matches
+    or the word looks like a path (so `-H e<TAB>` is `echo` even beside `examples/`), and
+    nothing once a `:Class` part is being typed.
+    """
 
     name = "HANDLER"
 
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
-        items = [CompletionItem(n) for n in BUILTIN_NAMES if n.startswith(incomplete)]
-        if "/" in incomplete or incomplete.startswith(".") or not items:
-            items.append(CompletionItem(incomplete, type="file"))
+        if ":" in incomplete:
+            return []
+        from .builtin_handlers import BUILTINS
+
+        items = [
+            CompletionItem(name, help=BUILTINS.get(name))
+            for name in BUILTIN_NAMES
+            if name.startswith(incomplete)
+        ]
+        if not incomplete or not items or "/" in incomplete or incomplete.startswith((".", "~")):
+            items.append(CompletionItem(incomplete, type="pyfile"))
         return items
 
 
 class AddressType(click.ParamType):
-    """The address argument; completes paths (for unix sockets)."""
+    """The address argument; completes paths for unix sockets, a few forms for inet."""
 
     name = "ADDRESS"
 
@@ -53,7 +92,11 @@ class AddressType(click.ParamType):
         if proto in ("unix", "unix-dgram"):
             return [CompletionItem(incomplete, type="file")]
         if not incomplete:
-            return [CompletionItem(":0"), CompletionItem(":9999"), CompletionItem("127.0.0.1:")]
+            return [
+                CompletionItem(":0", help="127.0.0.1, a port the OS picks"),
+                CompletionItem(":9999", help="127.0.0.1 port 9999"),
+                CompletionItem("[::1]:0", help="IPv6 loopback, a port the OS picks"),
+            ]
         return []
 
 
@@ -78,13 +121,9 @@ class ModeType(click.ParamType):
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is None or ctx.resilient_parsing:
         return
-    from click.shell_completion import get_completion_class
+    from .helptext import completion_source
 
-    cls = get_completion_class(value)
-    if cls is None:  # pragma: no cover - Choice guards this
-        raise click.BadParameter(f"unsupported shell {value!r}")
-    comp = cls(main, {}, "sockserve", "_SOCKSERVE_COMPLETE")
-    click.echo(comp.source(), nl=False)
+    click.echo(completion_source(main, value), nl=False)
     ctx.exit(0)
 
 
@@ -97,7 +136,7 @@ def _version_message() -> str:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=" ",
 )
-@click.argument("proto", type=click.Choice(list(PROTOCOLS)), metavar="PROTO")
+@click.argument("proto", type=DescribedChoice(PROTOCOLS), metavar="PROTO")
 @click.argument("address", type=AddressType())
 @click.option(
     "--family",
@@ -133,7 +172,7 @@ def _version_message() -> str:
 @click.option(
     "-c",
     "--concurrency",
-    type=click.Choice(["sync", "thread", "fork", "event"]),
+    type=DescribedChoice(CONCURRENCIES),
     help="How requests overlap. [default: thread for streams, sync for datagrams]",
 )
 @click.option(

@@ -1,10 +1,38 @@
-"""The layout of `sockserve --help`: option sections, examples and exit codes."""
+"""What the command says about itself: `--help` (plain or rich) and the shell completion scripts.
+
+One description of the interface feeds every output. SECTIONS groups click's options, EXAMPLES
+and EXIT_CODES close the help; `man/generate.py` builds the man page's OPTIONS from the same
+data; the scripts in `completions/` are `sockserve --completion SHELL`, byte for byte.
+
+`--help` is drawn by rich only when stdout is a terminal. Piped or redirected it is click's plain
+layout and rich is never imported, so `sockserve --help | grep` stays fast.
+
+Completion. The scripts are ours, not click's stock ones (those change between click releases and
+cannot mix handler names with `*.py` files). They speak click's completion protocol: the shell runs
+`sockserve` with `_SOCKSERVE_COMPLETE=<shell>_complete` and the words typed so far, and each
+`ParamType.shell_complete` answers with items. An item's type says who completes it: `plain`
+(the value itself, with its help where the shell shows one), `file`, `dir`, or `pyfile` (Python
+files and directories, completed by the shell). Importing this module registers the classes
+with click, so click's own `_SOCKSERVE_COMPLETE=bash_source` prints the same scripts.
+"""
 
 from __future__ import annotations
 
-import click
+import os
+import re
+import sys
+from typing import Any
 
-# Which help section each option belongs to, in order.
+import click
+from click.shell_completion import (
+    BashComplete,
+    CompletionItem,
+    FishComplete,
+    ZshComplete,
+    add_completion_class,
+)
+
+# Which help section each option belongs to, in order. "help" is click's help option.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Address": ("family", "socktype", "reuse_address", "reuse_port", "backlog", "mode"),
     "Handler": ("handler", "reply", "reply_file", "timeout"),
@@ -21,59 +49,369 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Other": ("completion", "version", "help"),
 }
 
-EXAMPLES = """\
-  sockserve tcp :9999                        echo on 127.0.0.1:9999
-  sockserve tcp :9999 -H upper               upper-case what clients send
-  sockserve udp :5140 -H stdout | grep ERR   print received datagrams on stdout
-  sockserve tcp :0 --print-address --once    let the OS pick a port, print it, serve one client
-  sockserve tcp '[::]:8080' -H reply --reply-file response.http
-                                             a canned HTTP reply on all interfaces (v4 and v6)
-  sockserve unix /tmp/app.sock -c fork --max-children 8 -H mypkg.proto:Handler
-  sockserve tcp :7000 -H ./handler.py:Lines --json 2>events.jsonl"""
-
-EXIT_CODES = """\
-  0    stopped cleanly (Ctrl-C, SIGTERM, --once, --max-requests, stdout closed)
-  1    runtime failure (address in use, permission denied, ...)
-  2    usage error (bad option, address or handler)
-  130  forced stop by a second Ctrl-C/SIGTERM"""
-
-
-class SockserveCommand(click.Command):
-    """A click command whose help groups options by section and ends with examples."""
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        by_name = {p.name: p for p in self.get_params(ctx)}
-        args = [
-            (p.human_readable_name, PROTO_HELP if p.name == "proto" else ADDRESS_HELP)
-            for p in self.params
-            if isinstance(p, click.Argument)
-        ]
-        with formatter.section("Arguments"):
-            formatter.write_dl(args)
-        for title, names in SECTIONS.items():
-            rows = []
-            for name in names:
-                param = by_name.get(name)
-                if param is None:
-                    continue
-                record = param.get_help_record(ctx)
-                if record:
-                    rows.append(record)
-            if rows:
-                with formatter.section(title):
-                    formatter.write_dl(rows)
-
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_paragraph()
-        formatter.write_text("Examples:")
-        formatter.write(EXAMPLES + "\n")
-        formatter.write_paragraph()
-        formatter.write_text("Exit status:")
-        formatter.write(EXIT_CODES + "\n")
-
-
 PROTO_HELP = "tcp, udp, unix or unix-dgram: the transport (family + socket type)."
 ADDRESS_HELP = (
     ":PORT (127.0.0.1), HOST:PORT, [V6]:PORT, *:PORT or 0.0.0.0:PORT (all interfaces), "
     "port 0 to let the OS pick; for unix: a path, or @name (Linux abstract namespace)."
 )
+
+#: (command line, what it does); shown at the end of --help and in the man page.
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("sockserve tcp :9999", "echo on 127.0.0.1:9999"),
+    ("sockserve tcp :9999 -H upper", "upper-case what clients send"),
+    ("sockserve udp :5140 -H stdout | grep ERR", "print received datagrams on stdout"),
+    ("sockserve tcp :0 --print-address --once", "let the OS pick a port, print it, serve one"),
+    ("sockserve tcp '[::1]:8080' -H reply --reply-file response.http", "a canned HTTP reply"),
+    ("sockserve unix /tmp/app.sock -c fork --max-children 8 -H app.py", "a handler file, forked"),
+    ("sockserve tcp :7000 -H mypkg.proto:Lines --json 2>events.jsonl", "JSON event log"),
+)
+
+#: (exit status, meaning); the values are errors.ExitStatus.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "stopped cleanly (Ctrl-C, SIGTERM, --once, --max-requests, stdout closed)"),
+    (1, "runtime failure (address in use, permission denied, ...)"),
+    (2, "usage error (bad option, address or handler)"),
+    (130, "forced stop by a second Ctrl-C/SIGTERM"),
+)
+
+_EXAMPLE_COLUMN = 43  # where the plain layout starts an example's description
+
+
+def section_params(command: click.Command, ctx: click.Context) -> list[tuple[str, click.Parameter]]:
+    """Every option of `command` with the title of its help section, in help order.
+
+    Options missing from SECTIONS land in "Other", so a new option is never hidden.
+    """
+    params = {p.name: p for p in command.get_params(ctx) if isinstance(p, click.Option)}
+    help_option = command.get_help_option(ctx)
+    if help_option is not None:
+        params.pop(help_option.name, None)
+        params["help"] = help_option
+    placed: list[tuple[str, click.Parameter]] = []
+    for title, names in SECTIONS.items():
+        placed.extend((title, params.pop(name)) for name in names if name in params)
+    placed.extend(("Other", p) for p in params.values())
+    order = list(SECTIONS)
+    placed.sort(key=lambda item: order.index(item[0]))
+    return placed
+
+
+def argument_rows(command: click.Command) -> list[tuple[str, str]]:
+    """(name, help) of the positional arguments."""
+    helps = {"proto": PROTO_HELP, "address": ADDRESS_HELP}
+    return [
+        (p.human_readable_name, helps.get(p.name or "", ""))
+        for p in command.params
+        if isinstance(p, click.Argument)
+    ]
+
+
+def plain_examples() -> str:
+    lines = []
+    for command, what in EXAMPLES:
+        if len(command) < _EXAMPLE_COLUMN - 3:
+            lines.append(f"  {command:<{_EXAMPLE_COLUMN - 2}}{what}")
+        else:
+            lines.append(f"  {command}")
+            lines.append(" " * _EXAMPLE_COLUMN + what)
+    return "\n".join(lines)
+
+
+def plain_exit_codes() -> str:
+    return "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
+
+
+def _rich_wanted() -> bool:
+    """Rich help on a terminal only; never for a pipe, a file or TERM=dumb."""
+    try:
+        tty = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+    return tty and os.environ.get("TERM", "") != "dumb"
+
+
+class SockserveCommand(click.Command):
+    """A click command whose help groups options by section and ends with examples."""
+
+    def get_help(self, ctx: click.Context) -> str:
+        if _rich_wanted():
+            return render_rich_help(self, ctx)
+        return super().get_help(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Arguments"):
+            formatter.write_dl(argument_rows(self))
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for title, param in section_params(self, ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                rows.setdefault(title, []).append(record)
+        for title, records in rows.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        formatter.write_text("Examples:")
+        formatter.write(plain_examples() + "\n")
+        formatter.write_paragraph()
+        formatter.write_text("Exit status:")
+        formatter.write(plain_exit_codes() + "\n")
+
+
+def option_metavar(param: click.Parameter, ctx: click.Context) -> str:
+    """The value placeholder click shows after an option's names ("" for flags)."""
+    if not isinstance(param, click.Option) or param.is_flag or param.count:
+        return ""
+    try:
+        return param.make_metavar(ctx)
+    except TypeError:  # click < 8.2: make_metavar() takes no context
+        return param.make_metavar()  # type: ignore[call-arg]
+
+
+_RICH_NAME_WIDTH = 28
+
+
+def render_rich_help(command: click.Command, ctx: click.Context, width: int | None = None) -> str:
+    """The help as rich draws it for this terminal (ANSI styles included), as a string."""
+    from rich import box
+    from rich.console import Console, Group
+    from rich.padding import Padding
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False, emoji=False, markup=False)
+    console.width = min(width or console.width, ctx.max_content_width or 100)
+
+    def panel(title: str, body: Any) -> Panel:
+        return Panel(
+            body,
+            title=title,
+            title_align="left",
+            box=box.ROUNDED,
+            border_style="dim",
+            padding=(0, 1),
+        )
+
+    def option_cell(param: click.Parameter) -> Text:
+        text = Text(", ".join(param.opts), style="bold cyan")
+        if param.secondary_opts:
+            text.append("\n" + ", ".join(param.secondary_opts), style="bold cyan")
+        metavar = option_metavar(param, ctx)
+        if metavar:
+            wrap = len(text.plain) + 1 + len(metavar) > _RICH_NAME_WIDTH
+            text.append(("\n" if wrap else " ") + metavar, style="yellow")
+        return text
+
+    def styled_help(help_text: str) -> Text:
+        text = Text()
+        for part in re.split(r"(\s*\[[^\]]*\])", help_text):
+            text.append(part, style="dim" if part.strip().startswith("[") else "")
+        return text
+
+    usage = " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
+    pad = (1, 1, 0, 1)
+    parts: list[Any] = [Padding(Text.assemble(("Usage: ", "bold"), usage), pad, expand=False)]
+    if command.help:
+        for paragraph in click.unstyle(command.help).strip().split("\n\n"):
+            parts.append(Padding(Text(" ".join(paragraph.split())), pad, expand=False))
+    parts.append(Text(""))
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold yellow", no_wrap=True)
+    table.add_column()
+    for name, help_text in argument_rows(command):
+        table.add_row(name, help_text)
+    parts.append(panel("Arguments", table))
+
+    grids: dict[str, Table] = {}
+    for title, param in section_params(command, ctx):
+        record = param.get_help_record(ctx)
+        if not record:
+            continue
+        if title not in grids:
+            grids[title] = Table.grid(padding=(0, 2))
+            grids[title].add_column(no_wrap=True)
+            grids[title].add_column()
+        grids[title].add_row(option_cell(param), styled_help(record[1]))
+    parts.extend(panel(title, grid) for title, grid in grids.items())
+
+    examples = Table.grid(padding=(0, 0))
+    examples.add_column()
+    for i, (line, what) in enumerate(EXAMPLES):
+        examples.add_row(Text(f"# {what}", style="dim"))
+        examples.add_row(Text(line, style="green"))
+        if i < len(EXAMPLES) - 1:
+            examples.add_row("")
+    parts.append(panel("Examples", examples))
+
+    codes = Table.grid(padding=(0, 2))
+    codes.add_column(style="bold", justify="right")
+    codes.add_column()
+    for code, meaning in EXIT_CODES:
+        codes.add_row(str(code), meaning)
+    parts.append(panel("Exit status", codes))
+
+    with console.capture() as capture:
+        console.print(Group(*parts))
+    return "\n".join(line.rstrip() for line in capture.get().rstrip("\n").split("\n"))
+
+
+# -- shell completion ---------------------------------------------------------------------------
+
+_BASH_SOURCE = """\
+# bash completion for %(prog_name)s                         -*- shell-script -*-
+# Generated by `%(prog_name)s --completion bash`: do not edit (see completions/generate.py).
+# Use it with `source sockserve.bash`, or install it as
+# ~/.local/share/bash-completion/completions/%(prog_name)s (needs bash-completion).
+
+%(complete_func)s() {
+    local IFS=$'\\n'
+    local response completion type value
+    response=$(env COMP_WORDS="${COMP_WORDS[*]}" COMP_CWORD="$COMP_CWORD" \\
+        %(complete_var)s=bash_complete "$1" 2>/dev/null) || return 0
+    COMPREPLY=()
+    for completion in $response; do
+        type=${completion%%%%,*}
+        value=${completion#*,}
+        case $type in
+            plain)
+                COMPREPLY+=("$value") ;;
+            file)
+                COMPREPLY=()
+                compopt -o default
+                return 0 ;;
+            dir)
+                COMPREPLY=()
+                compopt -o dirnames
+                return 0 ;;
+            pyfile)
+                compopt -o filenames
+                COMPREPLY+=($(compgen -d -- "$value") $(compgen -f -X '!*.py' -- "$value")) ;;
+        esac
+    done
+    return 0
+}
+
+complete -o nosort -F %(complete_func)s %(prog_name)s
+"""
+
+_ZSH_SOURCE = """\
+#compdef %(prog_name)s
+# zsh completion for %(prog_name)s.
+# Generated by `%(prog_name)s --completion zsh`: do not edit (see completions/generate.py).
+# Install it as _%(prog_name)s in a directory of $fpath, or run
+# `eval "$(%(prog_name)s --completion zsh)"` after compinit.
+
+%(complete_func)s() {
+    local -a response completions described
+    local type key descr
+    (( ! $+commands[%(prog_name)s] )) && return 1
+    response=("${(@f)$(env COMP_WORDS="${words[*]}" COMP_CWORD=$((CURRENT-1)) \\
+        %(complete_var)s=zsh_complete %(prog_name)s 2>/dev/null)}")
+    for type key descr in "${response[@]}"; do
+        case $type in
+            plain)
+                if [[ $descr == _ ]]; then
+                    completions+=("$key")
+                else
+                    described+=("$key:$descr")
+                fi ;;
+            file)
+                _path_files -f ;;
+            dir)
+                _path_files -/ ;;
+            pyfile)
+                _path_files -g '*.py(-.)'
+                _path_files -/ ;;
+        esac
+    done
+    (( $#described )) && _describe -V unsorted described -U
+    (( $#completions )) && compadd -U -V unsorted -a completions
+    return 0
+}
+
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+    %(complete_func)s "$@"
+else
+    compdef %(complete_func)s %(prog_name)s
+fi
+"""
+
+_FISH_SOURCE = """\
+# fish completion for %(prog_name)s.
+# Generated by `%(prog_name)s --completion fish`: do not edit (see completions/generate.py).
+# Install it as ~/.config/fish/completions/%(prog_name)s.fish, or run
+# `%(prog_name)s --completion fish | source`.
+
+function %(complete_func)s
+    set -l response (env %(complete_var)s=fish_complete COMP_WORDS=(commandline -cp) \\
+        COMP_CWORD=(commandline -t) %(prog_name)s 2>/dev/null)
+    for completion in $response
+        set -l item (string split -m 1 , -- $completion)
+        switch $item[1]
+            case plain
+                printf '%%s\\n' $item[2]
+            case file
+                __fish_complete_path $item[2]
+            case dir
+                __fish_complete_directories $item[2]
+            case pyfile
+                __fish_complete_path $item[2] | string match -r -- '^[^\\t]*(?:\\.py|/)(?:\\t.*)?$'
+        end
+    end
+end
+
+complete --command %(prog_name)s --no-files --arguments '(%(complete_func)s)'
+"""
+
+
+class SockserveBashComplete(BashComplete):
+    """Bash: our script; items as `type,value` lines."""
+
+    source_template = _BASH_SOURCE
+
+    def source(self) -> str:
+        return self.source_template % self.source_vars()  # no bash version probe: reproducible
+
+    def format_completion(self, item: CompletionItem) -> str:
+        return f"{item.type},{item.value}"
+
+
+class SockserveZshComplete(ZshComplete):
+    """Zsh: our script; items as three lines: type, value, help (`_` for none)."""
+
+    source_template = _ZSH_SOURCE
+
+    def format_completion(self, item: CompletionItem) -> str:
+        help_text = " ".join((item.help or "").split()) or "_"
+        value = item.value.replace(":", r"\:") if help_text != "_" else item.value
+        return f"{item.type}\n{value}\n{help_text}"
+
+
+class SockserveFishComplete(FishComplete):
+    """Fish: our script; items as `type,value` with `<TAB>help` when there is one."""
+
+    source_template = _FISH_SOURCE
+
+    def format_completion(self, item: CompletionItem) -> str:
+        help_text = " ".join((item.help or "").split())
+        return (
+            f"{item.type},{item.value}\t{help_text}" if help_text else f"{item.type},{item.value}"
+        )
+
+
+COMPLETION_CLASSES = {
+    "bash": SockserveBashComplete,
+    "zsh": SockserveZshComplete,
+    "fish": SockserveFishComplete,
+}
+for _shell, _cls in COMPLETION_CLASSES.items():
+    add_completion_class(_cls, _shell)
+
+
+def completion_source(command: click.Command, shell: str, prog_name: str = "sockserve") -> str:
+    """The completion script for `shell`, as checked in under completions/."""
+    complete_var = f"_{prog_name.replace('-', '_').upper()}_COMPLETE"
+    return COMPLETION_CLASSES[shell](command, {}, prog_name, complete_var).source()
