@@ -83,21 +83,26 @@ if hasattr(os, "fork"):
 
         def _wait_for_any_child(self) -> None:
             """Block until one of our children exits (pidfds), without reaping others'."""
-            if self._pidfds:
+            assert self.active_children is not None
+            pidfds = self._pidfds or {}
+            if self.active_children and self.active_children <= pidfds.keys():
                 with selectors.DefaultSelector() as sel:
-                    for fd in self._pidfds.values():
-                        sel.register(fd, selectors.EVENT_READ)
+                    for pid in self.active_children:
+                        sel.register(pidfds[pid], selectors.EVENT_READ)
                     waker = getattr(self, "_wakeup_fd", lambda: None)()
                     if waker is not None:
                         sel.register(waker, selectors.EVENT_READ)  # shutdown() interrupts
                     sel.select()
                 return
-            try:  # no pidfd support: wait for any child, as the stdlib does
+            # A child without a pidfd (no kernel support, or pidfd_open failed): wait for any
+            # child, as the stdlib does, rather than for only the children that have one.
+            try:
                 pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                self.active_children = set()
+            except ChildProcessError:  # no children at all: someone else reaped ours
+                for pid in list(self.active_children):
+                    self._forget_child(pid, 0)
                 return
-            if self.active_children is not None and pid in self.active_children:
+            if pid in self.active_children:
                 self._forget_child(pid, status)
 
         def handle_timeout(self) -> None:
@@ -141,9 +146,17 @@ if hasattr(os, "fork"):
                     os._exit(status)
 
         def server_close(self) -> None:
-            """Close the server, then reap children (waiting for them if block_on_close)."""
+            """Close the server, then reap children (waiting for them if block_on_close).
+
+            Children still running are left alone (they stay in `active_children`, for a later
+            `collect_children`), but their pidfds are closed: the server keeps no descriptor.
+            """
             super().server_close()  # type: ignore[misc]
             self.collect_children(blocking=self.block_on_close)
+            if self._pidfds:
+                for fd in self._pidfds.values():
+                    os.close(fd)
+                self._pidfds.clear()
 
 
 class _RequestThreads:
