@@ -1,0 +1,195 @@
+"""The Python peers sockserve is measured against: stdlib socketserver and asyncio servers.
+
+    python benchmarks/peers.py stdlib TRANSPORT ADDRESS HANDLER MODE
+    python benchmarks/peers.py asyncio TRANSPORT ADDRESS HANDLER [uvloop]
+
+TRANSPORT is tcp, udp, unix or unix-dgram; ADDRESS is HOST:PORT (port 0 picks one) or a path;
+HANDLER is echo or discard; MODE is sync, thread or fork (the stdlib's TCPServer,
+ThreadingTCPServer, ForkingTCPServer and their UDP and unix equivalents).
+
+Each prints its bound address on stdout once listening and serves until SIGTERM. The handlers
+do what sockserve's builtins do, the way a careful stdlib user would write them: read into one
+preallocated buffer, send back with sendall, set TCP_NODELAY, end quietly when the client
+resets; the listen backlog is sockserve's default (128). Only loopback addresses are accepted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+import sys
+from typing import Any
+
+BACKLOG = 128
+CHUNK = 65536
+PEER_GONE = (ConnectionResetError, BrokenPipeError)
+
+
+def parse(transport: str, text: str) -> tuple[int, Any]:
+    """(family, sockaddr) for TRANSPORT and ADDRESS; refuse anything but loopback."""
+    if transport.startswith("unix"):
+        return socket.AF_UNIX, text
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not ipaddress.ip_address(host).is_loopback:
+        raise SystemExit(f"refusing {text}: loopback addresses only")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host, int(port))
+
+
+def show(family: int, sockaddr: Any) -> None:
+    if family == socket.AF_UNIX:
+        text = sockaddr if isinstance(sockaddr, str) else sockaddr.decode()
+    elif family == socket.AF_INET6:
+        text = f"[{sockaddr[0]}]:{sockaddr[1]}"
+    else:
+        text = f"{sockaddr[0]}:{sockaddr[1]}"
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def run_stdlib(transport: str, address: str, handler: str, mode: str) -> None:
+    import socketserver as ss
+
+    family, sockaddr = parse(transport, address)
+    stream = transport in ("tcp", "unix")
+
+    class EchoStream(ss.BaseRequestHandler):
+        def handle(self) -> None:
+            sock = self.request
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            try:
+                while n := sock.recv_into(buf):
+                    sock.sendall(view[:n])
+            except PEER_GONE:
+                pass
+
+    class DiscardStream(ss.BaseRequestHandler):
+        def handle(self) -> None:
+            buf = bytearray(CHUNK)
+            try:
+                while self.request.recv_into(buf):
+                    pass
+            except PEER_GONE:
+                pass
+
+    class EchoDatagram(ss.BaseRequestHandler):
+        def handle(self) -> None:
+            data, sock = self.request
+            if self.client_address:  # an unbound unix client cannot be answered
+                try:
+                    sock.sendto(data, socket.MSG_DONTWAIT, self.client_address)
+                except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+                    pass
+
+    class DiscardDatagram(ss.BaseRequestHandler):
+        def handle(self) -> None:
+            pass
+
+    if stream:
+        handler_cls: type = EchoStream if handler == "echo" else DiscardStream
+        base: type = ss.UnixStreamServer if family == socket.AF_UNIX else ss.TCPServer
+    else:
+        handler_cls = EchoDatagram if handler == "echo" else DiscardDatagram
+        base = ss.UnixDatagramServer if family == socket.AF_UNIX else ss.UDPServer
+    mixin = {"sync": None, "thread": ss.ThreadingMixIn, "fork": ss.ForkingMixIn}[mode]
+    bases = (base,) if mixin is None else (mixin, base)
+    attrs = {
+        "address_family": family,
+        "request_queue_size": BACKLOG,
+        "allow_reuse_address": True,
+        "max_packet_size": CHUNK,
+        "daemon_threads": True,
+    }
+    server_cls = type("PeerServer", bases, attrs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with server_cls(sockaddr, handler_cls) as server:
+        show(family, server.server_address)
+        server.serve_forever()
+
+
+def run_asyncio(transport: str, address: str, handler: str, loop_name: str) -> None:
+    import asyncio
+
+    if loop_name == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    family, sockaddr = parse(transport, address)
+
+    class EchoProtocol(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    class DiscardProtocol(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    class EchoDatagramProtocol(asyncio.DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if addr:
+                self.transport.sendto(data, addr)
+
+        def error_received(self, exc: Exception) -> None:
+            pass
+
+    class DiscardDatagramProtocol(asyncio.DatagramProtocol):
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        if transport == "tcp":
+            proto = EchoProtocol if handler == "echo" else DiscardProtocol
+            server = await loop.create_server(
+                proto, sockaddr[0], sockaddr[1], family=family, backlog=BACKLOG
+            )
+            show(family, server.sockets[0].getsockname())
+        elif transport == "unix":
+            proto = EchoProtocol if handler == "echo" else DiscardProtocol
+            server = await loop.create_unix_server(proto, sockaddr, backlog=BACKLOG)
+            show(family, sockaddr)
+        else:
+            dproto = EchoDatagramProtocol if handler == "echo" else DiscardDatagramProtocol
+            if family == socket.AF_UNIX:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock.bind(sockaddr)
+            else:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.bind(sockaddr)
+            sock.setblocking(False)
+            transport_, _ = await loop.create_datagram_endpoint(dproto, sock=sock)
+            show(family, sock.getsockname())
+            server = None
+        await stop
+        if server is not None:
+            server.close()
+
+    asyncio.run(main())
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 4 or argv[0] not in ("stdlib", "asyncio"):
+        raise SystemExit(__doc__)
+    kind, transport, address, handler, *rest = argv
+    if transport not in ("tcp", "udp", "unix", "unix-dgram") or handler not in ("echo", "discard"):
+        raise SystemExit(__doc__)
+    if kind == "stdlib":
+        run_stdlib(transport, address, handler, rest[0] if rest else "thread")
+    else:
+        run_asyncio(transport, address, handler, rest[0] if rest else "asyncio")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
