@@ -179,13 +179,14 @@ def _version_message() -> str:
     "--max-threads",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Thread mode: at most N handler threads (a pool); accept waits when all busy.",
+    help="Thread mode: at most N handler threads; accept waits when all are busy.  "
+    "[default: no limit]",
 )
 @click.option(
     "--max-children",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Fork mode: at most N live children; new requests wait for one to exit.",
+    help="Fork mode: at most N live children; new requests wait for one to exit.  [default: 40]",
 )
 @click.option(
     "--workers",
@@ -233,13 +234,17 @@ def _version_message() -> str:
     metavar="SECONDS",
     help="Close a connection idle for this long.  [default: never]",
 )
-@click.option("--mode", type=ModeType(), help="Unix socket file permissions, e.g. 600.")
+@click.option(
+    "--mode",
+    type=ModeType(),
+    help="Unix socket file permissions, e.g. 600.  [default: as the umask leaves them]",
+)
 @click.option("--once", is_flag=True, help="Serve one connection (or datagram), then exit.")
 @click.option(
     "--max-requests",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Serve N connections (or datagrams), then exit.",
+    help="Serve N connections (or datagrams), then exit.  [default: no limit]",
 )
 @click.option(
     "--grace",
