@@ -1,0 +1,178 @@
+"""The fast paths of the builtin handlers change nothing a client or an observer can see.
+
+Behaviour only: the same bytes and byte counts with a fast path as without it. (Speed is the
+benchmarks' business: benchmarks/run.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sockserve import builtin_handlers as bh, socketserver as ss
+
+TIMEOUT = 5.0
+SAMPLES = [b"", b"x", b"Hello, World!\r\n", bytes(range(256)), "héllo".encode() * 50]
+
+
+class Records:
+    wants_data = False
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, int, int]] = []
+        self.cond = threading.Condition()
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        with self.cond:
+            self.records.append((client, received, sent))
+            self.cond.notify_all()
+
+    def data(self, client: Any, direction: str, data: bytes) -> None:  # pragma: no cover
+        pass
+
+    def wait(self, n: int) -> list[tuple[Any, int, int]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.records) >= n, TIMEOUT)
+            return list(self.records)
+
+
+@contextlib.contextmanager
+def serve(server: ss.BaseServer) -> Iterator[Any]:
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    thread.start()
+    try:
+        yield server.server_address
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+# -- datagrams: the answer chosen once per class ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["echo", "upper", "chargen", "reply", "discard", "daytime"])
+@pytest.mark.parametrize("data", SAMPLES)
+def test_datagram_answer_matches_respond_datagram(name: str, data: bytes) -> None:
+    answer = bh._datagram_answer(name, b"canned\n")
+    expected = bh.respond_datagram(name, data, reply=b"canned\n")
+    if answer is None:  # answered through respond_datagram itself
+        assert name in ("discard", "daytime")
+        return
+    assert answer(data) == expected
+    assert answer(memoryview(data)) == expected
+
+
+@pytest.mark.parametrize("name", ["echo", "upper", "chargen", "reply", "time"])
+def test_datagram_handler_replies_and_counts(name: str) -> None:
+    observer = Records()
+    handler = bh.datagram_handler(name, bh.HandlerOptions(reply=b"ok", observer=observer))
+    server = ss.UDPServer(("127.0.0.1", 0), handler)
+    with serve(server) as address:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(TIMEOUT)
+            replies = []
+            for data in (b"abc", bytes(range(200))):
+                client.sendto(data, address)
+                replies.append(client.recv(65536))
+            records = observer.wait(2)
+    for data, reply in zip((b"abc", bytes(range(200))), replies, strict=True):
+        if name == "time":
+            assert len(reply) == 4
+        else:
+            assert reply == bh.respond_datagram(name, data, reply=b"ok")
+    assert [(r[1], r[2]) for r in records] == [(3, len(replies[0])), (200, len(replies[1]))]
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="unix sockets")
+def test_unix_datagram_reply_still_never_blocks(tmp_path: Any) -> None:
+    """A client whose queue is full loses replies instead of stalling the server."""
+    observer = Records()
+    handler = bh.datagram_handler("echo", bh.HandlerOptions(observer=observer))
+    server = ss.UnixDatagramServer(str(tmp_path / "s"), handler)
+    with serve(server) as address:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.bind(str(tmp_path / "c"))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            client.settimeout(TIMEOUT)
+            for _ in range(300):  # never read: the client's queue fills up
+                client.sendto(b"x" * 512, address)
+            records = observer.wait(300)
+    assert len(records) == 300
+    assert any(sent == 0 for _, _, sent in records)  # some replies were dropped
+
+
+def test_family_of_socket_like_object() -> None:
+    class Wrapped:
+        family = socket.AF_INET
+
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as sock:
+        assert bh._family(sock) == sock.family
+    assert bh._family(Wrapped()) == socket.AF_INET
+
+
+# -- streams: the splice echo ---------------------------------------------------------------
+
+
+def bulk_echo(payload: bytes, observer: Records, pipe_size: int) -> bytes:
+    handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
+    server = ss.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    old = bh._SPLICE_PIPE_SIZE
+    bh._SPLICE_PIPE_SIZE = pipe_size
+    try:
+        with serve(server) as address:
+            with socket.create_connection(address, timeout=TIMEOUT) as client:
+                got = bytearray()
+
+                def read() -> None:
+                    while chunk := client.recv(1 << 20):
+                        got.extend(chunk)
+
+                reader = threading.Thread(target=read)
+                reader.start()
+                client.sendall(payload)
+                client.shutdown(socket.SHUT_WR)
+                reader.join(TIMEOUT)
+                assert not reader.is_alive()
+            observer.wait(1)
+    finally:
+        bh._SPLICE_PIPE_SIZE = old
+    return bytes(got)
+
+
+@pytest.mark.skipif(not bh._USE_SPLICE, reason="os.splice is Linux-only")
+@pytest.mark.parametrize("pipe_size", [1 << 20, 4096])  # 4 KiB: less than a read
+def test_splice_echo_returns_every_byte(pipe_size: int) -> None:
+    payload = os.urandom(1 << 16) * 48 + b"tail"  # 3 MiB and a bit: well past the switch
+    observer = Records()
+    assert bulk_echo(payload, observer, pipe_size) == payload
+    assert observer.records[0][1:] == (len(payload), len(payload))
+
+
+@pytest.mark.skipif(not bh._USE_SPLICE, reason="os.splice is Linux-only")
+def test_grow_pipe_reports_the_size_it_got(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    r, w = os.pipe()
+    try:
+        got = bh._grow_pipe(w, 1 << 20)
+        assert got >= 65536
+        assert bh._grow_pipe(w, 1 << 40) >= 65536  # never shrunk by an absurd request
+        real = fcntl.fcntl
+
+        def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+            if cmd == fcntl.F_SETPIPE_SZ:
+                raise PermissionError(1, "over pipe-max-size")
+            return real(fd, cmd, arg)
+
+        monkeypatch.setattr(fcntl, "fcntl", refuse)
+        assert bh._grow_pipe(w, 1 << 20) == real(w, fcntl.F_GETPIPE_SZ)
+    finally:
+        os.close(r)
+        os.close(w)
