@@ -93,11 +93,11 @@ def socat(t: str, a: str, h: str) -> list[str]:
     if t == "udp":  # UDP4-LISTEN,fork PIPE runs, but answers 10 queued datagrams with one
         raise Unavailable("socat's PIPE merges queued datagrams into one reply")
     if t == "unix":
-        listen = f"UNIX-LISTEN:{a},fork"
+        listen = f"UNIX-LISTEN:{a},fork,backlog=128"
     else:
         host, _, port = a.rpartition(":")
         kind = "TCP4" if t == "tcp" else "UDP4"
-        listen = f"{kind}-LISTEN:{port},bind={host},reuseaddr,fork"
+        listen = f"{kind}-LISTEN:{port},bind={host},reuseaddr,fork,backlog=128"
     if h == "discard":
         return ["socat", "-u", listen, "OPEN:/dev/null"]
     return ["socat", listen, "PIPE"]
@@ -748,12 +748,13 @@ def ratio(a: float | None, b: float | None) -> str:
     return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
 
 
-def stdlib_match(server: str) -> str | None:
+def stdlib_match(server: str, scenario: Scenario) -> str | None:
+    """The stdlib server with the same concurrency (--workers: the transport's default)."""
     mode = server.split()[1] if server.startswith("sockserve ") else None
     if mode in ("sync", "thread", "fork"):
         return f"stdlib {mode}"
     if mode == "workers=2":
-        return "stdlib thread"
+        return "stdlib sync" if scenario.kind == "dgram" else "stdlib thread"
     return None
 
 
@@ -785,7 +786,7 @@ def scenario_table(scenario: Scenario, results: list[Result]) -> list[str]:
             loss = r.median("loss")
             row += f"| {'—' if loss is None else f'{loss * 100:.2f}%'} "
         if r.server.startswith("sockserve"):
-            match = by.get(stdlib_match(r.server) or "")
+            match = by.get(stdlib_match(r.server, scenario) or "")
             row += f"| {ratio(r.rate, match.rate if match else None)} "
             row += f"| {ratio(r.rate, uv.rate if uv else None)} "
             row += f"| {ratio(r.rate, c.rate if c else None)} "
