@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pexpect
 import pytest
 from click.shell_completion import ShellComplete
@@ -134,6 +135,20 @@ def test_options_complete_after_a_dash() -> None:
     assert values == ["--max-threads", "--max-children", "--max-requests"]
 
 
+def test_every_option_completes() -> None:
+    # The scripts ask the CLI itself, so a new option completes without regenerating them.
+    ctx = click.Context(cli.main, info_name="sockserve", **cli.main.context_settings)
+    names = {
+        name
+        for p in cli.main.get_params(ctx)
+        if isinstance(p, click.Option)
+        for name in (*p.opts, *p.secondary_opts)
+    }
+    items = _complete(["tcp", ":0"], "-")
+    assert {v for _, v, _ in items} == names
+    assert all(h for _, _, h in items)  # each with its help, for zsh and fish
+
+
 # -- real shells in a pty --------------------------------------------------------------------
 
 
@@ -204,6 +219,7 @@ LINES = [
     "sockserve tcp :0 -H myh",
     "sockserve tcp :0 -H notes",
     "sockserve tcp :0 -c f",
+    "sockserve tcp :0 --max-c",
     "sockserve unix-dgram sub",
 ]
 EXPECTED = [
@@ -212,6 +228,7 @@ EXPECTED = [
     ["tcp", ":0", "-H", "myhandler.py"],
     ["tcp", ":0", "-H", "notes"],  # not a Python file: nothing to complete
     ["tcp", ":0", "-c", "fork"],
+    ["tcp", ":0", "--max-children"],
 ]
 
 
