@@ -189,17 +189,27 @@ class RichReporter(PlainReporter):
 
     def __init__(self, verbosity: int = 0, quiet: bool = False, force_color: bool | None = None):
         super().__init__(sys.stderr, verbosity, quiet)
-        from rich.console import Console
+        self.force_color = force_color
+        self._console: Any = None
 
-        self.console = Console(
-            stderr=True,
-            highlight=False,
-            markup=False,
-            emoji=False,
-            force_terminal=force_color,
-            no_color=force_color is False,
-            soft_wrap=True,
-        )
+    @property
+    def console(self) -> Any:
+        """The rich Console, made at the first line printed: rich (tens of ms to import) is
+        then loaded only once the server listens, and with --quiet usually never."""
+        with self.lock:
+            if self._console is None:
+                from rich.console import Console
+
+                self._console = Console(
+                    stderr=True,
+                    highlight=False,
+                    markup=False,
+                    emoji=False,
+                    force_terminal=self.force_color,
+                    no_color=self.force_color is False,
+                    soft_wrap=True,
+                )
+            return self._console
 
     def _emit(self, text: str, style: str = "") -> None:
         with self.lock:

@@ -176,3 +176,31 @@ def test_grow_pipe_reports_the_size_it_got(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         os.close(r)
         os.close(w)
+
+
+# -- start-up: rich only when a line is printed ---------------------------------------------
+
+
+def test_rich_reporter_imports_rich_at_first_line_only() -> None:
+    """With --quiet on a terminal nothing is printed while serving, so rich is never loaded;
+    the first line printed still comes out in colour."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sockserve.console import RichReporter\n"
+        "r = RichReporter(quiet=True, force_color=True)\n"
+        "r.listening('tcp://127.0.0.1:1', {'concurrency': 'thread'})\n"
+        "r.record(('127.0.0.1', 2), 1, 1, 'stream')\n"
+        "assert 'rich' not in sys.modules, 'rich imported before any line was printed'\n"
+        "r.fatal('boom', 'a hint')\n"
+        "assert 'rich.console' in sys.modules\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert "sockserve: error: boom" in out.stderr
+    assert "hint: a hint" in out.stderr
+    assert "\x1b[" in out.stderr  # coloured, as before
