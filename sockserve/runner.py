@@ -388,7 +388,11 @@ def _family_of(server: Any) -> str:
 
 
 class _EventHooks:
-    """Adapt the event server's hooks to the monitor."""
+    """Adapt the event server's hooks to the monitor.
+
+    Builtin protocols record their connections themselves (they have the monitor as their
+    observer); the server then passes no byte counts, and nothing is recorded here.
+    """
 
     def __init__(self, monitor: RunMonitor) -> None:
         self.monitor = monitor
@@ -396,8 +400,15 @@ class _EventHooks:
     def connected(self, client: Any) -> None:
         self.monitor.connected(client)
 
-    def disconnected(self, client: Any, received: int, sent: int, exc: Any) -> None:
-        self.monitor.record(client, received, sent)
+    def disconnected(self, client: Any, received: int | None, sent: int | None, exc: Any) -> None:
+        if received is not None:
+            self.monitor.record(client, received, sent or 0)
+
+    def error(self, client: Any, exc: BaseException) -> None:
+        self.monitor.handler_error(client, exc)  # TimeoutError: an idle connection was closed
+
+    def stopping(self, reason: str) -> None:
+        self.monitor.request_stop(reason)
 
 
 def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
@@ -406,7 +417,12 @@ def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: R
     from .event import EventServer
 
     return EventServer(
-        server.socket, handler, idle_timeout=config.timeout, hooks=_EventHooks(monitor)
+        server.socket,
+        handler,
+        idle_timeout=config.timeout,
+        hooks=_EventHooks(monitor),
+        count_bytes=config.handler.builtin is None,
+        backlog=config.backlog,
     )
 
 

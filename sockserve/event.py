@@ -1,0 +1,822 @@
+"""The event concurrency mode: every connection in one thread, on asyncio (uvloop when installed).
+
+Protocol-style handlers. With ``--concurrency event`` a user handler is an asyncio protocol class,
+not a request handler class:
+
+- tcp and unix: a subclass of ``asyncio.Protocol`` (or ``asyncio.BufferedProtocol``). One instance
+  per connection, made by calling the class with no arguments; asyncio then calls
+  ``connection_made(transport)``, ``data_received(data)`` for each chunk, ``eof_received()`` when
+  the client has finished sending (return True to keep writing), and ``connection_lost(exc)``.
+  Reply with ``transport.write(data)``; end with ``transport.close()``.
+- udp and unix-dgram: a subclass of ``asyncio.DatagramProtocol``. One instance for the socket;
+  ``datagram_received(data, addr)`` for each datagram, answered with
+  ``transport.sendto(data, addr)``.
+
+Callbacks run in the event loop and must never block: a slow reply is scheduled
+(``loop.call_later``, a task), not waited for. A callback that raises is reported with its
+traceback like a failing request handler; a stream connection is then aborted, a datagram socket
+keeps serving. The transport a user protocol gets counts the bytes it writes, so the summary and
+``-v`` lines are right. ``examples/event_echo.py`` is a complete handler::
+
+    import asyncio
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+``sockserve tcp :9999 -c event -H examples/event_echo.py`` serves it.
+
+EventServer runs such protocols (or the builtins' protocol factories) on a socket the factory
+already bound; see its docstring for the stop sequence the runner drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+#: How long an abort waits for the loop to report every aborted connection lost.
+_ABORT_WAIT = 2.0
+#: The client shown for an error the loop reports without a connection (a user's timer, a task).
+_NO_CLIENT = "(event loop)"
+
+
+class Hooks(Protocol):
+    """What the server tells about connections; `error` and `stopping` are optional.
+
+    `disconnected` is called when a stream connection ends, and once per datagram for a counted
+    datagram protocol; `received` and `sent` are None when the protocols count for themselves
+    (``count_bytes=False``). `error(client, exc)` hears exceptions from protocol callbacks and
+    idle connections (TimeoutError); `stopping(reason)` hears that the server stops by itself.
+    """
+
+    def connected(self, client: Any) -> None: ...
+    def disconnected(
+        self, client: Any, received: int | None, sent: int | None, exc: BaseException | None
+    ) -> None: ...
+
+
+class _NoHooks:
+    def connected(self, client: Any) -> None:
+        pass
+
+    def disconnected(self, client: Any, received: Any, sent: Any, exc: Any) -> None:
+        pass
+
+
+def default_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop when uvloop is importable, else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+class EventServer:
+    """Serve a bound socket with asyncio protocols, every connection in one thread.
+
+    Args:
+        sock: the bound socket (listening, for streams). The server owns it once
+            `serve_forever` runs, and closes it when it stops.
+        protocol_factory: called with no arguments for each connection (once for datagrams).
+        idle_timeout: close a stream connection that neither received nor sent anything for
+            this many seconds, reported to `hooks.error` as a TimeoutError.
+        hooks: see `Hooks`.
+        count_bytes: count what each protocol receives and writes through thin wrappers of the
+            protocol and its transport. False for protocols that report their own counts (the
+            builtins): they run unwrapped, and when `idle_timeout` is set their ``received`` and
+            ``sent`` attributes tell whether a connection is busy.
+        backlog: the listen queue length (asyncio listens again on the socket).
+        loop_factory: makes the event loop; default: `default_loop_factory()`.
+
+    For the caller, in this order: `serve_forever()` until `request_stop()` (or the
+    `request_limit`) stops it and closes the listening socket; then `close_connections(None)` to
+    let open connections end, or `close_connections(0)` to abort them. Either closes the loop.
+    A BaseException raised by a signal handler while the loop runs (the runner's ForcedExit or
+    GraceExpired) stops the loop and leaves `serve_forever` or `close_connections` as it is; the
+    loop then stays open for a `close_connections(0)`.
+    """
+
+    #: Stop once this many connections (streams) or datagrams have started; None: never.
+    request_limit: int | None = None
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        idle_timeout: float | None = None,
+        hooks: Any = None,
+        count_bytes: bool = True,
+        backlog: int = 128,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
+        self.socket = sock
+        self.protocol_factory = protocol_factory
+        self.idle_timeout = idle_timeout
+        self.hooks = hooks if hooks is not None else _NoHooks()
+        self.count_bytes = count_bytes
+        self.backlog = backlog
+        self.loop_factory = loop_factory or default_loop_factory()
+        self.stream = sock.type == socket.SOCK_STREAM
+        self.requests_started = 0
+        self.stop_reason: str | None = None
+        self._conns: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None  # asyncio.Server (streams)
+        self._endpoint: Any = None  # the datagram transport, until it is lost
+        self._stop_requested = False
+        self._refusing = False  # no new connections or datagrams: stopped or limit reached
+        self._serving = False  # serve_forever's run_forever is the one running
+        self._draining = False
+        self._pending: BaseException | None = None  # raised once the loop has stopped
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # -- for the caller ----------------------------------------------------------------------
+
+    @property
+    def active_connections(self) -> int:
+        """Stream connections still open."""
+        return len(self._conns)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until `request_stop()`; the listening socket is closed on return.
+
+        `poll_interval` is accepted for the framework's signature and unused: a stop request
+        wakes the loop at once.
+        """
+        if self._loop is None:
+            self._start()
+        loop = self._loop
+        assert loop is not None
+        if loop.is_closed():
+            raise RuntimeError("this EventServer has been closed")
+        with self._guarded():
+            self._serving = True
+            try:
+                if self._stop_requested:  # before, or while the listener was set up
+                    self._stop_now()
+                loop.run_forever()
+            finally:
+                self._serving = False
+        self._raise_pending()
+
+    def request_stop(self, reason: str | None = None) -> None:
+        """Make `serve_forever` return soon and stop accepting.
+
+        Safe from a signal handler, another thread, or a protocol callback.
+        """
+        if self.stop_reason is None and reason is not None:
+            self.stop_reason = reason
+        self._stop_requested = True
+        self._refusing = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+                loop.call_soon_threadsafe(self._stop_now)
+
+    def close_connections(self, timeout: float | None) -> None:
+        """End the open connections, then close the loop.
+
+        None waits until every connection has ended by itself (a datagram socket first sends
+        what it has buffered); 0 aborts them at once; a positive number waits that long, then
+        aborts. Returns at once when the loop is already closed.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        self._refusing = True
+        with self._guarded():
+            if self._server is not None:
+                self._server.close()
+            if timeout != 0:
+                if self._endpoint is not None:
+                    self._endpoint.close()
+                self._run_until_closed(None if timeout is None else loop.time() + timeout)
+                if self._pending is not None:
+                    self._raise_pending()  # the loop stays open for an abort
+            if self._conns or self._endpoint is not None:
+                for conn in list(self._conns):
+                    conn.transport.abort()
+                if self._endpoint is not None:
+                    self._endpoint.abort()
+                self._run_until_closed(loop.time() + _ABORT_WAIT)
+            self._close_loop()
+        self._raise_pending()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        loop = self.loop_factory()
+        self._loop = loop
+        loop.set_exception_handler(self._on_loop_error)
+        try:
+            loop.run_until_complete(self._listen(loop))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = self.socket
+        if not self.stream:
+            factory = self._datagram_factory()
+            transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
+            self._endpoint = transport
+            return
+        factory = self._stream_factory()
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            try:  # the runner removes the socket file itself, once, after every worker
+                coro = loop.create_unix_server(
+                    factory, sock=sock, backlog=self.backlog, cleanup_socket=False
+                )
+            except TypeError:  # before Python 3.13 (and uvloop 0.21) there was no cleanup
+                coro = loop.create_unix_server(factory, sock=sock, backlog=self.backlog)
+            self._server = await coro
+        else:
+            self._server = await loop.create_server(factory, sock=sock, backlog=self.backlog)
+
+    def _stream_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        make = self.protocol_factory
+        if not self.count_bytes:
+
+            def watched() -> asyncio.BaseProtocol:
+                return _Watched(self, self._make(make)).protocol
+
+            return watched
+
+        def counted() -> asyncio.BaseProtocol:
+            protocol = self._make(make)
+            if isinstance(protocol, asyncio.BufferedProtocol):
+                return _CountedBuffered(self, protocol)
+            return _Counted(self, protocol)
+
+        return counted
+
+    def _datagram_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        make = self.protocol_factory
+        if self.count_bytes:
+            return lambda: _DatagramWrapper(self, self._make(make))
+        return lambda: _WatchedEndpoint(self, self._make(make)).protocol
+
+    def _make(self, make: Callable[[], Any]) -> Any:
+        try:
+            return make()
+        except Exception as exc:
+            self._report(_NO_CLIENT, exc)
+            raise
+
+    def _stop_now(self) -> None:
+        self._refusing = True
+        if self._server is not None:
+            self._server.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
+        if self._serving and self._loop is not None:
+            self._loop.stop()
+
+    def _run_until_closed(self, deadline: float | None) -> None:
+        """Run the loop until no connection (or datagram socket) is left, or `deadline`."""
+        loop = self._loop
+        assert loop is not None
+        self._draining = True
+        try:
+            while (self._conns or self._endpoint is not None) and self._pending is None:
+                timer = None
+                if deadline is not None:
+                    if loop.time() >= deadline:
+                        break
+                    timer = loop.call_at(deadline, loop.stop)
+                try:
+                    loop.run_forever()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+        finally:
+            self._draining = False
+
+    def _maybe_drained(self) -> None:
+        if self._draining and not self._conns and self._endpoint is None:
+            assert self._loop is not None
+            self._loop.stop()
+
+    def _close_loop(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+        if self.socket.fileno() != -1 and self._server is None and self._endpoint is None:
+            self.socket.close()  # never handed to the loop
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        try:
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except RuntimeError:  # "loop stopped before Future completed": a signal's exception
+            if self._pending is None:
+                raise
+        finally:
+            loop.close()
+
+    def _raise_pending(self) -> None:
+        exc, self._pending = self._pending, None
+        if exc is not None:
+            try:
+                raise exc
+            finally:
+                exc = None  # no cycle through this frame
+
+    def _fail(self, exc: BaseException) -> None:
+        """Keep a BaseException (a signal's) to raise once the loop has stopped; stop it."""
+        if self._pending is None:
+            self._pending = exc
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """While the loop runs: signal handlers that raise stop the loop instead.
+
+        A Python signal handler runs between any two bytecodes; an exception it raises inside a
+        loop callback would be swallowed as a callback error (or end up in a task). Each handler
+        is wrapped so that its exception is kept and raised after the loop stopped. asyncio's own
+        loop also gets a wakeup fd, so a signal caught by another thread wakes it (uvloop sets
+        its own).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        saved: dict[int, tuple[Any, Any]] = {}
+        for sig in signal.valid_signals():
+            try:
+                handler = signal.getsignal(sig)
+            except (OSError, ValueError):
+                continue
+            if callable(handler):
+                wrapper = self._wrap_handler(handler)
+                signal.signal(sig, wrapper)
+                saved[sig] = (handler, wrapper)
+        loop = self._loop
+        waker: tuple[socket.socket, socket.socket] | None = None
+        old_wakeup = -1
+        if isinstance(loop, asyncio.BaseEventLoop):
+            waker = socket.socketpair()
+            for s in waker:
+                s.setblocking(False)
+            loop.add_reader(waker[0].fileno(), _drain, waker[0])
+            old_wakeup = signal.set_wakeup_fd(waker[1].fileno(), warn_on_full_buffer=False)
+        try:
+            yield
+        finally:
+            if waker is not None:
+                signal.set_wakeup_fd(old_wakeup)
+                if loop is not None and not loop.is_closed():
+                    loop.remove_reader(waker[0].fileno())
+                for s in waker:
+                    s.close()
+            for sig, (handler, wrapper) in saved.items():
+                if signal.getsignal(sig) is wrapper:
+                    signal.signal(sig, handler)
+
+    def _wrap_handler(self, handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
+        def on_signal(signum: int, frame: Any) -> None:
+            try:
+                handler(signum, frame)
+            except BaseException as exc:
+                self._fail(exc)
+
+        return on_signal
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: report callback errors; stop on a BaseException."""
+        exc = context.get("exception")
+        if exc is not None and not isinstance(exc, Exception):
+            self._fail(exc)
+            return
+        protocol = context.get("protocol")
+        transport = context.get("transport")
+        if exc is None or (protocol is None and transport is None and isinstance(exc, OSError)):
+            message = context.get("message", "event loop error")
+            logger.warning("%s%s", message, f": {exc}" if exc is not None else "")
+            return
+        client = getattr(protocol, "client", None)
+        if client is None and transport is not None:
+            with contextlib.suppress(Exception):
+                client = transport.get_extra_info("peername")
+        self._report(_NO_CLIENT if client is None else client, exc)
+
+    def _report(self, client: Any, exc: BaseException) -> None:
+        error = getattr(self.hooks, "error", None)
+        if error is not None:
+            error(client, exc)
+        else:
+            logger.error("error handling %s", client, exc_info=exc)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _opened(self, conn: _Connection) -> bool:
+        """Register a new connection; False when it must be refused (stopping, limit)."""
+        if self._refusing:
+            return False
+        self._conns.add(conn)
+        self.requests_started += 1
+        self.hooks.connected(conn.client)
+        if self.idle_timeout is not None:
+            conn.mark = conn.activity()
+            conn.since = self._loop.time()  # type: ignore[union-attr]
+            if self._sweeper is None:
+                self._schedule_sweep()
+        self._count_request()
+        return True
+
+    def _closed(
+        self, conn: _Connection, exc: BaseException | None, received: Any, sent: Any
+    ) -> None:
+        self._conns.discard(conn)
+        if conn.idle:
+            timeout = self.idle_timeout
+            self._report(conn.client, TimeoutError(f"no traffic for {timeout:g}s"))
+        self.hooks.disconnected(conn.client, received, sent, exc)
+        self._maybe_drained()
+
+    def _count_request(self) -> None:
+        limit = self.request_limit
+        if limit is not None and self.requests_started >= limit:
+            self._refusing = True
+            reason = "request limit reached"
+            stopping = getattr(self.hooks, "stopping", None)
+            if stopping is not None:
+                stopping(reason)
+            self.request_stop(reason)
+
+    def _endpoint_lost(self) -> None:
+        self._endpoint = None
+        self._maybe_drained()
+
+    def _schedule_sweep(self) -> None:
+        assert self.idle_timeout is not None and self._loop is not None
+        every = max(self.idle_timeout / 4, 0.005)
+        self._sweeper = self._loop.call_later(every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections that showed no traffic for `idle_timeout` seconds."""
+        self._sweeper = None
+        loop = self._loop
+        timeout = self.idle_timeout
+        assert loop is not None and timeout is not None
+        now = loop.time()
+        for conn in list(self._conns):
+            mark = conn.activity()
+            if mark != conn.mark:
+                conn.mark, conn.since = mark, now
+            elif now - conn.since >= timeout and not conn.idle:
+                conn.idle = True
+                transport = conn.transport
+                if transport.get_write_buffer_size():
+                    transport.abort()
+                else:
+                    transport.close()
+        if self._conns:
+            self._schedule_sweep()
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while sock.recv(4096):
+            pass
+
+
+class _Connection:
+    """One stream connection's bookkeeping, shared by the two ways of watching it."""
+
+    server: EventServer
+    transport: Any = None
+    client: Any = None
+    refused = False
+    idle = False
+    mark: Any = None
+    since = 0.0
+
+    def begin(self, transport: Any) -> bool:
+        self.transport = transport
+        self.client = transport.get_extra_info("peername")
+        if self.server._opened(self):
+            return True
+        self.refused = True
+        transport.abort()
+        return False
+
+    def activity(self) -> tuple[int, int]:
+        """What changes while the connection is busy: byte counts, the write buffer."""
+        raise NotImplementedError
+
+
+class _Watched(_Connection):
+    """A protocol that counts for itself (a builtin): only its connection_made/lost are hooked.
+
+    The two are replaced on the instance, so data goes straight from the transport to the
+    protocol; the replacements are removed when the connection ends.
+    """
+
+    def __init__(self, server: EventServer, protocol: Any) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.made = protocol.connection_made
+        self.lost = protocol.connection_lost
+        protocol.connection_made = self.connection_made
+        protocol.connection_lost = self.connection_lost
+
+    def connection_made(self, transport: Any) -> None:
+        if self.begin(transport):
+            self.made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        attrs = vars(self.protocol)
+        attrs.pop("connection_made", None)
+        attrs.pop("connection_lost", None)
+        if self.refused:
+            return
+        try:
+            self.lost(exc)
+        finally:
+            self.server._closed(self, exc, None, None)
+
+    def activity(self) -> tuple[int, int]:
+        protocol = self.protocol
+        moved = getattr(protocol, "received", 0) + getattr(protocol, "sent", 0)
+        return moved, self.transport.get_write_buffer_size()
+
+
+class _CountedBase(_Connection):
+    """Stands between the transport and a user's protocol: counts bytes, reports its errors."""
+
+    def __init__(self, server: EventServer, protocol: Any) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.received = 0
+        self.sent = 0
+
+    def connection_made(self, transport: Any) -> None:
+        if self.begin(transport):
+            self._call(self.protocol.connection_made, _CountingTransport(transport, self))
+
+    def eof_received(self) -> bool | None:
+        try:
+            return self.protocol.eof_received()
+        except Exception as exc:
+            self._failed(exc)
+            return None
+
+    def pause_writing(self) -> None:
+        self._call(self.protocol.pause_writing)
+
+    def resume_writing(self) -> None:
+        self._call(self.protocol.resume_writing)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
+        try:
+            self.protocol.connection_lost(exc)
+        except Exception as error:
+            self.server._report(self.client, error)
+        self.server._closed(self, exc, self.received, self.sent)
+
+    def activity(self) -> tuple[int, int]:
+        return self.received + self.sent, self.transport.get_write_buffer_size()
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """As asyncio does with a failing callback: report it, end the connection at once."""
+        self.server._report(self.client, exc)
+        self.transport.abort()
+
+
+class _Counted(_CountedBase, asyncio.Protocol):
+    """For an asyncio.Protocol."""
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            self.protocol.data_received(data)
+        except Exception as exc:
+            self._failed(exc)
+
+
+class _CountedBuffered(_CountedBase, asyncio.BufferedProtocol):
+    """For an asyncio.BufferedProtocol (uvloop tells them apart by not being a Protocol)."""
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self.protocol.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+        try:
+            self.protocol.buffer_updated(nbytes)
+        except Exception as exc:
+            self._failed(exc)
+
+
+def _size(data: Any) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
+class _CountingTransport(asyncio.Transport):
+    """The transport a user's stream protocol sees: the real one, counting what is written."""
+
+    def __init__(self, transport: Any, counted: _CountedBase) -> None:
+        super().__init__()
+        self._transport = transport
+        self._counted = counted
+
+    def write(self, data: Any) -> None:
+        self._transport.write(data)
+        self._counted.sent += _size(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._counted.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self._counted.protocol
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+
+class _WatchedEndpoint:
+    """A datagram protocol that counts for itself (a builtin), hooked on the instance as
+    `_Watched` is: connection_lost always, datagram_received only under a request limit."""
+
+    def __init__(self, server: EventServer, protocol: Any) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.lost = protocol.connection_lost
+        protocol.connection_lost = self.connection_lost
+        if server.request_limit is not None:
+            self.received = protocol.datagram_received
+            protocol.datagram_received = self.datagram_received
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        server = self.server
+        if server._refusing:
+            return  # after the request limit: the rest is dropped, as sync mode never reads it
+        server.requests_started += 1
+        server._count_request()
+        self.received(data, addr)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        attrs = vars(self.protocol)
+        attrs.pop("connection_lost", None)
+        attrs.pop("datagram_received", None)
+        try:
+            self.lost(exc)
+        finally:
+            self.server._endpoint_lost()
+
+
+class _DatagramWrapper(asyncio.DatagramProtocol):
+    """Stands between a datagram transport and a user's protocol: counts datagrams and bytes,
+    reports each datagram and the errors of the protocol's callbacks."""
+
+    def __init__(self, server: EventServer, protocol: Any) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.sent = 0  # by the protocol since the last datagram was reported
+
+    def connection_made(self, transport: Any) -> None:
+        self._call(None, self.protocol.connection_made, _CountingDatagramTransport(transport, self))
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        server = self.server
+        if server._refusing:
+            return
+        server.requests_started += 1
+        server._count_request()
+        self._call(addr, self.protocol.datagram_received, data, addr)
+        sent, self.sent = self.sent, 0  # replies sent meanwhile, or since the last datagram
+        server.hooks.disconnected(addr, len(data), sent, None)
+
+    def error_received(self, exc: Exception) -> None:
+        self._call(None, self.protocol.error_received, exc)
+
+    def pause_writing(self) -> None:
+        self._call(None, self.protocol.pause_writing)
+
+    def resume_writing(self) -> None:
+        self._call(None, self.protocol.resume_writing)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._call(None, self.protocol.connection_lost, exc)
+            if self.sent:  # replies sent after the last datagram was reported
+                sent, self.sent = self.sent, 0
+                self.server.hooks.disconnected(None, 0, sent, None)
+        finally:
+            self.server._endpoint_lost()
+
+    def _call(self, client: Any, method: Callable[..., Any], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception as exc:
+            self.server._report(_NO_CLIENT if client is None else client, exc)
+
+
+class _CountingDatagramTransport(asyncio.DatagramTransport):
+    """The transport a user's datagram protocol sees: the real one, counting what is sent."""
+
+    def __init__(self, transport: Any, wrapper: _DatagramWrapper) -> None:
+        super().__init__()
+        self._transport = transport
+        self._wrapper = wrapper
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self._transport.sendto(data, addr)
+        self._wrapper.sent += _size(data)
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._wrapper.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self._wrapper.protocol
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
