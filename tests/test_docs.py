@@ -19,6 +19,7 @@ Blocks run on loopback: port 9999 becomes a free port and `/tmp/` a fresh direct
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import os
@@ -378,17 +379,27 @@ def test_readme_handler_listing_is_the_example_file(block: Block) -> None:
 # Running blocks --------------------------------------------------------------------------------
 
 
+_PORTS_LOCK = threading.Lock()
+_PORTS_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    while True:
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    """A port free for both TCP and UDP on 127.0.0.1, never given twice in this run."""
+    with _PORTS_LOCK:
+        while True:
+            with (
+                socket.socket() as tcp,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+            ):
+                tcp.bind(("127.0.0.1", 0))
+                port = tcp.getsockname()[1]
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
 
 
 NC_STANDIN = '''\
@@ -648,9 +659,27 @@ def _groups(block: Block) -> list[tuple[str, str]]:
 SESSION_GROUPS = [group for block in _blocks("session") for group in _groups(block)]
 
 
-@pytest.mark.parametrize(("group", "where"), SESSION_GROUPS, ids=[w for _, w in SESSION_GROUPS])
-def test_readme_session(group: str, where: str, shell_env: dict[str, str]) -> None:
-    run_session(group, shell_env, where)
+@pytest.fixture(scope="module")
+def session_outcomes(shell_env: dict[str, str]) -> dict[str, BaseException | None]:
+    """Run every README session group at once (each on its own port and directory)."""
+
+    def outcome(group: str, where: str) -> BaseException | None:
+        try:
+            run_session(group, shell_env, where)
+        except BaseException as exc:  # re-raised by the group's own test
+            return exc
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {where: pool.submit(outcome, group, where) for group, where in SESSION_GROUPS}
+        return {where: future.result() for where, future in futures.items()}
+
+
+@pytest.mark.parametrize("where", [w for _, w in SESSION_GROUPS])
+def test_readme_session(where: str, session_outcomes: dict[str, BaseException | None]) -> None:
+    exc = session_outcomes[where]
+    if exc is not None:
+        raise exc
 
 
 @pytest.mark.parametrize("block", _blocks("script"), ids=str)
