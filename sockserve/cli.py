@@ -7,6 +7,7 @@ from deeper down is printed as `sockserve: error: …` plus a hint, with its own
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -293,6 +294,10 @@ def main(**params: Any) -> None:
 
         setup_logging(reporter, params["verbose"])
         status = serve(config, reporter)
+    except KeyboardInterrupt:
+        # Ctrl-C after the run restored the default handler (while the summary is printed):
+        # the user wants out, and has had the summary or is about to lose only that.
+        _exit(ExitStatus.INTERRUPTED)
     except click.exceptions.Exit:
         raise
     except click.ClickException:
@@ -320,8 +325,24 @@ def _fatal(params: dict[str, Any], message: str, hint: str | None) -> None:
     _reporter(params).fatal(message, hint)
 
 
+_as_command = False
+
+
+def command() -> None:
+    """The `sockserve` executable and `python -m sockserve`: `main` as a whole process."""
+    global _as_command
+    _as_command = True
+    main()
+
+
 def _exit(status: ExitStatus) -> None:
-    """Exit; if a hung non-daemon handler thread would hold the process, leave at once."""
+    """Exit; if a hung non-daemon handler thread would hold the process, leave at once.
+
+    Ctrl-C is ignored from here on: the run is over, and a KeyboardInterrupt in the
+    interpreter's exit (joining threads) would only print a traceback.
+    """
+    if _as_command:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if stuck:
         sys.stdout.flush()

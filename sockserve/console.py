@@ -206,7 +206,7 @@ class RichReporter(PlainReporter):
                     markup=False,
                     emoji=False,
                     force_terminal=self.force_color,
-                    no_color=self.force_color is False,
+                    no_color=True if self.force_color is False else None,  # None: NO_COLOR
                     soft_wrap=True,
                 )
             return self._console

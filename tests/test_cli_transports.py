@@ -3,7 +3,9 @@ IPv6 and dual-stack, -vv hex dumps, -q, --reply, stdio like `nc -l`, 64 KiB data
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -334,3 +336,23 @@ def test_workers_share_the_port_and_stop_together(sockdir: str) -> None:
     for pid in pids:  # both workers are gone (reaped by the supervisor, which has exited)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(("no_color", "colored"), [(None, True), ("1", False)])
+def test_colors_on_a_tty_unless_no_color(no_color: str | None, colored: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env.update(TERM="xterm-256color", COLUMNS="200")
+    if no_color is not None:
+        env["NO_COLOR"] = no_color
+    child = pexpect.spawn(
+        sys.executable, ["-m", "sockserve", "tcp", ":0", "--once"], env=env, timeout=15
+    )
+    seen = io.BytesIO()
+    child.logfile_read = seen
+    child.expect(r"tcp://127\.0\.0\.1:(\d+)")
+    tcp_exchange(("127.0.0.1", int(child.match.group(1))), b"x")
+    status, _ = finish(child)
+    assert status == 0
+    text = seen.getvalue().decode(errors="replace")
+    assert "listening on" in text
+    assert bool(re.search(r"\x1b\[[0-9;]*(3[0-7]|38;)", text)) == colored  # a colour, not bold
