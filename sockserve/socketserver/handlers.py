@@ -82,14 +82,23 @@ class StreamRequestHandler(BaseRequestHandler):
             self.wfile = self.connection.makefile("wb", self.wbufsize)
 
     def finish(self) -> None:
-        """Flush `wfile` (ignoring a gone peer) and close both file objects."""
-        if not self.wfile.closed:
+        """Flush `wfile`, then close both file objects; a peer that went away is no error.
+
+        Both files are closed even then: an open `rfile` would keep the connection's
+        descriptor open after `shutdown_request` closed the socket.
+        """
+        try:
+            if not self.wfile.closed:
+                try:
+                    self.wfile.flush()
+                except OSError:
+                    pass  # the peer went away; nothing left to deliver
             try:
-                self.wfile.flush()
+                self.wfile.close()
             except OSError:
-                pass  # the peer went away; nothing left to deliver
-        self.wfile.close()
-        self.rfile.close()
+                pass  # close() retries the flush that just failed
+        finally:
+            self.rfile.close()
 
 
 class DatagramRequestHandler(BaseRequestHandler):
