@@ -208,7 +208,7 @@ def run_server() -> Iterator[Callable[..., Any]]:
 
     def start(server: Any, poll_interval: float = 0.01) -> threading.Thread:
         thread = threading.Thread(
-            target=server.serve_forever, args=(poll_interval,), name="serve_forever"
+            target=server.serve_forever, args=(poll_interval,), name="serve_forever", daemon=True
         )
         thread.start()
         running.append((server, thread))
@@ -216,9 +216,11 @@ def run_server() -> Iterator[Callable[..., Any]]:
 
     yield start
     for server, thread in reversed(running):
-        if thread.is_alive():
-            server.shutdown()
+        if thread.is_alive():  # a deadlocked loop fails the test instead of hanging the run
+            stopper = threading.Thread(target=server.shutdown, daemon=True)
+            stopper.start()
+            stopper.join(5)
             thread.join(5)
-        server.server_close()
         assert not thread.is_alive(), "serve_forever did not stop"
+        server.server_close()
         assert server.socket.fileno() == -1, "server_close left the socket open"

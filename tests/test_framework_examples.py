@@ -92,7 +92,7 @@ def test_upper_case_examples(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with server_class(("127.0.0.1", 0), handler) as server:
-        loop = threading.Thread(target=server.serve_forever)
+        loop = threading.Thread(target=server.serve_forever, daemon=True)
         loop.start()
         try:
             assert client(server.server_address, "hello world with TCP") == "HELLO WORLD WITH TCP"

@@ -249,7 +249,7 @@ def test_max_threads_bounds_concurrency(
 ) -> None:
     """5N clients at once: never more than N handlers run together, and all are served."""
     clients = 5 * limit
-    lock = threading.Lock()
+    lock = threading.Condition()
     running = peak = 0
     release = threading.Event()
     dispatched = threading.Semaphore(0)
@@ -261,6 +261,7 @@ def test_max_threads_bounds_concurrency(
             with lock:
                 running += 1
                 peak = max(peak, running)
+                lock.notify_all()
             release.wait(10)
             with lock:
                 running -= 1
@@ -279,11 +280,11 @@ def test_max_threads_bounds_concurrency(
     try:
         for n, sock in enumerate(socks):
             sock.sendall(b"%d" % n)
-        # The first N requests got threads; the next one is waiting for a slot.
+        # N handlers run, and the next request is in process_request, waiting for a slot.
+        with lock:
+            assert lock.wait_for(lambda: running == limit, timeout=5)
         for _ in range(limit + 1):
             assert dispatched.acquire(timeout=5)
-        with lock:
-            assert running <= limit
         assert server.live_threads == limit
         release.set()
         replies = [transport.receive(sock) for sock in socks]
