@@ -582,11 +582,14 @@ class Boom(BaseException):
     """Stands for the runner's ForcedExit / GraceExpired."""
 
 
-def test_exception_from_a_signal_handler_leaves_serve_forever_cleanly(
+@pytest.mark.parametrize("during", ["serve_forever", "drain"])
+def test_exception_from_a_signal_handler_leaves_the_loop_cleanly(
+    during: str,
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
     sock_dir: str,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """As the runner's ForcedExit and GraceExpired do: raised in the main thread's handler."""
     sock = listening_socket("tcp", sock_dir)
     hooks = Hooks()
     server = EventServer(
@@ -603,31 +606,39 @@ def test_exception_from_a_signal_handler_leaves_serve_forever_cleanly(
 
     def on_connected(c: Any) -> None:
         Hooks.connected(hooks, c)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)  # the loop is running: raise in 50 ms
+        if during == "serve_forever":
+            signal.setitimer(signal.ITIMER_REAL, 0.05)  # the loop is running: raise in 50 ms
+        else:
+            server.request_stop()
 
     hooks.connected = on_connected  # type: ignore[method-assign]
     old = signal.signal(signal.SIGALRM, raise_boom)
     try:
         with pytest.raises(Boom):
             server.serve_forever(5.0)
+            assert server.active_connections == 1  # the client does not go away by itself
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            server.close_connections(None)
         assert signal.getsignal(signal.SIGALRM) is raise_boom  # the handler is given back
         assert server.active_connections == 1
         server.close_connections(0)
+        assert client.recv(10) == b""
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         client.close()
     assert sock.fileno() == -1
+    assert server.active_connections == 0
     assert not hooks.of("error")
     out, err = capfd.readouterr()
-    assert "exception was never retrieved" not in err and "Traceback" not in err
+    assert "never retrieved" not in err and "Traceback" not in err
 
 
 # -- the real command ---------------------------------------------------------------------------
 
 
 def test_example_echo_counts_bytes_and_stops_on_ctrl_c() -> None:
-    child = spawn(["tcp", ":0", "-c", "event", "-H", str(EXAMPLE), "-v"], cwd=str(ROOT))
+    child = spawn(["tcp", ":0", "-c", "event", "-H", "examples/event_echo.py", "-v"], cwd=str(ROOT))
     url = wait_listening(child)
     child.expect(r"\(event, handler=")
     addr = inet_address(url)
