@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,8 +49,8 @@ class Address:
 
     @property
     def all_interfaces(self) -> bool:
-        """True when the address listens beyond this machine (0.0.0.0 or ::)."""
-        return self.family != "unix" and self.host in ("0.0.0.0", "::")
+        """True when the address listens beyond this machine: 0.0.0.0 or ::, however spelt."""
+        return self.family != "unix" and self.host is not None and _is_unspecified(self.host)
 
     def sockaddr(self) -> Any:
         """The address in the form socket.bind takes."""
@@ -108,11 +109,15 @@ def parse_address(text: str, family: Family | None) -> Address:
 
 
 def _parse_unix(text: str) -> Address:
+    if "\0" in text:
+        raise UsageError(
+            f"{text!r} contains a NUL character", hint="give a path such as /tmp/a.sock"
+        )
     if text.startswith("@"):
         name = text[1:]
         if not name:
             raise UsageError("an abstract socket needs a name after @", hint="e.g. @myapp")
-        if len(name.encode()) > UNIX_PATH_MAX - 1:
+        if _encoded_size(name) > UNIX_PATH_MAX - 1:
             raise UsageError(f"abstract name {text!r} is too long (at most 106 bytes)")
         return Address("unix", path=name, abstract=True)
     if _looks_inet(text):
@@ -120,7 +125,7 @@ def _parse_unix(text: str) -> Address:
             f"{text!r} is an internet address, but unix sockets take a path",
             hint="give a path such as /tmp/app.sock, or use tcp/udp",
         )
-    size = len(os.fsencode(text))
+    size = _encoded_size(text)
     if size > UNIX_PATH_MAX:
         raise UsageError(
             f"unix socket path is {size} bytes long; the limit is {UNIX_PATH_MAX}",
@@ -129,6 +134,36 @@ def _parse_unix(text: str) -> Address:
     if text.endswith("/"):
         raise UsageError(f"{text!r} names a directory", hint="give a file name in it")
     return Address("unix", path=text)
+
+
+def _encoded_size(text: str) -> int:
+    """The length of `text` as the bytes of a file name."""
+    try:
+        return len(os.fsencode(text))
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{text!r} cannot be encoded as a file name", hint="use another name"
+        ) from None
+
+
+def _is_unspecified(host: str) -> bool:
+    """True for 0.0.0.0 and :: in any spelling: [::0], [::ffff:0.0.0.0], 0, 0x0, 000.0.0.0...
+
+    Numeric IPv4 forms are read as inet_aton reads them, as getaddrinfo does when binding.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        try:
+            return socket.inet_aton(host) == bytes(4)
+        except (OSError, ValueError):
+            return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone accepts "²" and "١"
 
 
 def _looks_inet(text: str) -> bool:
@@ -142,7 +177,7 @@ def _parse_inet(text: str, family: Family | None) -> Address:
             f"{text!r} looks like a path, but tcp/udp take HOST:PORT",
             hint="use unix or unix-dgram for a socket file",
         )
-    if text.isdigit():
+    if _is_port(text):
         host, port_text = "", text
     elif text.startswith("["):
         end = text.find("]")
@@ -185,7 +220,7 @@ def _parse_inet(text: str, family: Family | None) -> Address:
 
 
 def _parse_port(port_text: str, text: str) -> int:
-    if not port_text.isdigit():
+    if not _is_port(port_text):
         raise UsageError(
             f"bad port {port_text!r} in {text!r}",
             hint="a port is a number from 0 to 65535, and 0 lets the OS pick",

@@ -8,11 +8,14 @@ while the user's module runs is reported with its file and line, not re-raised.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import traceback
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,6 +53,8 @@ def load_handler(spec: str) -> LoadedHandler:
     spec = spec.strip()
     if spec in BUILTIN_NAMES:
         return LoadedHandler(name=spec, builtin=spec)
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec):
+        raise HandlerLoadError(f"bad handler {spec!r}: control characters", hint=f"use {FORMS}")
     target, sep, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
     if not sep:
         target, attr = spec, ""
@@ -79,11 +84,30 @@ def load_handler(spec: str) -> LoadedHandler:
     return LoadedHandler(name=f"{target}:{cls.__qualname__}", cls=cls, kind=kind)
 
 
-def _import_module(name: str) -> Any:
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`, modules in the cwd are found
+@contextlib.contextmanager
+def _searched_first(folder: str) -> Iterator[None]:
+    """Import with `folder` first on sys.path, then keep it last.
+
+    While the named module runs, its folder comes first, as when running it as a script. Then
+    the folder moves to the end: sibling modules the handler imports later are still found,
+    but no stray file there (json.py, signal.py...) shadows a module imported afterwards.
+    """
+    if "" in sys.path or folder in sys.path:
+        yield
+        return
+    sys.path.insert(0, folder)
     try:
-        return importlib.import_module(name)
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+        sys.path.append(folder)
+
+
+def _import_module(name: str) -> Any:
+    try:
+        with _searched_first(os.getcwd()):  # like `python -m`, modules in the cwd are found
+            return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise HandlerLoadError(
@@ -109,12 +133,10 @@ def _import_file(path: str) -> Any:
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"cannot load {path} as Python", hint="name a .py file")
     module = importlib.util.module_from_spec(spec)
-    folder = os.path.dirname(real)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # sibling modules import, as when running the file
     sys.modules[modname] = module
     try:
-        spec.loader.exec_module(module)
+        with _searched_first(os.path.dirname(real)):  # sibling modules import, as in a script
+            spec.loader.exec_module(module)
     except BaseException as exc:
         del sys.modules[modname]
         if not isinstance(exc, Exception):
@@ -128,14 +150,22 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
     if isinstance(exc, SyntaxError):
         place = f"{exc.filename}, line {exc.lineno}"
         return HandlerLoadError(
-            f"syntax error in {place}: {exc.msg}", hint="fix the handler file and try again"
+            _one_line(f"syntax error in {place}: {exc.msg}"),
+            hint="fix the handler file and try again",
         )
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "importlib" not in f.filename]
     location = f" ({user[-1].filename}, line {user[-1].lineno})" if user else ""
     return HandlerLoadError(
-        f"importing {where} failed: {type(exc).__name__}: {exc}{location}",
+        _one_line(f"importing {where} failed: {type(exc).__name__}: {exc}{location}"),
         hint="fix the error in the handler's code (--traceback shows nothing more here)",
+    )
+
+
+def _one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, as repr() shows them."""
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
     )
 
 
