@@ -40,6 +40,9 @@ _MIXINS: dict[str, type | None] = {
     "event": None,  # the event loop runs on the socket this class binds
 }
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_FORKING: type | None = getattr(ss, "ForkingMixIn", None)
+#: Mixins whose process_request only hands the request over (to a thread or a child).
+_DISPATCHERS: tuple[type, ...] = tuple(m for m in (ss.ThreadingMixIn, _FORKING) if m is not None)
 
 
 class Monitor(Protocol):
@@ -120,6 +123,8 @@ class ToolServerMixIn:
     _unix_file: tuple[str, int, int] | None = None
     _accept_failing_since: float | None = None
     _accept_backoff = 0.0
+    _dispatch_failing_since: float | None = None
+    _dispatch_refused = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.active_requests: set[Any] = set()  # connections being handled, for an abort
@@ -221,7 +226,57 @@ class ToolServerMixIn:
             self.monitor.connected(client_address)
         if self.request_limit is not None and self.requests_started >= self.request_limit:
             self.request_stop("request limit reached")
-        super().process_request(request, client_address)  # type: ignore[misc]
+        if not isinstance(self, _DISPATCHERS):
+            super().process_request(request, client_address)  # type: ignore[misc]
+            return
+        try:  # only a thread start or a fork can fail here: the handler runs elsewhere
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except (OSError, RuntimeError) as exc:
+            self._refuse(request, client_address, exc)
+            return
+        if self._dispatch_failing_since is not None:
+            took = time.monotonic() - self._dispatch_failing_since
+            refused, self._dispatch_refused = self._dispatch_refused, 0
+            self._dispatch_failing_since = None
+            self._tell(f"serving again after {took:.2f}s ({refused} refused)")
+
+    def _refuse(self, request: Any, client_address: Any, exc: BaseException) -> None:
+        """Close a request no thread or child could take (fork EAGAIN...); warn once."""
+        if self._dispatch_failing_since is None:
+            self._dispatch_failing_since = time.monotonic()
+            what = "fork a child" if _FORKING and isinstance(self, _FORKING) else "start a thread"
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._tell(
+                f"cannot {what} for a new request ({reason}): refusing requests until that "
+                "works again (check `ulimit -u` and free memory, or lower --max-children / "
+                "--max-threads)",
+                warning=True,
+            )
+        self._dispatch_refused += 1
+        stream = self.socket_type == socket.SOCK_STREAM  # type: ignore[attr-defined]
+        if stream and self.builtin_handler and self.monitor is not None:
+            self.monitor.record(client_address, 0, 0)  # a close for the connect reported
+        self.shutdown_request(request)
+
+    def _tell(self, message: str, warning: bool = False) -> None:
+        if self.monitor is None:
+            logger.log(logging.WARNING if warning else logging.INFO, message)
+        elif warning:
+            self.monitor.warning(message)
+        else:
+            self.monitor.info(message)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Handle the request; in a forked child, first close the child's copy of the listener.
+
+        Otherwise every child keeps the listening socket open: once the server stops, the
+        kernel would go on queueing new connections that nobody accepts until the last child
+        exits, instead of refusing them.
+        """
+        if _FORKING is not None and isinstance(self, _FORKING):
+            if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
+                self.socket.close()  # type: ignore[attr-defined]
+        super().finish_request(request, client_address)  # type: ignore[misc]
 
     def shutdown_request(self, request: Any) -> None:
         """Report byte counts of a user handler's request, then close it."""

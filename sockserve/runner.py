@@ -28,6 +28,7 @@ from .console import PlainReporter, Stats
 from .errors import ExitStatus
 
 _CHILD_RECORD_MAX = select.PIPE_BUF - 1
+_PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class ForcedExit(BaseException):
@@ -110,13 +111,14 @@ class RunMonitor:
             else:
                 self._output_closed()
             return
-        if isinstance(exc, TimeoutError):
-            if self.in_child:
-                self._forward({"k": "info", "m": f"closed idle connection {client}"})
-            else:
-                from .console import format_client
+        from .console import format_client
 
-                self.reporter.info(f"closed idle connection {format_client(client)}")
+        if isinstance(exc, TimeoutError):
+            self._note(f"closed idle connection {format_client(client)}")
+            return
+        if isinstance(exc, _PEER_GONE):  # the client's doing, not the handler's: one line
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._note(f"client {format_client(client)} went away: {reason}")
             return
         if self.in_child:
             import traceback
@@ -134,6 +136,12 @@ class RunMonitor:
             return
         self.stats.add_error()
         self.reporter.error(client, exc)
+
+    def _note(self, message: str) -> None:
+        if self.in_child:
+            self._forward({"k": "info", "m": message})
+        else:
+            self.reporter.info(message)
 
     def warning(self, message: str) -> None:
         self.reporter.warning(message)
@@ -184,7 +192,7 @@ class RunMonitor:
             self.reporter.record(_from_json(rec.get("c")), rec["i"], rec["o"], self.socktype)
         elif kind == "error":
             self.stats.add_error()
-            exc = _RemoteError(f"{rec.get('t')}: {rec.get('m')}", rec.get("tb"))
+            exc = _remote_error(str(rec.get("t")), str(rec.get("m")), rec.get("tb"))
             self.reporter.error(_from_json(rec.get("c")), exc, with_traceback=False)
             if rec.get("tb"):
                 self.reporter._emit(str(rec["tb"]).rstrip(), "error")
@@ -208,6 +216,18 @@ class _RemoteError(Exception):
     def __init__(self, text: str, tb: str | None) -> None:
         super().__init__(text)
         self.tb = tb
+
+
+_REMOTE_TYPES: dict[str, type[_RemoteError]] = {}
+
+
+def _remote_error(type_name: str, message: str, tb: str | None) -> _RemoteError:
+    """A _RemoteError whose class bears the child's exception type name (for the reporters)."""
+    cls = _REMOTE_TYPES.get(type_name)
+    if cls is None:
+        cls = type(type_name, (_RemoteError,), {}) if type_name.isidentifier() else _RemoteError
+        _REMOTE_TYPES[type_name] = cls
+    return cls(message, tb)
 
 
 def _jsonable(client: Any) -> Any:
@@ -352,26 +372,30 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
         if config.workers == 1:
             loop_server = _make_loop_server(config, server, handler, monitor)
         sockaddr = server.server_address
-        if config.print_address:
-            print_address(format_plain(family, config.socktype, sockaddr))
-        details: dict[str, Any] = {
-            "concurrency": config.concurrency,
-            "handler": config.handler.name,
-        }
+
+        def announce() -> None:
+            if config.print_address:
+                print_address(format_plain(family, config.socktype, sockaddr))
+            details: dict[str, Any] = {
+                "concurrency": config.concurrency,
+                "handler": config.handler.name,
+            }
+            if config.workers > 1:
+                details["workers"] = config.workers
+            if config.family == "unix" or config.output == "json":
+                details["pid"] = os.getpid()
+            reporter.listening(format_bound(family, config.socktype, sockaddr), details)
+            if config.address.all_interfaces:
+                reporter.warning(
+                    "listening on all interfaces: other machines can connect "
+                    "(use 127.0.0.1 or :PORT to stay local)"
+                )
+
         if config.workers > 1:
-            details["workers"] = config.workers
-        if config.family == "unix" or config.output == "json":
-            details["pid"] = os.getpid()
-        reporter.listening(format_bound(family, config.socktype, sockaddr), details)
-        if config.address.all_interfaces:
-            reporter.warning(
-                "listening on all interfaces: other machines can connect "
-                "(use 127.0.0.1 or :PORT to stay local)"
-            )
-        if config.workers > 1:
+            announce()
             status = _serve_workers(config, server, handler, monitor)
         else:
-            status = _run(config, server, loop_server, monitor)
+            status = _run(config, server, loop_server, monitor, announce=announce)
     finally:
         with contextlib.suppress(Exception):
             server.server_close()
@@ -563,8 +587,13 @@ def _run(
     loop_server: Any,
     monitor: RunMonitor,
     sigs: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    announce: Any = None,
 ) -> ExitStatus:
-    """The serve loop and the ordered stop (see the module docstring)."""
+    """The serve loop and the ordered stop (see the module docstring).
+
+    `announce` (the banner) is called once the signal handlers are in place: whoever sends
+    SIGTERM on seeing the banner gets a graceful stop, never the default action.
+    """
     limit = config.request_limit
 
     def stop(reason: str) -> None:
@@ -586,6 +615,8 @@ def _run(
         try:
             expired = False
             try:
+                if announce is not None:
+                    announce()
                 loop_server.serve_forever(poll_interval=poll)
             except GraceExpired:
                 expired = True  # sync mode: the request in progress outlived the grace period
