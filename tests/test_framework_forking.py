@@ -139,7 +139,7 @@ def test_max_children_is_never_exceeded(
             os.write(events_w, b"E")
             self.reply(data)
 
-    class Server(transport.server_class("forking", max_children=limit)):  # type: ignore[misc]
+    class Server(transport.server_class("forking", max_children=limit)):
         request_queue_size = clients  # the clients wait in the backlog, not in connect()
 
         def process_request(self, request: Any, client_address: Any) -> None:
@@ -204,7 +204,7 @@ def test_serve_forever_reaps(transport: Transport, run_server: Callable[..., Any
         def handle(self) -> None:
             self.reply(self.read())
 
-    class Server(transport.server_class("forking")):  # type: ignore[misc]
+    class Server(transport.server_class("forking")):
         def process_request(self, request: Any, client_address: Any) -> None:
             super().process_request(request, client_address)
             pids.extend(self.active_children or ())
@@ -250,7 +250,7 @@ def test_child_exit_status(
                     outcome, KeyboardInterrupt
                 )()
 
-    class Server(transport.server_class("forking")):  # type: ignore[misc]
+    class Server(transport.server_class("forking")):
         def handle_error(self, request: Any, client_address: Any) -> None:
             os.write(errors_w, b"E" if os.getpid() != parent else b"P")
 

@@ -148,7 +148,7 @@ def test_address_in_use_closes_the_socket(transport: Transport) -> None:
 def test_activate_failure_closes_the_socket(transport: Transport, error: type) -> None:
     created: list[socket.socket] = []
 
-    class Failing(transport.server_class()):  # type: ignore[misc]
+    class Failing(transport.server_class()):
         def server_activate(self) -> None:
             created.append(self.socket)
             raise error("no")
@@ -177,7 +177,7 @@ def test_context_manager_closes(transport: Transport) -> None:
 def test_handle_request_steps_in_order(transport: Transport) -> None:
     calls: list[tuple[str, Any]] = []
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         def get_request(self) -> Any:
             got = super().get_request()
             calls.append(("get_request", got))
@@ -244,7 +244,7 @@ def test_handle_request_timeout(transport: Transport, where: str) -> None:
     timeouts: list[float] = []
     handled: list[object] = []
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         timeout = {"server": 0.05, "socket": None, "both": 30}[where]
 
         def handle_timeout(self) -> None:
@@ -267,7 +267,7 @@ def test_verify_request_false_drops_the_request(transport: Transport) -> None:
     handled: list[object] = []
     shut: list[Any] = []
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         def verify_request(self, request: Any, client_address: Any) -> bool:
             return False
 
@@ -297,7 +297,7 @@ def test_exception_goes_to_handle_error(transport: Transport, concurrency: str) 
     errors: list[tuple[Any, Any, BaseException | None]] = []
     shut: list[Any] = []
 
-    class Server(transport.server_class(concurrency)):  # type: ignore[misc]
+    class Server(transport.server_class(concurrency)):
         def handle_error(self, request: Any, client_address: Any) -> None:
             errors.append((request, client_address, sys.exc_info()[1]))
 
@@ -336,7 +336,7 @@ def test_base_exception_propagates_after_shutdown_request(
     reported: list[object] = []
     shut: list[Any] = []
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         def handle_error(self, request: Any, client_address: Any) -> None:
             reported.append(request)
 
@@ -439,7 +439,7 @@ def test_service_actions_runs_every_iteration(
 ) -> None:
     iterations = threading.Semaphore(0)
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         def service_actions(self) -> None:
             iterations.release()
 
@@ -453,7 +453,7 @@ def test_service_actions_runs_after_a_request(
 ) -> None:
     handled, after = threading.Event(), threading.Event()
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         def service_actions(self) -> None:
             if handled.is_set():
                 after.set()
@@ -475,7 +475,7 @@ def test_serve_forever_ignores_timeout(
     iterations = threading.Semaphore(0)
     timeouts: list[float] = []
 
-    class Server(transport.server_class()):  # type: ignore[misc]
+    class Server(transport.server_class()):
         timeout = 0.001
 
         def service_actions(self) -> None:
@@ -615,7 +615,7 @@ def test_dualstack_ipv6(kind: str, dualstack: bool) -> None:
     base = ss.TCPServer if kind == "tcp" else ss.UDPServer
     socktype = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
 
-    class Server(base):  # type: ignore[misc,valid-type]
+    class Server(base):
         address_family = socket.AF_INET6
         dualstack_ipv6 = dualstack
 

@@ -204,7 +204,7 @@ def test_handler_error_in_thread(transport: Transport) -> None:
         def handle(self) -> None:
             raise ValueError("boom")
 
-    class Server(transport.server_class("threading")):  # type: ignore[misc]
+    class Server(transport.server_class("threading")):
         def handle_error(self, request: Any, client_address: Any) -> None:
             errors.append((request, client_address, sys.exc_info()[1]))
 
@@ -224,7 +224,7 @@ def test_process_request_thread_is_the_hook(transport: Transport) -> None:
     """Subclasses that override process_request_thread (a stdlib name) still get called."""
     calls: list[str] = []
 
-    class Server(transport.server_class("threading")):  # type: ignore[misc]
+    class Server(transport.server_class("threading")):
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             calls.append(threading.current_thread().name)
             super().process_request_thread(request, client_address)
@@ -267,7 +267,7 @@ def test_max_threads_bounds_concurrency(
                 running -= 1
             self.reply(data)
 
-    class Server(transport.server_class("threading", max_threads=limit)):  # type: ignore[misc]
+    class Server(transport.server_class("threading", max_threads=limit)):
         request_queue_size = clients  # the clients wait in the backlog, not in connect()
 
         def process_request(self, request: Any, client_address: Any) -> None:
@@ -303,7 +303,7 @@ def test_shutdown_interrupts_the_wait_for_a_thread(
     gate = Gate()
     dispatched = threading.Semaphore(0)
 
-    class Server(transport.server_class("threading", max_threads=1)):  # type: ignore[misc]
+    class Server(transport.server_class("threading", max_threads=1)):
         def process_request(self, request: Any, client_address: Any) -> None:
             dispatched.release()
             super().process_request(request, client_address)
