@@ -392,8 +392,7 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
                 )
 
         if config.workers > 1:
-            announce()
-            status = _serve_workers(config, server, handler, monitor)
+            status = _serve_workers(config, server, handler, monitor, announce=announce)
         else:
             status = _run(config, server, loop_server, monitor, announce=announce)
     finally:
@@ -451,13 +450,15 @@ def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: R
 
 
 def _serve_workers(
-    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor
+    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, announce: Any = None
 ) -> ExitStatus:
     """Prefork `config.workers` processes on the bound socket and supervise them.
 
     Each worker runs the usual loop; SIGINT is ignored there, SIGTERM from this process is
     its stop signal (a second SIGTERM forces it). This process forwards Ctrl-C/SIGTERM,
     reaps the workers and adds their counters (sent as JSON on a pipe) to its own.
+    `announce` (the banner) runs once this process forwards signals: a SIGTERM sent on
+    seeing the banner never kills it by default and leaves the workers serving as orphans.
     """
     result_r, result_w = os.pipe()
     workers: dict[int, int] = {}
@@ -482,6 +483,8 @@ def _serve_workers(
     forwarded = 0
     failed = False
     try:
+        if announce is not None:
+            announce()
         while workers:
             fds = [wake_r, *(fd for fd in workers.values() if fd >= 0)]
             timeout = None if all(fd >= 0 for fd in workers.values()) else 0.1

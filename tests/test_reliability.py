@@ -77,7 +77,7 @@ class Server:
         command: list[str] | None = None,
     ) -> None:
         cmd = command if command is not None else [sys.executable, "-m", "sockserve", *args]
-        self.print_address = "--print-address" in cmd
+        self.print_address = "--print-address" in cmd and stdout is subprocess.DEVNULL
         if self.print_address:
             stdout = subprocess.PIPE
         env = dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1")
@@ -731,6 +731,7 @@ def closed_without_answer(addr: Any) -> bool:
             return True
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_failure_refuses_the_request_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     """fork() failing with EAGAIN: that client is closed, one warning, the server goes on."""
     out = io.StringIO()
@@ -809,6 +810,44 @@ def test_banner_comes_after_the_signal_handlers() -> None:
     seen["client"].join(TIMEOUT)
     assert seen["handler"] not in (signal.SIG_DFL, signal.SIG_IGN, None, before)
     assert signal.getsignal(signal.SIGTERM) == before  # restored on the way out
+
+
+@pytest.mark.parametrize("extra", [[], ["-c", "fork"], ["--workers", "2"]])
+def test_address_printed_only_once_signals_are_handled(
+    spawn: Callable[..., Server], extra: list[str]
+) -> None:
+    """--print-address blocked on a full pipe: at that instant SIGTERM must already be
+    caught (else a script that kills the server on reading the address kills it outright,
+    leaving a socket file, or --workers processes serving as orphans)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += os.write(write_end, bytes(4096))
+    os.set_blocking(write_end, True)
+    try:
+        server = spawn(["tcp", ":0", "--print-address", *extra], stdout=write_end)
+        os.close(write_end)
+        wchan = f"/proc/{server.pid}/wchan"
+        assert wait_until(lambda: Path(wchan).read_text().endswith("pipe_write"))
+        sigcgt = next(
+            line
+            for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+            if line.startswith("SigCgt:")
+        )
+        assert int(sigcgt.split()[1], 16) & (1 << (signal.SIGTERM - 1)), sigcgt
+        workers = [pid for pid, _ in server.children()]
+        assert len(workers) == (2 if "--workers" in extra else 0)
+        assert len(os.read(read_end, filled)) == filled
+        with os.fdopen(read_end, "rb") as out:
+            read_end = -1
+            assert re.fullmatch(rb"127\.0\.0\.1:\d+\n", out.readline())
+            assert server.stop() == 0
+        assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
 
 
 @pytest.mark.parametrize(
