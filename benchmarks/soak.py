@@ -39,6 +39,7 @@ from test_reliability import (  # noqa: E402
     Server,
     connect,
     exchange,
+    quiescent,
     wait_until,
 )
 
@@ -105,7 +106,7 @@ def soak_mode(mode: str, count: int, clients: int) -> dict[str, Any]:
         addr = server.address()
         warm: list[tuple[int, int]] = []
         churn(addr, WARM_UP, clients, server, warm)
-        wait_until(lambda: not server.children() and server.threads() == 1)
+        wait_until(lambda: quiescent(server, addr[1]))
         base = {
             "fds": server.fds(),
             "threads": server.threads(),

@@ -236,6 +236,25 @@ def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
     return True
 
 
+def server_connections(port: int) -> int:
+    """Connection sockets on local `port` that a process still holds (TIME_WAIT ones have no
+    inode): zero once the server has closed every connection it accepted."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rpartition(":")[2], 16)
+                if local_port == port and fields[3] != "0A" and fields[9] != "0":
+                    count += 1
+    return count
+
+
+def quiescent(server: Server, port: int) -> bool:
+    """No connection open, no request thread, no child: the server's resting state."""
+    return server_connections(port) == 0 and server.threads() == 1 and not server.children()
+
+
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., Server]]:
     """Start servers; any still running at the end are killed (by their session id)."""
@@ -363,7 +382,7 @@ def test_thread_mode_holds_1000_concurrent_connections(spawn: Callable[..., Serv
 
 def _held_connections(server: Server, count: int) -> None:
     addr = server.serving()
-    assert wait_until(lambda: server.threads() == 1)
+    assert wait_until(lambda: quiescent(server, addr[1]))
     base_threads, base_fds = server.threads(), server.fds()
     clients: list[socket.socket] = []
     payloads = [os.urandom(1 + (i * 7919) % 20000) for i in range(count)]
@@ -481,7 +500,7 @@ def test_resources_back_to_baseline_after_many_connections(
     server = spawn(["tcp", ":0", "-c", mode, "-q", "--print-address", "-H", "echo"])
     addr = server.address()
     churn(addr, 100 if mode == "fork" else 300)  # warm-up: caches and allocator arenas fill
-    assert wait_until(lambda: not server.children() and server.threads() == 1)
+    assert wait_until(lambda: quiescent(server, addr[1]))
     base = (server.fds(), server.threads(), server.status_kib("VmRSS"))
     churn(addr, count)
     settled = wait_until(
@@ -599,7 +618,7 @@ def test_idle_clients_are_closed_by_timeout(spawn: Callable[..., Server], mode: 
             t = time.monotonic()
             assert exchange(addr, b"meanwhile") == b"meanwhile"
             latencies.append(time.monotonic() - t)
-        assert max(latencies) < timeout / 2, latencies
+        assert max(latencies) < timeout * 0.8, latencies  # nobody waited for the timeout
     closed_after = []
     for sock in (silent, slowloris):
         recv_all(sock)  # EOF: the server closed it
