@@ -1406,6 +1406,7 @@ class _EventDatagram:
         self.shared = shared
         self.transport: Any = None
         self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
+        self.answer = _datagram_answer(shared.name, self.reply)  # None: respond_datagram
         self.last_sender: Any = None
         self.stdin_limit = shared.chunk_size
 
@@ -1429,13 +1430,18 @@ class _EventDatagram:
                 if data:
                     shared.writer.write(data)
                 return
-            answer = respond_datagram(shared.name, data, reply=self.reply)
-            if answer is None or not addr:
+            answer = self.answer
+            reply = (
+                respond_datagram(shared.name, data, reply=self.reply)
+                if answer is None
+                else answer(data)
+            )
+            if reply is None or not addr:
                 return
-            self.transport.sendto(answer, addr)
-            sent = len(answer)
+            self.transport.sendto(reply, addr)
+            sent = len(reply)
             if watch is not None:
-                watch.data(addr, "out", answer)
+                watch.data(addr, "out", reply)
         finally:
             if shared.observer is not None:
                 shared.observer.record(addr, len(data), sent)

@@ -39,6 +39,20 @@ class GraceExpired(BaseException):
     """Raised in the main thread when the grace period of a graceful stop ends."""
 
 
+# How many forks led to this process (each child counts its own), so that the per-request
+# "am I a forked child?" test is a comparison, not a getpid() system call.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
 class RunMonitor:
     """Counts and reports what the server does; forwards events from forked children.
 
@@ -56,6 +70,7 @@ class RunMonitor:
         self.stop_callback: Any = None
         self.output_closed = False
         self._pid = os.getpid()
+        self._forks = _forks
         self._pipe: tuple[int, int] | None = None
         if config.concurrency == "fork":
             r, w = os.pipe()
@@ -66,6 +81,7 @@ class RunMonitor:
     def become_worker(self) -> None:
         """In a --workers process: act as the parent of its own request children."""
         self._pid = os.getpid()
+        self._forks = _forks
         self.stats = Stats()
         if self._pipe is not None:
             for fd in self._pipe:
@@ -93,7 +109,7 @@ class RunMonitor:
         self.reporter.connected(client)
 
     def record(self, client: Any, received: int, sent: int) -> None:
-        if self.in_child:
+        if _forks != self._forks and self.in_child:  # runs per request: no syscall here
             self._forward({"k": "record", "c": _jsonable(client), "i": received, "o": sent})
             return
         self.stats.add_request(received, sent)

@@ -204,3 +204,97 @@ def test_rich_reporter_imports_rich_at_first_line_only() -> None:
     assert "sockserve: error: boom" in out.stderr
     assert "hint: a hint" in out.stderr
     assert "\x1b[" in out.stderr  # coloured, as before
+
+
+# -- event mode: the same answer function -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["echo", "upper", "chargen", "reply", "daytime"])
+def test_event_datagram_protocol_answers_like_respond_datagram(name: str) -> None:
+    import asyncio
+
+    observer = Records()
+    factory = bh.protocol_factory(name, "dgram", bh.HandlerOptions(reply=b"ok", observer=observer))
+
+    async def exchange() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(factory, local_addr=("127.0.0.1", 0))
+        try:
+            address = transport.get_extra_info("sockname")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.setblocking(False)
+                replies = []
+                for data in (b"abc", bytes(range(200))):
+                    await loop.sock_sendto(client, data, address)
+                    replies.append(await asyncio.wait_for(loop.sock_recv(client, 65536), TIMEOUT))
+                return replies
+        finally:
+            transport.close()
+
+    replies = asyncio.run(exchange())
+    for data, reply in zip((b"abc", bytes(range(200))), replies, strict=True):
+        if name == "daytime":
+            assert reply.endswith(b"-UTC\r\n")
+        else:
+            assert reply == bh.respond_datagram(name, data, reply=b"ok")
+    assert [(r[1], r[2]) for r in observer.wait(2)] == [
+        (3, len(replies[0])),
+        (200, len(replies[1])),
+    ]
+
+
+# -- the run monitor: "in a forked child?" without a system call per request ------------------
+
+
+def make_monitor(concurrency: str) -> Any:
+    import io
+
+    from sockserve import cli
+    from sockserve.console import PlainReporter
+    from sockserve.runner import RunMonitor
+
+    ctx = cli.main.make_context("sockserve", ["tcp", "127.0.0.1:0", "-c", concurrency])
+    with ctx:
+        config = cli.build_config(ctx.params)
+    out = io.StringIO()
+    return RunMonitor(PlainReporter(out, 1, quiet=False), config), out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_monitor_counts_in_parent_and_forwards_from_forked_child() -> None:
+    monitor, out = make_monitor("fork")
+    try:
+        monitor.record(("127.0.0.1", 1), 10, 10)  # the parent: counted at once
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                monitor.record(("127.0.0.1", 2), 20, 30)  # forwarded through the pipe
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        monitor.poll()
+    finally:
+        monitor.close()
+    stats = monitor.stats
+    assert (stats.requests, stats.bytes_in, stats.bytes_out) == (2, 30, 40)
+    assert "close 127.0.0.1:1 (10 B in, 10 B out)" in out.getvalue()
+    assert "close 127.0.0.1:2 (20 B in, 30 B out)" in out.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_monitor_in_a_worker_counts_for_itself() -> None:
+    """A --workers process calls become_worker(): it is a parent again, not a child."""
+    monitor, _ = make_monitor("thread")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            monitor.become_worker()
+            monitor.record(("127.0.0.1", 3), 5, 6)
+            if monitor.stats.requests == 1 and not monitor.in_child:
+                status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert monitor.stats.requests == 0  # the worker's count stayed in the worker
