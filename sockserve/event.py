@@ -645,27 +645,14 @@ def _size(data: Any) -> int:
     return data.nbytes if isinstance(data, memoryview) else len(data)
 
 
-class _CountingTransport(asyncio.Transport):
-    """The transport a user's stream protocol sees: the real one, counting what is written."""
+class _TransportProxy:
+    """What the counting transports pass straight to the real transport; `_owner` is the
+    wrapper protocol that holds the user's protocol and the byte counts."""
 
-    def __init__(self, transport: Any, counted: _CountedBase) -> None:
+    def __init__(self, transport: Any, owner: Any) -> None:
         super().__init__()
         self._transport = transport
-        self._counted = counted
-
-    def write(self, data: Any) -> None:
-        self._transport.write(data)
-        self._counted.sent += _size(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def write_eof(self) -> None:
-        self._transport.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
+        self._owner = owner
 
     def abort(self) -> None:
         self._transport.abort()
@@ -680,10 +667,37 @@ class _CountingTransport(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
     def set_protocol(self, protocol: Any) -> None:
-        self._counted.protocol = protocol
+        self._owner.protocol = protocol
 
     def get_protocol(self) -> Any:
-        return self._counted.protocol
+        return self._owner.protocol
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+
+class _CountingTransport(_TransportProxy, asyncio.Transport):
+    """The transport a user's stream protocol sees: the real one, counting what is written."""
+
+    def write(self, data: Any) -> None:
+        self._transport.write(data)
+        self._owner.sent += _size(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
 
     def is_reading(self) -> bool:
         return self._transport.is_reading()
@@ -693,15 +707,6 @@ class _CountingTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         self._transport.resume_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
 
 
 class _WatchedEndpoint:
@@ -782,41 +787,9 @@ class _DatagramWrapper(asyncio.DatagramProtocol):
             self.server._report(_NO_CLIENT if client is None else client, exc)
 
 
-class _CountingDatagramTransport(asyncio.DatagramTransport):
+class _CountingDatagramTransport(_TransportProxy, asyncio.DatagramTransport):
     """The transport a user's datagram protocol sees: the real one, counting what is sent."""
-
-    def __init__(self, transport: Any, wrapper: _DatagramWrapper) -> None:
-        super().__init__()
-        self._transport = transport
-        self._wrapper = wrapper
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         self._transport.sendto(data, addr)
-        self._wrapper.sent += _size(data)
-
-    def abort(self) -> None:
-        self._transport.abort()
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._wrapper.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self._wrapper.protocol
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
+        self._owner.sent += _size(data)
