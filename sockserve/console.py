@@ -8,7 +8,6 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -223,6 +222,8 @@ class JsonReporter(PlainReporter):
     """One JSON object per event and line (`--json`), for scripts."""
 
     def _event(self, event: str, **fields: Any) -> None:
+        import json  # only --json needs it: not imported on the way to listening
+
         record = {"event": event, "time": round(time.time(), 6), **fields}
         self._emit(json.dumps(record, default=str))
 

@@ -12,7 +12,6 @@ Signal handlers only count the signal and ask the loop to stop, or raise to abor
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -73,6 +72,8 @@ class RunMonitor:
         self._forks = _forks
         self._pipe: tuple[int, int] | None = None
         if config.concurrency == "fork":
+            import json  # noqa: F401 - children forward records as JSON: load it before forks
+
             r, w = os.pipe()
             os.set_blocking(r, False)
             self._pipe = (r, w)
@@ -95,6 +96,8 @@ class RunMonitor:
         return os.getpid() != self._pid
 
     def _forward(self, record: dict[str, Any]) -> None:
+        import json  # loaded by __init__ before any child forks: a lookup here
+
         line = json.dumps(record, default=str).encode() + b"\n"
         if len(line) > _CHILD_RECORD_MAX:
             record.pop("tb", None)
@@ -194,6 +197,8 @@ class RunMonitor:
             chunks.append(chunk)
         data = b"".join(chunks)
         *lines, self._partial = data.split(b"\n")
+        if lines:
+            import json
         for line in lines:
             try:
                 rec = json.loads(line)
@@ -569,6 +574,8 @@ def _worker_main(
             "bytes_out": stats.bytes_out,
             "errors": stats.errors,
         }
+        import json
+
         os.write(result_fd, json.dumps(record).encode() + b"\n")
     except BaseException:
         status = ExitStatus.ERROR
@@ -577,6 +584,8 @@ def _worker_main(
 
 
 def _collect_worker_stats(fd: int, monitor: RunMonitor) -> None:
+    import json
+
     data = b""
     while True:
         try:

@@ -298,3 +298,21 @@ def test_monitor_in_a_worker_counts_for_itself() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert monitor.stats.requests == 0  # the worker's count stayed in the worker
+
+
+def test_serve_path_imports_neither_json_nor_rich() -> None:
+    """What `sockserve tcp :0` imports before it listens: json only for --json / fork mode, rich
+    only at the first line printed on a terminal."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import sockserve.cli, sockserve.runner, sockserve.console, sockserve.factory\n"
+        "import sockserve.builtin_handlers, sockserve.config, sockserve.addresses\n"
+        "print(sorted(m for m in ('json', 'rich') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip() == "[]"
