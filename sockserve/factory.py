@@ -39,6 +39,12 @@ _MIXINS: dict[str, type | None] = {
     "fork": getattr(ss, "ForkingMixIn", None),
     "event": None,  # the event loop runs on the socket this class binds
 }
+#: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
+#: in thread mode they run on the loop thread, since a thread per datagram would cost ~100x
+#: the work. The answers are the same; the server just starts no thread for them.
+INLINE_DATAGRAM_BUILTINS = frozenset(
+    {"echo", "upper", "discard", "chargen", "daytime", "time", "reply"}
+)
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FORKING: type | None = getattr(ss, "ForkingMixIn", None)
 #: Mixins whose process_request only hands the request over (to a thread or a child).
@@ -114,6 +120,7 @@ class ToolServerMixIn:
 
     monitor: Monitor | None = None
     builtin_handler = False
+    inline_requests = False  # thread mode: answer on the loop thread (datagram builtins)
     idle_timeout: float | None = None
     unix_mode: int | None = None
     request_limit: int | None = None
@@ -226,6 +233,9 @@ class ToolServerMixIn:
             self.monitor.connected(client_address)
         if self.request_limit is not None and self.requests_started >= self.request_limit:
             self.request_stop("request limit reached")
+        if self.inline_requests:  # a reply that never waits costs less than a thread start
+            ss.BaseServer.process_request(self, request, client_address)  # type: ignore[arg-type]
+            return
         if not isinstance(self, _DISPATCHERS):
             super().process_request(request, client_address)  # type: ignore[misc]
             return
@@ -412,6 +422,9 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
     attrs: dict[str, Any] = {
         "monitor": monitor,
         "builtin_handler": config.handler.builtin is not None,
+        "inline_requests": config.concurrency == "thread"
+        and config.socktype == "dgram"
+        and config.handler.builtin in INLINE_DATAGRAM_BUILTINS,
         "idle_timeout": config.timeout,
         "unix_mode": config.mode,
         "request_limit": config.request_limit,

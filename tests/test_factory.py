@@ -163,3 +163,67 @@ def test_request_stop_from_a_handler_thread_returns_fast() -> None:
         t.join(5)
         assert not t.is_alive()
         assert server.stop_reason == "handler asked"
+
+
+def _config(*args: str):
+    """The ServeConfig the command builds for ARGS (runner.serve replaced by a recorder)."""
+    from click.testing import CliRunner
+
+    from sockserve import cli, runner
+
+    seen: list = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runner, "serve", lambda config, reporter: seen.append(config) or 0)
+    try:
+        result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+    finally:
+        mp.undo()
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "inline"),
+    [
+        (["udp", ":0", "-H", "echo", "-c", "thread"], True),
+        (["udp", ":0", "-H", "time", "-c", "thread"], True),
+        (["udp", ":0", "-H", "stdout", "-c", "thread"], False),  # a stalled reader may block
+        (["udp", ":0", "-H", "echo", "-c", "sync"], False),
+        (["udp", ":0", "-H", "stdio", "-c", "thread"], False),
+        (["tcp", ":0", "-H", "echo", "-c", "thread"], False),
+    ],
+)
+def test_datagram_builtins_that_never_wait_run_inline_in_thread_mode(
+    args: list[str], inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sockserve import builtin_handlers as bh
+    from sockserve.factory import make_server
+
+    config = _config(*args)
+    threaded: list[object] = []
+    original = ss.ThreadingMixIn.process_request
+
+    def spy(self, request, client_address):  # type: ignore[no-untyped-def]
+        threaded.append(client_address)
+        return original(self, request, client_address)
+
+    monkeypatch.setattr(ss.ThreadingMixIn, "process_request", spy)
+    make = bh.datagram_handler if config.socktype == "dgram" else bh.stream_handler
+    server = make_server(config, make(config.handler.builtin, bh.HandlerOptions()))
+    assert server.inline_requests is inline
+    if config.transport != "udp" or config.handler.builtin != "echo" or not inline:
+        server.server_close()
+        return
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            for i in range(20):
+                client.sendto(b"n%d" % i, server.server_address)
+                assert client.recv(100) == b"n%d" % i
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert threaded == []  # every datagram answered on the loop thread, none handed to a thread
