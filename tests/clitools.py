@@ -6,7 +6,10 @@ import os
 import re
 import socket
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pexpect
 
@@ -67,3 +70,39 @@ def tcp_exchange(address: tuple[str, int], payload: bytes, expect: int | None = 
             chunks.append(chunk)
             got += len(chunk)
         return b"".join(chunks)
+
+
+class RecordsObserver:
+    """An Observer for the builtins: one (client, received, sent) record per connection or
+    datagram, and `wait(n)` for the first n of them."""
+
+    wants_data = False
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, int, int]] = []
+        self.cond = threading.Condition()
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        with self.cond:
+            self.records.append((client, received, sent))
+            self.cond.notify_all()
+
+    def data(self, client: Any, direction: str, data: bytes) -> None:  # pragma: no cover
+        pass
+
+    def wait(self, count: int = 1, timeout: float = 10) -> list[tuple[Any, int, int]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.records) >= count, timeout)
+            return list(self.records)
+
+
+def write_sockserve_wrapper(bin_dir: Path) -> Path:
+    """A `sockserve` executable in bin_dir that runs this checkout's command (for shells)."""
+    wrapper = bin_dir / "sockserve"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec '{sys.executable}' -c "
+        '\'from sockserve.cli import main; main(prog_name="sockserve")\' "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper

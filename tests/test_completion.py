@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -21,6 +20,7 @@ import pexpect
 import pytest
 from click.shell_completion import ShellComplete
 from click.testing import CliRunner
+from clitools import write_sockserve_wrapper
 
 from sockserve import cli
 from sockserve.helptext import COMPLETION_CLASSES
@@ -162,13 +162,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (base / "home").mkdir()
     bin_dir = base / "bin"
     bin_dir.mkdir()
-    wrapper = bin_dir / "sockserve"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f"exec '{sys.executable}' -c "
-        '\'from sockserve.cli import main; main(prog_name="sockserve")\' "$@"\n'
-    )
-    wrapper.chmod(0o755)
+    write_sockserve_wrapper(bin_dir)
     return base
 
 

@@ -41,6 +41,7 @@ import click
 import pexpect
 import pytest
 from click.testing import CliRunner
+from clitools import write_sockserve_wrapper
 
 from sockserve import __version__, cli, runner
 from sockserve.builtin_handlers import BUILTINS
@@ -465,13 +466,7 @@ def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("readme")
     bin_dir = base / "bin"
     bin_dir.mkdir()
-    wrapper = bin_dir / "sockserve"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f"exec '{sys.executable}' -c "
-        '\'from sockserve.cli import main; main(prog_name="sockserve")\' "$@"\n'
-    )
-    wrapper.chmod(0o755)
+    write_sockserve_wrapper(bin_dir)
     if shutil.which("nc") is None:
         standin = bin_dir / "nc"
         standin.write_text(f"#!{sys.executable}\n{NC_STANDIN}")

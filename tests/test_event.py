@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clitools import finish, inet_address, spawn, tcp_exchange, wait_listening
+from clitools import RecordsObserver, finish, inet_address, spawn, tcp_exchange, wait_listening
 
 from sockserve import builtin_handlers as bh
 from sockserve.event import EventServer
@@ -80,29 +80,6 @@ class Hooks:
         with self.cond:
             assert self.cond.wait_for(lambda: len(self.of(kind)) >= count, timeout=10), self.events
             return self.of(kind)
-
-
-class Observer:
-    """The builtins' observer: their own byte counts, one record per connection or datagram."""
-
-    wants_data = False
-
-    def __init__(self) -> None:
-        self.records: list[tuple[Any, int, int]] = []
-        self.cond = threading.Condition()
-
-    def record(self, client: Any, received: int, sent: int) -> None:
-        with self.cond:
-            self.records.append((client, received, sent))
-            self.cond.notify_all()
-
-    def data(self, client: Any, direction: str, data: bytes) -> None:  # pragma: no cover
-        pass
-
-    def wait(self, count: int = 1) -> list[tuple[Any, int, int]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.records) >= count, timeout=10)
-            return list(self.records)
 
 
 class Serving:
@@ -228,7 +205,7 @@ def test_every_builtin_on_every_transport(
     out_r, out_w = os.pipe()
     in_r, in_w = os.pipe()
     output, stdin = os.fdopen(out_w, "wb", buffering=0), os.fdopen(in_r, "rb", buffering=0)
-    observer = Observer()
+    observer = RecordsObserver()
     options = bh.HandlerOptions(reply=b"pong\n", output=output, input=stdin, observer=observer)
     factory = bh.protocol_factory(name, "dgram" if dgram else "stream", options)
     hooks = Hooks()
@@ -426,7 +403,7 @@ def test_close_connections_zero_aborts(sock_dir: str, serve: Callable[..., Servi
 def test_request_limit(transport: str, sock_dir: str, serve: Callable[..., Serving]) -> None:
     sock = listening_socket(transport, sock_dir)
     dgram = transport == "udp"
-    observer = Observer()
+    observer = RecordsObserver()
     options = bh.HandlerOptions(observer=observer)
     factory = bh.protocol_factory("echo", "dgram" if dgram else "stream", options)
     hooks = Hooks()

@@ -14,32 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from clitools import RecordsObserver
 
 from sockserve import builtin_handlers as bh, socketserver as ss
 
 TIMEOUT = 5.0
 SAMPLES = [b"", b"x", b"Hello, World!\r\n", bytes(range(256)), "héllo".encode() * 50]
-
-
-class Records:
-    wants_data = False
-
-    def __init__(self) -> None:
-        self.records: list[tuple[Any, int, int]] = []
-        self.cond = threading.Condition()
-
-    def record(self, client: Any, received: int, sent: int) -> None:
-        with self.cond:
-            self.records.append((client, received, sent))
-            self.cond.notify_all()
-
-    def data(self, client: Any, direction: str, data: bytes) -> None:  # pragma: no cover
-        pass
-
-    def wait(self, n: int) -> list[tuple[Any, int, int]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.records) >= n, TIMEOUT)
-            return list(self.records)
 
 
 @contextlib.contextmanager
@@ -71,7 +51,7 @@ def test_datagram_answer_matches_respond_datagram(name: str, data: bytes) -> Non
 
 @pytest.mark.parametrize("name", ["echo", "upper", "chargen", "reply", "time"])
 def test_datagram_handler_replies_and_counts(name: str) -> None:
-    observer = Records()
+    observer = RecordsObserver()
     handler = bh.datagram_handler(name, bh.HandlerOptions(reply=b"ok", observer=observer))
     server = ss.UDPServer(("127.0.0.1", 0), handler)
     with serve(server) as address:
@@ -93,7 +73,7 @@ def test_datagram_handler_replies_and_counts(name: str) -> None:
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="unix sockets")
 def test_unix_datagram_reply_still_never_blocks(tmp_path: Any) -> None:
     """A client whose queue is full loses replies instead of stalling the server."""
-    observer = Records()
+    observer = RecordsObserver()
     handler = bh.datagram_handler("echo", bh.HandlerOptions(observer=observer))
     server = ss.UnixDatagramServer(str(tmp_path / "s"), handler)
     with serve(server) as address:
@@ -120,7 +100,7 @@ def test_family_of_socket_like_object() -> None:
 # -- streams: the splice echo ---------------------------------------------------------------
 
 
-def bulk_echo(payload: bytes, observer: Records, pipe_size: int) -> bytes:
+def bulk_echo(payload: bytes, observer: RecordsObserver, pipe_size: int) -> bytes:
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
     server = ss.ThreadingTCPServer(("127.0.0.1", 0), handler)
     old = bh._SPLICE_PIPE_SIZE
@@ -150,7 +130,7 @@ def bulk_echo(payload: bytes, observer: Records, pipe_size: int) -> bytes:
 @pytest.mark.parametrize("pipe_size", [1 << 20, 4096])  # 4 KiB: less than a read
 def test_splice_echo_returns_every_byte(pipe_size: int) -> None:
     payload = os.urandom(1 << 16) * 48 + b"tail"  # 3 MiB and a bit: well past the switch
-    observer = Records()
+    observer = RecordsObserver()
     assert bulk_echo(payload, observer, pipe_size) == payload
     assert observer.records[0][1:] == (len(payload), len(payload))
 
@@ -213,7 +193,7 @@ def test_rich_reporter_imports_rich_at_first_line_only() -> None:
 def test_event_datagram_protocol_answers_like_respond_datagram(name: str) -> None:
     import asyncio
 
-    observer = Records()
+    observer = RecordsObserver()
     factory = bh.protocol_factory(name, "dgram", bh.HandlerOptions(reply=b"ok", observer=observer))
 
     async def exchange() -> list[bytes]:
