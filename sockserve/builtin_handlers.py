@@ -988,7 +988,7 @@ class _DatagramBuiltin(BaseRequestHandler):
     options: ClassVar[HandlerOptions]
     shared: ClassVar[_Shared]
     reply: ClassVar[bytes] = b""
-    answer: ClassVar[Callable[[Any], Any] | None] = None
+    answer: ClassVar[Callable[[Any], Any]]
 
     @classmethod
     def release(cls) -> None:
@@ -1012,12 +1012,7 @@ class _DatagramBuiltin(BaseRequestHandler):
                 if data:
                     writer.write(data)
                 return
-            answer = self.answer
-            reply = (
-                respond_datagram(self.builtin, data, reply=self.reply)
-                if answer is None
-                else answer(data)
-            )
+            reply = self.answer(data)
             if reply is None or not client:
                 return
             sent = _send_datagram(sock, reply, client)
@@ -1028,8 +1023,8 @@ class _DatagramBuiltin(BaseRequestHandler):
                 observer.record(client, len(data), sent)
 
 
-def _datagram_answer(name: str, reply: bytes) -> Callable[[Any], Any] | None:
-    """The function `respond_datagram(name, data, reply=reply)` amounts to, or None."""
+def _datagram_answer(name: str, reply: bytes) -> Callable[[Any], Any]:
+    """The function `respond_datagram(name, data, reply=reply)` amounts to, chosen once."""
     if name == "echo":
         return lambda data: data if type(data) is bytes else bytes(data)
     if name == "upper":
@@ -1038,7 +1033,7 @@ def _datagram_answer(name: str, reply: bytes) -> Callable[[Any], Any] | None:
         return chargen_datagram
     if name == "reply":
         return lambda data: reply
-    return None  # daytime, time (the clock moves), and those that never answer
+    return functools.partial(respond_datagram, name, reply=reply)  # the clock, or no answer
 
 
 # -- event mode: asyncio protocols -------------------------------------------------------------
@@ -1406,7 +1401,7 @@ class _EventDatagram:
         self.shared = shared
         self.transport: Any = None
         self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
-        self.answer = _datagram_answer(shared.name, self.reply)  # None: respond_datagram
+        self.answer = _datagram_answer(shared.name, self.reply)
         self.last_sender: Any = None
         self.stdin_limit = shared.chunk_size
 
@@ -1430,12 +1425,7 @@ class _EventDatagram:
                 if data:
                     shared.writer.write(data)
                 return
-            answer = self.answer
-            reply = (
-                respond_datagram(shared.name, data, reply=self.reply)
-                if answer is None
-                else answer(data)
-            )
+            reply = self.answer(data)
             if reply is None or not addr:
                 return
             self.transport.sendto(reply, addr)
@@ -1529,9 +1519,7 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
     }
     if name == "reply":
         attrs["reply"] = shared.datagram_reply_bytes()
-    answer = _datagram_answer(name, attrs.get("reply", b""))
-    if answer is not None:
-        attrs["answer"] = staticmethod(answer)
+    attrs["answer"] = staticmethod(_datagram_answer(name, attrs.get("reply", b"")))
     return type(_class_name(name, "Datagram"), (_DatagramBuiltin,), attrs)
 
 
