@@ -46,9 +46,6 @@ INLINE_DATAGRAM_BUILTINS = frozenset(
     {"echo", "upper", "discard", "chargen", "daytime", "time", "reply"}
 )
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_FORKING: type | None = getattr(ss, "ForkingMixIn", None)
-#: Mixins whose process_request only hands the request over (to a thread or a child).
-_DISPATCHERS: tuple[type, ...] = tuple(m for m in (ss.ThreadingMixIn, _FORKING) if m is not None)
 
 
 class Monitor(Protocol):
@@ -120,6 +117,7 @@ class ToolServerMixIn:
 
     monitor: Monitor | None = None
     builtin_handler = False
+    concurrency = "sync"  # set by server_class: "thread" and "fork" hand requests over
     inline_requests = False  # thread mode: answer on the loop thread (datagram builtins)
     idle_timeout: float | None = None
     unix_mode: int | None = None
@@ -236,7 +234,7 @@ class ToolServerMixIn:
         if self.inline_requests:  # a reply that never waits costs less than a thread start
             ss.BaseServer.process_request(self, request, client_address)  # type: ignore[arg-type]
             return
-        if not isinstance(self, _DISPATCHERS):
+        if self.concurrency == "sync":
             super().process_request(request, client_address)  # type: ignore[misc]
             return
         try:  # only a thread start or a fork can fail here: the handler runs elsewhere
@@ -254,7 +252,7 @@ class ToolServerMixIn:
         """Close a request no thread or child could take (fork EAGAIN...); warn once."""
         if self._dispatch_failing_since is None:
             self._dispatch_failing_since = time.monotonic()
-            what = "fork a child" if _FORKING and isinstance(self, _FORKING) else "start a thread"
+            what = "fork a child" if self.concurrency == "fork" else "start a thread"
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._tell(
                 f"cannot {what} for a new request ({reason}): refusing requests until that "
@@ -283,9 +281,8 @@ class ToolServerMixIn:
         kernel would go on queueing new connections that nobody accepts until the last child
         exits, instead of refusing them.
         """
-        if _FORKING is not None and isinstance(self, _FORKING):
-            if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
-                self.socket.close()  # type: ignore[attr-defined]
+        if self.concurrency == "fork" and self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
+            self.socket.close()  # type: ignore[attr-defined]
         super().finish_request(request, client_address)  # type: ignore[misc]
 
     def shutdown_request(self, request: Any) -> None:
@@ -380,7 +377,8 @@ def server_class(family: str, socktype: str, concurrency: str) -> type[ss.BaseSe
         (ToolServerMixIn, base) if mixin is None else (ToolServerMixIn, mixin, base)
     )
     prefix = {"thread": "Threading", "fork": "Forking"}.get(concurrency, "")
-    attrs: dict[str, Any] = {"__module__": __name__}
+    handed_over = concurrency if mixin is not None else "sync"  # event binds like sync
+    attrs: dict[str, Any] = {"__module__": __name__, "concurrency": handed_over}
     if family == "inet6":
         attrs["address_family"] = socket.AF_INET6
     return type(f"{prefix}{base.__name__}", bases, attrs)
