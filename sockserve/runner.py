@@ -38,8 +38,9 @@ class GraceExpired(BaseException):
     """Raised in the main thread when the grace period of a graceful stop ends."""
 
 
-# How many forks led to this process (each child counts its own), so that the per-request
-# "am I a forked child?" test is a comparison, not a getpid() system call.
+# How many forks led to this process (each child counts its own): RunMonitor.in_child
+# compares it with the count it saw, instead of calling getpid() for every request. Where
+# there is no register_at_fork there is no fork either, and the count stays 0.
 _forks = 0
 
 
@@ -68,7 +69,6 @@ class RunMonitor:
         self.stop_reason: str | None = None
         self.stop_callback: Any = None
         self.output_closed = False
-        self._pid = os.getpid()
         self._forks = _forks
         self._pipe: tuple[int, int] | None = None
         if config.concurrency == "fork":
@@ -81,7 +81,6 @@ class RunMonitor:
 
     def become_worker(self) -> None:
         """In a --workers process: act as the parent of its own request children."""
-        self._pid = os.getpid()
         self._forks = _forks
         self.stats = Stats()
         if self._pipe is not None:
@@ -93,7 +92,8 @@ class RunMonitor:
 
     @property
     def in_child(self) -> bool:
-        return os.getpid() != self._pid
+        """True in a forked request child (a comparison: it runs for every request)."""
+        return _forks != self._forks
 
     def _forward(self, record: dict[str, Any]) -> None:
         import json  # loaded by __init__ before any child forks: a lookup here
@@ -112,7 +112,7 @@ class RunMonitor:
         self.reporter.connected(client)
 
     def record(self, client: Any, received: int, sent: int) -> None:
-        if _forks != self._forks and self.in_child:  # runs per request: no syscall here
+        if self.in_child:
             self._forward({"k": "record", "c": _jsonable(client), "i": received, "o": sent})
             return
         self.stats.add_request(received, sent)
