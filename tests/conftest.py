@@ -10,6 +10,11 @@ Framework fixtures (for tests/test_framework_*.py):
   its server classes and a client for it; `Handler` is a request handler base that reads and
   replies the same way on stream and datagram requests.
 - `run_server`: runs `serve_forever` in a thread and stops and closes the server afterwards.
+
+Command fixtures:
+
+- `captured`: replaces `runner.serve`, so that invoking the click command records the
+  ServeConfig it built (a list, one config per invocation) instead of serving.
 """
 
 from __future__ import annotations
@@ -90,6 +95,22 @@ def leakcheck(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 # -- transports ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace runner.serve: record the config instead of serving."""
+    from sockserve import runner
+    from sockserve.errors import ExitStatus
+
+    seen: list[Any] = []
+
+    def fake_serve(config: Any, reporter: Any) -> ExitStatus:
+        seen.append(config)
+        return ExitStatus.OK
+
+    monkeypatch.setattr(runner, "serve", fake_serve)
+    return seen
 
 
 @pytest.fixture

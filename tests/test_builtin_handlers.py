@@ -13,11 +13,9 @@ import io
 import json
 import os
 import select
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -138,15 +136,6 @@ class Ctx:
     output_path: str | None = None
     stdin_w: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="ss", dir="/tmp")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -552,35 +541,35 @@ def test_classes_carry_their_options() -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", list(bh.BUILTINS))
-def test_builtin_threading(name: str, transport: str, short_tmp: str) -> None:
-    with make_ctx(name, transport, short_tmp) as (ctx, options):
+def test_builtin_threading(name: str, transport: str, sock_dir: str) -> None:
+    with make_ctx(name, transport, sock_dir) as (ctx, options):
         if transport in STREAM:
             handler = bh.stream_handler(name, options)
         else:
             handler = bh.datagram_handler(name, options)
-        with running(transport, handler, short_tmp) as server:
+        with running(transport, handler, sock_dir) as server:
             CHECKS[name](ctx, server.server_address)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", list(bh.BUILTINS))
-def test_builtin_forking(name: str, transport: str, short_tmp: str) -> None:
+def test_builtin_forking(name: str, transport: str, sock_dir: str) -> None:
     if name == "stdio" and transport not in STREAM:
         pytest.skip("stdin is not forwarded to datagram clients in fork mode (documented)")
-    with make_ctx(name, transport, short_tmp, forked=True) as (ctx, options):
+    with make_ctx(name, transport, sock_dir, forked=True) as (ctx, options):
         make = bh.stream_handler if transport in STREAM else bh.datagram_handler
-        with running(transport, make(name, options), short_tmp, classes=FORKING) as server:
+        with running(transport, make(name, options), sock_dir, classes=FORKING) as server:
             CHECKS[name](ctx, server.server_address)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 @pytest.mark.parametrize("name", ["echo", "upper", "reply", "chargen", "time"])
-def test_builtin_sync(name: str, transport: str, short_tmp: str) -> None:
-    with make_ctx(name, transport, short_tmp) as (ctx, options):
+def test_builtin_sync(name: str, transport: str, sock_dir: str) -> None:
+    with make_ctx(name, transport, sock_dir) as (ctx, options):
         make = bh.stream_handler if transport in STREAM else bh.datagram_handler
         handler = make(name, options)
         classes = {"tcp": ss.TCPServer, "udp": ss.UDPServer}
-        with running(transport, handler, short_tmp, classes=classes) as server:
+        with running(transport, handler, sock_dir, classes=classes) as server:
             CHECKS[name](ctx, server.server_address)
 
 
@@ -588,13 +577,13 @@ def test_builtin_sync(name: str, transport: str, short_tmp: str) -> None:
 
 
 @pytest.mark.parametrize("transport", ["udp", "unix-dgram"])
-def test_empty_and_largest_datagrams(transport: str, short_tmp: str) -> None:
+def test_empty_and_largest_datagrams(transport: str, sock_dir: str) -> None:
     observer = RecordingObserver()
     largest = 65507 if transport == "udp" else 65536
     big = bytes(range(256)) * (largest // 256) + b"\xff" * (largest % 256)
     handler = bh.datagram_handler("echo", bh.HandlerOptions(observer=observer))
-    ctx = Ctx(transport, short_tmp, observer)
-    with running(transport, handler, short_tmp) as server, dgram_client(ctx) as sock:
+    ctx = Ctx(transport, sock_dir, observer)
+    with running(transport, handler, sock_dir) as server, dgram_client(ctx) as sock:
         if transport == "unix-dgram":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         sock.sendto(b"", server.server_address)
@@ -605,12 +594,12 @@ def test_empty_and_largest_datagrams(transport: str, short_tmp: str) -> None:
     assert sorted(r[1:] for r in observer.wait_records(2)) == [(0, 0), (largest, largest)]
 
 
-def test_empty_datagram_writes_nothing(short_tmp: str) -> None:
+def test_empty_datagram_writes_nothing(sock_dir: str) -> None:
     observer = RecordingObserver()
     out = io.BytesIO()  # no file descriptor: the writer uses write() and flush()
     handler = bh.datagram_handler("stdout", bh.HandlerOptions(output=out, observer=observer))
-    ctx = Ctx("udp", short_tmp, observer)
-    with running("udp", handler, short_tmp) as server, dgram_client(ctx) as sock:
+    ctx = Ctx("udp", sock_dir, observer)
+    with running("udp", handler, sock_dir) as server, dgram_client(ctx) as sock:
         sock.sendto(b"", server.server_address)
         sock.sendto(b"abc", server.server_address)
         assert_no_datagram(sock, observer, 2)
@@ -618,12 +607,12 @@ def test_empty_datagram_writes_nothing(short_tmp: str) -> None:
     assert sorted(r[1:] for r in observer.records) == [(0, 0), (3, 0)]  # threads: any order
 
 
-def test_unbound_unix_datagram_client_gets_no_reply_and_no_error(short_tmp: str) -> None:
+def test_unbound_unix_datagram_client_gets_no_reply_and_no_error(sock_dir: str) -> None:
     observer = RecordingObserver()
     errors: list[Any] = []
     handler = bh.datagram_handler("echo", bh.HandlerOptions(observer=observer))
     attrs = {"handle_error": lambda self, req, addr: errors.append(sys.exc_info())}
-    with running("unix-dgram", handler, short_tmp, **attrs) as server:
+    with running("unix-dgram", handler, sock_dir, **attrs) as server:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(b"anyone?", server.server_address)
             observer.wait_records(1)
@@ -635,27 +624,27 @@ def test_unbound_unix_datagram_client_gets_no_reply_and_no_error(short_tmp: str)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_observer_sees_chunks_when_it_wants_data(transport: str, short_tmp: str) -> None:
+def test_observer_sees_chunks_when_it_wants_data(transport: str, sock_dir: str) -> None:
     observer = RecordingObserver(wants_data=True)
     options = bh.HandlerOptions(observer=observer)
-    ctx = Ctx(transport, short_tmp, observer)
+    ctx = Ctx(transport, sock_dir, observer)
     if transport in STREAM:
         handler = bh.stream_handler("upper", options)
-        with running(transport, handler, short_tmp) as server:
+        with running(transport, handler, sock_dir) as server:
             assert stream_exchange(ctx, server.server_address, b"abc") == b"ABC"
     else:
         handler = bh.datagram_handler("upper", options)
-        with running(transport, handler, short_tmp) as server:
+        with running(transport, handler, sock_dir) as server:
             assert dgram_exchange(ctx, server.server_address, b"abc") == b"ABC"
     observer.wait_records(1)
     assert observer.chunks == [("in", b"abc"), ("out", b"ABC")]
 
 
-def test_observer_counts_many_connections(short_tmp: str) -> None:
+def test_observer_counts_many_connections(sock_dir: str) -> None:
     observer = RecordingObserver()
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
-    ctx = Ctx("tcp", short_tmp, observer)
-    with running("tcp", handler, short_tmp) as server:
+    ctx = Ctx("tcp", sock_dir, observer)
+    with running("tcp", handler, sock_dir) as server:
         for i in range(5):
             assert stream_exchange(ctx, server.server_address, b"x" * i) == b"x" * i
         records = observer.wait_records(5)
@@ -668,29 +657,29 @@ def test_observer_counts_many_connections(short_tmp: str) -> None:
 @pytest.mark.parametrize("splice", [True, False])
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_bulk_echo(
-    transport: str, splice: bool, short_tmp: str, monkeypatch: pytest.MonkeyPatch
+    transport: str, splice: bool, sock_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bh, "_USE_SPLICE", splice and bh._USE_SPLICE)
     observer = RecordingObserver()
     payload = os.urandom(1 << 16) * 64  # 4 MiB: reads fill the buffer, so splice takes over
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
-    ctx = Ctx(transport, short_tmp, observer)
-    with running(transport, handler, short_tmp) as server:
+    ctx = Ctx(transport, sock_dir, observer)
+    with running(transport, handler, sock_dir) as server:
         assert stream_exchange(ctx, server.server_address, payload) == payload
     assert observer.wait_records(1)[0][1:] == (len(payload), len(payload))
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
-def test_bulk_discard_counts_everything(transport: str, short_tmp: str) -> None:
+def test_bulk_discard_counts_everything(transport: str, sock_dir: str) -> None:
     observer = RecordingObserver()
     handler = bh.stream_handler("discard", bh.HandlerOptions(observer=observer))
-    ctx = Ctx(transport, short_tmp, observer)
-    with running(transport, handler, short_tmp) as server:
+    ctx = Ctx(transport, sock_dir, observer)
+    with running(transport, handler, sock_dir) as server:
         assert stream_exchange(ctx, server.server_address, b"z" * (3 << 20)) == b""
     assert observer.wait_records(1)[0][1:] == (3 << 20, 0)
 
 
-def test_tcp_connections_get_nodelay(short_tmp: str) -> None:
+def test_tcp_connections_get_nodelay(sock_dir: str) -> None:
     seen: list[int] = []
 
     class Probe(bh.stream_handler("echo", bh.HandlerOptions())):  # type: ignore[misc]
@@ -698,45 +687,45 @@ def test_tcp_connections_get_nodelay(short_tmp: str) -> None:
             seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             super().serve(sock)
 
-    ctx = Ctx("tcp", short_tmp, RecordingObserver())
-    with running("tcp", Probe, short_tmp) as server:
+    ctx = Ctx("tcp", sock_dir, RecordingObserver())
+    with running("tcp", Probe, sock_dir) as server:
         assert stream_exchange(ctx, server.server_address, b"hi") == b"hi"
     assert seen and seen[0] != 0
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_reply_file(transport: str, short_tmp: str) -> None:
-    path = os.path.join(short_tmp, "reply.http")
+def test_reply_file(transport: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "reply.http")
     body = b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(1000) * (300 if transport in STREAM else 10)
     with open(path, "wb") as f:
         f.write(body)
     observer = RecordingObserver()
     options = bh.HandlerOptions(reply_file=path, observer=observer)
-    ctx = Ctx(transport, short_tmp, observer)
+    ctx = Ctx(transport, sock_dir, observer)
     if transport in STREAM:
         handler = bh.stream_handler("reply", options)
-        with running(transport, handler, short_tmp) as server:
+        with running(transport, handler, sock_dir) as server:
             # a request bigger than one read: the rest is read and dropped, no reset
             request = b"POST / HTTP/1.0\r\n\r\n" + b"b" * 300000
             assert stream_exchange(ctx, server.server_address, request) == body
         assert observer.wait_records(1)[0][1:] == (len(request), len(body))
     else:
         handler = bh.datagram_handler("reply", options)
-        with running(transport, handler, short_tmp) as server:
+        with running(transport, handler, sock_dir) as server:
             assert dgram_exchange(ctx, server.server_address, b"GET") == body
 
 
-def test_reply_with_nothing_set_answers_empty(short_tmp: str) -> None:
-    ctx = Ctx("tcp", short_tmp, RecordingObserver())
+def test_reply_with_nothing_set_answers_empty(sock_dir: str) -> None:
+    ctx = Ctx("tcp", sock_dir, RecordingObserver())
     handler = bh.stream_handler("reply", bh.HandlerOptions())
-    with running("tcp", handler, short_tmp) as server:
+    with running("tcp", handler, sock_dir) as server:
         assert stream_exchange(ctx, server.server_address, b"hello") == b""
 
 
-def test_reply_when_the_client_sends_nothing(short_tmp: str) -> None:
-    ctx = Ctx("unix", short_tmp, RecordingObserver())
+def test_reply_when_the_client_sends_nothing(sock_dir: str) -> None:
+    ctx = Ctx("unix", sock_dir, RecordingObserver())
     handler = bh.stream_handler("reply", bh.HandlerOptions(reply=b"banner\r\n"))
-    with running("unix", handler, short_tmp) as server:
+    with running("unix", handler, sock_dir) as server:
         assert stream_exchange(ctx, server.server_address, b"") == b"banner\r\n"
 
 
@@ -744,12 +733,12 @@ def test_reply_when_the_client_sends_nothing(short_tmp: str) -> None:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
-def test_chargen_ends_quietly_when_the_client_leaves(transport: str, short_tmp: str) -> None:
+def test_chargen_ends_quietly_when_the_client_leaves(transport: str, sock_dir: str) -> None:
     observer = RecordingObserver()
     errors: list[Any] = []
     handler = bh.stream_handler("chargen", bh.HandlerOptions(observer=observer))
     attrs = {"handle_error": lambda self, req, addr: errors.append(sys.exc_info())}
-    with running(transport, handler, short_tmp, **attrs) as server:
+    with running(transport, handler, sock_dir, **attrs) as server:
         for _ in range(3):
             with connect(transport, server.server_address) as sock:
                 assert recv_exactly(sock, 100) == bh.CHARGEN_PERIOD[:100]
@@ -757,12 +746,12 @@ def test_chargen_ends_quietly_when_the_client_leaves(transport: str, short_tmp: 
     assert not errors
 
 
-def test_client_reset_ends_an_echo_quietly(short_tmp: str) -> None:
+def test_client_reset_ends_an_echo_quietly(sock_dir: str) -> None:
     observer = RecordingObserver()
     errors: list[Any] = []
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
     attrs = {"handle_error": lambda self, req, addr: errors.append(sys.exc_info())}
-    with running("tcp", handler, short_tmp, **attrs) as server:
+    with running("tcp", handler, sock_dir, **attrs) as server:
         sock = connect("tcp", server.server_address)
         sock.sendall(b"x" * 1000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -771,7 +760,7 @@ def test_client_reset_ends_an_echo_quietly(short_tmp: str) -> None:
     assert not errors
 
 
-def test_idle_timeout_reaches_handle_error(short_tmp: str) -> None:
+def test_idle_timeout_reaches_handle_error(sock_dir: str) -> None:
     observer = RecordingObserver()
     errors: list[Any] = []
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
@@ -785,7 +774,7 @@ def test_idle_timeout_reaches_handle_error(short_tmp: str) -> None:
         "handle_error": lambda self, req, addr: errors.append(sys.exc_info()[0]),
         "get_request": get_request,
     }
-    with running("tcp", handler, short_tmp, **attrs) as server:
+    with running("tcp", handler, sock_dir, **attrs) as server:
         with connect("tcp", server.server_address) as sock:
             sock.sendall(b"ab")
             assert recv_exactly(sock, 2) == b"ab"
@@ -823,7 +812,7 @@ def drain(fd: int, into: bytearray) -> threading.Thread:
 
 
 @pytest.mark.parametrize("mode", ["fork", "thread"])
-def test_stdout_chunks_never_interleave(mode: str, short_tmp: str) -> None:
+def test_stdout_chunks_never_interleave(mode: str, sock_dir: str) -> None:
     """Several clients write large amounts at once; the pipe shows each chunk whole."""
     log = ChunkLog()
     out_r, out_w = os.pipe()
@@ -838,7 +827,7 @@ def test_stdout_chunks_never_interleave(mode: str, short_tmp: str) -> None:
     letters: dict[int, int] = {}
     per_client = 1 << 20
     try:
-        with running("tcp", handler, short_tmp, classes=classes) as server:
+        with running("tcp", handler, sock_dir, classes=classes) as server:
             socks = [connect("tcp", server.server_address) for _ in range(4)]
             for i, sock in enumerate(socks):
                 letters[sock.getsockname()[1]] = ord("A") + i
@@ -890,23 +879,23 @@ def test_stdout_chunks_never_interleave(mode: str, short_tmp: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_stdout_raises_output_closed(transport: str, short_tmp: str) -> None:
+def test_stdout_raises_output_closed(transport: str, sock_dir: str) -> None:
     r, w = os.pipe()
     os.close(r)  # nobody reads: writes fail with EPIPE
     errors: list[Any] = []
     attrs = {"handle_error": lambda self, req, addr: errors.append(sys.exc_info()[1])}
     output = os.fdopen(w, "wb")
     options = bh.HandlerOptions(output=output)
-    ctx = Ctx(transport, short_tmp, RecordingObserver())
+    ctx = Ctx(transport, sock_dir, RecordingObserver())
     try:
         if transport in STREAM:
             handler = bh.stream_handler("stdout", options)
-            with running(transport, handler, short_tmp, **attrs) as server:
+            with running(transport, handler, sock_dir, **attrs) as server:
                 with contextlib.suppress(OSError):
                     stream_exchange(ctx, server.server_address, b"data")
         else:
             handler = bh.datagram_handler("stdout", options)
-            with running(transport, handler, short_tmp, **attrs) as server:
+            with running(transport, handler, sock_dir, **attrs) as server:
                 with dgram_client(ctx) as sock:
                     sock.sendto(b"data", server.server_address)
                     deadline = time.monotonic() + TIMEOUT
@@ -960,8 +949,8 @@ def wait_output(out: io.BytesIO, size: int) -> None:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
-def test_stdio_sends_stdin_to_every_connected_client(transport: str, short_tmp: str) -> None:
-    with stdio_server(transport, short_tmp) as (server, w, out, observer):
+def test_stdio_sends_stdin_to_every_connected_client(transport: str, sock_dir: str) -> None:
+    with stdio_server(transport, sock_dir) as (server, w, out, observer):
         with contextlib.ExitStack() as clients:
             a = clients.enter_context(connect(transport, server.server_address))
             b = clients.enter_context(connect(transport, server.server_address))
@@ -986,8 +975,8 @@ def test_stdio_sends_stdin_to_every_connected_client(transport: str, short_tmp: 
     assert not [t for t in threading.enumerate() if t.name == "sockserve-stdin"]
 
 
-def test_stdio_notices_a_closed_unix_client_at_once(short_tmp: str) -> None:
-    with stdio_server("unix", short_tmp) as (server, w, out, observer):
+def test_stdio_notices_a_closed_unix_client_at_once(sock_dir: str) -> None:
+    with stdio_server("unix", sock_dir) as (server, w, out, observer):
         for i in range(3):
             with connect("unix", server.server_address) as sock:
                 sock.sendall(b"bye")
@@ -999,8 +988,8 @@ def test_stdio_notices_a_closed_unix_client_at_once(short_tmp: str) -> None:
     assert out.getvalue() == b"byebyebye"
 
 
-def test_stdio_drops_a_client_that_went_away(short_tmp: str) -> None:
-    with stdio_server("tcp", short_tmp) as (server, w, out, observer):
+def test_stdio_drops_a_client_that_went_away(sock_dir: str) -> None:
+    with stdio_server("tcp", sock_dir) as (server, w, out, observer):
         with connect("tcp", server.server_address) as b:
             with connect("tcp", server.server_address) as a:
                 a.sendall(b"a")
@@ -1014,16 +1003,16 @@ def test_stdio_drops_a_client_that_went_away(short_tmp: str) -> None:
             assert len(observer.wait_records(1)) == 1
 
 
-def test_stdio_datagrams_reader_stops_with_the_server(short_tmp: str) -> None:
+def test_stdio_datagrams_reader_stops_with_the_server(sock_dir: str) -> None:
     observer = RecordingObserver()
     r, w = os.pipe()
     stdin = os.fdopen(r, "rb", buffering=0)
     out = io.BytesIO()
     options = bh.HandlerOptions(output=out, input=stdin, observer=observer)
     handler = bh.datagram_handler("stdio", options)
-    ctx = Ctx("udp", short_tmp, observer)
+    ctx = Ctx("udp", sock_dir, observer)
     try:
-        with running("udp", handler, short_tmp) as server:
+        with running("udp", handler, sock_dir) as server:
             with dgram_client(ctx) as first, dgram_client(ctx) as second:
                 first.sendto(b"1", server.server_address)
                 observer.wait_records(1)
@@ -1076,10 +1065,10 @@ async def _serve_event(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", list(bh.BUILTINS))
-def test_builtin_event(name: str, transport: str, short_tmp: str) -> None:
-    with make_ctx(name, transport, short_tmp) as (ctx, options):
+def test_builtin_event(name: str, transport: str, sock_dir: str) -> None:
+    with make_ctx(name, transport, sock_dir) as (ctx, options):
         asyncio.run(
-            _serve_event(name, transport, options, short_tmp, lambda a: CHECKS[name](ctx, a))
+            _serve_event(name, transport, options, sock_dir, lambda a: CHECKS[name](ctx, a))
         )
 
 
@@ -1092,9 +1081,9 @@ def test_event_protocols_are_asyncio_protocols(transport: str) -> None:
         assert isinstance(dproto, asyncio.DatagramProtocol)
 
 
-def test_event_bulk_echo_and_reply_file(short_tmp: str) -> None:
+def test_event_bulk_echo_and_reply_file(sock_dir: str) -> None:
     payload = os.urandom(1 << 20) * 4
-    path = os.path.join(short_tmp, "reply")
+    path = os.path.join(sock_dir, "reply")
     with open(path, "wb") as f:
         f.write(payload)
     for name, options, expected in [
@@ -1103,23 +1092,23 @@ def test_event_bulk_echo_and_reply_file(short_tmp: str) -> None:
     ]:
 
         def check(address: Any, name: str = name, expected: bytes = expected) -> None:
-            ctx = Ctx("tcp", short_tmp, RecordingObserver())
+            ctx = Ctx("tcp", sock_dir, RecordingObserver())
             request = payload if name == "echo" else b"GET"
             assert stream_exchange(ctx, address, request) == expected
 
-        asyncio.run(_serve_event(name, "tcp", options, short_tmp, check))
+        asyncio.run(_serve_event(name, "tcp", options, sock_dir, check))
 
 
-def test_event_stdio_regular_file_stdin(short_tmp: str) -> None:
+def test_event_stdio_regular_file_stdin(sock_dir: str) -> None:
     """stdin from a file (no selector can watch it) is read from the loop in chunks."""
-    path = os.path.join(short_tmp, "in")
+    path = os.path.join(sock_dir, "in")
     with open(path, "wb") as f:
         f.write(b"file contents " * 10000)
     observer = RecordingObserver()
     out = io.BytesIO()
     with open(path, "rb") as stdin:
         options = bh.HandlerOptions(output=out, input=stdin, observer=observer)
-        ctx = Ctx("unix", short_tmp, observer)
+        ctx = Ctx("unix", sock_dir, observer)
 
         def check(address: Any) -> None:
             with connect("unix", address) as sock:
@@ -1127,14 +1116,14 @@ def test_event_stdio_regular_file_stdin(short_tmp: str) -> None:
                 assert recv_all(sock) == b"file contents " * 10000
             observer.wait_records(1)
 
-        asyncio.run(_serve_event("stdio", "unix", options, short_tmp, check))
+        asyncio.run(_serve_event("stdio", "unix", options, sock_dir, check))
     assert out.getvalue() == b"hi"
     assert ctx.observer.records[0][1:] == (2, 140000)
 
 
-def test_event_chargen_stops_when_the_client_leaves(short_tmp: str) -> None:
+def test_event_chargen_stops_when_the_client_leaves(sock_dir: str) -> None:
     observer = RecordingObserver()
-    ctx = Ctx("tcp", short_tmp, observer)
+    ctx = Ctx("tcp", sock_dir, observer)
 
     def check(address: Any) -> None:
         for _ in range(2):
@@ -1143,5 +1132,5 @@ def test_event_chargen_stops_when_the_client_leaves(short_tmp: str) -> None:
         observer.wait_records(2)
 
     options = bh.HandlerOptions(observer=observer)
-    asyncio.run(_serve_event("chargen", "tcp", options, short_tmp, check))
+    asyncio.run(_serve_event("chargen", "tcp", options, sock_dir, check))
     assert ctx.observer.records[0][2] >= 50000

@@ -11,19 +11,6 @@ from sockserve import cli, runner
 from sockserve.errors import EnvironmentProblem, ExitStatus
 
 
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Replace runner.serve: record the config instead of serving."""
-    seen: list[Any] = []
-
-    def fake_serve(config: Any, reporter: Any) -> ExitStatus:
-        seen.append(config)
-        return ExitStatus.OK
-
-    monkeypatch.setattr(runner, "serve", fake_serve)
-    return seen
-
-
 def run(*args: str) -> Any:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 

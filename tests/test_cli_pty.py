@@ -10,20 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
 import pexpect
 import pytest
 from clitools import finish, inet_address, spawn, tcp_exchange, wait_listening
-
-
-@pytest.fixture
-def sockdir():
-    path = tempfile.mkdtemp(prefix="ssc", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_tcp_upper_then_ctrl_c_prints_summary_and_exits_0() -> None:
@@ -51,8 +43,8 @@ def test_port_zero_default_is_loopback() -> None:
     assert "request limit reached" in out
 
 
-def test_sigterm_stops_gracefully_and_removes_unix_socket(sockdir: str) -> None:
-    path = os.path.join(sockdir, "a.sock")
+def test_sigterm_stops_gracefully_and_removes_unix_socket(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "a.sock")
     child = spawn(["unix", path, "-H", "upper"])
     url = wait_listening(child)
     assert url == f"unix://{path}"

@@ -6,23 +6,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 
 import pexpect
 import pytest
 from clitools import finish, inet_address, spawn, tcp_exchange, wait_listening
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="sst", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _has_ipv6() -> bool:
@@ -64,12 +54,12 @@ def test_udp_64k_datagram_is_not_truncated() -> None:
     assert status == 0
 
 
-def test_unix_dgram_echo_and_socket_removed(sockdir: str) -> None:
-    path = os.path.join(sockdir, "d.sock")
+def test_unix_dgram_echo_and_socket_removed(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "d.sock")
     child = spawn(["unix-dgram", path, "-H", "echo", "--max-requests", "2"])
     assert wait_listening(child) == f"unix-dgram://{path}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(os.path.join(sockdir, "client.sock"))  # a client must be named to get a reply
+        s.bind(os.path.join(sock_dir, "client.sock"))  # a client must be named to get a reply
         s.settimeout(10)
         big = os.urandom(65536)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -203,15 +193,15 @@ def test_every_concurrency_serves_tcp(mode: str) -> None:
     assert "2 connections, 2 B in, 2 B out" in out
 
 
-def test_user_handler_with_module_colon_class(sockdir: str) -> None:
-    with open(os.path.join(sockdir, "myproto_sockserve.py"), "w") as f:
+def test_user_handler_with_module_colon_class(sock_dir: str) -> None:
+    with open(os.path.join(sock_dir, "myproto_sockserve.py"), "w") as f:
         f.write(
             "import sockserve\n"
             "class Rev(sockserve.StreamRequestHandler):\n"
             "    def handle(self):\n"
             "        self.wfile.write(self.rfile.readline().strip()[::-1] + b'\\n')\n"
         )
-    child = spawn(["tcp", ":0", "-H", "myproto_sockserve:Rev", "--once"], cwd=sockdir)
+    child = spawn(["tcp", ":0", "-H", "myproto_sockserve:Rev", "--once"], cwd=sock_dir)
     addr = inet_address(wait_listening(child))
     assert tcp_exchange(addr, b"abc\n") == b"cba\n"
     status, out = finish(child)
@@ -219,8 +209,8 @@ def test_user_handler_with_module_colon_class(sockdir: str) -> None:
     assert "1 connection, 4 B in, 4 B out" in out
 
 
-def test_stdlib_handler_subclass_runs_in_fork_mode(sockdir: str) -> None:
-    path = os.path.join(sockdir, "legacy.py")
+def test_stdlib_handler_subclass_runs_in_fork_mode(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "legacy.py")
     with open(path, "w") as f:
         f.write(
             "import socketserver\n"
@@ -243,8 +233,8 @@ def test_python_m_sockserve_help_is_the_same_command() -> None:
     assert status == 0
 
 
-def test_regular_file_at_unix_path_is_never_deleted(sockdir: str) -> None:
-    path = os.path.join(sockdir, "precious.txt")
+def test_regular_file_at_unix_path_is_never_deleted(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "precious.txt")
     with open(path, "w") as f:
         f.write("keep me")
     child = spawn(["unix", path])
@@ -256,8 +246,8 @@ def test_regular_file_at_unix_path_is_never_deleted(sockdir: str) -> None:
         assert f.read() == "keep me"
 
 
-def test_missing_directory_for_unix_path(sockdir: str) -> None:
-    path = os.path.join(sockdir, "no", "such", "dir.sock")
+def test_missing_directory_for_unix_path(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "no", "such", "dir.sock")
     child = spawn(["unix", path])
     status, out = finish(child)
     assert status == 1
@@ -278,7 +268,9 @@ def test_missing_directory_for_unix_path(sockdir: str) -> None:
         (98, ["unix", "@busy"], "@busy is already in use"),
     ],
 )
-def test_bind_errors_are_translated(err: int, args: list[str], expected: str) -> None:
+def test_bind_errors_are_translated(
+    err: int, args: list[str], expected: str, captured: list
+) -> None:
     """The OSErrors a bind can raise (root cannot provoke EACCES here) become one line + hint."""
     from click.testing import CliRunner
 
@@ -286,29 +278,17 @@ def test_bind_errors_are_translated(err: int, args: list[str], expected: str) ->
     from sockserve.errors import EnvironmentProblem
     from sockserve.factory import translate_bind_error
 
-    seen: list[object] = []
-
-    def grab(config: object, reporter: object) -> int:
-        seen.append(config)
-        return 0
-
-    import sockserve.runner as runner_mod
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(runner_mod, "serve", grab)
-    try:
-        CliRunner().invoke(cli.main, args, catch_exceptions=False)
-    finally:
-        mp.undo()
+    CliRunner().invoke(cli.main, args, catch_exceptions=False)
+    seen = captured
     problem = translate_bind_error(OSError(err, os.strerror(err)), seen[0])  # type: ignore[arg-type]
     assert isinstance(problem, EnvironmentProblem)
     assert expected in problem.message
     assert problem.hint
 
 
-def test_workers_share_the_port_and_stop_together(sockdir: str) -> None:
+def test_workers_share_the_port_and_stop_together(sock_dir: str) -> None:
     """Two sync workers: while one holds a connection, the next one is served by the other."""
-    path = os.path.join(sockdir, "pid.py")
+    path = os.path.join(sock_dir, "pid.py")
     with open(path, "w") as f:
         f.write(
             "import os, sockserve\n"

@@ -43,9 +43,8 @@ import pytest
 from click.testing import CliRunner
 from clitools import write_sockserve_wrapper
 
-from sockserve import __version__, cli, runner
+from sockserve import __version__, cli
 from sockserve.builtin_handlers import BUILTINS
-from sockserve.errors import ExitStatus
 from sockserve.helptext import EXAMPLES, EXIT_CODES, SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,18 +72,6 @@ def _load_script(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def fake_serve(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    seen: list[Any] = []
-
-    def serve(config: Any, reporter: Any) -> ExitStatus:
-        seen.append(config)
-        return ExitStatus.OK
-
-    monkeypatch.setattr(runner, "serve", serve)
-    return seen
 
 
 def _sockserve_args(command: str) -> list[str]:
@@ -198,7 +185,7 @@ def test_man_page_passes_mandoc_lint() -> None:
     assert result.returncode == 0
 
 
-def test_man_examples_are_valid_commands(tmp_path: Path, fake_serve: list[Any]) -> None:
+def test_man_examples_are_valid_commands(tmp_path: Path, captured: list[Any]) -> None:
     page = MAN.read_text()
     examples = page[page.index(".SH EXAMPLES") : page.index(".SH EXIT STATUS")]
     lines = []
@@ -218,13 +205,13 @@ def test_man_examples_are_valid_commands(tmp_path: Path, fake_serve: list[Any]) 
 # -- --help ----------------------------------------------------------------------------------------
 
 
-def test_help_examples_are_valid_commands(tmp_path: Path, fake_serve: list[Any]) -> None:
+def test_help_examples_are_valid_commands(tmp_path: Path, captured: list[Any]) -> None:
     _example_files(tmp_path)
     with _chdir(tmp_path):
         for command, _ in EXAMPLES:
             result = CliRunner().invoke(cli.main, _sockserve_args(command))
             assert result.exit_code == 0, (command, result.output)
-    assert len(fake_serve) == len(EXAMPLES)
+    assert len(captured) == len(EXAMPLES)
 
 
 def test_piped_help_is_plain_complete_and_does_not_import_rich() -> None:

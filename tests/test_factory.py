@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 
 import pytest
@@ -14,14 +12,6 @@ import pytest
 import sockserve as ss
 from sockserve.errors import EnvironmentProblem
 from sockserve.factory import ToolServerMixIn, prepare_unix_path, server_class
-
-
-@pytest.fixture
-def sockdir():
-    path = tempfile.mkdtemp(prefix="ssf", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 FAMILIES = ["inet", "inet6", "unix"]
 TYPES = ["stream", "dgram"]
@@ -57,8 +47,8 @@ def test_server_class_composition(family: str, socktype: str, concurrency: str) 
     assert cls.max_packet_size >= 65536  # the tool never truncates a datagram
 
 
-def test_stale_socket_file_is_replaced(sockdir: str) -> None:
-    path = os.path.join(sockdir, "s")
+def test_stale_socket_file_is_replaced(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s")
     old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old.bind(path)
     old.close()  # the file stays: nobody listens
@@ -67,8 +57,8 @@ def test_stale_socket_file_is_replaced(sockdir: str) -> None:
     assert not os.path.exists(path)
 
 
-def test_live_socket_is_refused(sockdir: str) -> None:
-    path = os.path.join(sockdir, "s")
+def test_live_socket_is_refused(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s")
     live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     live.bind(path)
     live.listen()
@@ -81,15 +71,15 @@ def test_live_socket_is_refused(sockdir: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo"])
-def test_non_socket_paths_are_never_deleted(sockdir: str, kind: str) -> None:
-    path = os.path.join(sockdir, "s")
+def test_non_socket_paths_are_never_deleted(sock_dir: str, kind: str) -> None:
+    path = os.path.join(sock_dir, "s")
     if kind == "file":
         with open(path, "w") as f:
             f.write("precious")
     elif kind == "dir":
         os.mkdir(path)
     elif kind == "symlink":
-        target = os.path.join(sockdir, "target")
+        target = os.path.join(sock_dir, "target")
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(target)
         stale.close()
@@ -111,8 +101,8 @@ def _unix_server(path: str, mode: int | None):
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o660, 0o777])
-def test_unix_mode_is_applied_and_file_removed_on_close(sockdir: str, mode: int) -> None:
-    path = os.path.join(sockdir, "s")
+def test_unix_mode_is_applied_and_file_removed_on_close(sock_dir: str, mode: int) -> None:
+    path = os.path.join(sock_dir, "s")
     seen: list[int] = []
     real_bind = socket.socket.bind
 
@@ -136,8 +126,8 @@ def test_unix_mode_is_applied_and_file_removed_on_close(sockdir: str, mode: int)
     assert not os.path.exists(path)
 
 
-def test_server_close_leaves_a_replaced_file_alone(sockdir: str) -> None:
-    path = os.path.join(sockdir, "s")
+def test_server_close_leaves_a_replaced_file_alone(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s")
     server = _unix_server(path, None)
     os.unlink(path)
     with open(path, "w") as f:
@@ -165,21 +155,15 @@ def test_request_stop_from_a_handler_thread_returns_fast() -> None:
         assert server.stop_reason == "handler asked"
 
 
-def _config(*args: str):
-    """The ServeConfig the command builds for ARGS (runner.serve replaced by a recorder)."""
+def _config(captured: list, *args: str):
+    """The ServeConfig the command builds for ARGS (with the `captured` fixture in place)."""
     from click.testing import CliRunner
 
-    from sockserve import cli, runner
+    from sockserve import cli
 
-    seen: list = []
-    mp = pytest.MonkeyPatch()
-    mp.setattr(runner, "serve", lambda config, reporter: seen.append(config) or 0)
-    try:
-        result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
-    finally:
-        mp.undo()
+    result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return seen[0]
+    return captured[-1]
 
 
 @pytest.mark.parametrize(
@@ -194,12 +178,12 @@ def _config(*args: str):
     ],
 )
 def test_datagram_builtins_that_never_wait_run_inline_in_thread_mode(
-    args: list[str], inline: bool, monkeypatch: pytest.MonkeyPatch
+    args: list[str], inline: bool, monkeypatch: pytest.MonkeyPatch, captured: list
 ) -> None:
     from sockserve import builtin_handlers as bh
     from sockserve.factory import make_server
 
-    config = _config(*args)
+    config = _config(captured, *args)
     threaded: list[object] = []
     original = ss.ThreadingMixIn.process_request
 

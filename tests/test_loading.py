@@ -225,3 +225,10 @@ def test_protocols_only_in_event_mode() -> None:
     assert info.value.hint == "subclass asyncio.DatagramProtocol for it"
     for cls in (StreamH, AnyH):
         check_compatible(_loaded(cls), "stream", "fork")  # type: ignore[arg-type]
+
+
+def test_builtin_names_match_the_builtin_handlers() -> None:
+    """loading keeps its own list (so resolving -H imports no handler code); it must agree."""
+    from sockserve.builtin_handlers import BUILTINS
+
+    assert tuple(BUILTINS) == BUILTIN_NAMES

@@ -21,14 +21,12 @@ import os
 import re
 import resource
 import select
-import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -268,13 +266,6 @@ def spawn() -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.kill()
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="ssr", dir="/tmp")  # short: AF_UNIX paths hold ~108 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- clients -----------------------------------------------------------------------------------
@@ -895,10 +886,10 @@ def test_address_printed_only_once_signals_are_handled(
         *([("event", signal.SIGINT)] if HAS_EVENT else []),
     ],
 )
-def test_stop_during_load(spawn: Callable[..., Server], sockdir: str, mode: str, sig: int) -> None:
+def test_stop_during_load(spawn: Callable[..., Server], sock_dir: str, mode: str, sig: int) -> None:
     """SIGTERM/Ctrl-C under load: in-flight requests finish, nothing new is accepted, the
     socket file goes, a summary, exit 0. Every load request is answered whole or refused."""
-    path = os.path.join(sockdir, "s.sock")
+    path = os.path.join(sock_dir, "s.sock")
     server = spawn(["unix", path, "-c", mode, "-H", "echo", "--grace", "5"])
     assert server.address() == path
     in_flight: list[socket.socket] = []
@@ -1038,7 +1029,7 @@ JUNK = bytes(range(256)) + b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28\xa1\xed\xa0\x80\xf
 
 @pytest.mark.parametrize("transport", ["udp", "udp6", "unix-dgram"])
 @pytest.mark.parametrize("builtin", list(bh.BUILTINS))
-def test_datagrams_of_0_bytes_and_maximum_size(sockdir: str, transport: str, builtin: str) -> None:
+def test_datagrams_of_0_bytes_and_maximum_size(sock_dir: str, transport: str, builtin: str) -> None:
     """0 bytes, the largest datagram, and binary junk, through every builtin: never
     truncated, answered as the builtin says, written whole by stdout."""
     biggest = os.urandom(DATAGRAM_MAX[transport])
@@ -1054,9 +1045,9 @@ def test_datagrams_of_0_bytes_and_maximum_size(sockdir: str, transport: str, bui
     reporter = JsonReporter(log, verbosity=2)  # -vv --json: every byte through the reporter
     options = bh.HandlerOptions(output=output, input=os.fdopen(in_r, "rb", buffering=0))
     if transport == "unix-dgram":
-        server_path = os.path.join(sockdir, "s")
+        server_path = os.path.join(sock_dir, "s")
         client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        client.bind(os.path.join(sockdir.encode(), b"c\xff\xfe"))  # not UTF-8, on purpose
+        client.bind(os.path.join(sock_dir.encode(), b"c\xff\xfe"))  # not UTF-8, on purpose
         address: str | None = server_path
         kind = "unix-dgram"
     else:
@@ -1204,9 +1195,9 @@ def test_long_lines_never_grow_server_memory(spawn: Callable[..., Server], built
 
 @pytest.mark.parametrize("transport", ["unix", "unix-dgram"])
 def test_unix_stale_socket_replaced_and_removed_on_exit(
-    spawn: Callable[..., Server], sockdir: str, transport: str
+    spawn: Callable[..., Server], sock_dir: str, transport: str
 ) -> None:
-    path = os.path.join(sockdir, "s.sock")
+    path = os.path.join(sock_dir, "s.sock")
     kind = socket.SOCK_STREAM if transport == "unix" else socket.SOCK_DGRAM
     stale = socket.socket(socket.AF_UNIX, kind)
     stale.bind(path)
@@ -1220,9 +1211,9 @@ def test_unix_stale_socket_replaced_and_removed_on_exit(
 
 @pytest.mark.parametrize("transport", ["unix", "unix-dgram"])
 def test_unix_live_socket_is_refused(
-    spawn: Callable[..., Server], sockdir: str, transport: str
+    spawn: Callable[..., Server], sock_dir: str, transport: str
 ) -> None:
-    path = os.path.join(sockdir, "s.sock")
+    path = os.path.join(sock_dir, "s.sock")
     kind = socket.SOCK_STREAM if transport == "unix" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_UNIX, kind) as live:
         live.bind(path)
@@ -1238,10 +1229,10 @@ def test_unix_live_socket_is_refused(
 
 @pytest.mark.parametrize("kind", ["file", "directory", "symlink-to-stale-socket", "dangling"])
 def test_unix_path_that_is_not_a_socket_is_never_deleted(
-    spawn: Callable[..., Server], sockdir: str, kind: str
+    spawn: Callable[..., Server], sock_dir: str, kind: str
 ) -> None:
-    path = os.path.join(sockdir, "s.sock")
-    target = os.path.join(sockdir, "target")
+    path = os.path.join(sock_dir, "s.sock")
+    target = os.path.join(sock_dir, "target")
     if kind == "file":
         Path(path).write_text("precious")
     elif kind == "directory":
@@ -1269,10 +1260,10 @@ def test_unix_path_that_is_not_a_socket_is_never_deleted(
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o660, 0o666])
-def test_unix_mode_without_a_wider_window_and_umask_restored(sockdir: str, mode: int) -> None:
+def test_unix_mode_without_a_wider_window_and_umask_restored(sock_dir: str, mode: int) -> None:
     """The socket is created under a umask that gives at most `mode` (never wider, even for
     an instant), then chmod-ed to exactly `mode`; the process umask is restored after."""
-    path = os.path.join(sockdir, "s")
+    path = os.path.join(sock_dir, "s")
     at_bind: list[int] = []
     real_bind = socket.socket.bind
 
@@ -1301,7 +1292,7 @@ def test_unix_mode_without_a_wider_window_and_umask_restored(sockdir: str, mode:
         server.server_close()
         assert not os.path.lexists(path)
         # restored when bind fails, too
-        missing = os.path.join(sockdir, "no-such-dir", "s")
+        missing = os.path.join(sock_dir, "no-such-dir", "s")
         failing = ServeConfig(
             family="unix",
             socktype="stream",
