@@ -80,14 +80,17 @@ import threading
 import time
 import weakref
 from _socket import socket as _RawSocket
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Literal, Protocol
 
+from .records import Record
 from .socketserver import BaseRequestHandler
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
+    from typing import Any, BinaryIO, ClassVar, Literal, Protocol
+else:
+    Protocol = object  # typing (~3 ms to import) only for type checkers
 
 __all__ = [
     "BUILTINS",
@@ -162,8 +165,7 @@ class Observer(Protocol):
         """Called for every chunk, only when `wants_data` is true."""
 
 
-@dataclass(frozen=True)
-class HandlerOptions:
+class HandlerOptions(Record):
     """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary)."""
 
     reply: bytes | None = None

@@ -10,20 +10,25 @@ idle timeouts, byte counts and events for a Monitor, and a request limit.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import socket
 import stat
 import sys
 import time
-from typing import Any, Protocol
 
 from . import socketserver as ss
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
+from .socketserver._log import LazyLogger
 
-logger = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Protocol = object  # typing (~3 ms to import) only for type checkers
+
+logger = LazyLogger(__name__)
 
 _BASES: dict[tuple[str, str], type[ss.BaseServer]] = {
     ("inet", "stream"): ss.TCPServer,
@@ -268,7 +273,7 @@ class ToolServerMixIn:
 
     def _tell(self, message: str, warning: bool = False) -> None:
         if self.monitor is None:
-            logger.log(logging.WARNING if warning else logging.INFO, message)
+            (logger.warning if warning else logger.info)(message)
         elif warning:
             self.monitor.warning(message)
         else:

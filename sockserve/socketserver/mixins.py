@@ -6,19 +6,22 @@ A mixin goes first in the bases, because it overrides `process_request` (and ext
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
 
+from ._log import LazyLogger
 from .servers import TCPServer, UDPServer, _Waker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
 
-logger = logging.getLogger("sockserve.socketserver")
+logger = LazyLogger("sockserve.socketserver")
 
 
 def _shutdown_requested(server: object) -> bool:
