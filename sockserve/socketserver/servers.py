@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+
+from ._log import LazyLogger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer"]
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["UnixStreamServer", "UnixDatagramServer"]
 
-logger = logging.getLogger("sockserve.socketserver")
+logger = LazyLogger("sockserve.socketserver")
 
 # poll() has no limit on the number of file descriptors; select() is the fallback.
 if hasattr(selectors, "PollSelector"):
