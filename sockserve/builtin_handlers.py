@@ -999,8 +999,13 @@ class _DatagramBuiltin(BaseRequestHandler):
 
     def handle(self) -> None:
         data, sock = self.request
-        shared = self.shared
-        client = self.client_address
+        self.serve_datagram(data, sock, self.client_address)
+
+    @classmethod
+    def serve_datagram(cls, data: Any, sock: Any, client: Any) -> None:
+        """Answer one datagram; what `handle` does, callable without a handler instance
+        (the tool's servers call it directly for every datagram that waits)."""
+        shared = cls.shared
         observer = shared.observer
         watch = shared.watcher()
         sent = 0
@@ -1014,7 +1019,7 @@ class _DatagramBuiltin(BaseRequestHandler):
                 if data:
                     writer.write(data)
                 return
-            reply = self.answer(data)
+            reply = cls.answer(data)
             if reply is None or not client:
                 return
             sent = _send_datagram(sock, reply, client)
