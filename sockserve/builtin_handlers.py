@@ -1411,6 +1411,8 @@ class _EventDatagram:
         self.answer = _datagram_answer(shared.name, self.reply)
         self.last_sender: Any = None
         self.stdin_limit = shared.chunk_size
+        if shared.writer is None and shared.watcher() is None:
+            self.datagram_received = self._answer  # type: ignore[method-assign]
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -1442,6 +1444,19 @@ class _EventDatagram:
         finally:
             if shared.observer is not None:
                 shared.observer.record(addr, len(data), sent)
+
+    def _answer(self, data: bytes, addr: Any) -> None:
+        """`datagram_received` with no output and no -vv: only the answer and the record."""
+        sent = 0
+        try:
+            reply = self.answer(data)
+            if reply is not None and addr:
+                self.transport.sendto(reply, addr)
+                sent = len(reply)
+        finally:
+            observer = self.shared.observer
+            if observer is not None:
+                observer.record(addr, len(data), sent)
 
     def stdin_data(self, data: bytes) -> None:
         if self.last_sender is None or self.transport.is_closing():
