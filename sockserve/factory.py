@@ -129,6 +129,10 @@ class ToolServerMixIn:
     lean_datagrams = False
     #: At most this many waiting datagrams are answered per wake-up of the loop.
     datagram_batch = 32 if hasattr(socket, "MSG_DONTWAIT") else 1
+    #: At most this many waiting connections are accepted per wake-up of the loop (thread
+    #: mode: each accept only hands the connection over); the listener is non-blocking then.
+    accept_batch = 1
+    _accepted = 0
     idle_timeout: float | None = None
     unix_mode: int | None = None
     request_limit: int | None = None
@@ -192,6 +196,7 @@ class ToolServerMixIn:
             if exc.errno in _RESOURCE_ERRNOS:
                 self._accept_failed(exc)
             raise
+        self._accepted += 1
         if self._accept_failing_since is not None:
             self._accepting_again()
         if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
@@ -208,12 +213,22 @@ class ToolServerMixIn:
             request = (data, _CountingDatagramSocket(sock, client))
         return request, client
 
+    def server_activate(self) -> None:
+        super().server_activate()  # type: ignore[misc]
+        if self.accept_batch > 1:
+            self.socket.setblocking(False)  # type: ignore[attr-defined]
+
     def _handle_request_noblock(self) -> None:
-        """Serve what is waiting; datagram builtins take the lean path (`_serve_datagrams`)."""
+        """Serve what is waiting: datagram builtins take the lean path (`_serve_datagrams`);
+        with `accept_batch`, accept until no connection waits (or the batch is done)."""
         if self.lean_datagrams:
             self._serve_datagrams()
-        else:
+            return
+        for _ in range(self.accept_batch):
+            accepted = self._accepted
             super()._handle_request_noblock()  # type: ignore[misc]
+            if self._accepted == accepted or self.stop_reason is not None:
+                return
 
     def _serve_datagrams(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -492,6 +507,9 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         "allow_reuse_port": config.reuse_port or config.workers > 1,
         "dualstack_ipv6": family == "inet6" and config.address.all_interfaces,
         "daemon_threads": config.daemon_threads,
+        # Our builtins keep nothing in threading.local: their threads can take the next request.
+        "reuse_threads": config.handler.builtin is not None,
+        "accept_batch": 16 if concurrency == "thread" and config.socktype == "stream" else 1,
         "block_on_close": config.block_on_close,
     }
     if config.max_children is not None:

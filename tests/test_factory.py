@@ -301,3 +301,33 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
     assert answers == [b"d%03d" % i for i in range(limit)]
     assert server.requests_started == limit
     assert len(observer.records) == limit
+
+
+@pytest.mark.parametrize(
+    ("args", "reuse", "batch"),
+    [
+        (["tcp", ":0", "-H", "echo"], True, 16),
+        (["tcp", ":0", "-H", "examples/handler_stream.py"], False, 16),  # threading.local
+        (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1),  # no threads to reuse anyway
+        (["udp", ":0", "-H", "stdout", "-c", "thread"], True, 1),
+    ],
+)
+def test_builtin_handler_threads_are_reused_and_thread_mode_accepts_in_batches(
+    args: list[str], reuse: bool, batch: int, captured: list
+) -> None:
+    from sockserve import builtin_handlers as bh
+    from sockserve.factory import make_server
+
+    config = _config(captured, *args)
+    if config.handler.builtin is None:
+        handler = config.handler.cls
+    elif config.socktype == "dgram":
+        handler = bh.datagram_handler(config.handler.builtin, bh.HandlerOptions())
+    else:
+        handler = bh.stream_handler(config.handler.builtin, bh.HandlerOptions())
+    server = make_server(config, handler)
+    try:
+        assert (server.reuse_threads, server.accept_batch) == (reuse, batch)
+        assert server.socket.getblocking() is (batch == 1)
+    finally:
+        server.server_close()

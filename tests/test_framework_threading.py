@@ -394,3 +394,119 @@ def test_shutdown_from_a_signal_handler_during_dispatch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "stopped\n"
+
+
+# -- sockserve's reuse_threads -------------------------------------------------------------------
+
+
+def wait_idle(server: Any, count: int) -> None:
+    """Wait (bounded) until `count` reused threads wait for a request: the handler has
+    answered before its thread gets there, and no event marks that moment."""
+    deadline = time.monotonic() + 5
+    while server._request_threads().idle < count:
+        assert time.monotonic() < deadline, "no thread became idle"
+        time.sleep(0.001)
+
+
+class Recorder:
+    """A handler that notes its thread and answers; `finished` counts finished requests."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.finished = threading.Semaphore(0)
+
+    def handler(self, base: type[Any]) -> type[Any]:
+        rec = self
+
+        class Noted(base):
+            def handle(self) -> None:
+                rec.threads.append(threading.current_thread())
+                self.reply(self.read())
+
+            def finish(self) -> None:
+                super().finish()
+                rec.finished.release()
+
+        return Noted
+
+
+def test_reused_thread_takes_the_next_request(transport: Transport) -> None:
+    rec = Recorder()
+    server = transport.make(
+        rec.handler(transport.Handler), "threading", reuse_threads=True, thread_idle_timeout=30
+    )
+    with server:
+        for n in range(4):
+            with transport.client(server) as client:
+                client.sendall(b"%d" % n)
+                server.handle_request()
+                assert transport.receive(client) == b"%d" % n
+            assert rec.finished.acquire(timeout=5)
+            wait_idle(server, 1)
+        assert len(rec.threads) == 4 and len(set(rec.threads)) == 1
+        worker = rec.threads[0]
+        assert worker.is_alive() and server.live_threads == 1  # idle, waiting for a request
+        start = time.monotonic()
+    took = time.monotonic() - start  # server_close: the idle thread ends at once
+    assert took < 1.0, f"server_close took {took:.3f}s with an idle thread"
+    assert not worker.is_alive()
+
+
+def test_reused_threads_still_overlap(transport: Transport, run_server: Callable[..., Any]) -> None:
+    """An idle thread takes a request only when it is free: two at once get two threads."""
+    barrier = threading.Barrier(2, timeout=5)
+    seen: list[threading.Thread] = []
+
+    class Meet(transport.Handler):
+        def handle(self) -> None:
+            seen.append(threading.current_thread())
+            self.read()
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                self.reply(b"alone")
+            else:
+                self.reply(b"met")
+
+    server = transport.make(Meet, "threading", reuse_threads=True, thread_idle_timeout=30)
+    run_server(server)
+    for _ in range(2):  # the second round runs on the two threads of the first
+        barrier.reset()
+        with transport.client(server) as first, transport.client(server) as second:
+            first.sendall(b"1")
+            second.sendall(b"2")
+            assert (transport.receive(first), transport.receive(second)) == (b"met", b"met")
+        wait_idle(server, 2)
+    assert len(seen) == 4 and len(set(seen[:2])) == 2 and set(seen[2:]) == set(seen[:2])
+
+
+def test_idle_reused_thread_ends_after_the_idle_timeout(transport: Transport) -> None:
+    rec = Recorder()
+    server = transport.make(
+        rec.handler(transport.Handler), "threading", reuse_threads=True, thread_idle_timeout=0.05
+    )
+    with server:
+        with transport.client(server) as client:
+            client.sendall(b"x")
+            server.handle_request()
+            assert transport.receive(client) == b"x"
+        rec.threads[0].join(5)  # no request comes: the thread ends by itself
+        assert not rec.threads[0].is_alive()
+        assert server.live_threads == 0
+
+
+@pytest.mark.parametrize("attrs", [{}, {"max_threads": 4}], ids=["default", "max_threads"])
+def test_threads_are_not_reused_unless_asked_or_when_bounded(
+    transport: Transport, attrs: dict[str, Any]
+) -> None:
+    rec = Recorder()
+    reuse = {"reuse_threads": True} if attrs else {}
+    with transport.make(rec.handler(transport.Handler), "threading", **reuse, **attrs) as server:
+        for n in range(2):
+            with transport.client(server) as client:
+                client.sendall(b"%d" % n)
+                server.handle_request()
+                assert transport.receive(client) == b"%d" % n
+            assert rec.finished.acquire(timeout=5)
+            rec.threads[-1].join(5)
+    assert rec.threads[0] is not rec.threads[1]
