@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
 from .errors import UsageError
+from .records import Factory, Record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Literal
+
     from .addresses import Address, Family, SockType
     from .loading import LoadedHandler
 
-Concurrency = Literal["sync", "thread", "fork", "event"]
+    Concurrency = Literal["sync", "thread", "fork", "event"]
+    OutputMode = Literal["rich", "json"]
+
 CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
-OutputMode = Literal["rich", "json"]
 
 #: The largest datagram the tool reads: 64 KiB, so no UDP or unix datagram is ever truncated.
 MAX_DATAGRAM = 65536
@@ -25,8 +27,7 @@ def default_concurrency(socktype: SockType) -> Concurrency:
     return "thread" if socktype == "stream" else "sync"
 
 
-@dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(Record):
     """Everything a run needs, validated; built by the CLI, read by the runner and factory."""
 
     family: Family
@@ -54,7 +55,7 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = Factory(dict)
 
     def __post_init__(self) -> None:
         if self.max_children is not None and self.concurrency != "fork":

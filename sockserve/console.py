@@ -8,29 +8,40 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import IO, Any
+
+from .socketserver._log import when_logging
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Mapping
+    from types import ModuleType
+    from typing import IO, Any
 
 PROG = "sockserve"
 
 
-@dataclass
 class Stats:
     """Counters of one run; `add_*` methods are thread-safe."""
 
-    started: float = field(default_factory=time.monotonic)
-    connections: int = 0
-    requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    errors: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.connections = 0
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.errors = 0
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"Stats(started={self.started!r}, connections={self.connections!r}, "
+            f"requests={self.requests!r}, bytes_in={self.bytes_in!r}, "
+            f"bytes_out={self.bytes_out!r}, errors={self.errors!r})"
+        )
 
     def add_connection(self) -> None:
         with self.lock:
@@ -149,6 +160,8 @@ class PlainReporter:
     def error(self, client: Any, exc: BaseException, *, with_traceback: bool = True) -> None:
         head = f"error handling {format_client(client)}: {type(exc).__name__}: {exc}"
         if with_traceback and exc.__traceback__ is not None:
+            import traceback
+
             tb = "".join(traceback.format_exception(exc)).rstrip()
             self._emit(f"{head}\n{tb}", "error")
         else:
@@ -245,6 +258,8 @@ class JsonReporter(PlainReporter):
         self._event("data", client=self._client(client), direction=direction, hex=data.hex())
 
     def error(self, client: Any, exc: BaseException, *, with_traceback: bool = True) -> None:
+        import traceback
+
         tb = "".join(traceback.format_exception(exc)) if with_traceback else None
         self._event(
             "error",
@@ -294,32 +309,61 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-class ReporterLogHandler(logging.Handler):
-    """Route log records (framework, event loop) to the reporter as warnings/info lines."""
+_handler_class: Any = None
 
-    def __init__(self, reporter: PlainReporter) -> None:
-        super().__init__()
-        self.reporter = reporter
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                self.reporter.error(None, record.exc_info[1])
-            elif record.levelno >= logging.WARNING:
-                self.reporter.warning(message)
-            else:
-                self.reporter.info(message)
-        except Exception:  # pragma: no cover - never let logging break serving
-            self.handleError(record)
+def _reporter_log_handler(logging: ModuleType) -> type[logging.Handler]:
+    """ReporterLogHandler: route log records (framework, event loop) to the reporter as
+    warnings/info lines. Made at first use, since `logging` is loaded only when needed."""
+    global _handler_class
+    if _handler_class is not None:
+        return _handler_class
+
+    class ReporterLogHandler(logging.Handler):
+        def __init__(self, reporter: PlainReporter) -> None:
+            super().__init__()
+            self.reporter = reporter
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = record.getMessage()
+                if record.exc_info and record.exc_info[1] is not None:
+                    self.reporter.error(None, record.exc_info[1])
+                elif record.levelno >= logging.WARNING:
+                    self.reporter.warning(message)
+                else:
+                    self.reporter.info(message)
+            except Exception:  # pragma: no cover - never let logging break serving
+                self.handleError(record)
+
+    ReporterLogHandler.__module__ = __name__
+    _handler_class = ReporterLogHandler
+    return ReporterLogHandler
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ReporterLogHandler":
+        from .socketserver._log import load_logging
+
+        return _reporter_log_handler(load_logging())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def setup_logging(reporter: PlainReporter, verbosity: int) -> None:
-    """Send the `sockserve` loggers to the reporter once; -vv shows debug records."""
-    root = logging.getLogger("sockserve")
-    for handler in list(root.handlers):
-        if isinstance(handler, ReporterLogHandler):
-            root.removeHandler(handler)
-    root.addHandler(ReporterLogHandler(reporter))
-    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    root.propagate = False
+    """Send the `sockserve` loggers to the reporter; -vv shows debug records.
+
+    Applied at once if `logging` is loaded, else before the first record (so a run that logs
+    nothing never imports it).
+    """
+
+    def route(logging: ModuleType) -> None:
+        handler_class = _reporter_log_handler(logging)
+        root = logging.getLogger("sockserve")
+        for handler in list(root.handlers):
+            if isinstance(handler, handler_class):
+                root.removeHandler(handler)
+        root.addHandler(handler_class(reporter))
+        root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+        root.propagate = False
+
+    when_logging("sockserve", route)

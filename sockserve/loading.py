@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import os
 import sys
-import traceback
-import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
 
 from .errors import HandlerLoadError
+from .records import Record
 
-Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Literal
+
+    Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
 
 #: Builtin names (kept here so loading a builtin imports nothing else).
 BUILTIN_NAMES = (
@@ -38,8 +38,7 @@ BUILTIN_NAMES = (
 FORMS = "a builtin (" + ", ".join(BUILTIN_NAMES) + "), module:Class, file.py:Class or file.py"
 
 
-@dataclass(frozen=True)
-class LoadedHandler:
+class LoadedHandler(Record):
     """A resolved handler: `builtin` names a builtin, else `cls` is the user's class."""
 
     name: str
@@ -53,6 +52,8 @@ def load_handler(spec: str) -> LoadedHandler:
     spec = spec.strip()
     if spec in BUILTIN_NAMES:
         return LoadedHandler(name=spec, builtin=spec)
+    import unicodedata  # the rest of this module's imports: only for a user's handler
+
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec):
         raise HandlerLoadError(f"bad handler {spec!r}: control characters", hint=f"use {FORMS}")
     target, sep, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
@@ -129,6 +130,8 @@ def _import_file(path: str) -> Any:
     modname = f"sockserve_handler_{stem}_{abs(hash(real)):x}"
     if modname in sys.modules:
         return sys.modules[modname]
+    import importlib.util
+
     spec = importlib.util.spec_from_file_location(modname, real)
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"cannot load {path} as Python", hint="name a .py file")
@@ -153,6 +156,8 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
             _one_line(f"syntax error in {place}: {exc.msg}"),
             hint="fix the handler file and try again",
         )
+    import traceback
+
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "importlib" not in f.filename]
     location = f" ({user[-1].filename}, line {user[-1].lineno})" if user else ""
@@ -164,6 +169,8 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
 
 def _one_line(text: str) -> str:
     """`text` with line breaks and other control characters escaped, as repr() shows them."""
+    import unicodedata
+
     return "".join(
         repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
     )

@@ -19,12 +19,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
 from .config import ServeConfig
 from .console import PlainReporter, Stats
 from .errors import ExitStatus
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 _CHILD_RECORD_MAX = select.PIPE_BUF - 1
 _PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -458,6 +461,9 @@ class _EventHooks:
 def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
     if config.concurrency != "event":
         return server
+    from .socketserver._log import load_logging
+
+    load_logging()  # event logs through `logging` itself (asyncio loads it anyway): set it up
     from .event import EventServer
 
     return EventServer(
