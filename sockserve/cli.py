@@ -2,21 +2,20 @@
 
 Parsing errors go through click (usage, one "Invalid value" line, exit 2); a SockserveError
 from deeper down is printed as `sockserve: error: …` plus a hint, with its own exit status.
+The executable starts in `entry`, which reads the usual command lines without click and
+hands the others to `command` here.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
 from click.shell_completion import CompletionItem
 
-from . import __version__
-from .errors import ExitStatus, SockserveError
+from . import __version__, config as _config, entry
+from .errors import OptionError
 from .helptext import SockserveCommand
 from .loading import BUILTIN_NAMES
 
@@ -109,14 +108,10 @@ class ModeType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        text = str(value).strip().lower().removeprefix("0o")
         try:
-            mode = int(text, 8)
-        except ValueError:
-            self.fail(f"{value!r} is not an octal mode such as 600 or 660", param, ctx)
-        if not 0 <= mode <= 0o777:
-            self.fail(f"{value!r} is outside 000..777", param, ctx)
-        return mode
+            return _config.parse_mode(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -285,153 +280,44 @@ def main(**params: Any) -> None:
     Listens on loopback unless ADDRESS names another interface. Ctrl-C or SIGTERM stops it
     gracefully and prints a summary; a second Ctrl-C forces the exit.
     """
-    traceback = params["traceback"]
-    try:
-        config = build_config(params)
-        reporter = _reporter(params)
-        from .console import setup_logging
-        from .runner import serve
-
-        setup_logging(reporter, params["verbose"])
-        status = serve(config, reporter)
-    except KeyboardInterrupt:
-        # Ctrl-C after the run restored the default handler (while the summary is printed):
-        # the user wants out, and has had the summary or is about to lose only that.
-        _exit(ExitStatus.INTERRUPTED)
-    except click.exceptions.Exit:
-        raise
-    except click.ClickException:
-        raise
-    except SockserveError as exc:
-        if traceback:
-            raise
-        _fatal(params, exc.message, exc.hint)
-        sys.exit(int(exc.exit_status))
-    _exit(status)
-
-
-def _reporter(params: dict[str, Any]) -> Any:
-    from .console import make_reporter
-
-    return make_reporter(
-        "json" if params["json_output"] else "rich",
-        params["verbose"],
-        params["quiet"],
-        params["color"],
-    )
-
-
-def _fatal(params: dict[str, Any], message: str, hint: str | None) -> None:
-    _reporter(params).fatal(message, hint)
+    entry.serve_command(params, lambda: build_config(params), as_command=_as_command)
 
 
 _as_command = False
 
 
-def command() -> None:
-    """The `sockserve` executable and `python -m sockserve`: `main` as a whole process."""
+def command(loads: Any = None) -> None:
+    """`main` as a whole process (the executable, when `entry` hands a command line over).
+
+    `loads`, from `entry`, replays handler loads that already failed (see build_config).
+    """
     global _as_command
     _as_command = True
-    main()
-
-
-def _exit(status: ExitStatus) -> None:
-    """Exit; if a hung non-daemon handler thread would hold the process, leave at once.
-
-    Ctrl-C is ignored from here on: the run is over, and a KeyboardInterrupt in the
-    interpreter's exit (joining threads) would only print a traceback.
-    """
-    if _as_command:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if stuck:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(int(status))
-    sys.exit(int(status))
+    main(obj=loads)
 
 
 def decode_escapes(text: str) -> bytes:
     """Turn `--reply` text into bytes, decoding \\n, \\r, \\t, \\\\ and \\xNN escapes."""
     try:
-        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        raise click.BadParameter(
-            "invalid escape sequence (use \\n, \\r, \\t, \\\\ or \\xNN)", param_hint="--reply"
-        ) from None
+        return _config.decode_escapes(text)
+    except OptionError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param) from None
 
 
 def build_config(params: dict[str, Any]) -> Any:
-    """Validate the parsed options into a ServeConfig; raises click.BadParameter/UsageError."""
-    from .addresses import parse_address, resolve_transport
-    from .config import ServeConfig, default_concurrency
-    from .errors import UsageError
-    from .loading import check_compatible, load_handler
+    """Validate the parsed options into a ServeConfig; raises click.BadParameter/UsageError.
 
+    The rules are `config.config_from_options`'s, shared with `entry`'s quick parser.
+    """
+    ctx = click.get_current_context()
+    handler_given = ctx.get_parameter_source("handler") != click.core.ParameterSource.DEFAULT
     try:
-        family, socktype = resolve_transport(params["proto"], params["family"], params["socktype"])
-    except UsageError as exc:
-        raise click.UsageError(_with_hint(exc)) from None
-    try:
-        address = parse_address(params["address"], family)
-    except UsageError as exc:
-        raise click.BadParameter(_with_hint(exc), param_hint="'ADDRESS'") from None
-    family = address.family
-    concurrency = params["concurrency"] or default_concurrency(socktype)
-
-    spec = params["handler"]
-    reply = decode_escapes(params["reply"]) if params["reply"] is not None else None
-    reply_file = params["reply_file"]
-    source = click.get_current_context().get_parameter_source("handler")
-    if (
-        reply is not None or reply_file is not None
-    ) and source == click.core.ParameterSource.DEFAULT:
-        spec = "reply"
-    if spec == "reply" and reply is None and reply_file is None:
-        raise click.UsageError("-H reply needs --reply TEXT or --reply-file PATH")
-    if spec != "reply" and (reply is not None or reply_file is not None):
-        raise click.UsageError(f"--reply/--reply-file only apply to -H reply, not -H {spec}")
-    try:
-        handler = load_handler(spec)
-        check_compatible(handler, socktype, concurrency)
-    except UsageError as exc:
-        raise click.BadParameter(_with_hint(exc), param_hint="'-H' / '--handler'") from None
-
-    if params["once"] and params["max_requests"]:
-        raise click.UsageError(
-            "cannot combine --once and --max-requests (--once is --max-requests 1)"
+        return _config.config_from_options(
+            params,
+            handler_given=handler_given,
+            load=getattr(ctx.obj, "load_handler", None),
         )
-    try:
-        return ServeConfig(
-            family=family,
-            socktype=socktype,
-            address=address,
-            handler=handler,
-            concurrency=concurrency,
-            max_children=params["max_children"],
-            max_threads=params["max_threads"],
-            daemon_threads=params["daemon_threads"],
-            block_on_close=params["block_on_close"],
-            backlog=params["backlog"],
-            reuse_address=params["reuse_address"],
-            reuse_port=params["reuse_port"],
-            timeout=params["timeout"],
-            mode=params["mode"],
-            reply=reply,
-            reply_file=reply_file,
-            once=params["once"],
-            max_requests=params["max_requests"],
-            grace=params["grace"],
-            workers=params["workers"],
-            print_address=params["print_address"],
-            output="json" if params["json_output"] else "rich",
-            verbosity=params["verbose"],
-            color=params["color"],
-            traceback=params["traceback"],
-        )
-    except UsageError as exc:
-        raise click.UsageError(_with_hint(exc)) from None
-
-
-def _with_hint(exc: SockserveError) -> str:
-    return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+    except OptionError as exc:
+        if exc.param is None:
+            raise click.UsageError(exc.message) from None
+        raise click.BadParameter(exc.message, param_hint=exc.param) from None

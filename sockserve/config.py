@@ -1,13 +1,18 @@
-"""ServeConfig: the validated values one `sockserve` run needs. No sockets, no printing."""
+"""ServeConfig: the validated values one `sockserve` run needs. No sockets, no printing.
+
+`config_from_options` turns the command's options (as click names them) into a ServeConfig;
+both command-line parsers, click's (`cli`) and the quick one (`entry`), go through it.
+"""
 
 from __future__ import annotations
 
-from .errors import UsageError
+from .errors import OptionError, UsageError
 from .records import Factory, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Literal
+    from collections.abc import Callable, Mapping
+    from typing import Any, Literal
 
     from .addresses import Address, Family, SockType
     from .loading import LoadedHandler
@@ -100,3 +105,106 @@ class ServeConfig(Record):
         if self.once:
             return 1
         return self.max_requests
+
+
+def parse_mode(value: Any) -> int:
+    """`--mode` text (600, 0o660) → permission bits; ValueError says what is wrong."""
+    text = str(value).strip().lower().removeprefix("0o")
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an octal mode such as 600 or 660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is outside 000..777")
+    return mode
+
+
+def decode_escapes(text: str) -> bytes:
+    """Turn `--reply` text into bytes, decoding \\n, \\r, \\t, \\\\ and \\xNN escapes."""
+    try:
+        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise OptionError(
+            "invalid escape sequence (use \\n, \\r, \\t, \\\\ or \\xNN)", param="--reply"
+        ) from None
+
+
+def config_from_options(
+    options: Mapping[str, Any],
+    *,
+    handler_given: bool,
+    load: Callable[[str], LoadedHandler] | None = None,
+) -> ServeConfig:
+    """Validate the command's options (click's parameter names) into a ServeConfig.
+
+    `handler_given` tells whether -H was on the command line (else --reply implies -H
+    reply); `load` resolves the handler spec (default: `loading.load_handler`). Raises
+    OptionError, which the click command shows as its usage error.
+    """
+    from .addresses import parse_address, resolve_transport
+    from .loading import check_compatible, load_handler
+
+    try:
+        family, socktype = resolve_transport(
+            options["proto"], options["family"], options["socktype"]
+        )
+    except UsageError as exc:
+        raise OptionError(_with_hint(exc)) from None
+    try:
+        address = parse_address(options["address"], family)
+    except UsageError as exc:
+        raise OptionError(_with_hint(exc), param="'ADDRESS'") from None
+    family = address.family
+    concurrency = options["concurrency"] or default_concurrency(socktype)
+
+    spec = options["handler"]
+    reply = decode_escapes(options["reply"]) if options["reply"] is not None else None
+    reply_file = options["reply_file"]
+    if (reply is not None or reply_file is not None) and not handler_given:
+        spec = "reply"
+    if spec == "reply" and reply is None and reply_file is None:
+        raise OptionError("-H reply needs --reply TEXT or --reply-file PATH")
+    if spec != "reply" and (reply is not None or reply_file is not None):
+        raise OptionError(f"--reply/--reply-file only apply to -H reply, not -H {spec}")
+    try:
+        handler = (load or load_handler)(spec)
+        check_compatible(handler, socktype, concurrency)
+    except UsageError as exc:
+        raise OptionError(_with_hint(exc), param="'-H' / '--handler'") from None
+
+    if options["once"] and options["max_requests"]:
+        raise OptionError("cannot combine --once and --max-requests (--once is --max-requests 1)")
+    try:
+        return ServeConfig(
+            family=family,
+            socktype=socktype,
+            address=address,
+            handler=handler,
+            concurrency=concurrency,
+            max_children=options["max_children"],
+            max_threads=options["max_threads"],
+            daemon_threads=options["daemon_threads"],
+            block_on_close=options["block_on_close"],
+            backlog=options["backlog"],
+            reuse_address=options["reuse_address"],
+            reuse_port=options["reuse_port"],
+            timeout=options["timeout"],
+            mode=options["mode"],
+            reply=reply,
+            reply_file=reply_file,
+            once=options["once"],
+            max_requests=options["max_requests"],
+            grace=options["grace"],
+            workers=options["workers"],
+            print_address=options["print_address"],
+            output="json" if options["json_output"] else "rich",
+            verbosity=options["verbose"],
+            color=options["color"],
+            traceback=options["traceback"],
+        )
+    except UsageError as exc:
+        raise OptionError(_with_hint(exc)) from None
+
+
+def _with_hint(exc: UsageError) -> str:
+    return f"{exc.message}; {exc.hint}" if exc.hint else exc.message

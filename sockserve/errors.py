@@ -45,3 +45,16 @@ class HandlerLoadError(UsageError):
 
 class EnvironmentProblem(SockserveError):
     """The machine refuses (address in use, permission denied, path not a socket): exit 1."""
+
+
+class OptionError(Exception):
+    """A command-line value the click command rejects with a usage error (exit 2).
+
+    `param` names the parameter for click's "Invalid value for PARAM" line ('ADDRESS',
+    "'-H' / '--handler'", '--reply'); None gives a plain usage error.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param

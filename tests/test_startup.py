@@ -1,0 +1,375 @@
+"""Start-up: the quick command-line path (entry) and what a server loads before it listens.
+
+- The quick parser gives the same ServeConfig as the click command, or leaves the command
+  line to click.
+- The real command (`python -m sockserve`, the console script) serves without loading click,
+  rich, logging, dataclasses, typing or inspect.
+- Errors are still click's: message, usage and exit status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from sockserve import addresses, cli, entry
+from sockserve.config import config_from_options
+from sockserve.errors import OptionError
+
+#: Modules the quick path must not load, up to the first echoed byte.
+HEAVY = ("click", "rich", "logging", "dataclasses", "typing", "inspect", "json", "ipaddress")
+
+#: Command lines the quick parser reads itself.
+QUICK = [
+    ["tcp", "127.0.0.1:0"],
+    ["tcp", ":0", "-H", "echo", "-c", "thread", "-q"],
+    ["tcp", "127.0.0.1:9999", "--print-address", "-q"],
+    ["udp", ":0", "-H", "upper"],
+    ["udp", "0.0.0.0:7", "-c", "thread", "--max-threads", "4"],
+    ["tcp", "[::1]:0", "--json"],
+    ["tcp", "*:0", "--family", "inet6"],
+    ["tcp", "localhost:8080", "--type", "stream"],
+    ["tcp", "9999", "-v"],
+    ["tcp", ":0", "-vv", "--no-color"],
+    ["tcp", ":0", "-qv", "--color"],
+    ["tcp", ":0", "-v", "--verbose", "-v"],
+    ["tcp", ":0", "--once", "-H", "discard"],
+    ["tcp", ":0", "--max-requests", "3", "--grace", "0"],
+    ["tcp", ":0", "--timeout", "1.5", "--grace", "2."],
+    ["tcp", ":0", "--timeout", ".25", "--backlog", "0"],
+    ["tcp", ":0", "-c", "fork", "--max-children", "8"],
+    ["tcp", ":0", "-c", "sync", "--workers", "2", "--reuse-port"],
+    ["tcp", ":0", "--daemon-threads", "--no-block-on-close", "--no-reuse-address"],
+    ["tcp", ":0", "--no-daemon-threads", "--block-on-close", "--reuse-address", "--traceback"],
+    ["tcp", ":0", "--reply", "HTTP/1.0 200 OK\\r\\n\\r\\nhi\\n"],
+    ["tcp", ":0", "-H", "reply", "--reply=ok"],
+    ["tcp", ":0", "--handler=chargen", "--concurrency=event"],
+    ["tcp", ":0", "-Hupper", "-cthread"],
+    ["tcp", ":0", "-qHdaytime"],
+    ["-q", "tcp", "-H", "time", ":0"],
+    ["tcp", ":0", "-H", "upper", "-H", "echo"],
+    ["tcp", ":0", "--"],
+    ["--", "tcp", ":0"],
+    ["unix", "/tmp/sockserve-startup.sock", "--mode", "600"],
+    ["unix", "/tmp/sockserve-startup.sock", "--mode", "0o660", "-c", "sync"],
+    ["unix-dgram", "@sockserve-startup", "-H", "upper"],
+    ["udp", "127.0.0.1:0", "-H", "stdout", "-c", "event"],
+]
+
+#: Command lines left to click: help, completion, unusual spellings, values and errors.
+TO_CLICK = [
+    ["--help"],
+    ["-h"],
+    ["-V"],
+    ["--version"],
+    ["--completion", "bash"],
+    ["tcp", ":0", "--help"],
+    ["tcp"],
+    [],
+    ["tcp", ":0", "extra"],
+    ["tcp", ":0", "--bogus"],
+    ["tcp", ":0", "-x"],
+    ["tcp", ":0", "--once=yes"],
+    ["tcp", ":0", "--max-threads", "0"],
+    ["tcp", ":0", "--max-threads", "+4"],
+    ["tcp", ":0", "--backlog", "1_000"],
+    ["tcp", ":0", "--timeout", "0"],
+    ["tcp", ":0", "--timeout", "1e3"],
+    ["tcp", ":0", "--grace", "-1"],
+    ["tcp", ":0", "--mode", "999"],
+    ["tcp", ":0", "-c", "threads"],
+    ["tcp", ":0", "-H"],
+    ["tcp", ":0", "--reply", "-x"],
+    ["TCP", ":0"],
+    ["sctp", ":0"],
+    ["tcp", ":0", "--reply-file", "/nonexistent/reply.txt"],
+    ["tcp", ":0", "--reply-file", "/tmp"],
+]
+
+#: Parsed by the quick parser, then refused by the shared rules (click reports them).
+REFUSED = [
+    ["tcp", "127.0.0.1:99999"],
+    ["tcp", "no port"],
+    ["tcp", ""],
+    ["tcp", "/tmp/a.sock"],
+    ["unix", "127.0.0.1:80"],
+    ["tcp", ":0", "-H", "nope"],
+    ["tcp", ":0", "-H", "reply"],
+    ["tcp", ":0", "-H", "upper", "--reply", "x"],
+    ["tcp", ":0", "--reply", "\\x4"],
+    ["tcp", ":0", "--once", "--max-requests", "2"],
+    ["tcp", ":0", "--max-children", "2"],
+    ["udp", ":0", "--max-threads", "2"],
+    ["tcp", ":0", "--mode", "600"],
+    ["tcp", ":0", "--family", "unix"],
+    ["unix", "/tmp/x.sock", "--type", "dgram"],
+    ["tcp", ":0", "--workers", "2", "--once"],
+]
+
+
+def click_config(args: list[str]) -> Any:
+    """The click command's ServeConfig for `args` (its parser and build_config, no serving)."""
+    ctx = cli.main.make_context("sockserve", list(args))
+    with ctx:
+        return cli.build_config(ctx.params)
+
+
+def quick_config(args: list[str]) -> Any:
+    """The quick path's ServeConfig, or None when it leaves `args` to click."""
+    parsed = entry.parse_args(list(args))
+    if parsed is None:
+        return None
+    params, handler_given = parsed
+    return config_from_options(params, handler_given=handler_given)
+
+
+@pytest.mark.parametrize("args", QUICK, ids=" ".join)
+def test_quick_parser_builds_the_config_click_builds(args: list[str]) -> None:
+    assert entry.parse_args(list(args)) is not None, "expected the quick path"
+    assert quick_config(args) == click_config(args)
+
+
+@pytest.mark.parametrize("args", TO_CLICK, ids=" ".join)
+def test_quick_parser_leaves_the_rest_to_click(args: list[str]) -> None:
+    assert entry.parse_args(list(args)) is None
+
+
+@pytest.mark.parametrize("args", REFUSED, ids=" ".join)
+def test_refused_values_raise_option_error_where_click_has_a_usage_error(
+    args: list[str],
+) -> None:
+    with pytest.raises(OptionError):
+        quick_config(args)
+    with pytest.raises(click.UsageError):
+        click_config(args)
+
+
+def test_reply_file_and_handler_files_take_the_quick_path(tmp_path: Path) -> None:
+    reply = tmp_path / "reply.txt"
+    reply.write_bytes(b"hello\n")
+    handler = tmp_path / "h_quick.py"
+    handler.write_text(
+        "import sockserve\n"
+        "class Upper(sockserve.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.wfile.write(self.rfile.read().upper())\n"
+    )
+    for args in (
+        ["tcp", ":0", "--reply-file", str(reply)],
+        ["tcp", ":0", "-H", "reply", "--reply-file", str(reply), "--timeout", "3"],
+        ["tcp", ":0", "-H", str(handler)],
+        ["tcp", ":0", "-H", f"{handler}:Upper", "-c", "fork"],
+    ):
+        assert entry.parse_args(args) is not None, args
+        assert quick_config(args) == click_config(args), args
+
+
+def test_quick_tables_match_the_click_command() -> None:
+    """Every option the quick parser knows is the click option of the same name, with the
+    same parameter, default and choices."""
+    params = {p.name: p for p in cli.main.params}
+    by_opt = {opt: p for p in cli.main.params for opt in (*p.opts, *p.secondary_opts)}
+    for opt, (dest, value) in entry.FLAGS.items():
+        assert by_opt[opt].name == dest
+        assert value is (opt in by_opt[opt].opts)
+    for opt, (dest, _) in entry.VALUED.items():
+        assert by_opt[opt].name == dest
+        assert not getattr(by_opt[opt], "is_flag", False)
+    for opt, dest in entry.COUNTED.items():
+        assert by_opt[opt].name == dest and by_opt[opt].count
+    with cli.main.make_context("sockserve", ["tcp", ":0"]) as ctx:
+        given = dict(ctx.params)
+    assert {"proto": "tcp", "address": ":0", **entry.DEFAULTS} == given
+    assert list(params["proto"].type.choices) == list(entry._PROTOCOLS)
+    assert list(entry._PROTOCOLS) == list(addresses.TRANSPORTS)
+    for opt in ("--concurrency", "--family", "--type"):
+        convert = entry.VALUED[opt][1]
+        for choice in by_opt[opt].type.choices:
+            assert convert(choice) == choice
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "0.0.0.0", "255.255.255.255", "1.2.3", "1.2.3.4.5", "01.2.3.4", "256.1.1.1",
+     "1.2.3.4 ", "١.2.3.4", "a.b.c.d", "", "1..2.3", "00.0.0.0", "0.0.0.00", "1.2.3.-4"],
+)  # fmt: skip
+def test_dotted_quad_is_what_ipaddress_accepts(host: str) -> None:
+    try:
+        ipaddress.IPv4Address(host)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert addresses._is_dotted_quad(host) is accepted
+
+
+# -- the real command ---------------------------------------------------------------------------
+
+DUMP_MODULES = """
+import atexit, sys
+atexit.register(lambda: print(sorted(sys.modules), flush=True))
+sys.argv[1:] = {args!r}
+"""
+
+
+def _serve_once(command: list[str], *, cwd: str | None = None) -> tuple[list[str], str]:
+    """Run a server command with --print-address --once; echo one message through it.
+
+    Returns its stdout lines after the address, and its stderr.
+    """
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        host, _, port = line.rpartition(":")
+        assert port.isdigit(), (line, proc.stderr.read() if proc.stderr else "")
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(b"ping")
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(100) == b"ping"
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return out.splitlines(), err
+
+
+SERVE_ARGS = ["tcp", "127.0.0.1:0", "--print-address", "-q", "--once"]
+
+
+@pytest.mark.parametrize(
+    "entry_code",
+    [
+        "import runpy; runpy.run_module('sockserve', run_name='__main__', alter_sys=True)",
+        "from sockserve.entry import main; sys.exit(main())",  # what the console script runs
+    ],
+    ids=["python -m sockserve", "console script"],
+)
+@pytest.mark.parametrize("concurrency", ["thread", "sync", "fork"])
+def test_quick_path_serves_without_heavy_modules(entry_code: str, concurrency: str) -> None:
+    code = DUMP_MODULES.format(args=[*SERVE_ARGS, "-c", concurrency]) + entry_code
+    lines, err = _serve_once([sys.executable, "-c", code])
+    assert err == ""
+    loaded = set(eval(lines[-1]))  # the atexit line: sorted(sys.modules)
+    assert "sockserve.runner" in loaded and "sockserve.cli" not in loaded
+    allowed = {"json"} if concurrency == "fork" else set()  # children forward JSON records
+    heavy = [m for m in HEAVY if m in loaded or any(n.startswith(m + ".") for n in loaded)]
+    assert set(heavy) <= allowed, heavy
+
+
+def test_python_m_sockserve_and_console_script_serve() -> None:
+    lines, err = _serve_once([sys.executable, "-m", "sockserve", *SERVE_ARGS])
+    assert (lines[1:], err) == ([], "")
+    script = Path(sys.executable).with_name("sockserve")
+    if not script.exists():
+        pytest.skip("the console script is not installed next to this Python")
+    lines, err = _serve_once([str(script), *SERVE_ARGS])
+    assert (lines[1:], err) == ([], "")
+
+
+def test_logging_set_up_before_the_first_record_when_it_comes() -> None:
+    """The reporter gets the first record even though logging was not loaded at setup."""
+    code = textwrap.dedent(
+        """
+        import io, sys
+        from sockserve.console import PlainReporter, setup_logging
+        from sockserve.socketserver._log import LazyLogger
+        out = io.StringIO()
+        setup_logging(PlainReporter(out), 0)
+        assert "logging" not in sys.modules
+        LazyLogger("sockserve.factory").warning("careful")
+        LazyLogger("sockserve.socketserver").debug("not shown without -vv")
+        print(repr(out.getvalue()))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert (out.stdout.strip(), out.stderr) == ("'warning: careful\\n'", "")
+
+
+# -- errors stay click's ------------------------------------------------------------------------
+
+PROG = "python -m sockserve"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tcp", "127.0.0.1:99999"],
+        ["tcp", ":0", "--bogus"],
+        ["tcp", ":0", "-H", "nope"],
+        ["tcp", ":0", "--once", "--max-requests", "2"],
+        ["tcp", ":0", "--max-threads", "0"],
+        ["tcp", ":0", "-H", "upper", "--reply", "x"],
+        ["sctp", ":0"],
+        ["tcp"],
+    ],
+    ids=" ".join,
+)
+def test_errors_are_clicks(args: list[str]) -> None:
+    expected = CliRunner().invoke(cli.main, args, prog_name=PROG)
+    assert expected.exit_code == 2
+    out = subprocess.run(
+        [sys.executable, "-m", "sockserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", expected.stderr)
+
+
+def test_a_failing_handler_module_runs_once(tmp_path: Path) -> None:
+    """The quick path tried the handler; click reports the failure without a second import."""
+    handler = tmp_path / "broken_once.py"
+    handler.write_text("print('imported', flush=True)\nraise RuntimeError('boom')\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "sockserve", "tcp", ":0", "-H", str(handler)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=str(tmp_path),
+    )
+    assert out.returncode == 2
+    assert out.stdout == "imported\n"
+    assert "Error: Invalid value for '-H' / '--handler': importing" in out.stderr
+    assert "RuntimeError: boom" in out.stderr
+
+
+def test_environment_errors_are_the_commands() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "sockserve", "tcp", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"sockserve: error: address 127.0.0.1:{port} is already in use")
+    assert "Traceback" not in out.stderr
+
+
+def test_completion_requests_go_to_click(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("_SOCKSERVE_COMPLETE", "bash_complete")
+    assert entry._completing()
+    monkeypatch.delenv("_SOCKSERVE_COMPLETE")
+    assert not entry._completing()
