@@ -12,7 +12,6 @@ and any usage error.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 
@@ -322,6 +321,8 @@ def _exit(status: ExitStatus, as_command: bool) -> None:
     print a traceback.
     """
     if as_command:
+        import signal
+
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if stuck:
