@@ -280,7 +280,7 @@ def main(**params: Any) -> None:
     Listens on loopback unless ADDRESS names another interface. Ctrl-C or SIGTERM stops it
     gracefully and prints a summary; a second Ctrl-C forces the exit.
     """
-    entry.serve_command(params, lambda: build_config(params), as_command=_as_command)
+    entry.serve_command(params, lambda: build_config(params), lambda status: _exit(status))
 
 
 _as_command = False
@@ -294,6 +294,11 @@ def command(loads: Any = None) -> None:
     global _as_command
     _as_command = True
     main(obj=loads)
+
+
+def _exit(status: Any) -> None:
+    """Exit as the command does (see entry.exit_command)."""
+    entry.exit_command(status, as_command=_as_command)
 
 
 def decode_escapes(text: str) -> bytes:

@@ -253,7 +253,7 @@ def main() -> None:
         return config_from_options(params, handler_given=handler_given, load=loads.load_handler)
 
     try:
-        serve_command(params, build, as_command=True)
+        serve_command(params, build, lambda status: exit_command(status, as_command=True))
     except OptionError:
         _with_click(loads)  # raised before anything else was done: click reports it
     except OSError as exc:  # as click's standalone mode does
@@ -275,9 +275,11 @@ def _with_click(loads: _RememberedLoads | None = None) -> None:
 
 
 def serve_command(
-    params: dict[str, Any], build: Callable[[], ServeConfig], as_command: bool
+    params: dict[str, Any],
+    build: Callable[[], ServeConfig],
+    finish: Callable[[ExitStatus], None],
 ) -> None:
-    """The command itself, after parsing: build the config, serve, exit with the status.
+    """The command itself, after parsing: build the config, serve, `finish(status)`.
 
     A SockserveError is printed as `sockserve: error: ...` plus its hint (`--traceback`
     raises it instead); anything else `build` raises is the caller's to report.
@@ -293,13 +295,13 @@ def serve_command(
     except KeyboardInterrupt:
         # Ctrl-C after the run restored the default handler (while the summary is printed):
         # the user wants out, and has had the summary or is about to lose only that.
-        _exit(ExitStatus.INTERRUPTED, as_command)
+        finish(ExitStatus.INTERRUPTED)
     except SockserveError as exc:
         if params["traceback"]:
             raise
         _reporter(params).fatal(exc.message, exc.hint)
         sys.exit(int(exc.exit_status))
-    _exit(status, as_command)
+    finish(status)
 
 
 def _reporter(params: dict[str, Any]) -> PlainReporter:
@@ -313,7 +315,7 @@ def _reporter(params: dict[str, Any]) -> PlainReporter:
     )
 
 
-def _exit(status: ExitStatus, as_command: bool) -> None:
+def exit_command(status: ExitStatus, *, as_command: bool) -> None:
     """Exit; if a hung non-daemon handler thread would hold the process, leave at once.
 
     Ctrl-C is ignored from here on (in the command, not when called as a function): the run
