@@ -81,6 +81,21 @@ class RunMonitor:
             os.set_blocking(r, False)
             self._pipe = (r, w)
         self._partial = b""
+        if (
+            config.socktype == "dgram"
+            and config.concurrency in ("sync", "event")
+            and config.output == "rich"
+            and (reporter.quiet or config.verbosity < 1)
+        ):
+            # A record per datagram, all from one thread, that the reporter would not show.
+            self.record = self._count  # type: ignore[method-assign]
+
+    def _count(self, client: Any, received: int, sent: int) -> None:
+        """`record` where it only has to count: one thread, nothing to print or forward."""
+        stats = self.stats
+        stats.requests += 1
+        stats.bytes_in += received
+        stats.bytes_out += sent
 
     def become_worker(self) -> None:
         """In a --workers process: act as the parent of its own request children."""

@@ -280,6 +280,44 @@ def test_monitor_in_a_worker_counts_for_itself() -> None:
     assert monitor.stats.requests == 0  # the worker's count stayed in the worker
 
 
+@pytest.mark.parametrize(
+    ("args", "quiet", "counts_only"),
+    [
+        (["udp", "127.0.0.1:0", "-c", "sync"], False, True),
+        (["udp", "127.0.0.1:0", "-c", "event"], True, True),
+        (["udp", "127.0.0.1:0", "-c", "sync", "-v"], False, False),  # prints a line each
+        (["udp", "127.0.0.1:0", "-c", "sync", "--json"], False, False),  # an event each
+        (["udp", "127.0.0.1:0", "-c", "thread", "-H", "stdout"], False, False),  # threads
+        (["tcp", "127.0.0.1:0", "-c", "sync"], False, False),
+    ],
+)
+def test_monitor_only_counts_datagrams_it_would_not_show(
+    args: list[str], quiet: bool, counts_only: bool
+) -> None:
+    """One thread and nothing to print: a datagram's record is three additions, no lock."""
+    import io
+
+    from sockserve import cli
+    from sockserve.console import PlainReporter
+    from sockserve.runner import RunMonitor
+
+    ctx = cli.main.make_context("sockserve", args)
+    with ctx:
+        config = cli.build_config(ctx.params)
+    out = io.StringIO()
+    monitor = RunMonitor(PlainReporter(out, config.verbosity, quiet=quiet), config)
+    try:
+        assert (monitor.record == monitor._count) is counts_only
+        monitor.record(("127.0.0.1", 1), 10, 12)
+        monitor.record(("127.0.0.1", 2), 5, 0)
+    finally:
+        monitor.close()
+    stats = monitor.stats
+    assert (stats.requests, stats.bytes_in, stats.bytes_out) == (2, 15, 12)
+    if counts_only:
+        assert out.getvalue() == ""
+
+
 def test_serve_path_imports_neither_json_nor_rich() -> None:
     """What `sockserve tcp :0` imports before it listens: json only for --json / fork mode, rich
     only at the first line printed on a terminal."""
