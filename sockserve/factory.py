@@ -9,12 +9,14 @@ idle timeouts, byte counts and events for a Monitor, and a request limit.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
 import socket
 import stat
 import sys
+import threading
 import time
 
 from . import socketserver as ss
@@ -24,6 +26,7 @@ from .socketserver._log import LazyLogger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Protocol
 else:
     Protocol = object  # typing (~3 ms to import) only for type checkers
@@ -117,6 +120,88 @@ class _CountingDatagramSocket:
         return getattr(self._sock, name)
 
 
+def _wake_connection(
+    listener: socket.socket, register: Callable[[Any, socket.socket], None]
+) -> bool:
+    """Connect to our own listening socket from an address we know, for `_trim_acceptors`.
+
+    `register(address, our_end)` runs before the connect, so that the thread that accepts the
+    connection knows it for ours. False where we cannot name such an address."""
+    family = listener.family
+    here = listener.getsockname()
+    if family == getattr(socket, "AF_UNIX", None):
+        if not sys.platform.startswith("linux"):
+            return False  # an unbound unix client has no address to tell it apart
+        name = f"\0sockserve-wake-{os.getpid()}-{id(listener)}-{time.monotonic_ns()}"
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        target = here
+    else:
+        loopback = "127.0.0.1" if family == socket.AF_INET else "::1"
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        name = (loopback, 0)
+        target = (loopback, *here[1:]) if here[0] in ("0.0.0.0", "::") else here
+    try:
+        sock.bind(name)
+        sock.setblocking(False)
+        register(sock.getsockname(), sock)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(target)
+    except OSError:
+        sock.close()
+        return False
+    return True
+
+
+class _Acceptors:
+    """The bookkeeping of the threads that take connections themselves (`threads_accept`).
+
+    `ready` counts the threads not serving a connection: waiting in accept, or on their way
+    back there. The thread that takes the last ready one's place starts another one first.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ready = 0
+        self.stopping = False
+        self.busy = False  # a connection was taken since the loop last looked
+        self.wakers: dict[Any, socket.socket] = {}  # the loop's wake-up connections, by address
+
+    def add(self, count: int) -> None:
+        """`count` more (a thread about to start) or fewer (one that ends) ready threads."""
+        with self.lock:
+            self.ready += count
+
+    def took(self) -> bool:
+        """Back from accept with a connection: True when no thread is ready any more."""
+        with self.lock:
+            self.ready -= 1
+            return self.ready == 0 and not self.stopping
+
+    def retire(self, waker_address: Any) -> bool:
+        """A thread took one of the loop's wake-up connections: True if it is to end (others
+        are ready), False if it is the last ready one and goes back to accept."""
+        with self.lock:
+            ours = self.wakers.pop(waker_address, None)
+            retired = self.ready > 1
+            if retired:
+                self.ready -= 1
+        if ours is not None:
+            ours.close()
+        return retired
+
+    def served(self, most: int) -> bool:
+        """Done with a connection: True to go back to accept, while fewer than `most` are."""
+        with self.lock:
+            if self.stopping or self.ready >= most:
+                return False
+            self.ready += 1
+            return True
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+
+
 class ToolServerMixIn:
     """What the sockserve command adds to a framework server (see the module docstring)."""
 
@@ -133,6 +218,14 @@ class ToolServerMixIn:
     #: mode: each accept only hands the connection over); the listener is non-blocking then.
     accept_batch = 1
     _accepted = 0
+    #: Thread mode, builtin stream handler, no --max-threads: handler threads wait in accept()
+    #: themselves (the kernel wakes one per connection) and serve what they accept, so no
+    #: connection is handed from thread to thread; the loop thread only waits for the stop.
+    #: One thread always waits in accept, so connections never wait for each other; a thread
+    #: done with its connection waits for the next one while fewer than `idle_acceptors` do.
+    threads_accept = False
+    idle_acceptors = 8
+    _acceptors: _Acceptors | None = None
     idle_timeout: float | None = None
     unix_mode: int | None = None
     request_limit: int | None = None
@@ -213,6 +306,75 @@ class ToolServerMixIn:
             request = (data, _CountingDatagramSocket(sock, client))
         return request, client
 
+    # -- threads waiting in accept (threads_accept) ------------------------------------------
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """The framework loop; with `threads_accept`, first start a thread waiting in accept,
+        and once the loop stops, wake every thread still waiting there."""
+        if not self.threads_accept:
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+            return
+        self._acceptors = _Acceptors()
+        self._start_acceptor()
+        try:
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+        finally:
+            self._acceptors.stop()
+            with contextlib.suppress(OSError):  # wakes accept() with EINVAL; no more clients
+                self.socket.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
+            self._close_wakers()
+
+    def _start_acceptor(self) -> None:
+        acceptors = self._acceptors
+        assert acceptors is not None
+        thread = threading.Thread(target=self._accept_and_serve, daemon=self.daemon_threads)  # type: ignore[attr-defined]
+        acceptors.add(1)
+        self._request_threads().threads.add(thread)  # type: ignore[attr-defined]
+        try:
+            thread.start()
+        except BaseException:
+            self._request_threads().discard(thread)  # type: ignore[attr-defined]
+            acceptors.add(-1)
+            raise
+
+    def _accept_and_serve(self) -> None:
+        """A handler thread: accept a connection, see that another thread is ready to accept
+        the next one, serve the connection; again while few enough are ready."""
+        acceptors = self._acceptors
+        assert acceptors is not None
+        try:
+            while True:
+                try:
+                    request, client_address = self.get_request()
+                except OSError:
+                    if acceptors.stopping:  # the loop shut the socket down to wake us
+                        acceptors.add(-1)
+                        return
+                    continue  # EMFILE (get_request waited), a connection aborted early
+                if acceptors.wakers and client_address in acceptors.wakers:
+                    self.close_request(request)  # the loop is trimming idle threads
+                    if acceptors.retire(client_address):
+                        return
+                    continue
+                acceptors.busy = True
+                if acceptors.took():
+                    try:
+                        self._start_acceptor()
+                    except (OSError, RuntimeError) as exc:
+                        self._refuse(request, client_address, exc)  # this thread accepts instead
+                        request = None
+                if request is None:
+                    pass
+                elif self.verify_request(request, client_address) and self._admit(
+                    request, client_address
+                ):
+                    self.process_request_thread(request, client_address)  # type: ignore[attr-defined]
+                else:
+                    self.shutdown_request(request)
+                if not acceptors.served(self.idle_acceptors):
+                    return
+        finally:
+            self._request_threads().discard(threading.current_thread())  # type: ignore[attr-defined]
+
     def server_activate(self) -> None:
         super().server_activate()  # type: ignore[misc]
         if self.accept_batch > 1:
@@ -265,9 +427,38 @@ class ToolServerMixIn:
             if self.stop_reason is not None:
                 return
 
+    def _trim_acceptors(self) -> None:
+        """Run by the loop every poll_interval: after a whole interval with no connection,
+        end the threads ready beyond one, each by a connection of our own that it takes."""
+        acceptors = self._acceptors
+        if acceptors is None or acceptors.wakers:  # the last ones are still on their way
+            return
+        if acceptors.busy or acceptors.stopping:
+            acceptors.busy = False
+            return
+        surplus = acceptors.ready - 1
+
+        def register(address: Any, sock: socket.socket) -> None:
+            with acceptors.lock:
+                acceptors.wakers[address] = sock
+
+        for _ in range(max(surplus, 0)):
+            if not _wake_connection(self.socket, register):  # type: ignore[attr-defined]
+                return
+
+    def _close_wakers(self) -> None:
+        acceptors = self._acceptors
+        if acceptors is not None and acceptors.wakers:
+            with acceptors.lock:
+                wakers, acceptors.wakers = acceptors.wakers, {}
+            for sock in wakers.values():
+                sock.close()
+
     def service_actions(self) -> None:
         """Run the mixin's actions (reaping), then report what forked children sent."""
         super().service_actions()  # type: ignore[misc]
+        if self._acceptors is not None:
+            self._trim_acceptors()
         poll = getattr(self.monitor, "poll", None)
         if poll is not None:
             poll()
@@ -294,13 +485,26 @@ class ToolServerMixIn:
         wake = getattr(self, "_wakeup_fd", lambda: None)()
         select.select([wake] if wake is not None else [], [], [], self._accept_backoff)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Report the request, stop accepting after the request limit, then dispatch it."""
-        self.requests_started += 1
+    def _admit(self, request: Any, client_address: Any) -> bool:
+        """Count and report the request, and stop at the request limit; False for a request
+        past the limit (threads in accept may take one more before the loop stops them)."""
+        acceptors = self._acceptors
+        if acceptors is not None:
+            with acceptors.lock:
+                if self.request_limit is not None and self.requests_started >= self.request_limit:
+                    return False
+                self.requests_started += 1
+        else:
+            self.requests_started += 1
         if self.monitor is not None and self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
             self.monitor.connected(client_address)
         if self.request_limit is not None and self.requests_started >= self.request_limit:
             self.request_stop("request limit reached")
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Report the request, stop accepting after the request limit, then dispatch it."""
+        self._admit(request, client_address)
         if self.inline_requests:  # a reply that never waits costs less than a thread start
             ss.BaseServer.process_request(self, request, client_address)  # type: ignore[arg-type]
             return
@@ -356,7 +560,15 @@ class ToolServerMixIn:
         super().finish_request(request, client_address)  # type: ignore[misc]
 
     def shutdown_request(self, request: Any) -> None:
-        """Report byte counts of a user handler's request, then close it."""
+        """Report byte counts of a user handler's request, then shut it down and close it.
+
+        With `threads_accept` (a builtin, in threads of this process) close alone sends the
+        FIN: no forked child holds the descriptor, and shutdown would be one more system
+        call, mostly failing on a connection the client already reset.
+        """
+        if self.threads_accept:
+            self.close_request(request)
+            return
         if not self.builtin_handler and self.monitor is not None:
             if isinstance(request, CountingSocket):
                 self.monitor.record(request.client, request.received, request.sent)
@@ -492,6 +704,12 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         and config.socktype == "dgram"
         and config.handler.builtin in INLINE_DATAGRAM_BUILTINS
     )
+    threads_accept = (
+        concurrency == "thread"
+        and config.socktype == "stream"
+        and config.handler.builtin is not None
+        and config.max_threads is None
+    )
     attrs: dict[str, Any] = {
         "monitor": monitor,
         "builtin_handler": config.handler.builtin is not None,
@@ -509,7 +727,11 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         "daemon_threads": config.daemon_threads,
         # Our builtins keep nothing in threading.local: their threads can take the next request.
         "reuse_threads": config.handler.builtin is not None,
-        "accept_batch": 16 if concurrency == "thread" and config.socktype == "stream" else 1,
+        "threads_accept": threads_accept,
+        "_loop_takes_requests": not threads_accept,
+        "accept_batch": 16
+        if concurrency == "thread" and config.socktype == "stream" and not threads_accept
+        else 1,
         "block_on_close": config.block_on_close,
     }
     if config.max_children is not None:

@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 import threading
+import time
 
 import pytest
 
@@ -304,17 +305,20 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
 
 
 @pytest.mark.parametrize(
-    ("args", "reuse", "batch"),
+    ("args", "reuse", "batch", "accepting_threads"),
     [
-        (["tcp", ":0", "-H", "echo"], True, 16),
-        (["tcp", ":0", "-H", "examples/handler_stream.py"], False, 16),  # threading.local
-        (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1),  # no threads to reuse anyway
-        (["udp", ":0", "-H", "stdout", "-c", "thread"], True, 1),
+        (["tcp", ":0", "-H", "echo"], True, 1, True),
+        (["tcp", ":0", "-H", "echo", "--max-threads", "4"], True, 16, False),  # the bound
+        (["tcp", ":0", "-H", "examples/handler_stream.py"], False, 16, False),  # a user's
+        (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1, False),
+        (["udp", ":0", "-H", "stdout", "-c", "thread"], True, 1, False),
     ],
 )
-def test_builtin_handler_threads_are_reused_and_thread_mode_accepts_in_batches(
-    args: list[str], reuse: bool, batch: int, captured: list
+def test_how_thread_mode_takes_connections(
+    args: list[str], reuse: bool, batch: int, accepting_threads: bool, captured: list
 ) -> None:
+    """Builtins: handler threads accept for themselves; otherwise the loop accepts (up to 16
+    waiting connections per wake-up) and hands each over; builtins' threads are reused."""
     from sockserve import builtin_handlers as bh
     from sockserve.factory import make_server
 
@@ -328,6 +332,111 @@ def test_builtin_handler_threads_are_reused_and_thread_mode_accepts_in_batches(
     server = make_server(config, handler)
     try:
         assert (server.reuse_threads, server.accept_batch) == (reuse, batch)
+        assert server.threads_accept is accepting_threads
+        assert server._loop_takes_requests is not accepting_threads
         assert server.socket.getblocking() is (batch == 1)
     finally:
         server.server_close()
+
+
+def _accepting_server(captured: list, *extra: str) -> tuple[ToolServerMixIn, threading.Thread]:
+    """A thread-mode TCP echo server whose handler threads accept (serving, in a thread)."""
+    from clitools import RecordsObserver
+
+    from sockserve import builtin_handlers as bh
+    from sockserve.factory import make_server
+
+    config = _config(captured, "tcp", "127.0.0.1:0", "-H", "echo", *extra)
+    handler = bh.stream_handler("echo", bh.HandlerOptions(observer=RecordsObserver()))
+    server = make_server(config, handler)
+    assert server.threads_accept
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    return server, thread
+
+
+def _stop(server: ToolServerMixIn, thread: threading.Thread) -> float:
+    start = time.monotonic()
+    server.shutdown()
+    thread.join(5)
+    server.server_close()
+    return time.monotonic() - start
+
+
+def _accept_threads(server: ToolServerMixIn) -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.endswith("(_accept_and_serve)")}
+
+
+def test_accepting_threads_never_make_a_connection_wait(captured: list) -> None:
+    """Twelve connections held open at once (more than idle_acceptors), then a thirteenth:
+    it is answered at once, so a thread was always waiting in accept."""
+    server, thread = _accepting_server(captured)
+    held: list[socket.socket] = []
+    try:
+        for i in range(12):
+            sock = socket.create_connection(server.server_address, timeout=5)
+            held.append(sock)
+            sock.sendall(b"%d" % i)
+            assert sock.recv(10) == b"%d" % i  # each is being served, in its own thread
+        with socket.create_connection(server.server_address, timeout=5) as last:
+            last.sendall(b"last")
+            assert last.recv(10) == b"last"
+        assert len(_accept_threads(server)) >= 13
+    finally:
+        for sock in held:
+            sock.close()
+        took = _stop(server, thread)
+    assert took < 2.0, f"stop took {took:.3f}s"
+    assert not _accept_threads(server)
+
+
+def test_idle_accepting_threads_are_trimmed_to_one(captured: list) -> None:
+    """After a burst, a whole poll interval with no connection ends the threads beyond one
+    (the loop connects to itself once per thread to end); the next client is still served."""
+    server, thread = _accepting_server(captured)
+    try:
+        held = [socket.create_connection(server.server_address, timeout=5) for _ in range(6)]
+        for sock in held:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+            sock.close()
+        deadline = time.monotonic() + 5
+        while len(_accept_threads(server)) > 1:  # a /proc-like figure: no event to wait on
+            assert time.monotonic() < deadline, f"{len(_accept_threads(server))} threads left"
+            time.sleep(0.01)
+        assert server._acceptors.ready == 1
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"after")
+            assert sock.recv(10) == b"after"
+        served = server.requests_started
+    finally:
+        _stop(server, thread)
+    assert served == 7  # the loop's own wake-up connections are not counted
+
+
+def test_accepting_threads_keep_the_request_limit_exact(captured: list) -> None:
+    server, thread = _accepting_server(captured, "--max-requests", "3")
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(6):
+            try:
+                sock = socket.create_connection(server.server_address, timeout=5)
+                sock.sendall(b"n")
+            except OSError:
+                continue  # the third connection stopped the server: refused
+            clients.append(sock)
+        thread.join(5)  # the limit stops the loop by itself
+        assert not thread.is_alive()
+        answered = 0
+        for sock in clients:
+            try:
+                answered += sock.recv(10) == b"n"
+            except OSError:
+                pass  # refused: reset, or the listener shut down
+    finally:
+        for sock in clients:
+            sock.close()
+        server.server_close()
+    assert server.stop_reason == "request limit reached"
+    assert server.requests_started == 3
+    assert answered == 3

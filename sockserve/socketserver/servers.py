@@ -83,6 +83,10 @@ class BaseServer:
     """
 
     timeout: float | None = None
+    #: sockserve's hook for a server whose requests are taken by other threads (the command's
+    #: threads waiting in accept): when False, `serve_forever` leaves the socket alone; it
+    #: only runs `service_actions()` every `poll_interval` until `shutdown()`.
+    _loop_takes_requests = True
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         """Store the address and handler class; subclasses create the socket."""
@@ -114,7 +118,8 @@ class BaseServer:
             self.__waker = _Waker()
         try:
             with _ServerSelector() as selector:
-                selector.register(self, selectors.EVENT_READ)
+                if self._loop_takes_requests:
+                    selector.register(self, selectors.EVENT_READ)
                 selector.register(self.__waker, selectors.EVENT_READ)
                 while not self.__shutdown_request:
                     events = selector.select(poll_interval)
