@@ -345,9 +345,11 @@ class ToolServerMixIn:
             while True:
                 try:
                     request, client_address = self.get_request()
-                except OSError:
-                    if acceptors.stopping:  # the loop shut the socket down to wake us
+                except OSError as exc:
+                    if acceptors.stopping or exc.errno == errno.EINVAL:
                         acceptors.add(-1)
+                        if not acceptors.stopping:  # shut down by someone else: serve no more
+                            self.request_stop("the listening socket was shut down")
                         return
                     continue  # EMFILE (get_request waited), a connection aborted early
                 if acceptors.wakers and client_address in acceptors.wakers:
@@ -709,6 +711,7 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         and config.socktype == "stream"
         and config.handler.builtin is not None
         and config.max_threads is None
+        and config.workers == 1  # workers share one listener: its shutdown would stop them all
     )
     attrs: dict[str, Any] = {
         "monitor": monitor,

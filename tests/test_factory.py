@@ -309,6 +309,7 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
     [
         (["tcp", ":0", "-H", "echo"], True, 1, True),
         (["tcp", ":0", "-H", "echo", "--max-threads", "4"], True, 16, False),  # the bound
+        (["tcp", ":0", "-H", "echo", "--workers", "2"], True, 16, False),  # shared listener
         (["tcp", ":0", "-H", "examples/handler_stream.py"], False, 16, False),  # a user's
         (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1, False),
         (["udp", ":0", "-H", "stdout", "-c", "thread"], True, 1, False),
