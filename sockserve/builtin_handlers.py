@@ -74,12 +74,11 @@ import os
 import select
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
-import weakref
 from _socket import socket as _RawSocket
+from _weakrefset import WeakSet  # weakref's WeakSet; threading has loaded it already
 
 from .records import Record
 from .socketserver import BaseRequestHandler
@@ -237,7 +236,7 @@ def daytime_line(now: float | None = None) -> bytes:
 def time_bytes(now: float | None = None) -> bytes:
     """The RFC 868 answer: seconds since 1900-01-01 00:00 UTC, 32-bit big-endian (wraps)."""
     seconds = int(time.time() if now is None else now) + _RFC868_EPOCH_OFFSET
-    return struct.pack("!I", seconds & 0xFFFFFFFF)
+    return (seconds & 0xFFFFFFFF).to_bytes(4, "big")
 
 
 def _upper(data: Any) -> bytes:
@@ -293,7 +292,7 @@ def _fileno(stream: Any) -> int | None:
         return None
 
 
-_WRITERS: weakref.WeakSet[_OutputWriter] = weakref.WeakSet()
+_WRITERS: WeakSet[_OutputWriter] = WeakSet()
 
 
 class _OutputWriter:
