@@ -718,7 +718,11 @@ class _StreamBuiltin(BaseRequestHandler):
         self.sent = 0
         self.watch = self.shared.watcher()
         sock = self.request
-        if self.nodelay and _family(sock) in _INET_FAMILIES:
+        if (
+            self.nodelay
+            and not getattr(self.server, "nodelay_inherited", False)  # sockserve's servers
+            and _family(sock) in _INET_FAMILIES
+        ):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

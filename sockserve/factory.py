@@ -225,6 +225,9 @@ class ToolServerMixIn:
     #: done with its connection waits for the next one while fewer than `idle_acceptors` do.
     threads_accept = False
     idle_acceptors = 8
+    #: Accepted connections come with TCP_NODELAY already (set on the listener): the builtins
+    #: then skip setting it on each.
+    nodelay_inherited = False
     _acceptors: _Acceptors | None = None
     idle_timeout: float | None = None
     unix_mode: int | None = None
@@ -378,9 +381,23 @@ class ToolServerMixIn:
             self._request_threads().discard(threading.current_thread())  # type: ignore[attr-defined]
 
     def server_activate(self) -> None:
+        """Listen; a non-blocking listener for `accept_batch`, and for the builtins TCP_NODELAY
+        set once on the listener, which Linux hands down to every accepted connection."""
         super().server_activate()  # type: ignore[misc]
         if self.accept_batch > 1:
             self.socket.setblocking(False)  # type: ignore[attr-defined]
+        if (
+            self.builtin_handler
+            and sys.platform.startswith("linux")
+            and self.address_family in (socket.AF_INET, socket.AF_INET6)  # type: ignore[attr-defined]
+            and self.socket_type == socket.SOCK_STREAM  # type: ignore[attr-defined]
+        ):
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+            except OSError:
+                pass
+            else:
+                self.nodelay_inherited = True
 
     def _handle_request_noblock(self) -> None:
         """Serve what is waiting: datagram builtins take the lean path (`_serve_datagrams`);
