@@ -22,7 +22,8 @@ BaseRequestHandler and override `handle`, or StreamRequestHandler / DatagramRequ
 get file objects (`rfile`, `wfile`) for either kind of socket.
 
 Where sockserve goes further than the stdlib, it keeps the stdlib's behaviour by default:
-`shutdown()` wakes the loop at once; `ThreadingMixIn.max_threads` bounds the threads;
+`shutdown()` wakes the loop at once; `ThreadingMixIn.max_threads` bounds the threads, and
+`ThreadingMixIn.reuse_threads` lets a thread take the next request instead of ending;
 `ForkingMixIn` waits for a free child slot on pidfds instead of polling; `dualstack_ipv6`
 lets a server on "::" accept IPv4; errors are logged through `logging`. The Unix and Forking
 classes exist where the platform has AF_UNIX and fork(), all of them on Python 3.11 too.
