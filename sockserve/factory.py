@@ -367,6 +367,9 @@ class ToolServerMixIn:
                     except (OSError, RuntimeError) as exc:
                         self._refuse(request, client_address, exc)  # this thread accepts instead
                         request = None
+                    else:
+                        if self._dispatch_failing_since is not None:
+                            self._dispatching_again()
                 if request is None:
                     pass
                 elif self.verify_request(request, client_address) and self._admit(
@@ -536,10 +539,13 @@ class ToolServerMixIn:
             self._refuse(request, client_address, exc)
             return
         if self._dispatch_failing_since is not None:
-            took = time.monotonic() - self._dispatch_failing_since
-            refused, self._dispatch_refused = self._dispatch_refused, 0
-            self._dispatch_failing_since = None
-            self._tell(f"serving again after {took:.2f}s ({refused} refused)")
+            self._dispatching_again()
+
+    def _dispatching_again(self) -> None:
+        took = time.monotonic() - (self._dispatch_failing_since or 0.0)
+        refused, self._dispatch_refused = self._dispatch_refused, 0
+        self._dispatch_failing_since = None
+        self._tell(f"serving again after {took:.2f}s ({refused} refused)")
 
     def _refuse(self, request: Any, client_address: Any, exc: BaseException) -> None:
         """Close a request no thread or child could take (fork EAGAIN...); warn once."""

@@ -804,6 +804,7 @@ def test_thread_start_failure_refuses_the_request_cleanly(
         assert exchange(addr, b"served") == b"served"
     log = out.getvalue()
     assert log.count("warning: cannot start a thread for a new request") == 1, log
+    assert "serving again after" in log and "(1 refused)" in log
     assert "Traceback" not in log
 
 
