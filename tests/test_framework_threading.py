@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.leakcheck
 
 
-def test_requests_overlap(transport: Transport, run_server: Callable[..., Any]) -> None:
-    """Two handlers that each wait for the other both finish: they ran at the same time."""
-    barrier = threading.Barrier(2, timeout=5)
+def meeting(base: type[Any], barrier: threading.Barrier, seen: list[Any]) -> type[Any]:
+    """A handler that waits at `barrier` for another request, then replies b"met" (b"alone"
+    when the wait fails); it notes its thread in `seen`."""
 
-    class Meet(transport.Handler):
+    class Meet(base):
         def handle(self) -> None:
+            seen.append(threading.current_thread())
             self.read()
             try:
                 barrier.wait()
@@ -34,7 +35,13 @@ def test_requests_overlap(transport: Transport, run_server: Callable[..., Any]) 
             else:
                 self.reply(b"met")
 
-    server = transport.make(Meet, "threading")
+    return Meet
+
+
+def test_requests_overlap(transport: Transport, run_server: Callable[..., Any]) -> None:
+    """Two handlers that each wait for the other both finish: they ran at the same time."""
+    barrier = threading.Barrier(2, timeout=5)
+    server = transport.make(meeting(transport.Handler, barrier, []), "threading")
     run_server(server)
     start = time.monotonic()
     with transport.client(server) as first, transport.client(server) as second:
@@ -408,6 +415,14 @@ def wait_idle(server: Any, count: int) -> None:
         time.sleep(0.001)
 
 
+def ask(transport: Transport, server: Any, data: bytes) -> None:
+    """One request through `handle_request`, answered with `data` itself."""
+    with transport.client(server) as client:
+        client.sendall(data)
+        server.handle_request()
+        assert transport.receive(client) == data
+
+
 class Recorder:
     """A handler that notes its thread and answers; `finished` counts finished requests."""
 
@@ -437,10 +452,7 @@ def test_reused_thread_takes_the_next_request(transport: Transport) -> None:
     )
     with server:
         for n in range(4):
-            with transport.client(server) as client:
-                client.sendall(b"%d" % n)
-                server.handle_request()
-                assert transport.receive(client) == b"%d" % n
+            ask(transport, server, b"%d" % n)
             assert rec.finished.acquire(timeout=5)
             wait_idle(server, 1)
         assert len(rec.threads) == 4 and len(set(rec.threads)) == 1
@@ -456,19 +468,12 @@ def test_reused_threads_still_overlap(transport: Transport, run_server: Callable
     """An idle thread takes a request only when it is free: two at once get two threads."""
     barrier = threading.Barrier(2, timeout=5)
     seen: list[threading.Thread] = []
-
-    class Meet(transport.Handler):
-        def handle(self) -> None:
-            seen.append(threading.current_thread())
-            self.read()
-            try:
-                barrier.wait()
-            except threading.BrokenBarrierError:
-                self.reply(b"alone")
-            else:
-                self.reply(b"met")
-
-    server = transport.make(Meet, "threading", reuse_threads=True, thread_idle_timeout=30)
+    server = transport.make(
+        meeting(transport.Handler, barrier, seen),
+        "threading",
+        reuse_threads=True,
+        thread_idle_timeout=30,
+    )
     run_server(server)
     for _ in range(2):  # the second round runs on the two threads of the first
         barrier.reset()
@@ -486,10 +491,7 @@ def test_idle_reused_thread_ends_after_the_idle_timeout(transport: Transport) ->
         rec.handler(transport.Handler), "threading", reuse_threads=True, thread_idle_timeout=0.05
     )
     with server:
-        with transport.client(server) as client:
-            client.sendall(b"x")
-            server.handle_request()
-            assert transport.receive(client) == b"x"
+        ask(transport, server, b"x")
         rec.threads[0].join(5)  # no request comes: the thread ends by itself
         assert not rec.threads[0].is_alive()
         assert server.live_threads == 0
@@ -503,10 +505,7 @@ def test_threads_are_not_reused_unless_asked_or_when_bounded(
     reuse = {"reuse_threads": True} if attrs else {}
     with transport.make(rec.handler(transport.Handler), "threading", **reuse, **attrs) as server:
         for n in range(2):
-            with transport.client(server) as client:
-                client.sendall(b"%d" % n)
-                server.handle_request()
-                assert transport.receive(client) == b"%d" % n
+            ask(transport, server, b"%d" % n)
             assert rec.finished.acquire(timeout=5)
             rec.threads[-1].join(5)
     assert rec.threads[0] is not rec.threads[1]
