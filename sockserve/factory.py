@@ -101,6 +101,52 @@ class CountingSocket(socket.socket):
         return n
 
 
+#: Offsets in Linux's struct tcp_info (uapi/linux/tcp.h; fields are only ever appended):
+#: tcpi_state (u8), tcpi_bytes_received (u64), tcpi_notsent_bytes (u32), tcpi_bytes_sent
+#: and tcpi_bytes_retrans (u64, Linux 5.5+). A shorter answer means an older kernel.
+_TCPI_BYTES_RECEIVED = 128
+_TCPI_NOTSENT_BYTES = 144
+_TCPI_BYTES_SENT = 200
+_TCPI_END = 216
+#: TCP states in which the peer's FIN has arrived (it counts as one byte received):
+#: CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT.
+_TCP_FIN_RECEIVED = frozenset({8, 9, 11, 6})
+
+
+def _kernel_counts_work(sock: socket.socket) -> bool:
+    """True if the kernel keeps the byte counts `_tcp_byte_counts` reads, for this socket."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        return len(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_END)) >= _TCPI_END
+    except OSError:
+        return False
+
+
+def _tcp_byte_counts(sock: socket.socket) -> tuple[int, int]:
+    """(received, sent) on a TCP connection, as the kernel counted them: bytes that arrived
+    (not the peer's FIN) less those still unread, and bytes sent (retransmissions once) plus
+    those still queued.
+
+    What a counting socket wrapper would report, without a Python call per recv and send
+    (which made a user's thread-mode handler 40 % slower in ping-pong).
+    """
+    import fcntl
+    import termios
+
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_END)
+    received = int.from_bytes(info[_TCPI_BYTES_RECEIVED : _TCPI_BYTES_RECEIVED + 8], sys.byteorder)
+    notsent = int.from_bytes(info[_TCPI_NOTSENT_BYTES : _TCPI_NOTSENT_BYTES + 4], sys.byteorder)
+    sent = int.from_bytes(info[_TCPI_BYTES_SENT : _TCPI_BYTES_SENT + 8], sys.byteorder)
+    retrans = int.from_bytes(info[_TCPI_BYTES_SENT + 8 : _TCPI_END], sys.byteorder)
+    unread = int.from_bytes(
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)), sys.byteorder, signed=True
+    )
+    if info[0] in _TCP_FIN_RECEIVED:
+        received -= 1
+    return received - max(unread, 0), sent - retrans + notsent
+
+
 class _CountingDatagramSocket:
     """Stands in for the server's datagram socket in one request, counting what is sent."""
 
@@ -225,6 +271,9 @@ class ToolServerMixIn:
     #: done with its connection waits for the next one while fewer than `idle_acceptors` do.
     threads_accept = False
     idle_acceptors = 8
+    #: A user handler's TCP byte counts come from the kernel (TCP_INFO) where it keeps them;
+    #: None until the first connection tells.
+    kernel_counts: bool | None = None
     #: Accepted connections come with TCP_NODELAY already (set on the listener): the builtins
     #: then skip setting it on each.
     nodelay_inherited = False
@@ -243,6 +292,7 @@ class ToolServerMixIn:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.active_requests: set[Any] = set()  # connections being handled, for an abort
+        self._clients: dict[Any, Any] = {}  # a user handler's TCP connections: their client
         super().__init__(*args, **kwargs)
 
     # -- binding and closing ------------------------------------------------------------------
@@ -297,10 +347,15 @@ class ToolServerMixIn:
             self._accepting_again()
         if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
             if not self.builtin_handler:
-                request = CountingSocket(
-                    request.family, request.type, request.proto, fileno=request.detach()
-                )
-                request.client = client
+                if self.kernel_counts is None:  # decided once, on the first connection
+                    type(self).kernel_counts = _kernel_counts_work(request)
+                if self.kernel_counts:
+                    self._clients[request] = client
+                else:
+                    request = CountingSocket(
+                        request.family, request.type, request.proto, fileno=request.detach()
+                    )
+                    request.client = client
             if self.idle_timeout is not None:
                 request.settimeout(self.idle_timeout)
             self.active_requests.add(request)
@@ -595,7 +650,14 @@ class ToolServerMixIn:
             self.close_request(request)
             return
         if not self.builtin_handler and self.monitor is not None:
-            if isinstance(request, CountingSocket):
+            client = self._clients.pop(request, None) if self._clients else None
+            if client is not None:
+                try:
+                    received, sent = _tcp_byte_counts(request)
+                except OSError:  # the handler closed or detached the socket itself
+                    received = sent = 0
+                self.monitor.record(client, received, sent)
+            elif isinstance(request, CountingSocket):
                 self.monitor.record(request.client, request.received, request.sent)
             elif isinstance(request, tuple) and isinstance(request[1], _CountingDatagramSocket):
                 self.monitor.record(request[1].client, len(request[0]), request[1].sent)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -495,3 +497,119 @@ class _Spy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.sock, name)
+
+
+# -- a user handler's TCP byte counts, from the kernel ---------------------------------------------
+
+needs_kernel_counts = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="TCP_INFO byte counts are Linux's"
+)
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(server side, client side) of a loopback TCP connection."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        server, _ = listener.accept()
+    server.settimeout(5)
+    return server, client
+
+
+def _until(predicate: Callable[[], bool]) -> None:
+    """Wait (bounded) for the kernel to deliver what the other end sent: no event tells."""
+    deadline = time.monotonic() + 5
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+@needs_kernel_counts
+@pytest.mark.parametrize("client_closes", [False, True])
+def test_kernel_counts_what_the_handler_read_and_wrote(client_closes: bool) -> None:
+    from sockserve.factory import _kernel_counts_work, _tcp_byte_counts
+
+    server, client = _tcp_pair()
+    with server, client:
+        assert _kernel_counts_work(server)
+        client.sendall(b"0123456789")
+        if client_closes:
+            client.shutdown(socket.SHUT_WR)  # its FIN takes a sequence number, not a byte
+        assert server.recv(4) == b"0123"  # six bytes left unread
+        server.sendall(b"abc")
+        assert client.recv(10) == b"abc"
+        assert _tcp_byte_counts(server) == (4, 3)
+        assert server.recv(100) == b"456789"
+        if client_closes:
+            assert server.recv(100) == b""
+        assert _tcp_byte_counts(server) == (10, 3)
+
+
+@needs_kernel_counts
+def test_kernel_counts_include_what_is_still_queued_to_send() -> None:
+    from sockserve.factory import _tcp_byte_counts
+
+    server, client = _tcp_pair()
+    with server, client:
+        server.setblocking(False)
+        sent = 0
+        try:
+            while True:  # until the client's window and our send buffer are full
+                sent += server.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        assert _tcp_byte_counts(server) == (0, sent)
+
+
+@needs_kernel_counts
+def test_kernel_counts_after_the_client_reset() -> None:
+    from sockserve.factory import _tcp_byte_counts
+
+    server, client = _tcp_pair()
+    with server:
+        client.sendall(b"hello")
+        _until(lambda: server.recv(5, socket.MSG_PEEK) == b"hello")
+        assert server.recv(5) == b"hello"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST
+        with pytest.raises(ConnectionResetError):
+            server.recv(10)
+        assert _tcp_byte_counts(server) == (5, 0)
+
+
+@needs_kernel_counts
+@pytest.mark.parametrize("concurrency", ["thread", "sync"])
+def test_user_handler_records_come_from_the_kernel(captured: list, concurrency: str) -> None:
+    """A user's handler gets the plain socket (no counting wrapper); its record is right."""
+    from clitools import RecordsObserver
+
+    from sockserve.factory import make_server
+
+    class Monitor(RecordsObserver):
+        def connected(self, client: object) -> None:
+            pass
+
+    class Shout(ss.StreamRequestHandler):
+        def handle(self) -> None:
+            assert type(self.connection) is socket.socket
+            self.wfile.write(self.rfile.readline().upper() * 3)
+
+    config = _config(
+        captured, "tcp", "127.0.0.1:0", "-H", "examples/handler_stream.py", "-c", concurrency
+    )
+    monitor = Monitor()
+    server = make_server(config, Shout, monitor)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"one\n")
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(100):
+                reply += chunk
+        assert reply == b"ONE\n" * 3
+        assert monitor.wait(1)
+    finally:
+        _stop(server, thread)
+    assert server.kernel_counts is True
+    assert [r[1:] for r in monitor.records] == [(4, 12)]
