@@ -18,6 +18,7 @@ import stat
 import sys
 import threading
 import time
+from _socket import socket as _raw  # the C methods of socket.socket, called without super()
 
 from . import socketserver as ss
 from .config import MAX_DATAGRAM, ServeConfig
@@ -69,31 +70,36 @@ class Monitor(Protocol):
     def info(self, message: str) -> None: ...
 
 
+def _nbytes(data: Any) -> int:
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
 class CountingSocket(socket.socket):
-    """A connected socket that counts the bytes a user's handler receives and sends."""
+    """A connected socket that counts the bytes a user's handler receives and sends (where the
+    kernel does not count them: unix sockets). The C methods are called directly: this runs
+    for every recv and send."""
 
     received = 0
     sent = 0
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
+        data = _raw.recv(self, bufsize, flags)
         self.received += len(data)
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        n = super().recv_into(buffer, nbytes, flags)
+        n = _raw.recv_into(self, buffer, nbytes, flags)
         self.received += n
         return n
 
     def send(self, data: Any, flags: int = 0) -> int:
-        n = super().send(data, flags)
+        n = _raw.send(self, data, flags)
         self.sent += n
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        super().sendall(data, flags)
-        with memoryview(data) as view:
-            self.sent += view.nbytes
+        _raw.sendall(self, data, flags)
+        self.sent += _nbytes(data)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         n = super().sendfile(file, offset, count)

@@ -613,3 +613,59 @@ def test_user_handler_records_come_from_the_kernel(captured: list, concurrency: 
         _stop(server, thread)
     assert server.kernel_counts is True
     assert [r[1:] for r in monitor.records] == [(4, 12)]
+
+
+def test_counting_socket_counts_every_call() -> None:
+    """Where the kernel keeps no byte counts (unix sockets), the wrapper counts each call."""
+    from sockserve.factory import CountingSocket
+
+    a, b = socket.socketpair()
+    with b, CountingSocket(a.family, a.type, a.proto, fileno=a.detach()) as sock:
+        b.sendall(b"0123456789")
+        assert sock.recv(3) == b"012"
+        buf = bytearray(4)
+        assert sock.recv_into(buf) == 4
+        assert sock.recv_into(memoryview(buf)[:2], 2) == 2
+        assert sock.send(b"ab") == 2
+        sock.sendall(b"cde")
+        sock.sendall(bytearray(b"fg"))
+        sock.sendall(memoryview(b"xhijx")[1:4])
+        sock.sendall(memoryview(bytes(range(8))).cast("I"))  # 2 items of 4 bytes
+        assert (sock.received, sock.sent) == (9, 2 + 3 + 2 + 3 + 8)
+        assert b.recv(100) == b"abcdefghij" + bytes(range(8))
+
+
+def test_unix_user_handler_is_counted_by_the_wrapper(captured: list, sock_dir: str) -> None:
+    from clitools import RecordsObserver
+
+    from sockserve.factory import CountingSocket, make_server
+
+    class Monitor(RecordsObserver):
+        def connected(self, client: object) -> None:
+            pass
+
+    class Shout(ss.StreamRequestHandler):
+        def handle(self) -> None:
+            assert isinstance(self.connection, CountingSocket)
+            self.wfile.write(self.rfile.readline().upper() * 2)
+
+    path = os.path.join(sock_dir, "own.sock")
+    config = _config(captured, "unix", path, "-H", "examples/handler_stream.py")
+    monitor = Monitor()
+    server = make_server(config, Shout, monitor)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(b"hey\n")
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(100):
+                reply += chunk
+        assert reply == b"HEY\n" * 2
+        assert monitor.wait(1)
+    finally:
+        _stop(server, thread)
+    assert [r[1:] for r in monitor.records] == [(4, 8)]
