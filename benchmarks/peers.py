@@ -23,7 +23,6 @@ from typing import Any
 
 BACKLOG = 128
 CHUNK = 65536
-PEER_GONE = (ConnectionResetError, BrokenPipeError)
 
 
 def parse(transport: str, text: str) -> tuple[int, Any]:
@@ -52,43 +51,10 @@ def show(family: int, sockaddr: Any) -> None:
 def run_stdlib(transport: str, address: str, handler: str, mode: str) -> None:
     import socketserver as ss
 
+    from stdlib_handlers import DiscardDatagram, DiscardStream, EchoDatagram, EchoStream
+
     family, sockaddr = parse(transport, address)
     stream = transport in ("tcp", "unix")
-
-    class EchoStream(ss.BaseRequestHandler):
-        def handle(self) -> None:
-            sock = self.request
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            try:
-                while n := sock.recv_into(buf):
-                    sock.sendall(view[:n])
-            except PEER_GONE:
-                pass
-
-    class DiscardStream(ss.BaseRequestHandler):
-        def handle(self) -> None:
-            buf = bytearray(CHUNK)
-            try:
-                while self.request.recv_into(buf):
-                    pass
-            except PEER_GONE:
-                pass
-
-    class EchoDatagram(ss.BaseRequestHandler):
-        def handle(self) -> None:
-            data, sock = self.request
-            if self.client_address:  # an unbound unix client cannot be answered
-                try:
-                    sock.sendto(data, socket.MSG_DONTWAIT, self.client_address)
-                except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
-                    pass
-
-    class DiscardDatagram(ss.BaseRequestHandler):
-        def handle(self) -> None:
-            pass
 
     if stream:
         handler_cls: type = EchoStream if handler == "echo" else DiscardStream

@@ -75,6 +75,17 @@ def sockserve(concurrency: str | None, workers: int = 1) -> Argv:
     return argv
 
 
+def sockserve_own_handler(concurrency: str) -> Argv:
+    """sockserve serving the stdlib peers' handler class, as a user's own `-H file.py:Class`."""
+
+    def argv(transport: str, address: str, handler: str) -> list[str]:
+        kind = "Stream" if transport in ("tcp", "unix") else "Datagram"
+        spec = f"{HERE / 'stdlib_handlers.py'}:{handler.capitalize()}{kind}"
+        return sockserve(concurrency)(transport, address, spec)
+
+    return argv
+
+
 def stdlib(mode: str) -> Argv:
     return lambda t, a, h: [PY, str(HERE / "peers.py"), "stdlib", t, a, h, mode]
 
@@ -112,6 +123,9 @@ SERVERS: dict[str, Server] = {
     for s in [
         Server("sockserve sync", "sockserve", "sync", sockserve("sync")),
         Server("sockserve thread", "sockserve", "thread", sockserve("thread")),
+        Server(
+            "sockserve thread (own handler)", "sockserve", "thread", sockserve_own_handler("thread")
+        ),
         Server("sockserve fork", "sockserve", "fork", sockserve("fork")),
         Server("sockserve event", "sockserve", "event", sockserve("event")),
         Server("sockserve workers=2", "sockserve", "workers", sockserve(None, 2)),
@@ -155,6 +169,7 @@ class Scenario:
 
 
 ALL_THREAD = ["sockserve thread", "sockserve event", "sockserve workers=2"]
+OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
 PEERS = ["stdlib thread", "asyncio", "uvloop", "socat", "C epoll"]
 QUICK_CORE = ["sockserve thread", "sockserve event", "stdlib thread", "uvloop", "C epoll"]
 
@@ -175,7 +190,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "tcp",
         10,
-        [*ALL_THREAD, "sockserve event workers=2", "sockserve fork", "stdlib fork", *PEERS],
+        [*ALL_THREAD, OWN, "sockserve event workers=2", "sockserve fork", "stdlib fork", *PEERS],
         QUICK_CORE,
         "req/s",
     ),
@@ -185,7 +200,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "tcp",
         100,
-        [*ALL_THREAD, "sockserve event workers=2", *PEERS],
+        [*ALL_THREAD, OWN, "sockserve event workers=2", *PEERS],
         QUICK_CORE,
         "req/s",
     ),
@@ -198,6 +213,7 @@ SCENARIOS: list[Scenario] = [
         [
             "sockserve sync",
             *ALL_THREAD,
+            OWN,
             "sockserve fork",
             "stdlib sync",
             "stdlib fork",
@@ -250,7 +266,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "unix",
         10,
-        ["sockserve thread", "sockserve event", *PEERS],
+        ["sockserve thread", OWN, "sockserve event", *PEERS],
         QUICK_CORE,
         "req/s",
     ),
