@@ -576,10 +576,9 @@ def test_kernel_counts_after_the_client_reset() -> None:
         assert _tcp_byte_counts(server) == (5, 0)
 
 
-@needs_kernel_counts
-@pytest.mark.parametrize("concurrency", ["thread", "sync"])
-def test_user_handler_records_come_from_the_kernel(captured: list, concurrency: str) -> None:
-    """A user's handler gets the plain socket (no counting wrapper); its record is right."""
+def _shout_once(captured: list, args: list[str], socket_type: type) -> list[tuple]:
+    """Serve a user's handler (it shouts the first line back twice) for one client sending
+    b"hey\\n"; check the handler got a `socket_type` socket; return the monitor's records."""
     from clitools import RecordsObserver
 
     from sockserve.factory import make_server
@@ -588,31 +587,43 @@ def test_user_handler_records_come_from_the_kernel(captured: list, concurrency: 
         def connected(self, client: object) -> None:
             pass
 
+    seen: list[type] = []
+
     class Shout(ss.StreamRequestHandler):
         def handle(self) -> None:
-            assert type(self.connection) is socket.socket
-            self.wfile.write(self.rfile.readline().upper() * 3)
+            seen.append(type(self.connection))
+            self.wfile.write(self.rfile.readline().upper() * 2)
 
-    config = _config(
-        captured, "tcp", "127.0.0.1:0", "-H", "examples/handler_stream.py", "-c", concurrency
-    )
+    config = _config(captured, *args, "-H", "examples/handler_stream.py")
     monitor = Monitor()
     server = make_server(config, Shout, monitor)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,))
     thread.start()
     try:
-        with socket.create_connection(server.server_address, timeout=5) as sock:
-            sock.sendall(b"one\n")
+        family = socket.AF_UNIX if config.family == "unix" else socket.AF_INET
+        with socket.socket(family) as sock:
+            sock.settimeout(5)
+            sock.connect(server.server_address)
+            sock.sendall(b"hey\n")
             sock.shutdown(socket.SHUT_WR)
             reply = b""
             while chunk := sock.recv(100):
                 reply += chunk
-        assert reply == b"ONE\n" * 3
+        assert reply == b"HEY\n" * 2
         assert monitor.wait(1)
     finally:
         _stop(server, thread)
-    assert server.kernel_counts is True
-    assert [r[1:] for r in monitor.records] == [(4, 12)]
+    assert seen == [socket_type]
+    return [r[1:] for r in monitor.records]
+
+
+@needs_kernel_counts
+@pytest.mark.parametrize("concurrency", ["thread", "sync"])
+def test_user_handler_records_come_from_the_kernel(captured: list, concurrency: str) -> None:
+    """On TCP a user's handler gets the plain socket (no counting wrapper); its record is
+    still exact."""
+    records = _shout_once(captured, ["tcp", "127.0.0.1:0", "-c", concurrency], socket.socket)
+    assert records == [(4, 8)]
 
 
 def test_counting_socket_counts_every_call() -> None:
@@ -636,36 +647,7 @@ def test_counting_socket_counts_every_call() -> None:
 
 
 def test_unix_user_handler_is_counted_by_the_wrapper(captured: list, sock_dir: str) -> None:
-    from clitools import RecordsObserver
-
-    from sockserve.factory import CountingSocket, make_server
-
-    class Monitor(RecordsObserver):
-        def connected(self, client: object) -> None:
-            pass
-
-    class Shout(ss.StreamRequestHandler):
-        def handle(self) -> None:
-            assert isinstance(self.connection, CountingSocket)
-            self.wfile.write(self.rfile.readline().upper() * 2)
+    from sockserve.factory import CountingSocket
 
     path = os.path.join(sock_dir, "own.sock")
-    config = _config(captured, "unix", path, "-H", "examples/handler_stream.py")
-    monitor = Monitor()
-    server = make_server(config, Shout, monitor)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(5)
-            sock.connect(path)
-            sock.sendall(b"hey\n")
-            sock.shutdown(socket.SHUT_WR)
-            reply = b""
-            while chunk := sock.recv(100):
-                reply += chunk
-        assert reply == b"HEY\n" * 2
-        assert monitor.wait(1)
-    finally:
-        _stop(server, thread)
-    assert [r[1:] for r in monitor.records] == [(4, 8)]
+    assert _shout_once(captured, ["unix", path], CountingSocket) == [(4, 8)]
