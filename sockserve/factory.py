@@ -153,6 +153,30 @@ def _tcp_byte_counts(sock: socket.socket) -> tuple[int, int]:
     return received - max(unread, 0), sent - retrans + notsent
 
 
+class KernelCountedSocket(socket.socket):
+    """A user handler's TCP connection, counted by the kernel (`_tcp_byte_counts`): recv and
+    send are the plain C methods. The counts are read when the server ends the request, or
+    when the handler closes or detaches the socket first."""
+
+    client: Any = None
+    counts: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        self._snapshot()
+        super().close()
+
+    def detach(self) -> int:
+        self._snapshot()
+        return super().detach()
+
+    def _snapshot(self) -> None:
+        if self.counts is None and self.fileno() >= 0:
+            try:
+                self.counts = _tcp_byte_counts(self)
+            except OSError:
+                self.counts = (0, 0)
+
+
 class _CountingDatagramSocket:
     """Stands in for the server's datagram socket in one request, counting what is sent."""
 
@@ -298,7 +322,6 @@ class ToolServerMixIn:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.active_requests: set[Any] = set()  # connections being handled, for an abort
-        self._clients: dict[Any, Any] = {}  # a user handler's TCP connections: their client
         super().__init__(*args, **kwargs)
 
     # -- binding and closing ------------------------------------------------------------------
@@ -355,13 +378,11 @@ class ToolServerMixIn:
             if not self.builtin_handler:
                 if self.kernel_counts is None:  # decided once, on the first connection
                     type(self).kernel_counts = _kernel_counts_work(request)
-                if self.kernel_counts:
-                    self._clients[request] = client
-                else:
-                    request = CountingSocket(
-                        request.family, request.type, request.proto, fileno=request.detach()
-                    )
-                    request.client = client
+                wrapper = KernelCountedSocket if self.kernel_counts else CountingSocket
+                request = wrapper(
+                    request.family, request.type, request.proto, fileno=request.detach()
+                )
+                request.client = client
             if self.idle_timeout is not None:
                 request.settimeout(self.idle_timeout)
             self.active_requests.add(request)
@@ -656,13 +677,9 @@ class ToolServerMixIn:
             self.close_request(request)
             return
         if not self.builtin_handler and self.monitor is not None:
-            client = self._clients.pop(request, None) if self._clients else None
-            if client is not None:
-                try:
-                    received, sent = _tcp_byte_counts(request)
-                except OSError:  # the handler closed or detached the socket itself
-                    received = sent = 0
-                self.monitor.record(client, received, sent)
+            if isinstance(request, KernelCountedSocket):
+                request._snapshot()
+                self.monitor.record(request.client, *(request.counts or (0, 0)))
             elif isinstance(request, CountingSocket):
                 self.monitor.record(request.client, request.received, request.sent)
             elif isinstance(request, tuple) and isinstance(request[1], _CountingDatagramSocket):

@@ -576,9 +576,12 @@ def test_kernel_counts_after_the_client_reset() -> None:
         assert _tcp_byte_counts(server) == (5, 0)
 
 
-def _shout_once(captured: list, args: list[str], socket_type: type) -> list[tuple]:
-    """Serve a user's handler (it shouts the first line back twice) for one client sending
-    b"hey\\n"; check the handler got a `socket_type` socket; return the monitor's records."""
+def _shout_once(
+    captured: list, args: list[str], socket_type: type, closes: bool = False
+) -> list[tuple]:
+    """Serve a user's handler (it shouts the first line back twice, then closes its socket
+    itself if `closes`) for one client sending b"hey\\n"; check the handler got a
+    `socket_type` socket; return the monitor's records."""
     from clitools import RecordsObserver
 
     from sockserve.factory import make_server
@@ -593,6 +596,8 @@ def _shout_once(captured: list, args: list[str], socket_type: type) -> list[tupl
         def handle(self) -> None:
             seen.append(type(self.connection))
             self.wfile.write(self.rfile.readline().upper() * 2)
+            if closes:
+                self.connection.close()
 
     config = _config(captured, *args, "-H", "examples/handler_stream.py")
     monitor = Monitor()
@@ -619,11 +624,18 @@ def _shout_once(captured: list, args: list[str], socket_type: type) -> list[tupl
 
 @needs_kernel_counts
 @pytest.mark.parametrize("concurrency", ["thread", "sync"])
-def test_user_handler_records_come_from_the_kernel(captured: list, concurrency: str) -> None:
-    """On TCP a user's handler gets the plain socket (no counting wrapper); its record is
-    still exact."""
-    records = _shout_once(captured, ["tcp", "127.0.0.1:0", "-c", concurrency], socket.socket)
-    assert records == [(4, 8)]
+@pytest.mark.parametrize("closes", [False, True], ids=["server-closes", "handler-closes"])
+def test_user_handler_records_come_from_the_kernel(
+    captured: list, concurrency: str, closes: bool
+) -> None:
+    """On TCP a user's handler gets a socket without counting wrappers around recv and send;
+    its record is still exact, also when the handler closes the socket itself."""
+    from sockserve.factory import KernelCountedSocket
+
+    args = ["tcp", "127.0.0.1:0", "-c", concurrency]
+    assert _shout_once(captured, args, KernelCountedSocket, closes) == [(4, 8)]
+    assert KernelCountedSocket.recv_into is socket.socket.recv_into  # the C method itself
+    assert KernelCountedSocket.sendall is socket.socket.sendall
 
 
 def test_counting_socket_counts_every_call() -> None:
@@ -651,3 +663,4 @@ def test_unix_user_handler_is_counted_by_the_wrapper(captured: list, sock_dir: s
 
     path = os.path.join(sock_dir, "own.sock")
     assert _shout_once(captured, ["unix", path], CountingSocket) == [(4, 8)]
+    assert _shout_once(captured, ["unix", path], CountingSocket, closes=True) == [(4, 8)]
