@@ -197,12 +197,13 @@ class _CountingDatagramSocket:
 
 
 def _wake_connection(
-    listener: socket.socket, register: Callable[[Any, socket.socket], None]
+    listener: socket.socket, register: Callable[[Any, socket.socket | None], None]
 ) -> bool:
     """Connect to our own listening socket from an address we know, for `_trim_acceptors`.
 
     `register(address, our_end)` runs before the connect, so that the thread that accepts the
-    connection knows it for ours. False where we cannot name such an address."""
+    connection knows it for ours; `register(address, None)` takes it back if the connect
+    fails. False where we cannot name such an address, or the connect failed."""
     family = listener.family
     here = listener.getsockname()
     if family == getattr(socket, "AF_UNIX", None):
@@ -216,13 +217,17 @@ def _wake_connection(
         sock = socket.socket(family, socket.SOCK_STREAM)
         name = (loopback, 0)
         target = (loopback, *here[1:]) if here[0] in ("0.0.0.0", "::") else here
+    address = None
     try:
         sock.bind(name)
         sock.setblocking(False)
-        register(sock.getsockname(), sock)
+        address = sock.getsockname()
+        register(address, sock)
         with contextlib.suppress(BlockingIOError):
             sock.connect(target)
     except OSError:
+        if address is not None:
+            register(address, None)
         sock.close()
         return False
     return True
@@ -535,16 +540,22 @@ class ToolServerMixIn:
         """Run by the loop every poll_interval: after a whole interval with no connection,
         end the threads ready beyond one, each by a connection of our own that it takes."""
         acceptors = self._acceptors
-        if acceptors is None or acceptors.wakers:  # the last ones are still on their way
+        if acceptors is None:
+            return
+        if acceptors.wakers:  # a whole interval and not taken: a connect that failed late
+            self._close_wakers()
             return
         if acceptors.busy or acceptors.stopping:
             acceptors.busy = False
             return
         surplus = acceptors.ready - 1
 
-        def register(address: Any, sock: socket.socket) -> None:
+        def register(address: Any, sock: socket.socket | None) -> None:
             with acceptors.lock:
-                acceptors.wakers[address] = sock
+                if sock is None:
+                    acceptors.wakers.pop(address, None)
+                else:
+                    acceptors.wakers[address] = sock
 
         for _ in range(max(surplus, 0)):
             if not _wake_connection(self.socket, register):  # type: ignore[attr-defined]

@@ -664,3 +664,19 @@ def test_unix_user_handler_is_counted_by_the_wrapper(captured: list, sock_dir: s
     path = os.path.join(sock_dir, "own.sock")
     assert _shout_once(captured, ["unix", path], CountingSocket) == [(4, 8)]
     assert _shout_once(captured, ["unix", path], CountingSocket, closes=True) == [(4, 8)]
+
+
+def test_a_wake_up_connection_never_taken_is_dropped_at_the_next_pass(captured: list) -> None:
+    """A self-connection still unaccepted a whole poll interval later (its connect failed
+    late) is closed and forgotten, so trimming goes on afterwards."""
+    server, thread = _accepting_server(captured)
+    try:
+        acceptors = server._acceptors
+        assert acceptors is not None
+        stale = socket.socket()
+        acceptors.wakers[("127.0.0.1", 9)] = stale
+        server._trim_acceptors()
+        assert not acceptors.wakers
+        assert stale.fileno() == -1
+    finally:
+        _stop(server, thread)
