@@ -457,14 +457,13 @@ class ToolServerMixIn:
                     else:
                         if self._dispatch_failing_since is not None:
                             self._dispatching_again()
-                if request is None:
-                    pass
-                elif self.verify_request(request, client_address) and self._admit(
-                    request, client_address
-                ):
-                    self.process_request_thread(request, client_address)  # type: ignore[attr-defined]
-                else:
-                    self.shutdown_request(request)
+                if request is not None:
+                    if self.verify_request(request, client_address) and self._admit(
+                        request, client_address
+                    ):
+                        self.process_request_thread(request, client_address)  # type: ignore[attr-defined]
+                    else:
+                        self.shutdown_request(request)
                 if not acceptors.served(self.idle_acceptors):
                     return
         finally:

@@ -7,6 +7,7 @@ benchmarks' business: benchmarks/run.py.)
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import threading
@@ -226,18 +227,25 @@ def test_event_datagram_protocol_answers_like_respond_datagram(name: str) -> Non
 # -- the run monitor: "in a forked child?" without a system call per request ------------------
 
 
-def make_monitor(concurrency: str) -> Any:
-    import io
-
+def monitor_for(
+    args: list[str], verbosity: int | None = None, quiet: bool = False
+) -> tuple[Any, io.StringIO]:
+    """A RunMonitor for the config the command builds from `args`, reporting into a buffer
+    (at the config's verbosity unless `verbosity` is given)."""
     from sockserve import cli
     from sockserve.console import PlainReporter
     from sockserve.runner import RunMonitor
 
-    ctx = cli.main.make_context("sockserve", ["tcp", "127.0.0.1:0", "-c", concurrency])
+    ctx = cli.main.make_context("sockserve", args)
     with ctx:
         config = cli.build_config(ctx.params)
     out = io.StringIO()
-    return RunMonitor(PlainReporter(out, 1, quiet=False), config), out
+    level = config.verbosity if verbosity is None else verbosity
+    return RunMonitor(PlainReporter(out, level, quiet=quiet), config), out
+
+
+def make_monitor(concurrency: str) -> Any:
+    return monitor_for(["tcp", "127.0.0.1:0", "-c", concurrency], verbosity=1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
@@ -295,17 +303,7 @@ def test_monitor_only_counts_datagrams_it_would_not_show(
     args: list[str], quiet: bool, counts_only: bool
 ) -> None:
     """One thread and nothing to print: a datagram's record is three additions, no lock."""
-    import io
-
-    from sockserve import cli
-    from sockserve.console import PlainReporter
-    from sockserve.runner import RunMonitor
-
-    ctx = cli.main.make_context("sockserve", args)
-    with ctx:
-        config = cli.build_config(ctx.params)
-    out = io.StringIO()
-    monitor = RunMonitor(PlainReporter(out, config.verbosity, quiet=quiet), config)
+    monitor, out = monitor_for(args, quiet=quiet)
     try:
         assert (monitor.record == monitor._count) is counts_only
         monitor.record(("127.0.0.1", 1), 10, 12)
