@@ -61,6 +61,9 @@ class Monitor(Protocol):
     """Receives what the server does; the runner's implementation reports and counts it."""
 
     wants_data: bool
+    #: Byte counts of each connection are shown (records, summary); if not, a user's handler
+    #: gets its socket unwrapped and uncounted.
+    wants_counts: bool
 
     def connected(self, client: Any) -> None: ...
     def record(self, client: Any, received: int, sent: int) -> None: ...
@@ -309,6 +312,9 @@ class ToolServerMixIn:
     #: A user handler's TCP byte counts come from the kernel (TCP_INFO) where it keeps them;
     #: None until the first connection tells.
     kernel_counts: bool | None = None
+    #: A user handler's bytes are counted (some report shows them); otherwise its request is
+    #: the accepted socket itself, with nothing around recv and send.
+    count_user_bytes = False
     #: Accepted connections come with TCP_NODELAY already (set on the listener): the builtins
     #: then skip setting it on each.
     nodelay_inherited = False
@@ -380,7 +386,7 @@ class ToolServerMixIn:
         if self._accept_failing_since is not None:
             self._accepting_again()
         if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
-            if not self.builtin_handler:
+            if self.count_user_bytes:
                 if self.kernel_counts is None:  # decided once, on the first connection
                     type(self).kernel_counts = _kernel_counts_work(request)
                 wrapper = KernelCountedSocket if self.kernel_counts else CountingSocket
@@ -391,7 +397,7 @@ class ToolServerMixIn:
             if self.idle_timeout is not None:
                 request.settimeout(self.idle_timeout)
             self.active_requests.add(request)
-        elif not self.builtin_handler:
+        elif self.count_user_bytes:
             data, sock = request
             request = (data, _CountingDatagramSocket(sock, client))
         return request, client
@@ -686,7 +692,7 @@ class ToolServerMixIn:
         if self.threads_accept:
             self.close_request(request)
             return
-        if not self.builtin_handler and self.monitor is not None:
+        if self.count_user_bytes:
             if isinstance(request, KernelCountedSocket):
                 request._snapshot()
                 self.monitor.record(request.client, *(request.counts or (0, 0)))
@@ -834,6 +840,9 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
     attrs: dict[str, Any] = {
         "monitor": monitor,
         "builtin_handler": config.handler.builtin is not None,
+        "count_user_bytes": config.handler.builtin is None
+        and monitor is not None
+        and monitor.wants_counts,
         "inline_requests": inline,
         "lean_datagrams": config.socktype == "dgram"
         and config.handler.builtin is not None

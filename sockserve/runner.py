@@ -69,6 +69,7 @@ class RunMonitor:
         self.socktype = config.socktype
         self.stats = Stats()
         self.wants_data = config.verbosity >= 2
+        self.wants_counts = not reporter.quiet  # --quiet shows neither records nor summary
         self.stop_reason: str | None = None
         self.stop_callback: Any = None
         self.output_closed = False

@@ -77,6 +77,7 @@ class RecordsObserver:
     datagram, and `wait(n)` for the first n of them."""
 
     wants_data = False
+    wants_counts = True
 
     def __init__(self) -> None:
         self.records: list[tuple[Any, int, int]] = []

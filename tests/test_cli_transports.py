@@ -336,3 +336,34 @@ def test_colors_on_a_tty_unless_no_color(no_color: str | None, colored: bool) ->
     text = seen.getvalue().decode(errors="replace")
     assert "listening on" in text
     assert bool(re.search(r"\x1b\[[0-9;]*(3[0-7]|38;)", text)) == colored  # a colour, not bold
+
+
+def test_user_handler_socket_is_counted_unless_quiet(tmp_path, sock_dir: str) -> None:
+    """Byte counts of a user's handler reach the summary; with -q, which shows no counts,
+    the handler gets the accepted socket itself."""
+    handler = tmp_path / "kind.py"
+    handler.write_text(
+        "import socketserver\n"
+        "class Kind(socketserver.BaseRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.request.recv(10)\n"
+        "        self.request.sendall(type(self.request).__name__.encode())\n"
+    )
+    path = os.path.join(sock_dir, "kind.sock")
+    args = [sys.executable, "-m", "sockserve", "unix", path, "-H", f"{handler}:Kind", "--once"]
+    for quiet, expected in ((True, b"socket"), (False, b"CountingSocket")):
+        proc = subprocess.Popen(
+            [*args, "--print-address", *(["-q"] if quiet else [])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().strip() == path
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"which")
+            assert s.recv(100) == expected
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        assert (err == b"") if quiet else (b"5 B in, 14 B out" in err)

@@ -567,16 +567,18 @@ def test_kernel_counts_after_the_client_reset() -> None:
 
 
 def _shout_once(
-    captured: list, args: list[str], socket_type: type, closes: bool = False
+    captured: list, args: list[str], socket_type: type, closes: bool = False, counts: bool = True
 ) -> list[tuple]:
     """Serve a user's handler (it shouts the first line back twice, then closes its socket
     itself if `closes`) for one client sending b"hey\\n"; check the handler got a
-    `socket_type` socket; return the monitor's records."""
+    `socket_type` socket; return the monitor's records (it wants byte counts if `counts`)."""
     from clitools import RecordsObserver
 
     from sockserve.factory import make_server
 
     class Monitor(RecordsObserver):
+        wants_counts = counts
+
         def connected(self, client: object) -> None:
             pass
 
@@ -605,7 +607,8 @@ def _shout_once(
             while chunk := sock.recv(100):
                 reply += chunk
         assert reply == b"HEY\n" * 2
-        assert monitor.wait(1)
+        if counts:
+            assert monitor.wait(1)
     finally:
         _stop(server, thread)
     assert seen == [socket_type]
@@ -654,6 +657,19 @@ def test_unix_user_handler_is_counted_by_the_wrapper(captured: list, sock_dir: s
     path = os.path.join(sock_dir, "own.sock")
     assert _shout_once(captured, ["unix", path], CountingSocket) == [(4, 8)]
     assert _shout_once(captured, ["unix", path], CountingSocket, closes=True) == [(4, 8)]
+
+
+@pytest.mark.parametrize("proto", ["tcp", "unix"])
+@pytest.mark.parametrize("concurrency", ["thread", "sync"])
+def test_user_handler_gets_its_socket_bare_when_no_counts_are_shown(
+    captured: list, sock_dir: str, proto: str, concurrency: str
+) -> None:
+    """With no report showing byte counts (--quiet), nothing is wrapped around a user's
+    socket and nothing is counted."""
+    where = "127.0.0.1:0" if proto == "tcp" else os.path.join(sock_dir, "bare.sock")
+    args = [proto, where, "-c", concurrency]
+    assert _shout_once(captured, args, socket.socket, counts=False) == []
+    assert _shout_once(captured, args, socket.socket, closes=True, counts=False) == []
 
 
 def test_a_wake_up_connection_never_taken_is_dropped_at_the_next_pass(captured: list) -> None:
