@@ -63,13 +63,15 @@ class Server:
     unavailable: str | None = None  # why it cannot run here (checked once)
 
 
-def sockserve(concurrency: str | None, workers: int = 1) -> Argv:
+def sockserve(concurrency: str | None, workers: int = 1, max_threads: int | None = None) -> Argv:
     def argv(transport: str, address: str, handler: str) -> list[str]:
         cmd = [PY, "-m", "sockserve", transport, address, "-H", handler, "-q", "--print-address"]
         if concurrency is not None:
             cmd += ["-c", concurrency]
         if workers > 1:
             cmd += ["--workers", str(workers)]
+        if max_threads is not None:
+            cmd += ["--max-threads", str(max_threads)]
         return cmd
 
     return argv
@@ -118,6 +120,7 @@ class Unavailable(Exception):
     """A server that cannot run in this scenario or on this machine."""
 
 
+BOUNDED = "sockserve thread max=128"  # the bounded pool: --max-threads 128
 SERVERS: dict[str, Server] = {
     s.key: s
     for s in [
@@ -126,6 +129,7 @@ SERVERS: dict[str, Server] = {
         Server(
             "sockserve thread (own handler)", "sockserve", "thread", sockserve_own_handler("thread")
         ),
+        Server(BOUNDED, "sockserve", "thread", sockserve("thread", max_threads=128)),
         Server("sockserve fork", "sockserve", "fork", sockserve("fork")),
         Server("sockserve event", "sockserve", "event", sockserve("event")),
         Server("sockserve workers=2", "sockserve", "workers", sockserve(None, 2)),
@@ -190,7 +194,8 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "tcp",
         10,
-        [*ALL_THREAD, OWN, "sockserve event workers=2", "sockserve fork", "stdlib fork", *PEERS],
+        [*ALL_THREAD, OWN, BOUNDED, "sockserve event workers=2", "sockserve fork", "stdlib fork"]
+        + PEERS,
         QUICK_CORE,
         "req/s",
     ),
@@ -200,7 +205,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "tcp",
         100,
-        [*ALL_THREAD, OWN, "sockserve event workers=2", *PEERS],
+        [*ALL_THREAD, OWN, BOUNDED, "sockserve event workers=2", *PEERS],
         QUICK_CORE,
         "req/s",
     ),
@@ -214,6 +219,7 @@ SCENARIOS: list[Scenario] = [
             "sockserve sync",
             *ALL_THREAD,
             OWN,
+            BOUNDED,
             "sockserve fork",
             "stdlib sync",
             "stdlib fork",
@@ -266,7 +272,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "unix",
         10,
-        ["sockserve thread", OWN, "sockserve event", *PEERS],
+        ["sockserve thread", OWN, BOUNDED, "sockserve event", *PEERS],
         QUICK_CORE,
         "req/s",
     ),

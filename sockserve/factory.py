@@ -240,26 +240,47 @@ class _Acceptors:
     """The bookkeeping of the threads that take connections themselves (`threads_accept`).
 
     `ready` counts the threads not serving a connection: waiting in accept, or on their way
-    back there. The thread that takes the last ready one's place starts another one first.
+    back there; `alive` counts them all. The thread that takes the last ready one's place
+    starts another one first, unless `limit` (--max-threads) threads are alive: then the next
+    connections wait in the listen queue until a thread is done with its own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.lock = threading.Lock()
+        self.limit = limit
         self.ready = 0
+        self.alive = 0
         self.stopping = False
         self.busy = False  # a connection was taken since the loop last looked
         self.wakers: dict[Any, socket.socket] = {}  # the loop's wake-up connections, by address
 
-    def add(self, count: int) -> None:
-        """`count` more (a thread about to start) or fewer (one that ends) ready threads."""
+    def reserve(self, count: int = 1) -> None:
+        """`count` more threads about to start (ready), or fewer (-1: a start that failed)."""
         with self.lock:
             self.ready += count
+            self.alive += count
 
     def took(self) -> bool:
-        """Back from accept with a connection: True when no thread is ready any more."""
+        """Back from accept with a connection: True (and a thread reserved) when no thread is
+        ready any more and the limit lets another one start."""
         with self.lock:
             self.ready -= 1
-            return self.ready == 0 and not self.stopping
+            start = (
+                self.ready == 0
+                and not self.stopping
+                and (self.limit is None or self.alive < self.limit)
+            )
+            if start:
+                self.ready += 1
+                self.alive += 1
+            return start
+
+    def leave(self, ready: bool) -> None:
+        """A thread ends, ready (its accept failed) or not (done with a connection)."""
+        with self.lock:
+            self.alive -= 1
+            if ready:
+                self.ready -= 1
 
     def retire(self, waker_address: Any) -> bool:
         """A thread took one of the loop's wake-up connections: True if it is to end (others
@@ -269,14 +290,17 @@ class _Acceptors:
             retired = self.ready > 1
             if retired:
                 self.ready -= 1
+                self.alive -= 1
         if ours is not None:
             ours.close()
         return retired
 
     def served(self, most: int) -> bool:
-        """Done with a connection: True to go back to accept, while fewer than `most` are."""
+        """Done with a connection: True to go back to accept, while fewer than `most` are;
+        False when the thread is to end (it has left then)."""
         with self.lock:
             if self.stopping or self.ready >= most:
+                self.alive -= 1
                 return False
             self.ready += 1
             return True
@@ -302,11 +326,12 @@ class ToolServerMixIn:
     #: mode: each accept only hands the connection over); the listener is non-blocking then.
     accept_batch = 1
     _accepted = 0
-    #: Thread mode, builtin stream handler, no --max-threads: handler threads wait in accept()
+    #: Thread mode, builtin stream handler, one process: handler threads wait in accept()
     #: themselves (the kernel wakes one per connection) and serve what they accept, so no
     #: connection is handed from thread to thread; the loop thread only waits for the stop.
-    #: One thread always waits in accept, so connections never wait for each other; a thread
-    #: done with its connection waits for the next one while fewer than `idle_acceptors` do.
+    #: One thread always waits in accept, so connections never wait for each other (with
+    #: --max-threads N, until N threads are alive); a thread done with its connection waits
+    #: for the next one while fewer than `idle_acceptors` do.
     threads_accept = False
     idle_acceptors = 8
     #: A user handler's TCP byte counts come from the kernel (TCP_INFO) where it keeps them;
@@ -409,7 +434,8 @@ class ToolServerMixIn:
         if not self.threads_accept:
             super().serve_forever(poll_interval)  # type: ignore[misc]
             return
-        self._acceptors = _Acceptors()
+        self._acceptors = _Acceptors(getattr(self, "max_threads", None))
+        self._acceptors.reserve()
         self._start_acceptor()
         try:
             super().serve_forever(poll_interval)  # type: ignore[misc]
@@ -420,16 +446,16 @@ class ToolServerMixIn:
             self._close_wakers()
 
     def _start_acceptor(self) -> None:
+        """Start a thread for `_accept_and_serve`, reserved in `_acceptors` beforehand."""
         acceptors = self._acceptors
         assert acceptors is not None
         thread = threading.Thread(target=self._accept_and_serve, daemon=self.daemon_threads)  # type: ignore[attr-defined]
-        acceptors.add(1)
         self._request_threads().threads.add(thread)  # type: ignore[attr-defined]
         try:
             thread.start()
         except BaseException:
             self._request_threads().discard(thread)  # type: ignore[attr-defined]
-            acceptors.add(-1)
+            acceptors.reserve(-1)
             raise
 
     def _accept_and_serve(self) -> None:
@@ -443,7 +469,7 @@ class ToolServerMixIn:
                     request, client_address = self.get_request()
                 except OSError as exc:
                     if acceptors.stopping or exc.errno == errno.EINVAL:
-                        acceptors.add(-1)
+                        acceptors.leave(ready=True)
                         if not acceptors.stopping:  # shut down by someone else: serve no more
                             self.request_stop("the listening socket was shut down")
                         return
@@ -834,7 +860,6 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         concurrency == "thread"
         and config.socktype == "stream"
         and config.handler.builtin is not None
-        and config.max_threads is None
         and config.workers == 1  # workers share one listener: its shutdown would stop them all
     )
     attrs: dict[str, Any] = {

@@ -310,7 +310,7 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
     ("args", "reuse", "batch", "accepting_threads"),
     [
         (["tcp", ":0", "-H", "echo"], True, 1, True),
-        (["tcp", ":0", "-H", "echo", "--max-threads", "4"], True, 16, False),  # the bound
+        (["tcp", ":0", "-H", "echo", "--max-threads", "4"], True, 1, True),  # the bound
         (["tcp", ":0", "-H", "echo", "--workers", "2"], True, 16, False),  # shared listener
         (["tcp", ":0", "-H", "examples/handler_stream.py"], False, 16, False),  # a user's
         (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1, False),
@@ -670,6 +670,29 @@ def test_user_handler_gets_its_socket_bare_when_no_counts_are_shown(
     args = [proto, where, "-c", concurrency]
     assert _shout_once(captured, args, socket.socket, counts=False) == []
     assert _shout_once(captured, args, socket.socket, closes=True, counts=False) == []
+
+
+def test_accepting_threads_start_another_only_below_max_threads() -> None:
+    """The thread that takes the last ready place starts (reserves) another, unless
+    --max-threads are alive; one done with its connection goes back to accept or ends."""
+    from sockserve.factory import _Acceptors
+
+    acceptors = _Acceptors(limit=2)
+    acceptors.reserve()  # the first thread
+    assert acceptors.took()  # none ready, 1 alive: another one is reserved
+    assert (acceptors.ready, acceptors.alive) == (1, 2)
+    assert not acceptors.took()  # none ready, but 2 alive: the next connection waits
+    assert (acceptors.ready, acceptors.alive) == (0, 2)
+    assert acceptors.served(most=8)  # one is done: back to accept
+    assert (acceptors.ready, acceptors.alive) == (1, 2)
+    assert not acceptors.served(most=1)  # the other is done, one is ready already: it ends
+    assert (acceptors.ready, acceptors.alive) == (1, 1)
+    assert acceptors.took()  # below the limit again: another one is reserved
+    assert (acceptors.ready, acceptors.alive) == (1, 2)
+    unbounded = _Acceptors()
+    unbounded.reserve()
+    assert unbounded.took() and unbounded.took() and unbounded.took()
+    assert (unbounded.ready, unbounded.alive) == (1, 4)
 
 
 def test_a_wake_up_connection_never_taken_is_dropped_at_the_next_pass(captured: list) -> None:
