@@ -450,11 +450,9 @@ class ToolServerMixIn:
         acceptors = self._acceptors
         assert acceptors is not None
         thread = threading.Thread(target=self._accept_and_serve, daemon=self.daemon_threads)  # type: ignore[attr-defined]
-        self._request_threads().threads.add(thread)  # type: ignore[attr-defined]
         try:
-            thread.start()
+            self._request_threads().start(thread)  # type: ignore[attr-defined]
         except BaseException:
-            self._request_threads().discard(thread)  # type: ignore[attr-defined]
             acceptors.reserve(-1)
             raise
 

@@ -158,6 +158,30 @@ def test_server_close_waits_for_non_daemon_threads(
     gate.threads[0].join(5)
 
 
+def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport) -> None:
+    """A request thread that starts another registered thread while server_close waits for
+    it (as sockserve's accepting threads do): that one is joined too, never seen unstarted."""
+    closing = threading.Event()
+    late_done = threading.Event()
+    late: list[threading.Thread] = []
+
+    class Starter(transport.Handler):
+        def handle(self) -> None:
+            assert closing.wait(5)
+            time.sleep(0.05)  # server_close is waiting in join by now (no event tells when)
+            thread = threading.Thread(target=lambda: time.sleep(0.2) or late_done.set())
+            late.append(thread)
+            self.server._request_threads().start(thread)
+
+    server = transport.make(Starter, "threading")
+    with server, transport.client(server) as client:
+        client.sendall(b"?")
+        server.handle_request()
+        closing.set()
+        server.server_close()
+        assert late and late_done.is_set()  # joined, not left running
+
+
 def test_finished_threads_are_not_kept(transport: Transport) -> None:
     refs: list[weakref.ref[threading.Thread]] = []
     done = threading.Semaphore(0)

@@ -219,16 +219,18 @@ class _RequestThreads:
             for _ in range(idle):
                 self.jobs.put(None)
 
-    def add(
+    def start(
         self,
         thread: threading.Thread,
-        limit: int | None,
-        should_stop: Callable[[], bool],
-        wakeup_fd: Callable[[], int | None],
+        limit: int | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        wakeup_fd: Callable[[], int | None] = lambda: None,
     ) -> bool:
-        """Register `thread`, first waiting while `limit` threads are alive.
+        """Register and start `thread`, first waiting while `limit` threads are alive.
 
-        Returns False, without registering, when `should_stop()` turns true during the wait.
+        Registering and starting are one step under the lock, so `snapshot` never sees a
+        thread not yet started. Returns False, without starting, when `should_stop()` turns
+        true during the wait; a failed start is unregistered and raises.
         """
         waiter: _Waker | None = None
         try:
@@ -236,6 +238,11 @@ class _RequestThreads:
                 with self.lock:
                     if limit is None or len(self.threads) < limit:
                         self.threads.add(thread)
+                        try:
+                            thread.start()
+                        except BaseException:
+                            self.threads.discard(thread)
+                            raise
                         return True
                     if waiter is None:
                         waiter = _Waker()
@@ -316,14 +323,9 @@ class ThreadingMixIn:
             daemon=self.daemon_threads,
         )
         wakeup_fd = getattr(self, "_wakeup_fd", lambda: None)
-        if not state.add(thread, self.max_threads, lambda: _shutdown_requested(self), wakeup_fd):
+        if not state.start(thread, self.max_threads, lambda: _shutdown_requested(self), wakeup_fd):
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return  # shutdown() interrupted the wait: refuse rather than exceed the bound
-        try:
-            thread.start()
-        except BaseException:
-            state.discard(thread)
-            raise
 
     def _run_tracked(self, request: Any, client_address: Any) -> None:
         try:
@@ -344,11 +346,16 @@ class ThreadingMixIn:
     def server_close(self) -> None:
         """Close the server, then join non-daemon threads unless block_on_close is False."""
         super().server_close()  # type: ignore[misc]
-        self._request_threads().close()
+        state = self._request_threads()
+        state.close()
         if self.block_on_close:
-            for thread in self._request_threads().snapshot():
-                if not thread.daemon:
+            # Again until none is new: a request thread may start another as the server
+            # closes (sockserve's tool lets request threads accept).
+            joined: set[threading.Thread] = set()
+            while pending := [t for t in state.snapshot() if not t.daemon and t not in joined]:
+                for thread in pending:
                     thread.join()
+                    joined.add(thread)
 
     @property
     def live_threads(self) -> int:
