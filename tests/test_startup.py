@@ -28,13 +28,14 @@ from sockserve.errors import OptionError
 #: Modules the quick path must not load, up to the first echoed byte.
 HEAVY = ("click", "rich", "logging", "dataclasses", "typing", "inspect", "json", "ipaddress")
 #: Modules only other modes, other builtins or failures need. `signal` wraps `_signal` in enum
-#: classes (~0.8 ms to import).
+#: classes (~0.8 ms to import); `_queue` serves only threads that wait for a handed-over request.
 NOT_ON_THE_QUICK_PATH = (
     "sockserve.builtin_protocols",
     "sockserve.builtin_stdin",
     "sockserve.workers",
     "asyncio",
     "signal",
+    "_queue",
 )
 #: What `python -m` (runpy) loads anyway, and the console script does not.
 NOT_IN_THE_CONSOLE_SCRIPT = ("contextlib", "importlib")
