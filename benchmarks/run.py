@@ -620,6 +620,16 @@ def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
     cases = [
         StartupCase("sockserve thread", ss("thread")),
         StartupCase("sockserve event", ss("event")),
+    ]
+    script = Path(PY).with_name("sockserve")
+    if script.exists():  # informational: what users type; pip's script imports `re`, no runpy
+        cases.append(
+            StartupCase(
+                "sockserve thread (console script)",
+                lambda a: [str(script), "tcp", a, "-H", "echo", "-c", "thread", "-q"],
+            )
+        )
+    cases += [
         StartupCase("bare stdlib script", lambda a: [PY, str(HERE / "bare_stdlib.py"), a]),
         StartupCase("asyncio", lambda a: [PY, str(HERE / "peers.py"), "asyncio", "tcp", a, "echo"]),
     ]

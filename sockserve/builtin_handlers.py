@@ -7,7 +7,8 @@ put it on the wire:
 - `stream_handler(name, options)`: a request handler class for TCP and unix stream servers, in
   sync, thread and fork mode;
 - `datagram_handler(name, options)`: the same for UDP and unix datagram servers;
-- `protocol_factory(name, socktype, options)`: asyncio protocols for the event mode.
+- `protocol_factory(name, socktype, options)`: asyncio protocols for the event mode (their
+  classes are in `builtin_protocols`, loaded by the first call).
 
 Every class gets its `HandlerOptions` bound as a class attribute. An `Observer` hears about each
 connection once when it ends (or each datagram) with its byte counts, and, only when it asks for
@@ -38,7 +39,7 @@ datagram is written in `PIPE_BUF` pieces, which then stay whole. A closed output
 `| head -c 10`) raises `OutputClosed`.
 
 stdio, like `nc -l`. Received bytes go to stdout as with `stdout`. One reader of stdin per handler
-class sends what it reads:
+class (in `builtin_stdin`, loaded for stdio only) sends what it reads:
 
 - streams: to every connected client (in sync mode there is one). A client that has finished
   sending (half-close) stays connected and keeps receiving stdin until stdin ends or it goes
@@ -67,7 +68,6 @@ empty.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -88,6 +88,9 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
     from typing import Any, BinaryIO, ClassVar, Literal, Protocol
+
+    from .builtin_protocols import _EventStdin
+    from .builtin_stdin import _DatagramStdio, _StreamStdio
 else:
     Protocol = object  # typing (~3 ms to import) only for type checkers
 
@@ -305,10 +308,14 @@ class _OutputWriter:
         self.creator_pid = os.getpid()
         self.is_pipe = False
         if self.fd is not None:
-            with contextlib.suppress(OSError, ValueError):
+            try:
                 stream.flush()  # what was buffered before us goes first
-            with contextlib.suppress(OSError):
+            except (OSError, ValueError):
+                pass
+            try:
                 self.is_pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
+            except OSError:
+                pass
         _WRITERS.add(self)
 
     def chunk_limit(self, chunk_size: int) -> int:
@@ -419,257 +426,6 @@ class _Shared:
             self.datagram_stdio.release()
 
 
-# -- stdin for stdio (sync, thread and fork modes) -----------------------------------------------
-
-
-class _StdinReader:
-    """A thread reading `source` in chunks, handing each to `deliver`, until EOF or `stop()`.
-
-    `alive`, when given, is checked at least every 0.2 s; the thread ends when it returns False.
-    """
-
-    def __init__(
-        self,
-        source: BinaryIO,
-        chunk_size: int,
-        deliver: Callable[[bytes], None],
-        at_eof: Callable[[], None],
-        alive: Callable[[], bool] | None = None,
-    ) -> None:
-        self.source = source
-        self.fd = _fileno(source)
-        self.chunk_size = chunk_size
-        self.deliver = deliver
-        self.at_eof = at_eof
-        self.alive = alive
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.wake: tuple[int, int] | None = os.pipe()
-        self.thread = threading.Thread(target=self._run, name="sockserve-stdin", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Ask the thread to end and wait for it (from any other thread)."""
-        with self.lock:
-            self.stopping = True
-            if self.wake is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self.wake[1], b"x")
-        if self.thread.ident is not None and self.thread is not threading.current_thread():
-            self.thread.join()
-
-    def _run(self) -> None:
-        try:
-            if self.fd is None:
-                self._run_unselectable()
-            else:
-                self._run_fd(self.fd)
-        finally:
-            with self.lock:
-                if self.wake is not None:
-                    for fd in self.wake:
-                        os.close(fd)
-                    self.wake = None
-
-    def _run_fd(self, fd: int) -> None:
-        assert self.wake is not None
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(self.wake[0], select.POLLIN)
-        timeout = None if self.alive is None else 200
-        while not self.stopping:
-            events = poller.poll(timeout)
-            if self.stopping or (self.alive is not None and not self.alive()):
-                return
-            if not any(efd == fd for efd, _ in events):
-                continue
-            try:
-                data = os.read(fd, self.chunk_size)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""  # e.g. EIO from a terminal that went away: as good as EOF
-            if not data:
-                self.at_eof()
-                return
-            self.deliver(data)
-
-    def _run_unselectable(self) -> None:
-        read = getattr(self.source, "read1", self.source.read)
-        while not self.stopping:
-            if self.alive is not None and not self.alive():
-                return
-            data = read(self.chunk_size)
-            if not data:
-                self.at_eof()
-                return
-            self.deliver(data)
-
-
-class _StreamPeer:
-    """One stream connection as the stdin reader sees it."""
-
-    def __init__(self, sock: socket.socket, client: Any, watch: Observer | None) -> None:
-        self.sock = sock
-        self.client = client
-        self.watch = watch
-        self.lock = threading.Lock()
-        self.open = True
-        self.sent = 0
-
-    def send(self, data: bytes) -> None:
-        with self.lock:
-            if not self.open:
-                return
-            try:
-                self.sock.sendall(data)
-            except OSError:  # gone, reset, or too slow for its timeout: stop sending to it
-                self.open = False
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                return
-            self.sent += len(data)
-            if self.watch is not None:
-                self.watch.data(self.client, "out", data)
-
-    def shut_write(self) -> None:
-        with self.lock:
-            if self.open:
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        """Stop sending to this peer; wakes a send blocked on it first."""
-        if not self.lock.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-            self.lock.acquire()
-        self.open = False
-        self.lock.release()
-
-
-class _StreamStdio:
-    """stdin for the stream connections of one class: one reader while clients are connected.
-
-    Lock order: `gate` (reader start/stop) before `lock` (peer list) or a peer's lock; the
-    reader thread takes `lock` and peer locks only, never `gate`.
-    """
-
-    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
-        self.source = source
-        self.chunk_size = chunk_size
-        self.gate = threading.Lock()
-        self.lock = threading.Lock()
-        self.peers: list[_StreamPeer] = []
-        self.pending: list[bytes] = []
-        self.reader: _StdinReader | None = None
-        self.eof = False
-
-    def attach(self, sock: socket.socket, client: Any, watch: Observer | None) -> _StreamPeer:
-        peer = _StreamPeer(sock, client, watch)
-        with self.gate:
-            with peer.lock:  # stdin read meanwhile waits until the pending chunks are out
-                with self.lock:
-                    self.peers.append(peer)
-                    pending, self.pending = self.pending, []
-                    eof = self.eof
-                    if not eof and self.reader is None:
-                        self.reader = _StdinReader(
-                            self.source, self.chunk_size, self._deliver, self._at_eof
-                        )
-                        self.reader.start()
-            for data in pending:
-                peer.send(data)
-            if eof:
-                peer.shut_write()
-        return peer
-
-    def detach(self, peer: _StreamPeer) -> None:
-        peer.close()
-        with self.gate:
-            with self.lock:
-                self.peers.remove(peer)
-                reader = None
-                if not self.peers:
-                    reader, self.reader = self.reader, None
-            if reader is not None:
-                reader.stop()
-
-    def release(self) -> None:
-        with self.gate:
-            with self.lock:
-                reader, self.reader = self.reader, None
-            if reader is not None:
-                reader.stop()
-
-    def _deliver(self, data: bytes) -> None:
-        with self.lock:
-            peers = list(self.peers)
-            if not peers:
-                self.pending.append(data)
-                return
-        for peer in peers:
-            peer.send(data)
-
-    def _at_eof(self) -> None:
-        with self.lock:
-            self.eof = True
-            peers = list(self.peers)
-        for peer in peers:
-            peer.shut_write()
-
-
-class _DatagramStdio:
-    """stdin for a datagram server: sent to the sender of the latest datagram."""
-
-    def __init__(self, source: BinaryIO, chunk_size: int, watch: Observer | None) -> None:
-        self.source = source
-        self.chunk_size = chunk_size
-        self.watch = watch
-        self.creator_pid = os.getpid()
-        self.lock = threading.Lock()
-        self.target: tuple[socket.socket, Any] | None = None
-        self.reader: _StdinReader | None = None
-        self.eof = False
-
-    def note_sender(self, sock: socket.socket, client: Any) -> None:
-        """Make `client` the destination of stdin; start reading stdin at the first one."""
-        if not client or os.getpid() != self.creator_pid:
-            return
-        with self.lock:
-            self.target = (sock, client)
-            if self.eof or self.reader is not None:
-                return
-            limit = self.chunk_size
-            if sock.family in _INET_FAMILIES:
-                limit = min(limit, _MAX_UDP_PAYLOAD)
-            self.reader = _StdinReader(
-                self.source, limit, self._deliver, self._at_eof, alive=lambda: sock.fileno() != -1
-            )
-            self.reader.start()
-
-    def _deliver(self, data: bytes) -> None:
-        with self.lock:
-            target = self.target
-        if target is None:
-            return
-        sock, client = target
-        if _send_datagram(sock, data, client) and self.watch is not None:
-            self.watch.data(client, "out", data)
-
-    def _at_eof(self) -> None:
-        with self.lock:
-            self.eof = True
-
-    def release(self) -> None:
-        with self.lock:
-            reader, self.reader = self.reader, None
-        if reader is not None:
-            reader.stop()
-
-
 def _send_datagram(sock: socket.socket, data: bytes, client: Any) -> int:
     """Send one datagram to `client`; on unix sockets drop it rather than block."""
     flags = socket.MSG_DONTWAIT if _family(sock) == _AF_UNIX else 0
@@ -723,8 +479,10 @@ class _StreamBuiltin(BaseRequestHandler):
             and not getattr(self.server, "nodelay_inherited", False)  # sockserve's servers
             and _family(sock) in _INET_FAMILIES
         ):
-            with contextlib.suppress(OSError):
+            try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
 
     def handle(self) -> None:
         try:
@@ -752,8 +510,10 @@ class _StreamBuiltin(BaseRequestHandler):
 
     def linger(self, sock: socket.socket, buf: bytearray) -> None:
         """Shut our write side, then drop what the client still sends until it closes."""
-        with contextlib.suppress(OSError):
+        try:
             sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         deadline = time.monotonic() + LINGER_SECONDS
         limit = sock.gettimeout()
         try:
@@ -845,9 +605,10 @@ def _grow_pipe(fd: int, want: int) -> int:
     try:
         return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, max(4096, min(want, 1 << 30)))
     except OSError:  # over /proc/sys/fs/pipe-max-size for this user: keep what it has
-        with contextlib.suppress(OSError):
+        try:
             return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-        return 0
+        except OSError:
+            return 0
 
 
 class _UpperStream(_TransformStream):
@@ -1046,480 +807,6 @@ def _datagram_answer(name: str, reply: bytes) -> Callable[[Any], Any]:
     return functools.partial(respond_datagram, name, reply=reply)  # the clock, or no answer
 
 
-# -- event mode: asyncio protocols -------------------------------------------------------------
-# The logic lives in plain classes; `_event_class` combines each with asyncio.Protocol or
-# DatagramProtocol at first use, so importing this module does not import asyncio.
-
-
-class _EventStream:
-    """Base of the stream protocols: counts bytes, reports the connection when it is lost."""
-
-    transport: Any
-
-    def __init__(self, shared: _Shared) -> None:
-        self.shared = shared
-        self.received = 0
-        self.sent = 0
-        self.watch = shared.watcher()
-        self.client: Any = None
-        self.transport = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.client = transport.get_extra_info("peername")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        observer = self.shared.observer
-        if observer is not None:
-            observer.record(self.client, self.received, self.sent)
-
-    def data_received(self, data: bytes) -> None:
-        self.saw(data)
-
-    def eof_received(self) -> bool | None:
-        return None  # close once what we wrote is out
-
-    def saw(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.watch is not None:
-            self.watch.data(self.client, "in", data)
-
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)
-        self.sent += len(data)
-        if self.watch is not None:
-            self.watch.data(self.client, "out", data)
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-
-class _EventTransform(_EventStream):
-    """echo and upper; reading pauses while the client does not read our replies."""
-
-    transform: ClassVar[Callable[[Any], bytes] | None] = None
-
-    def data_received(self, data: bytes) -> None:
-        watch = self.watch
-        if watch is not None:
-            watch.data(self.client, "in", data)
-        transform = self.transform
-        out = data if transform is None else transform(data)
-        self.transport.write(out)
-        self.received += len(data)  # upper keeps the length: received == sent
-        if watch is not None:
-            watch.data(self.client, "out", out)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.sent = self.received
-        super().connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
-
-class _EventUpper(_EventTransform):
-    transform = staticmethod(_upper)
-
-
-class _EventStdout(_EventStream):
-    def data_received(self, data: bytes) -> None:
-        self.saw(data)
-        writer = self.shared.writer
-        assert writer is not None
-        writer.write(data)
-
-
-class _EventChargen(_EventStream):
-    """chargen: keep the transport's buffer filled until the client goes away."""
-
-    paused = False
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        import asyncio
-
-        self.loop = asyncio.get_running_loop()
-        self._fill()
-
-    def _fill(self) -> None:
-        if self.transport.is_closing():
-            return
-        self.send(self.shared.chargen_block)
-        if not self.paused:
-            self.loop.call_soon(self._fill)
-
-    def eof_received(self) -> bool:
-        return True  # a half-closed client still reads the pattern
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self._fill()
-
-
-class _EventClosing(_EventStream):
-    """Close after our answer: shut the write side, drop input until EOF or LINGER_SECONDS."""
-
-    client_eof = False
-    done = False
-    timer: Any = None
-
-    def finish_sending(self) -> None:
-        self.done = True
-        transport = self.transport
-        if transport.is_closing():
-            return
-        if self.client_eof or not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        import asyncio
-
-        self.timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
-
-    def eof_received(self) -> bool:
-        self.client_eof = True
-        return not self.done
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        super().connection_lost(exc)
-
-
-class _EventGreeting(_EventClosing):
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.send(greeting(self.shared.name))
-        self.finish_sending()
-
-
-class _EventReply(_EventClosing):
-    """reply: answer the first bytes (or EOF) with the reply bytes or file, then close."""
-
-    started = False
-    paused = False
-    file: Any = None
-
-    def data_received(self, data: bytes) -> None:
-        self.saw(data)
-        if not self.started:
-            self.start()
-
-    def eof_received(self) -> bool:
-        self.client_eof = True
-        if not self.started:
-            self.start()
-        return not self.done
-
-    def start(self) -> None:
-        self.started = True
-        path = self.shared.options.reply_file
-        if path is None:
-            self.send(self.shared.reply)
-            self.finish_sending()
-            return
-        import asyncio
-
-        self.loop = asyncio.get_running_loop()
-        self.file = open(path, "rb")  # closed when sent, or when the connection ends
-        self._pump()
-
-    def _pump(self) -> None:
-        if self.file is None or self.paused or self.transport.is_closing():
-            return
-        chunk = self.file.read(self.shared.chunk_size)
-        if not chunk:
-            self.file.close()
-            self.file = None
-            self.finish_sending()
-            return
-        self.send(chunk)
-        self.loop.call_soon(self._pump)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self._pump()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        super().connection_lost(exc)
-
-
-class _EventStdin:
-    """stdin in the event loop, for the stdio protocols of one factory: no thread.
-
-    A pipe or terminal is watched with `add_reader`; a regular file (which a selector cannot
-    watch) or a file object without a descriptor is read chunk by chunk from `call_soon`.
-    Reading stops while no client is connected or while a client's transport is full.
-    """
-
-    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
-        self.source = source
-        self.fd = _fileno(source)
-        self.chunk_size = chunk_size
-        self.peers: list[Any] = []
-        self.pending: list[bytes] = []
-        self.eof = False
-        self.paused = 0
-        self.loop: Any = None
-        self.reading: str | None = None  # "reader", "soon" or None
-        self.handle: Any = None
-
-    def attach(self, proto: Any) -> None:
-        if proto in self.peers:
-            return
-        import asyncio
-
-        self.loop = asyncio.get_running_loop()
-        self.peers.append(proto)
-        pending, self.pending = self.pending, []
-        for data in pending:
-            proto.stdin_data(data)
-        if self.eof:
-            proto.stdin_eof()
-        else:
-            self._start()
-
-    def detach(self, proto: Any) -> None:
-        if proto in self.peers:
-            self.peers.remove(proto)
-        if not self.peers:
-            self._stop()
-
-    def pause(self) -> None:
-        self.paused += 1
-        self._stop()
-
-    def resume(self) -> None:
-        self.paused = max(0, self.paused - 1)
-        if self.peers:
-            self._start()
-
-    def _start(self) -> None:
-        if self.reading is not None or self.paused or self.eof:
-            return
-        if self.fd is not None:
-            try:
-                self.loop.add_reader(self.fd, self._read)
-                self.reading = "reader"
-                return
-            except (OSError, ValueError):
-                pass  # a regular file: it never blocks, so read it from call_soon
-        self.reading = "soon"
-        self.handle = self.loop.call_soon(self._read)
-
-    def _stop(self) -> None:
-        if self.reading == "reader":
-            self.loop.remove_reader(self.fd)
-        elif self.reading == "soon" and self.handle is not None:
-            self.handle.cancel()
-        self.reading = None
-        self.handle = None
-
-    def _read(self) -> None:
-        try:
-            if self.fd is not None:
-                data = os.read(self.fd, self.chunk_size)
-            else:
-                data = getattr(self.source, "read1", self.source.read)(self.chunk_size)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.eof = True
-            self._stop()
-            for proto in list(self.peers):
-                proto.stdin_eof()
-            return
-        if not self.peers:
-            self.pending.append(data)
-        for proto in list(self.peers):
-            proto.stdin_data(data)
-        if self.reading == "soon":
-            self.handle = self.loop.call_soon(self._read)
-
-
-class _EventStdio(_EventStdout):
-    """stdio on a stream: as with threads, a half-closed client keeps getting stdin."""
-
-    client_eof = False
-    stdin_done = False
-    paused = False
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        assert self.shared.event_stdin is not None
-        self.shared.event_stdin.attach(self)
-
-    def eof_received(self) -> bool:
-        self.client_eof = True
-        return not self.stdin_done
-
-    def stdin_data(self, data: bytes) -> None:
-        if not self.transport.is_closing():
-            self.send(data)
-
-    def stdin_eof(self) -> None:
-        self.stdin_done = True
-        if self.transport.is_closing():
-            return
-        if self.client_eof or not self.transport.can_write_eof():
-            self.transport.close()
-        else:
-            self.transport.write_eof()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-        assert self.shared.event_stdin is not None
-        self.shared.event_stdin.pause()
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        assert self.shared.event_stdin is not None
-        self.shared.event_stdin.resume()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        stdin = self.shared.event_stdin
-        assert stdin is not None
-        if self.paused:
-            self.paused = False
-            stdin.resume()
-        stdin.detach(self)
-        super().connection_lost(exc)
-
-
-def _no_record(client: Any, received: int, sent: int) -> None:
-    pass
-
-
-class _EventDatagram:
-    """Datagram protocol for every builtin: one reply datagram per datagram."""
-
-    def __init__(self, shared: _Shared) -> None:
-        self.shared = shared
-        self.transport: Any = None
-        self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
-        self.answer = _datagram_answer(shared.name, self.reply)
-        self.last_sender: Any = None
-        self.stdin_limit = shared.chunk_size
-        if shared.writer is None and shared.watcher() is None:
-            observer = shared.observer
-            self.record = _no_record if observer is None else observer.record
-            quick = self._echo if shared.name == "echo" else self._answer
-            self.datagram_received = quick  # type: ignore[method-assign]
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in _INET_FAMILIES:
-            self.stdin_limit = min(self.stdin_limit, _MAX_UDP_PAYLOAD)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        shared = self.shared
-        watch = shared.watcher()
-        sent = 0
-        try:
-            if watch is not None:
-                watch.data(addr, "in", data)
-            if shared.writer is not None:
-                if shared.event_stdin is not None and addr:
-                    self.last_sender = addr
-                    shared.event_stdin.attach(self)
-                if data:
-                    shared.writer.write(data)
-                return
-            reply = self.answer(data)
-            if reply is None or not addr:
-                return
-            self.transport.sendto(reply, addr)
-            sent = len(reply)
-            if watch is not None:
-                watch.data(addr, "out", reply)
-        finally:
-            if shared.observer is not None:
-                shared.observer.record(addr, len(data), sent)
-
-    def _answer(self, data: bytes, addr: Any) -> None:
-        """`datagram_received` with no output and no -vv: only the answer and the record."""
-        sent = 0
-        try:
-            reply = self.answer(data)
-            if reply is not None and addr:
-                self.transport.sendto(reply, addr)
-                sent = len(reply)
-        finally:
-            self.record(addr, len(data), sent)
-
-    def _echo(self, data: bytes, addr: Any) -> None:
-        """`_answer` for echo: the datagram goes back as it came (any bytes-like will do)."""
-        sent = 0
-        try:
-            if addr:
-                self.transport.sendto(data, addr)
-                sent = len(data)
-        finally:
-            self.record(addr, len(data), sent)
-
-    def stdin_data(self, data: bytes) -> None:
-        if self.last_sender is None or self.transport.is_closing():
-            return
-        for i in range(0, len(data), self.stdin_limit):
-            self.transport.sendto(data[i : i + self.stdin_limit], self.last_sender)
-
-    def stdin_eof(self) -> None:
-        pass
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for an earlier reply: the client is gone, nothing to do
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.shared.event_stdin is not None:
-            self.shared.event_stdin.detach(self)
-
-
-_EVENT_STREAM_CLASSES: dict[str, type[_EventStream]] = {
-    "echo": _EventTransform,
-    "upper": _EventUpper,
-    "discard": _EventStream,
-    "stdout": _EventStdout,
-    "stdio": _EventStdio,
-    "chargen": _EventChargen,
-    "daytime": _EventGreeting,
-    "time": _EventGreeting,
-    "reply": _EventReply,
-}
-
-
-@functools.cache
-def _event_class(name: str, socktype: str) -> type[asyncio.BaseProtocol]:
-    import asyncio
-
-    if socktype == "dgram":
-        logic: type = _EventDatagram
-        base: type = asyncio.DatagramProtocol
-    else:
-        logic = _EVENT_STREAM_CLASSES[name]
-        base = asyncio.Protocol
-    cls_name = f"{name.capitalize()}{'Datagram' if socktype == 'dgram' else 'Stream'}Protocol"
-    return type(cls_name, (logic, base), {"__module__": __name__})
-
-
 # -- public constructors -------------------------------------------------------------------------
 
 
@@ -1535,6 +822,8 @@ def stream_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandle
     _check_name(name)
     shared = _Shared(name, options)
     if name == "stdio":
+        from .builtin_stdin import _StreamStdio
+
         assert shared.input is not None
         shared.stream_stdio = _StreamStdio(shared.input, shared.chunk_size)
     attrs = {"builtin": name, "options": options, "shared": shared, "__module__": __name__}
@@ -1549,6 +838,8 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
     _check_name(name)
     shared = _Shared(name, options)
     if name == "stdio":
+        from .builtin_stdin import _DatagramStdio
+
         assert shared.input is not None
         shared.datagram_stdio = _DatagramStdio(shared.input, shared.chunk_size, shared.watcher())
     attrs: dict[str, Any] = {
@@ -1576,9 +867,6 @@ def protocol_factory(
     _check_name(name)
     if socktype not in ("stream", "dgram"):
         raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
-    shared = _Shared(name, options)
-    if name == "stdio":
-        assert shared.input is not None
-        shared.event_stdin = _EventStdin(shared.input, shared.chunk_size)
-    cls = _event_class(name, socktype)
-    return functools.partial(cls, shared)
+    from .builtin_protocols import shared_protocol_factory  # event mode only: loaded here
+
+    return shared_protocol_factory(_Shared(name, options), socktype)

@@ -9,7 +9,6 @@ idle timeouts, byte counts and events for a Monitor, and a request limit.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -226,8 +225,10 @@ def _wake_connection(
         sock.setblocking(False)
         address = sock.getsockname()
         register(address, sock)
-        with contextlib.suppress(BlockingIOError):
+        try:
             sock.connect(target)
+        except BlockingIOError:
+            pass
     except OSError:
         if address is not None:
             register(address, None)
@@ -441,8 +442,10 @@ class ToolServerMixIn:
             super().serve_forever(poll_interval)  # type: ignore[misc]
         finally:
             self._acceptors.stop()
-            with contextlib.suppress(OSError):  # wakes accept() with EINVAL; no more clients
+            try:  # wakes accept() with EINVAL; no more clients
                 self.socket.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
+            except OSError:
+                pass
             self._close_wakers()
 
     def _start_acceptor(self) -> None:

@@ -8,8 +8,6 @@ while the user's module runs is reported with its file and line, not re-raised.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 import sys
 
@@ -18,7 +16,7 @@ from .records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
     from typing import Any, Literal
 
     Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
@@ -52,7 +50,7 @@ def load_handler(spec: str) -> LoadedHandler:
     spec = spec.strip()
     if spec in BUILTIN_NAMES:
         return LoadedHandler(name=spec, builtin=spec)
-    import unicodedata  # the rest of this module's imports: only for a user's handler
+    import unicodedata  # this module's other imports are only for a user's handler
 
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec):
         raise HandlerLoadError(f"bad handler {spec!r}: control characters", hint=f"use {FORMS}")
@@ -85,30 +83,29 @@ def load_handler(spec: str) -> LoadedHandler:
     return LoadedHandler(name=f"{target}:{cls.__qualname__}", cls=cls, kind=kind)
 
 
-@contextlib.contextmanager
-def _searched_first(folder: str) -> Iterator[None]:
-    """Import with `folder` first on sys.path, then keep it last.
+def _searched_first(folder: str, load: Callable[[Any], Any], arg: Any) -> Any:
+    """Return `load(arg)`, run with `folder` first on sys.path, which then stays last.
 
     While the named module runs, its folder comes first, as when running it as a script. Then
     the folder moves to the end: sibling modules the handler imports later are still found,
     but no stray file there (json.py, signal.py...) shadows a module imported afterwards.
     """
     if "" in sys.path or folder in sys.path:
-        yield
-        return
+        return load(arg)
     sys.path.insert(0, folder)
     try:
-        yield
+        return load(arg)
     finally:
-        with contextlib.suppress(ValueError):
+        if folder in sys.path:
             sys.path.remove(folder)
         sys.path.append(folder)
 
 
 def _import_module(name: str) -> Any:
-    try:
-        with _searched_first(os.getcwd()):  # like `python -m`, modules in the cwd are found
-            return importlib.import_module(name)
+    import importlib
+
+    try:  # like `python -m`, modules in the cwd are found
+        return _searched_first(os.getcwd(), importlib.import_module, name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise HandlerLoadError(
@@ -137,9 +134,8 @@ def _import_file(path: str) -> Any:
         raise HandlerLoadError(f"cannot load {path} as Python", hint="name a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
-    try:
-        with _searched_first(os.path.dirname(real)):  # sibling modules import, as in a script
-            spec.loader.exec_module(module)
+    try:  # sibling modules import, as in a script
+        _searched_first(os.path.dirname(real), spec.loader.exec_module, module)
     except BaseException as exc:
         del sys.modules[modname]
         if not isinstance(exc, Exception):

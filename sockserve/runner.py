@@ -11,10 +11,9 @@ Signal handlers only count the signal and ask the loop to stop, or raise to abor
 
 from __future__ import annotations
 
-import contextlib
+import _signal  # signal's C module: what `signal` wraps, without its enum classes (~0.8 ms)
 import os
 import select
-import signal
 import socket
 import sys
 import threading
@@ -26,11 +25,12 @@ from .errors import ExitStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from typing import Any
 
 _CHILD_RECORD_MAX = select.PIPE_BUF - 1
 _PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
+_SIGNAL_NAMES = {_signal.SIGINT: "SIGINT", _signal.SIGTERM: "SIGTERM"}
 
 
 class ForcedExit(BaseException):
@@ -122,8 +122,10 @@ class RunMonitor:
             record.pop("tb", None)
             line = json.dumps(record, default=str).encode()[:_CHILD_RECORD_MAX] + b"\n"
         if self._pipe is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.write(self._pipe[1], line)
+            except OSError:
+                pass
 
     # -- Monitor / Observer interface ---------------------------------------------------------
     def connected(self, client: Any) -> None:
@@ -245,8 +247,10 @@ class RunMonitor:
         if self._pipe is not None and not self.in_child:
             self.poll()
             for fd in self._pipe:
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
             self._pipe = None
 
 
@@ -296,11 +300,12 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
 
 
 class _Signals:
-    """Install SIGINT/SIGTERM handlers for one run; restore the old ones on exit."""
+    """Install SIGINT/SIGTERM handlers for one run; restore the old ones on exit.
 
-    def __init__(
-        self, on_first: Any, grace: float, sigs: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-    ) -> None:
+    While the run lasts, a forked request child resets its signals (`_reset_in_child`).
+    """
+
+    def __init__(self, on_first: Any, grace: float, sigs: tuple[int, ...] = _STOP_SIGNALS) -> None:
         self.on_first = on_first
         self.sigs = sigs
         self.grace = grace
@@ -312,7 +317,7 @@ class _Signals:
     def handle(self, signum: int, frame: Any) -> None:
         self.count += 1
         if self.count == 1:
-            self.name = signal.Signals(signum).name
+            self.name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
             self.on_first(f"{self.name} received")
             self.arm_grace()  # in-flight requests have `grace` seconds from now
             return
@@ -327,22 +332,29 @@ class _Signals:
             return
         self.armed = True
         if self.grace > 0:
-            signal.setitimer(signal.ITIMER_REAL, self.grace)
+            _signal.setitimer(_signal.ITIMER_REAL, self.grace)
         else:
             raise GraceExpired()
 
     def __enter__(self) -> _Signals:
+        global _in_run
+        _install_child_reset()
+        _in_run = True
         if threading.current_thread() is threading.main_thread():
             for sig in self.sigs:
-                self.saved[sig] = signal.signal(sig, self.handle)
-            self.saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self.expire)
+                self.saved[sig] = _signal.signal(sig, self.handle)
+            self.saved[_signal.SIGALRM] = _signal.signal(_signal.SIGALRM, self.expire)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.saved:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            for sig, old in self.saved.items():
-                signal.signal(sig, old)
+        global _in_run
+        try:
+            if self.saved:
+                _signal.setitimer(_signal.ITIMER_REAL, 0)
+                for sig, old in self.saved.items():
+                    _signal.signal(sig, old)
+        finally:
+            _in_run = False
 
 
 _child_reset_installed = False
@@ -353,10 +365,10 @@ def _reset_in_child() -> None:
     """After fork in a handler child: the parent coordinates the stop, the child just works."""
     if not _in_run:
         return
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole process group
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    _signal.setitimer(_signal.ITIMER_REAL, 0)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # Ctrl-C hits the whole process group
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
 
 
 def _install_child_reset() -> None:
@@ -364,17 +376,6 @@ def _install_child_reset() -> None:
     if not _child_reset_installed and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_reset_in_child)
         _child_reset_installed = True
-
-
-@contextlib.contextmanager
-def _running() -> Iterator[None]:
-    global _in_run
-    _install_child_reset()
-    _in_run = True
-    try:
-        yield
-    finally:
-        _in_run = False
 
 
 def print_address(text: str) -> None:
@@ -388,10 +389,12 @@ def print_address(text: str) -> None:
 
 def _silence_stdout() -> None:
     """Point fd 1 at /dev/null so Python's exit-time flush cannot fail on a closed pipe."""
-    with contextlib.suppress(OSError):
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+    except OSError:
+        pass
 
 
 def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
@@ -410,7 +413,7 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
     family = "unix" if config.family == "unix" else _family_of(server)
     try:
         if config.workers == 1:
-            loop_server = _make_loop_server(config, server, handler, monitor)
+            loop_server = make_loop_server(config, server, handler, monitor)
         sockaddr = server.server_address
 
         def announce() -> None:
@@ -432,12 +435,16 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
                 )
 
         if config.workers > 1:
-            status = _serve_workers(config, server, handler, monitor, announce=announce)
+            from .workers import serve_workers
+
+            status = serve_workers(config, server, handler, monitor, announce=announce)
         else:
-            status = _run(config, server, loop_server, monitor, announce=announce)
+            status = run_loop(config, server, loop_server, monitor, announce=announce)
     finally:
-        with contextlib.suppress(Exception):
+        try:
             server.server_close()
+        except Exception:
+            pass
         monitor.close()
     reason = monitor.stop_reason
     reporter.summary(monitor.stats, config.socktype, reason)
@@ -474,7 +481,8 @@ class _EventHooks:
         self.monitor.request_stop(reason)
 
 
-def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
+def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
+    """The server whose serve_forever runs: `server` itself, or the event loop's on its socket."""
     if config.concurrency != "event":
         return server
     from .socketserver._log import load_logging
@@ -492,151 +500,12 @@ def _make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: R
     )
 
 
-def _serve_workers(
-    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, announce: Any = None
-) -> ExitStatus:
-    """Prefork `config.workers` processes on the bound socket and supervise them.
-
-    Each worker runs the usual loop; SIGINT is ignored there, SIGTERM from this process is
-    its stop signal (a second SIGTERM forces it). This process forwards Ctrl-C/SIGTERM,
-    reaps the workers and adds their counters (sent as JSON on a pipe) to its own.
-    `announce` (the banner) runs once this process forwards signals: a SIGTERM sent on
-    seeing the banner never kills it by default and leaves the workers serving as orphans.
-    """
-    result_r, result_w = os.pipe()
-    workers: dict[int, int] = {}
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the worker, checked through its effects
-            os.close(result_r)
-            _worker_main(config, server, handler, monitor, result_w)
-        workers[pid] = _pidfd(pid)
-    os.close(result_w)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        received.append(signum)
-        with contextlib.suppress(OSError):
-            os.write(wake_w, b"s")
-
-    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    forwarded = 0
-    failed = False
-    try:
-        if announce is not None:
-            announce()
-        while workers:
-            fds = [wake_r, *(fd for fd in workers.values() if fd >= 0)]
-            timeout = None if all(fd >= 0 for fd in workers.values()) else 0.1
-            with contextlib.suppress(InterruptedError):
-                select.select(fds, [], [], timeout)
-            with contextlib.suppress(OSError):
-                os.read(wake_r, 1024)
-            while forwarded < len(received):
-                forwarded += 1
-                if forwarded == 1:
-                    monitor.stop_reason = f"{signal.Signals(received[0]).name} received"
-                for pid in workers:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGTERM)
-            for pid in list(workers):
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    continue
-                fd = workers.pop(pid)
-                if fd >= 0:
-                    os.close(fd)
-                code = os.waitstatus_to_exitcode(status)
-                if not received and not failed:
-                    failed = True
-                    monitor.warning(f"worker {pid} exited with status {code}: stopping")
-                    monitor.stop_reason = "a worker exited"
-                    for other in workers:
-                        with contextlib.suppress(OSError):
-                            os.kill(other, signal.SIGTERM)
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-        for fd in (wake_r, wake_w):
-            os.close(fd)
-        _collect_worker_stats(result_r, monitor)
-        os.close(result_r)
-    if len(received) >= 2:
-        return ExitStatus.INTERRUPTED
-    return ExitStatus.ERROR if failed else ExitStatus.OK
-
-
-def _pidfd(pid: int) -> int:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return -1
-
-
-def _worker_main(
-    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, result_fd: int
-) -> None:  # pragma: no cover - runs in a worker process
-    status = ExitStatus.ERROR
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        server._unix_file = None  # the supervisor removes the socket file
-        server.socket.setblocking(False)  # another worker may win the accept race
-        monitor.become_worker()
-        loop_server = _make_loop_server(config, server, handler, monitor)
-        status = _run(config, server, loop_server, monitor, sigs=(signal.SIGTERM,))
-        stats = monitor.stats
-        record = {
-            "connections": stats.connections,
-            "requests": stats.requests,
-            "bytes_in": stats.bytes_in,
-            "bytes_out": stats.bytes_out,
-            "errors": stats.errors,
-        }
-        import json
-
-        os.write(result_fd, json.dumps(record).encode() + b"\n")
-    except BaseException:
-        status = ExitStatus.ERROR
-    finally:
-        os._exit(int(status))
-
-
-def _collect_worker_stats(fd: int, monitor: RunMonitor) -> None:
-    import json
-
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    for line in data.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        stats = monitor.stats
-        with stats.lock:
-            stats.connections += int(rec["connections"])
-            stats.requests += int(rec["requests"])
-            stats.bytes_in += int(rec["bytes_in"])
-            stats.bytes_out += int(rec["bytes_out"])
-            stats.errors += int(rec["errors"])
-
-
-def _run(
+def run_loop(
     config: ServeConfig,
     server: Any,
     loop_server: Any,
     monitor: RunMonitor,
-    sigs: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    sigs: tuple[int, ...] = _STOP_SIGNALS,
     announce: Any = None,
 ) -> ExitStatus:
     """The serve loop and the ordered stop (see the module docstring).
@@ -661,7 +530,7 @@ def _run(
         loop_server.request_limit = limit
     signals = _Signals(stop, config.grace, sigs)
     poll = 0.2 if config.concurrency == "fork" else 0.5
-    with _running(), signals:
+    with signals:
         try:
             expired = False
             try:
@@ -692,9 +561,9 @@ def _run(
                 except GraceExpired:
                     monitor.warning(f"grace period of {config.grace:g}s over: aborting requests")
                     _abort(server, loop_server)
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
         except ForcedExit:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
             monitor.stop_reason = "forced by a second signal"
             _abort(server, loop_server)
             return ExitStatus.INTERRUPTED
@@ -715,8 +584,10 @@ def _close_listener(server: Any) -> None:
     """Stop new clients at once: close the listening socket (the file is removed later)."""
     sock = getattr(server, "socket", None)
     if sock is not None and server.socket_type == socket.SOCK_STREAM:
-        with contextlib.suppress(OSError):
+        try:
             sock.close()
+        except OSError:
+            pass
 
 
 def _drain(server: Any, loop_server: Any) -> None:
@@ -736,23 +607,31 @@ def _abort(server: Any, loop_server: Any) -> None:
         loop_server.close_connections(0)
         return
     for sock in list(getattr(server, "active_requests", ())):
-        with contextlib.suppress(OSError):
+        try:
             sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     children = getattr(server, "active_children", None) or ()
     for pid in list(children):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except OSError:
+            pass
     deadline = time.monotonic() + 2.0
     for pid in list(children):
-        with contextlib.suppress(ChildProcessError, OSError):
+        try:
             while time.monotonic() < deadline:
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if done:
                     break
                 time.sleep(0.01)
+        except OSError:  # ChildProcessError: reaped already
+            pass
     if children:
         children.clear()
-    with contextlib.suppress(Exception):
+    try:
         server.block_on_close = False
         server.server_close()
+    except Exception:
+        pass
     server.monitor.poll() if server.monitor is not None else None

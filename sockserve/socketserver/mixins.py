@@ -11,22 +11,29 @@ import selectors
 import socket
 import threading
 
-try:
-    from _queue import Empty, SimpleQueue  # what `queue` re-exports, without heapq & co.
-except ImportError:  # pragma: no cover - other Pythons
-    from queue import Empty, SimpleQueue
-
 from ._log import LazyLogger
 from .servers import TCPServer, UDPServer, _Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from _queue import SimpleQueue
     from collections.abc import Callable
+    from types import ModuleType
     from typing import Any
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
 
 logger = LazyLogger("sockserve.socketserver")
+
+
+def _queues() -> ModuleType:
+    """SimpleQueue and Empty, from `_queue` as `queue` re-exports them (without heapq & co.);
+    loaded when a reusable thread first waits, so other servers never load the extension."""
+    try:
+        import _queue
+    except ImportError:  # pragma: no cover - other Pythons
+        import queue as _queue
+    return _queue
 
 
 def _shutdown_requested(server: object) -> bool:
@@ -181,8 +188,9 @@ class _RequestThreads:
         self.threads: set[threading.Thread] = set()
         self.waiters: set[_Waker] = set()
         # reuse_threads: requests handed to threads waiting for one (`idle` of them, not
-        # counting the requests already queued for them); None tells one to end.
-        self.jobs: SimpleQueue[tuple[Any, Any] | None] = SimpleQueue()
+        # counting the requests already queued for them); None tells one to end. Made when
+        # the first thread waits (no request is handed over before).
+        self.jobs: SimpleQueue[tuple[Any, Any] | None] | None = None
         self.idle = 0
         self.closed = False
 
@@ -197,17 +205,21 @@ class _RequestThreads:
 
     def next_job(self, idle_timeout: float) -> tuple[Any, Any] | None:
         """For a reusable thread done with a request: wait for the next one, or None to end."""
+        queues = _queues()
         with self.lock:
             if self.closed:
                 return None
+            if self.jobs is None:
+                self.jobs = queues.SimpleQueue()
+            jobs = self.jobs
             self.idle += 1
         try:
-            return self.jobs.get(timeout=idle_timeout)
-        except Empty:
+            return jobs.get(timeout=idle_timeout)
+        except queues.Empty:
             with self.lock:  # a request may have been handed over as the wait ran out
                 try:
-                    return self.jobs.get_nowait()
-                except Empty:
+                    return jobs.get_nowait()
+                except queues.Empty:
                     self.idle -= 1
                     return None
 
