@@ -613,21 +613,27 @@ class StartupCase:
     python: bool = True
 
 
+#: The `sockserve` command as users type it: the script installed next to PY (else -m).
+SOCKSERVE_SCRIPT = Path(PY).with_name("sockserve")
+SOCKSERVE_COMMAND = (
+    [str(SOCKSERVE_SCRIPT)] if SOCKSERVE_SCRIPT.exists() else [PY, "-m", "sockserve"]
+)
+
+
 def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
-    def ss(conc: str) -> Callable[[str], list[str]]:
-        return lambda a: [PY, "-m", "sockserve", "tcp", a, "-H", "echo", "-c", conc, "-q"]
+    """The `sockserve` command, and `python -m sockserve` for information."""
+    script = SOCKSERVE_SCRIPT
+
+    def ss(conc: str, argv0: list[str] = SOCKSERVE_COMMAND) -> Callable[[str], list[str]]:
+        return lambda a: [*argv0, "tcp", a, "-H", "echo", "-c", conc, "-q"]
 
     cases = [
         StartupCase("sockserve thread", ss("thread")),
         StartupCase("sockserve event", ss("event")),
     ]
-    script = Path(PY).with_name("sockserve")
-    if script.exists():  # informational: what users type; pip's script imports `re`, no runpy
+    if script.exists():  # informational: -m also pays for runpy's imports
         cases.append(
-            StartupCase(
-                "sockserve thread (console script)",
-                lambda a: [str(script), "tcp", a, "-H", "echo", "-c", "thread", "-q"],
-            )
+            StartupCase("sockserve thread (python -m)", ss("thread", [PY, "-m", "sockserve"]))
         )
     cases += [
         StartupCase("bare stdlib script", lambda a: [PY, str(HERE / "bare_stdlib.py"), a]),
@@ -676,8 +682,8 @@ def run_startup(opts: argparse.Namespace) -> tuple[list[Result], list[Result]]:
         "python -c pass": [PY, "-c", "pass"],
         "python -c 'import socketserver'": [PY, "-c", "import socketserver"],
         "python -c 'import sockserve'": [PY, "-c", "import sockserve"],
-        "sockserve --help": [PY, "-m", "sockserve", "--help"],
-        "sockserve --version": [PY, "-m", "sockserve", "--version"],
+        "sockserve --help": [*SOCKSERVE_COMMAND, "--help"],
+        "sockserve --version": [*SOCKSERVE_COMMAND, "--version"],
     }
     timed = {k: Result("commands", k) for k in commands}
     for rnd in range(-2, reps):

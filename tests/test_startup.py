@@ -36,6 +36,7 @@ NOT_ON_THE_QUICK_PATH = (
     "asyncio",
     "signal",
     "_queue",
+    "re",
 )
 #: What `python -m` (runpy) loads anyway, and the console script does not.
 NOT_IN_THE_CONSOLE_SCRIPT = ("contextlib", "importlib")
@@ -276,7 +277,7 @@ def test_quick_path_serves_without_heavy_modules(entry_code: str, concurrency: s
     assert err == ""
     loaded = set(eval(lines[-1]))  # the atexit line: sorted(sys.modules)
     assert "sockserve.runner" in loaded and "sockserve.cli" not in loaded
-    allowed = {"json"} if concurrency == "fork" else set()  # children forward JSON records
+    allowed = {"json", "re"} if concurrency == "fork" else set()  # children forward JSON
     unwanted = (*HEAVY, *NOT_ON_THE_QUICK_PATH)
     if "runpy" not in entry_code:
         unwanted += NOT_IN_THE_CONSOLE_SCRIPT
@@ -292,6 +293,11 @@ def test_python_m_sockserve_and_console_script_serve() -> None:
         pytest.skip("the console script is not installed next to this Python")
     lines, err = _serve_once([str(script), *SERVE_ARGS])
     assert (lines[1:], err) == ([], "")
+    # The installed command is our script (scripts/sockserve): unlike a pip-generated entry
+    # point's, its first line is not `import re`, so nothing loads re before the first echo.
+    lines, err = _serve_once([sys.executable, "-X", "importtime", str(script), *SERVE_ARGS])
+    loaded = {line.rpartition("|")[2].strip() for line in err.splitlines() if "|" in line}
+    assert "sockserve.entry" in loaded and "re" not in loaded
 
 
 def test_logging_set_up_before_the_first_record_when_it_comes() -> None:
