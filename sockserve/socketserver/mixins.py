@@ -186,6 +186,8 @@ class _RequestThreads:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.threads: set[threading.Thread] = set()
+        self.starting = 0  # registered, start() not returned yet
+        self.started = threading.Condition(self.lock)  # notified when `starting` drops to 0
         self.waiters: set[_Waker] = set()
         # reuse_threads: requests handed to threads waiting for one (`idle` of them, not
         # counting the requests already queued for them); None tells one to end. Made when
@@ -240,21 +242,40 @@ class _RequestThreads:
     ) -> bool:
         """Register and start `thread`, first waiting while `limit` threads are alive.
 
-        Registering and starting are one step under the lock, so `snapshot` never sees a
-        thread not yet started. Returns False, without starting, when `should_stop()` turns
-        true during the wait; a failed start is unregistered and raises.
+        `snapshot` waits for the starts in progress, so it never returns a thread not yet
+        started. Returns False, without starting, when `should_stop()` turns true during the
+        wait; a failed start is unregistered and raises.
         """
+        if not self._register(thread, limit, should_stop, wakeup_fd):
+            return False
+        try:
+            thread.start()
+        except BaseException:
+            self.discard(thread)
+            raise
+        finally:
+            with self.lock:
+                self.starting -= 1
+                if not self.starting:
+                    self.started.notify_all()
+        return True
+
+    def _register(
+        self,
+        thread: threading.Thread,
+        limit: int | None,
+        should_stop: Callable[[], bool],
+        wakeup_fd: Callable[[], int | None],
+    ) -> bool:
+        """Register `thread` as starting once fewer than `limit` are alive; False if
+        `should_stop()` turned true during the wait."""
         waiter: _Waker | None = None
         try:
             while True:
                 with self.lock:
                     if limit is None or len(self.threads) < limit:
                         self.threads.add(thread)
-                        try:
-                            thread.start()
-                        except BaseException:
-                            self.threads.discard(thread)
-                            raise
+                        self.starting += 1
                         return True
                     if waiter is None:
                         waiter = _Waker()
@@ -282,7 +303,9 @@ class _RequestThreads:
                 waiter.wake()
 
     def snapshot(self) -> list[threading.Thread]:
-        with self.lock:
+        """The registered threads, once every start in progress has returned."""
+        with self.started:
+            self.started.wait_for(lambda: not self.starting)
             return list(self.threads)
 
 
