@@ -161,23 +161,30 @@ def test_server_close_waits_for_non_daemon_threads(
 def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport) -> None:
     """A request thread that starts another registered thread while server_close waits for
     it (as sockserve's accepting threads do): that one is joined too, never seen unstarted."""
-    closing = threading.Event()
+    snapped = threading.Event()  # server_close has listed the threads it joins first
     late_done = threading.Event()
     late: list[threading.Thread] = []
 
     class Starter(transport.Handler):
         def handle(self) -> None:
-            assert closing.wait(5)
-            time.sleep(0.05)  # server_close is waiting in join by now (no event tells when)
+            assert snapped.wait(5)
             thread = threading.Thread(target=lambda: time.sleep(0.2) or late_done.set())
             late.append(thread)
             self.server._request_threads().start(thread)
 
     server = transport.make(Starter, "threading")
+    state = server._request_threads()
+    first_snapshot = state.snapshot
+
+    def snapshot() -> list[threading.Thread]:
+        threads = first_snapshot()
+        snapped.set()
+        return threads
+
+    state.snapshot = snapshot
     with server, transport.client(server) as client:
         client.sendall(b"?")
         server.handle_request()
-        closing.set()
         server.server_close()
         assert late and late_done.is_set()  # joined, not left running
 
