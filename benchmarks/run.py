@@ -78,11 +78,11 @@ def sockserve(concurrency: str | None, workers: int = 1, max_threads: int | None
 
 
 def sockserve_own_handler(concurrency: str) -> Argv:
-    """sockserve serving the stdlib peers' handler class, as a user's own `-H file.py:Class`."""
+    """sockserve serving the stdlib peers' stream handler class, as a user's own
+    `-H file.py:Class` (the row is in stream scenarios only)."""
 
     def argv(transport: str, address: str, handler: str) -> list[str]:
-        kind = "Stream" if transport in ("tcp", "unix") else "Datagram"
-        spec = f"{HERE / 'stdlib_handlers.py'}:{handler.capitalize()}{kind}"
+        spec = f"{HERE / 'stdlib_handlers.py'}:{handler.capitalize()}Stream"
         return sockserve(concurrency)(transport, address, spec)
 
     return argv
@@ -120,15 +120,14 @@ class Unavailable(Exception):
     """A server that cannot run in this scenario or on this machine."""
 
 
+OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
 BOUNDED = "sockserve thread max=128"  # the bounded pool: --max-threads 128
 SERVERS: dict[str, Server] = {
     s.key: s
     for s in [
         Server("sockserve sync", "sockserve", "sync", sockserve("sync")),
         Server("sockserve thread", "sockserve", "thread", sockserve("thread")),
-        Server(
-            "sockserve thread (own handler)", "sockserve", "thread", sockserve_own_handler("thread")
-        ),
+        Server(OWN, "sockserve", "thread", sockserve_own_handler("thread")),
         Server(BOUNDED, "sockserve", "thread", sockserve("thread", max_threads=128)),
         Server("sockserve fork", "sockserve", "fork", sockserve("fork")),
         Server("sockserve event", "sockserve", "event", sockserve("event")),
@@ -173,7 +172,6 @@ class Scenario:
 
 
 ALL_THREAD = ["sockserve thread", "sockserve event", "sockserve workers=2"]
-OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
 PEERS = ["stdlib thread", "asyncio", "uvloop", "socat", "C epoll"]
 QUICK_CORE = ["sockserve thread", "sockserve event", "stdlib thread", "uvloop", "C epoll"]
 
@@ -622,7 +620,6 @@ SOCKSERVE_COMMAND = (
 
 def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
     """The `sockserve` command, and `python -m sockserve` for information."""
-    script = SOCKSERVE_SCRIPT
 
     def ss(conc: str, argv0: list[str] = SOCKSERVE_COMMAND) -> Callable[[str], list[str]]:
         return lambda a: [*argv0, "tcp", a, "-H", "echo", "-c", conc, "-q"]
@@ -631,7 +628,7 @@ def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
         StartupCase("sockserve thread", ss("thread")),
         StartupCase("sockserve event", ss("event")),
     ]
-    if script.exists():  # informational: -m also pays for runpy's imports
+    if SOCKSERVE_COMMAND[0] != PY:  # informational: -m also pays for runpy's imports
         cases.append(
             StartupCase("sockserve thread (python -m)", ss("thread", [PY, "-m", "sockserve"]))
         )
@@ -655,6 +652,7 @@ def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
 def run_startup(opts: argparse.Namespace) -> tuple[list[Result], list[Result]]:
     """exec -> first echoed byte for each case; then plain command times (--help etc.)."""
     reps = 9 if opts.quick else 25  # cheap runs, and the ratio sits near its bound: many samples
+    command_reps = 5 if opts.quick else 9  # --help and the like: for information
     cases = startup_cases(SERVERS)
     results = {c.key: Result("startup", c.key) for c in cases}
     for rnd in range(-2, reps):  # two warm-up rounds fill the bytecode cache
@@ -686,7 +684,7 @@ def run_startup(opts: argparse.Namespace) -> tuple[list[Result], list[Result]]:
         "sockserve --version": [*SOCKSERVE_COMMAND, "--version"],
     }
     timed = {k: Result("commands", k) for k in commands}
-    for rnd in range(-2, reps):
+    for rnd in range(-2, command_reps):
         for key, argv in commands.items():
             out = subprocess.run(
                 [str(LOADGEN), "run", "-d", "20", "--", *argv],

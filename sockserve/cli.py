@@ -301,14 +301,6 @@ def _exit(status: Any) -> None:
     entry.exit_command(status, as_command=_as_command)
 
 
-def decode_escapes(text: str) -> bytes:
-    """Turn `--reply` text into bytes, decoding \\n, \\r, \\t, \\\\ and \\xNN escapes."""
-    try:
-        return _config.decode_escapes(text)
-    except OptionError as exc:
-        raise click.BadParameter(exc.message, param_hint=exc.param) from None
-
-
 def build_config(params: dict[str, Any]) -> Any:
     """Validate the parsed options into a ServeConfig; raises click.BadParameter/UsageError.
 

@@ -181,29 +181,35 @@ def config_from_options(
             address=address,
             handler=handler,
             concurrency=concurrency,
-            max_children=options["max_children"],
-            max_threads=options["max_threads"],
-            daemon_threads=options["daemon_threads"],
-            block_on_close=options["block_on_close"],
-            backlog=options["backlog"],
-            reuse_address=options["reuse_address"],
-            reuse_port=options["reuse_port"],
-            timeout=options["timeout"],
-            mode=options["mode"],
             reply=reply,
             reply_file=reply_file,
-            once=options["once"],
-            max_requests=options["max_requests"],
-            grace=options["grace"],
-            workers=options["workers"],
-            print_address=options["print_address"],
             output="json" if options["json_output"] else "rich",
             verbosity=options["verbose"],
-            color=options["color"],
-            traceback=options["traceback"],
+            **{name: options[name] for name in _PASSED_AS_GIVEN},
         )
     except UsageError as exc:
         raise OptionError(_with_hint(exc)) from None
+
+
+#: Options that become the ServeConfig field of the same name unchanged.
+_PASSED_AS_GIVEN = (
+    "max_children",
+    "max_threads",
+    "daemon_threads",
+    "block_on_close",
+    "backlog",
+    "reuse_address",
+    "reuse_port",
+    "timeout",
+    "mode",
+    "once",
+    "max_requests",
+    "grace",
+    "workers",
+    "print_address",
+    "color",
+    "traceback",
+)
 
 
 def _with_hint(exc: UsageError) -> str:

@@ -138,6 +138,10 @@ class PlainReporter:
         if not self.quiet:
             self._emit(f"connect {format_client(client)}", "event")
 
+    def shows_datagram_records(self) -> bool:
+        """True if `record` prints anything for a datagram."""
+        return not self.quiet and self.verbosity >= 1
+
     def record(self, client: Any, received: int, sent: int, socktype: str) -> None:
         if self.quiet:
             return
@@ -250,6 +254,9 @@ class JsonReporter(PlainReporter):
     def connected(self, client: Any) -> None:
         self._event("connect", client=self._client(client))
 
+    def shows_datagram_records(self) -> bool:
+        return True
+
     def record(self, client: Any, received: int, sent: int, socktype: str) -> None:
         name = "request" if socktype == "dgram" else "close"
         self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
@@ -339,14 +346,6 @@ def _reporter_log_handler(logging: ModuleType) -> type[logging.Handler]:
     ReporterLogHandler.__module__ = __name__
     _handler_class = ReporterLogHandler
     return ReporterLogHandler
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ReporterLogHandler":
-        from .socketserver._log import load_logging
-
-        return _reporter_log_handler(load_logging())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def setup_logging(reporter: PlainReporter, verbosity: int) -> None:

@@ -1,4 +1,4 @@
-"""The `sockserve` program (console script and `python -m sockserve`), quick to start.
+"""The `sockserve` program (`scripts/sockserve` and `python -m sockserve`), quick to start.
 
 click costs about 18 ms to import, more than the rest of a start-up. `main` therefore reads
 the usual command lines itself: PROTO ADDRESS with the options scripts use, in the spellings
@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 
+from .addresses import TRANSPORTS
 from .config import CONCURRENCIES, config_from_options, parse_mode
 from .errors import ExitStatus, HandlerLoadError, OptionError, SockserveError
 
@@ -87,7 +88,7 @@ def _readable_file(value: str) -> str:
 
 
 #: The protocols of the PROTO argument (addresses.TRANSPORTS has the same keys).
-_PROTOCOLS = ("tcp", "udp", "unix", "unix-dgram")
+_PROTOCOLS = tuple(TRANSPORTS)
 
 #: Flags: option string -> (parameter, value it sets).
 FLAGS: dict[str, tuple[str, bool]] = {

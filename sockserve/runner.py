@@ -85,8 +85,7 @@ class RunMonitor:
         if (
             config.socktype == "dgram"
             and config.concurrency in ("sync", "event")
-            and config.output == "rich"
-            and (reporter.quiet or config.verbosity < 1)
+            and not reporter.shows_datagram_records()
         ):
             # A record per datagram, all from one thread, that the reporter would not show.
             self.record = self._count  # type: ignore[method-assign]
@@ -485,9 +484,6 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
     """The server whose serve_forever runs: `server` itself, or the event loop's on its socket."""
     if config.concurrency != "event":
         return server
-    from .socketserver._log import load_logging
-
-    load_logging()  # event logs through `logging` itself (asyncio loads it anyway): set it up
     from .event import EventServer
 
     return EventServer(

@@ -866,3 +866,28 @@ def test_two_workers_serve_and_stop_gracefully() -> None:
     status, out = finish(child)
     assert status == 0
     assert "Traceback" not in out
+
+
+def test_event_loop_warnings_reach_the_reporter(tmp_path: Path) -> None:
+    """A loop message without an exception is logged by the event module: the command shows it
+    on its output like every sockserve log record (logging was not loaded at set-up)."""
+    handler = tmp_path / "warns.py"
+    handler.write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+
+            class Warns(asyncio.Protocol):
+                def connection_made(self, transport):
+                    asyncio.get_running_loop().call_exception_handler({"message": "odd event"})
+                    transport.close()
+            """
+        )
+    )
+    child = spawn(["tcp", ":0", "-c", "event", "-H", f"{handler}:Warns", "--once"])
+    addr = inet_address(wait_listening(child))
+    with socket.create_connection(addr, timeout=10) as sock:
+        assert sock.recv(10) == b""
+    status, out = finish(child)
+    assert status == 0
+    assert "warning: odd event" in out  # the reporter's line, not logging's last resort

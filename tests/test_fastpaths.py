@@ -233,7 +233,7 @@ def monitor_for(
     """A RunMonitor for the config the command builds from `args`, reporting into a buffer
     (at the config's verbosity unless `verbosity` is given)."""
     from sockserve import cli
-    from sockserve.console import PlainReporter
+    from sockserve.console import JsonReporter, PlainReporter
     from sockserve.runner import RunMonitor
 
     ctx = cli.main.make_context("sockserve", args)
@@ -241,7 +241,11 @@ def monitor_for(
         config = cli.build_config(ctx.params)
     out = io.StringIO()
     level = config.verbosity if verbosity is None else verbosity
-    return RunMonitor(PlainReporter(out, level, quiet=quiet), config), out
+    if config.output == "json":  # as make_reporter does, into the buffer
+        reporter = JsonReporter(out, level, quiet=False)
+    else:
+        reporter = PlainReporter(out, level, quiet=quiet)
+    return RunMonitor(reporter, config), out
 
 
 def make_monitor(concurrency: str) -> Any:
