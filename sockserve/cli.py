@@ -280,7 +280,7 @@ def main(**params: Any) -> None:
     Listens on loopback unless ADDRESS names another interface. Ctrl-C or SIGTERM stops it
     gracefully and prints a summary; a second Ctrl-C forces the exit.
     """
-    entry.serve_command(params, lambda: build_config(params), lambda status: _exit(status))
+    entry.serve_command(params, lambda: build_config(params), _exit)
 
 
 _as_command = False

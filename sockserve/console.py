@@ -8,6 +8,7 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -346,6 +347,18 @@ def _reporter_log_handler(logging: ModuleType) -> type[logging.Handler]:
     ReporterLogHandler.__module__ = __name__
     _handler_class = ReporterLogHandler
     return ReporterLogHandler
+
+
+def silence(*streams: IO[str]) -> None:
+    """Point the streams' descriptors at /dev/null, so that a reader gone away cannot fail
+    Python's flush at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in streams:
+            os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def setup_logging(reporter: PlainReporter, verbosity: int) -> None:

@@ -262,7 +262,9 @@ def main() -> None:
 
         if exc.errno != errno.EPIPE:
             raise
-        _silence_output()
+        from .console import silence
+
+        silence(sys.stdout, sys.stderr)
         sys.exit(1)
     except (EOFError, KeyboardInterrupt):  # as click's standalone mode does
         sys.stderr.write("\nAborted!\n")
@@ -333,14 +335,3 @@ def exit_command(status: ExitStatus, *, as_command: bool) -> None:
         sys.stderr.flush()
         os._exit(int(status))
     sys.exit(int(status))
-
-
-def _silence_output() -> None:
-    """Point stdout and stderr at /dev/null: a gone reader must not fail the exit's flush."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for stream in (sys.stdout, sys.stderr):
-            os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass

@@ -20,7 +20,7 @@ import threading
 import time
 
 from .config import ServeConfig
-from .console import PlainReporter, Stats
+from .console import PlainReporter, Stats, silence
 from .errors import ExitStatus
 
 TYPE_CHECKING = False
@@ -383,17 +383,7 @@ def print_address(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except (BrokenPipeError, ValueError, OSError):
-        _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    """Point fd 1 at /dev/null so Python's exit-time flush cannot fail on a closed pipe."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except OSError:
-        pass
+        silence(sys.stdout)
 
 
 def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
@@ -448,7 +438,7 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
     reason = monitor.stop_reason
     reporter.summary(monitor.stats, config.socktype, reason)
     if monitor.output_closed:
-        _silence_stdout()
+        silence(sys.stdout)
     return status
 
 
