@@ -357,13 +357,18 @@ def test_user_handler_socket_is_counted_unless_quiet(tmp_path, sock_dir: str) ->
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().decode().strip() == path
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(b"which")
-            assert s.recv(100) == expected
-        _, err = proc.communicate(timeout=15)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().decode().strip() == path
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(path)
+                s.sendall(b"which")
+                assert s.recv(100) == expected
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:  # a failed check: do not leave the --once server running
+                proc.kill()
+                proc.communicate()
         assert proc.returncode == 0
         assert (err == b"") if quiet else (b"5 B in, 14 B out" in err)

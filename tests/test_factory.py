@@ -9,6 +9,8 @@ import struct
 import sys
 import threading
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +18,15 @@ import sockserve as ss
 from sockserve.errors import EnvironmentProblem
 from sockserve.factory import ToolServerMixIn, prepare_unix_path, server_class
 
+pytestmark = pytest.mark.leakcheck
+
 FAMILIES = ["inet", "inet6", "unix"]
 TYPES = ["stream", "dgram"]
 CONCURRENCIES = ["sync", "thread", "fork", "event"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A user's handler file, named absolutely (whatever directory pytest runs from).
+USER_HANDLER = str(ROOT / "examples" / "handler_stream.py")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -312,7 +320,7 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
         (["tcp", ":0", "-H", "echo"], True, 1, True),
         (["tcp", ":0", "-H", "echo", "--max-threads", "4"], True, 1, True),  # the bound
         (["tcp", ":0", "-H", "echo", "--workers", "2"], True, 16, False),  # shared listener
-        (["tcp", ":0", "-H", "examples/handler_stream.py"], False, 16, False),  # a user's
+        (["tcp", ":0", "-H", USER_HANDLER], False, 16, False),  # a user's
         (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1, False),
         (["udp", ":0", "-H", "stdout", "-c", "thread"], True, 1, False),
     ],
@@ -342,8 +350,8 @@ def test_how_thread_mode_takes_connections(
         server.server_close()
 
 
-def _accepting_server(captured: list, *extra: str) -> tuple[ToolServerMixIn, threading.Thread]:
-    """A thread-mode TCP echo server whose handler threads accept (serving, in a thread)."""
+def _make_accepting_server(captured: list, *extra: str) -> ToolServerMixIn:
+    """A thread-mode TCP echo server whose handler threads accept (not serving yet)."""
     from clitools import RecordsObserver
 
     from sockserve import builtin_handlers as bh
@@ -353,6 +361,12 @@ def _accepting_server(captured: list, *extra: str) -> tuple[ToolServerMixIn, thr
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=RecordsObserver()))
     server = make_server(config, handler)
     assert server.threads_accept
+    return server
+
+
+def _accepting_server(captured: list, *extra: str) -> tuple[ToolServerMixIn, threading.Thread]:
+    """A thread-mode TCP echo server whose handler threads accept (serving, in a thread)."""
+    server = _make_accepting_server(captured, *extra)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,))
     thread.start()
     return server, thread
@@ -362,11 +376,14 @@ def _stop(server: ToolServerMixIn, thread: threading.Thread) -> float:
     start = time.monotonic()
     server.shutdown()
     thread.join(5)
+    stopped = not thread.is_alive()
     server.server_close()
+    assert stopped, "serve_forever did not return after shutdown()"
     return time.monotonic() - start
 
 
-def _accept_threads(server: ToolServerMixIn) -> set[threading.Thread]:
+def _accept_threads() -> set[threading.Thread]:
+    """This process's threads running `_accept_and_serve` (of whichever server)."""
     return {t for t in threading.enumerate() if t.name.endswith("(_accept_and_serve)")}
 
 
@@ -384,13 +401,13 @@ def test_accepting_threads_never_make_a_connection_wait(captured: list) -> None:
         with socket.create_connection(server.server_address, timeout=5) as last:
             last.sendall(b"last")
             assert last.recv(10) == b"last"
-        assert len(_accept_threads(server)) >= 13
+        assert len(_accept_threads()) >= 13
     finally:
         for sock in held:
             sock.close()
         took = _stop(server, thread)
     assert took < 2.0, f"stop took {took:.3f}s"
-    assert not _accept_threads(server)
+    assert not _accept_threads()
 
 
 def test_idle_accepting_threads_are_trimmed_to_one(captured: list) -> None:
@@ -398,14 +415,18 @@ def test_idle_accepting_threads_are_trimmed_to_one(captured: list) -> None:
     (the loop connects to itself once per thread to end); the next client is still served."""
     server, thread = _accepting_server(captured)
     try:
-        held = [socket.create_connection(server.server_address, timeout=5) for _ in range(6)]
-        for sock in held:
-            sock.sendall(b"x")
-            assert sock.recv(10) == b"x"
-            sock.close()
+        with ExitStack() as stack:
+            held = [
+                stack.enter_context(socket.create_connection(server.server_address, timeout=5))
+                for _ in range(6)
+            ]
+            for sock in held:
+                sock.sendall(b"x")
+                assert sock.recv(10) == b"x"
+                sock.close()
         deadline = time.monotonic() + 5
-        while len(_accept_threads(server)) > 1:  # a /proc-like figure: no event to wait on
-            assert time.monotonic() < deadline, f"{len(_accept_threads(server))} threads left"
+        while len(_accept_threads()) > 1:  # a /proc-like figure: no event to wait on
+            assert time.monotonic() < deadline, f"{len(_accept_threads())} threads left"
             time.sleep(0.01)
         assert server._acceptors.ready == 1
         with socket.create_connection(server.server_address, timeout=5) as sock:
@@ -424,10 +445,13 @@ def test_accepting_threads_keep_the_request_limit_exact(captured: list) -> None:
         for _ in range(6):
             try:
                 sock = socket.create_connection(server.server_address, timeout=5)
-                sock.sendall(b"n")
             except OSError:
                 continue  # the third connection stopped the server: refused
             clients.append(sock)
+            try:
+                sock.sendall(b"n")
+            except OSError:
+                continue  # refused after all: reset (its recv fails or finds no answer)
         thread.join(5)  # the limit stops the loop by itself
         assert not thread.is_alive()
         answered = 0
@@ -439,6 +463,9 @@ def test_accepting_threads_keep_the_request_limit_exact(captured: list) -> None:
     finally:
         for sock in clients:
             sock.close()
+        if thread.is_alive():  # a failed check: stop the loop before closing under it
+            server.shutdown()
+            thread.join(5)
         server.server_close()
     assert server.stop_reason == "request limit reached"
     assert server.requests_started == 3
@@ -509,7 +536,11 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     """(server side, client side) of a loopback TCP connection."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname(), timeout=5)
-        server, _ = listener.accept()
+        try:
+            server, _ = listener.accept()
+        except BaseException:
+            client.close()
+            raise
     server.settimeout(5)
     return server, client
 
@@ -556,7 +587,7 @@ def test_kernel_counts_after_the_client_reset() -> None:
     from sockserve.factory import _tcp_byte_counts
 
     server, client = _tcp_pair()
-    with server:
+    with server, client:
         client.sendall(b"hello")
         assert server.recv(5, socket.MSG_WAITALL) == b"hello"
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -591,7 +622,7 @@ def _shout_once(
             if closes:
                 self.connection.close()
 
-    config = _config(captured, *args, "-H", "examples/handler_stream.py")
+    config = _config(captured, *args, "-H", USER_HANDLER)
     monitor = Monitor()
     server = make_server(config, Shout, monitor)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,))
@@ -698,14 +729,21 @@ def test_accepting_threads_start_another_only_below_max_threads() -> None:
 def test_a_wake_up_connection_never_taken_is_dropped_at_the_next_pass(captured: list) -> None:
     """A self-connection still unaccepted a whole poll interval later (its connect failed
     late) is closed and forgotten, so trimming goes on afterwards."""
-    server, thread = _accepting_server(captured)
+    from sockserve.factory import _Acceptors
+
+    server = _make_accepting_server(captured)  # no loop: the test plays its part
+    stale = socket.socket()
     try:
-        acceptors = server._acceptors
-        assert acceptors is not None
-        stale = socket.socket()
-        acceptors.wakers[("127.0.0.1", 9)] = stale
+        acceptors = server._acceptors = _Acceptors()
+        acceptors.reserve(2)  # two threads ready: one too many, to be trimmed
+        with acceptors.lock:
+            acceptors.wakers[("127.0.0.1", 9)] = stale
         server._trim_acceptors()
         assert not acceptors.wakers
         assert stale.fileno() == -1
+        server._trim_acceptors()  # the next pass trims again: one wake-up connection
+        assert len(acceptors.wakers) == 1
     finally:
-        _stop(server, thread)
+        stale.close()
+        server._close_wakers()
+        server.server_close()

@@ -162,23 +162,32 @@ def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport
     """A request thread that starts another registered thread while server_close waits for
     it (as sockserve's accepting threads do): that one is joined too, never seen unstarted."""
     snapped = threading.Event()  # server_close has listed the threads it joins first
+    resnapped = threading.Event()  # ... and listed them again (the late one among them)
     late_done = threading.Event()
     late: list[threading.Thread] = []
+
+    def late_work() -> None:
+        # Ends only once server_close looks again: a one-pass join returns before that.
+        if resnapped.wait(5):
+            late_done.set()
 
     class Starter(transport.Handler):
         def handle(self) -> None:
             assert snapped.wait(5)
-            thread = threading.Thread(target=lambda: time.sleep(0.2) or late_done.set())
+            thread = threading.Thread(target=late_work)
             late.append(thread)
             self.server._request_threads().start(thread)
 
     server = transport.make(Starter, "threading")
     state = server._request_threads()
     first_snapshot = state.snapshot
+    calls = 0
 
     def snapshot() -> list[threading.Thread]:
+        nonlocal calls
         threads = first_snapshot()
-        snapped.set()
+        calls += 1
+        (snapped if calls == 1 else resnapped).set()
         return threads
 
     state.snapshot = snapshot
@@ -186,7 +195,7 @@ def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport
         client.sendall(b"?")
         server.handle_request()
         server.server_close()
-        assert late and late_done.is_set()  # joined, not left running
+        assert late and late_done.is_set() and not late[0].is_alive()  # joined, not left running
 
 
 def test_finished_threads_are_not_kept(transport: Transport) -> None:
@@ -532,11 +541,17 @@ def test_idle_reused_thread_ends_after_the_idle_timeout(transport: Transport) ->
 def test_threads_are_not_reused_unless_asked_or_when_bounded(
     transport: Transport, attrs: dict[str, Any]
 ) -> None:
+    """A thread ends after its request (a reused one would wait idle for the whole 30 s
+    thread_idle_timeout, failing the `is_alive` check), and the next request gets another."""
     rec = Recorder()
     reuse = {"reuse_threads": True} if attrs else {}
-    with transport.make(rec.handler(transport.Handler), "threading", **reuse, **attrs) as server:
+    server = transport.make(
+        rec.handler(transport.Handler), "threading", thread_idle_timeout=30, **reuse, **attrs
+    )
+    with server:
         for n in range(2):
             ask(transport, server, b"%d" % n)
             assert rec.finished.acquire(timeout=5)
             rec.threads[-1].join(5)
+            assert not rec.threads[-1].is_alive(), "the thread stayed (idle) after its request"
     assert rec.threads[0] is not rec.threads[1]

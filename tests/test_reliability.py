@@ -454,8 +454,10 @@ def test_bounded_modes_never_exceed_their_limit(spawn: Callable[..., Server], mo
             at_work_max = max(at_work_max, at_work)
             assert at_work <= limit
             if at_work == limit:
-                # the bound is reached: nobody else is served before a slot frees up
-                assert live() == limit
+                # the bound is reached: nobody else is served before a slot frees up (a
+                # thread that just finished may still be counted for an instant: see below)
+                now = live()
+                assert limit <= now <= (limit + 1 if mode == "thread" else limit), now
                 if not checked_idle:
                     idle, _, _ = select.select(list(waiting), [], [], 0.2)
                     assert not idle
@@ -1020,8 +1022,9 @@ def test_downstream_pipe_closing_is_a_clean_exit(
     assert m.group(1) == "0", out
     assert server.wait() == 0
     # stdio: a client sees EOF as soon as our stdin ends, so the next one may connect while
-    # the last one's bytes are still being written: two connections' chunks may interleave
-    shape = rb"[\d:x]{10}" if "stdio" in args else rb"\d{4}:xxxxx"
+    # the last one's bytes are still being written: two connections' chunks may interleave,
+    # after the start of the first chunk written
+    shape = rb"\d{4}:[\d:x]{5}" if "stdio" in args else rb"\d{4}:xxxxx"
     assert re.fullmatch(shape, head.read_bytes()), out
     assert "stdout closed" in out
     assert "Traceback" not in out and "Exception ignored" not in out, out
