@@ -12,6 +12,7 @@ Signal handlers only count the signal and ask the loop to stop, or raise to abor
 from __future__ import annotations
 
 import _signal  # signal's C module: what `signal` wraps, without its enum classes (~0.8 ms)
+import gc
 import os
 import select
 import socket
@@ -423,6 +424,7 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
                     "(use 127.0.0.1 or :PORT to stay local)"
                 )
 
+        resume_gc()
         if config.workers > 1:
             from .workers import serve_workers
 
@@ -440,6 +442,18 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
     if monitor.output_closed:
         silence(sys.stdout)
     return status
+
+
+def resume_gc() -> None:
+    """Turn the cyclic garbage collector back on if the command paused it for start-up.
+
+    What start-up made (modules, classes, the server) lives as long as the process: frozen,
+    it is never scanned again, so the first collections do not walk it all, and forked
+    children do not touch (and copy) its pages.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _family_of(server: Any) -> str:

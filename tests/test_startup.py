@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from sockserve import addresses, cli, config, entry
+from sockserve import addresses, cli, config, entry, runner
 from sockserve.config import config_from_options
 from sockserve.errors import OptionError
 
@@ -257,10 +258,13 @@ sys.argv[1:] = {args!r}
 """
 
 
-def _serve_once(command: list[str], *, cwd: str | None = None) -> tuple[list[str], str]:
-    """Run a server command with --print-address --once; echo one message through it.
+def _serve_once(
+    command: list[str], *, cwd: str | None = None, reply: bytes = b"ping", stop: bool = False
+) -> tuple[list[str], str]:
+    """Run a server command with --print-address --once; send it one message, expect `reply`.
 
-    Returns its stdout lines after the address, and its stderr.
+    `stop`: a server without --once, stopped by SIGTERM after the reply. Returns its stdout
+    lines after the address, and its stderr.
     """
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
@@ -273,7 +277,9 @@ def _serve_once(command: list[str], *, cwd: str | None = None) -> tuple[list[str
         with socket.create_connection((host, int(port)), timeout=10) as client:
             client.sendall(b"ping")
             client.shutdown(socket.SHUT_WR)
-            assert client.recv(100) == b"ping"
+            assert client.recv(100) == reply
+        if stop:
+            proc.terminate()
         out, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
@@ -322,6 +328,49 @@ def test_python_m_sockserve_and_console_script_serve() -> None:
     lines, err = _serve_once([sys.executable, "-X", "importtime", str(script), *SERVE_ARGS])
     loaded = {line.rpartition("|")[2].strip() for line in err.splitlines() if "|" in line}
     assert "sockserve.entry" in loaded and "re" not in loaded
+
+
+GC_STATE_HANDLER = """
+import gc
+import sockserve as socketserver
+
+class GcState(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(100)
+        frozen = gc.get_freeze_count() > 0
+        self.request.sendall(f"enabled={gc.isenabled()} frozen={frozen}".encode())
+"""
+
+
+@pytest.mark.parametrize("options", [["-c", "thread"], ["-c", "fork"], ["--workers", "2"]])
+@pytest.mark.parametrize("how", ["command", "python -m"])
+def test_the_collector_is_back_on_while_serving(
+    tmp_path: Path, how: str, options: list[str]
+) -> None:
+    """The command pauses the cyclic GC for start-up; requests run with it on again, and
+    what start-up made is frozen (never scanned again)."""
+    script = Path(sys.executable).with_name("sockserve")
+    if how == "command" and not script.exists():
+        pytest.skip("the console script is not installed next to this Python")
+    (tmp_path / "gcstate.py").write_text(GC_STATE_HANDLER)
+    command = [str(script)] if how == "command" else [sys.executable, "-m", "sockserve"]
+    workers = "--workers" in options  # --once counts in one process: a signal stops them
+    serve_args = [a for a in SERVE_ARGS if a != "--once"] if workers else SERVE_ARGS
+    args = [*serve_args, *options, "-H", f"{tmp_path / 'gcstate.py'}:GcState"]
+    lines, err = _serve_once([*command, *args], reply=b"enabled=True frozen=True", stop=workers)
+    assert (lines, err) == ([], "")
+
+
+def test_resume_gc_turns_a_paused_collector_back_on() -> None:
+    gc.disable()
+    try:
+        runner.resume_gc()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    runner.resume_gc()  # a collector already on (sockserve used as a library): left alone
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_logging_set_up_before_the_first_record_when_it_comes() -> None:
