@@ -159,6 +159,7 @@ class Observer(Protocol):
     """What the handlers report to (the runner implements it)."""
 
     wants_data: bool
+    wants_counts: bool  # False: nothing shows the records (-q), so `record` is never called
 
     def record(self, client_address: Any, received: int, sent: int) -> None:
         """Called once per connection when it ends (streams), or once per datagram."""
@@ -391,7 +392,8 @@ class _Shared:
             raise ValueError("chunk_size must be at least 1")
         self.name = name
         self.options = options
-        self.observer = options.observer
+        self.observer = observer = options.observer
+        self.recorder = observer if observer is not None and observer.wants_counts else None
         self.chunk_size = options.chunk_size
         self.buffers = _Buffers(options.chunk_size)
         self.writer: _OutputWriter | None = None
@@ -490,9 +492,9 @@ class _StreamBuiltin(BaseRequestHandler):
         except _PEER_GONE:
             pass  # the client reset or closed: the connection simply ends
         finally:
-            observer = self.shared.observer
-            if observer is not None:
-                observer.record(self.client_address, self.received, self.sent)
+            recorder = self.shared.recorder
+            if recorder is not None:
+                recorder.record(self.client_address, self.received, self.sent)
 
     def serve(self, sock: socket.socket) -> None:
         raise NotImplementedError
@@ -770,7 +772,7 @@ class _DatagramBuiltin(BaseRequestHandler):
         """Answer one datagram; what `handle` does, callable without a handler instance
         (the tool's servers call it directly for every datagram that waits)."""
         shared = cls.shared
-        observer = shared.observer
+        recorder = shared.recorder
         watch = shared.watcher()
         sent = 0
         try:
@@ -790,8 +792,8 @@ class _DatagramBuiltin(BaseRequestHandler):
             if watch is not None and sent:
                 watch.data(client, "out", reply)
         finally:
-            if observer is not None:
-                observer.record(client, len(data), sent)
+            if recorder is not None:
+                recorder.record(client, len(data), sent)
 
 
 def _datagram_answer(name: str, reply: bytes) -> Callable[[Any], Any]:

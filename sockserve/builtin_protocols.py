@@ -48,9 +48,9 @@ class _EventStream:
         self.client = transport.get_extra_info("peername")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        observer = self.shared.observer
-        if observer is not None:
-            observer.record(self.client, self.received, self.sent)
+        recorder = self.shared.recorder
+        if recorder is not None:
+            recorder.record(self.client, self.received, self.sent)
 
     def data_received(self, data: bytes) -> None:
         self.saw(data)
@@ -398,9 +398,12 @@ class _EventDatagram:
         self.last_sender: Any = None
         self.stdin_limit = shared.chunk_size
         if shared.writer is None and shared.watcher() is None:
-            observer = shared.observer
-            self.record = _no_record if observer is None else observer.record
-            quick = self._echo if shared.name == "echo" else self._answer
+            recorder = shared.recorder
+            self.record = _no_record if recorder is None else recorder.record
+            if shared.name != "echo":
+                quick = self._answer
+            else:
+                quick = self._echo if recorder is not None else self._reflect
             self.datagram_received = quick  # type: ignore[method-assign]
 
     def connection_made(self, transport: Any) -> None:
@@ -431,8 +434,8 @@ class _EventDatagram:
             if watch is not None:
                 watch.data(addr, "out", reply)
         finally:
-            if shared.observer is not None:
-                shared.observer.record(addr, len(data), sent)
+            if shared.recorder is not None:
+                shared.recorder.record(addr, len(data), sent)
 
     def _answer(self, data: bytes, addr: Any) -> None:
         """`datagram_received` with no output and no -vv: only the answer and the record."""
@@ -454,6 +457,11 @@ class _EventDatagram:
                 sent = len(data)
         finally:
             self.record(addr, len(data), sent)
+
+    def _reflect(self, data: bytes, addr: Any) -> None:
+        """`_echo` with nothing to record (-q): no more than an asyncio echo server does."""
+        if addr:
+            self.transport.sendto(data, addr)
 
     def stdin_data(self, data: bytes) -> None:
         if self.last_sender is None or self.transport.is_closing():

@@ -55,6 +55,7 @@ class RecordingObserver:
 
     def __init__(self, wants_data: bool = False) -> None:
         self.wants_data = wants_data
+        self.wants_counts = True
         self.records: list[tuple[Any, int, int]] = []
         self.chunks: list[tuple[str, bytes]] = []
         self.cond = threading.Condition()
@@ -78,6 +79,7 @@ class ForwardingObserver:
     """An Observer for forked children: records travel on a pipe to a RecordingObserver."""
 
     wants_data = False
+    wants_counts = True
 
     def __init__(self, target: RecordingObserver) -> None:
         self.target = target
@@ -640,6 +642,33 @@ def test_observer_sees_chunks_when_it_wants_data(transport: str, sock_dir: str) 
     assert observer.chunks == [("in", b"abc"), ("out", b"ABC")]
 
 
+@pytest.mark.parametrize("name", ["echo", "upper"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_observer_that_wants_no_counts_gets_no_records(
+    transport: str, name: str, sock_dir: str
+) -> None:
+    """-q shows no record and no summary: the builtins then never call `record`."""
+    observer = RecordingObserver()
+    observer.wants_counts = False
+    options = bh.HandlerOptions(observer=observer)
+    ctx = Ctx(transport, sock_dir, observer)
+    expected = b"ABC" if name == "upper" else b"abc"
+    if transport in STREAM:
+        handler = bh.stream_handler(name, options)
+        with running(transport, handler, sock_dir) as server:  # joins the handler threads
+            assert stream_exchange(ctx, server.server_address, b"abc") == expected
+    else:
+        handler = bh.datagram_handler(name, options)
+        with running(transport, handler, sock_dir) as server:
+            assert dgram_exchange(ctx, server.server_address, b"abc") == expected
+
+        def check(address: Any) -> None:  # event mode: checked once the loop is closed
+            assert dgram_exchange(ctx, address, b"abc") == expected
+
+        asyncio.run(_serve_event(name, transport, options, sock_dir, check))
+    assert observer.records == []
+
+
 def test_observer_counts_many_connections(sock_dir: str) -> None:
     observer = RecordingObserver()
     handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
@@ -790,6 +819,7 @@ class ChunkLog:
     """An Observer for forked children: reports each chunk's client and size on a pipe."""
 
     wants_data = True
+    wants_counts = True
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe()
