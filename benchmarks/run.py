@@ -339,7 +339,8 @@ class Running:
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.error: str | None = None
-        self.log = workdir / (server.key.replace(" ", "_").replace("=", "") + ".log")
+        self.name = "".join(c if c.isalnum() else "_" for c in server.key)  # unique per server
+        self.log = workdir / (self.name + ".log")
         self._start(scenario, workdir)
 
     def _start(self, scenario: Scenario, workdir: Path) -> None:
@@ -348,7 +349,7 @@ class Running:
             self.error = server.unavailable
             return
         if transport.startswith("unix"):
-            address = str(workdir / (server.mode + str(abs(hash(server.key)) % 1000) + ".sock"))
+            address = str(workdir / (self.name + ".sock"))
         elif server.needs_port:
             address = f"127.0.0.1:{free_port()}"
         else:
