@@ -410,6 +410,94 @@ def test_accepting_threads_never_make_a_connection_wait(captured: list) -> None:
     assert not _accept_threads()
 
 
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="CPU affinity needs Linux and two CPUs allowed",
+)
+
+
+@needs_two_cpus
+def test_accepting_threads_stay_on_one_cpu(captured: list) -> None:
+    """The builtins' threads run on the CPU the loop started on; the loop's thread gets its
+    CPUs back when serve_forever returns."""
+    before = os.sched_getaffinity(0)
+    server = _make_accepting_server(captured)
+    seen: dict[str, set[int]] = {}
+
+    def serve() -> None:
+        seen["loop before"] = os.sched_getaffinity(0)
+        server.serve_forever(0.05)
+        seen["loop after"] = os.sched_getaffinity(0)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"  # a thread has served it; another waits in accept
+            cpus = {frozenset(os.sched_getaffinity(t.native_id)) for t in _accept_threads()}
+    finally:
+        _stop(server, thread)
+    assert len(cpus) == 1, cpus  # every accepting thread, the same CPU
+    (cpu_set,) = cpus
+    assert len(cpu_set) == 1 and cpu_set <= before
+    assert seen == {"loop before": before, "loop after": before}
+    assert os.sched_getaffinity(0) == before  # this thread was never touched
+
+
+@needs_two_cpus
+def test_a_thread_on_one_cpu_already_is_left_alone() -> None:
+    from sockserve.factory import _restore_cpus, _stay_on_this_cpu
+
+    results: list[object] = []
+
+    def pinned() -> None:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        results.append(_stay_on_this_cpu())
+
+    def free() -> None:
+        cpus = os.sched_getaffinity(0)
+        results.append(_stay_on_this_cpu() == cpus and len(os.sched_getaffinity(0)) == 1)
+        _restore_cpus(cpus)
+        results.append(os.sched_getaffinity(0) == cpus)
+
+    for target in (pinned, free):
+        t = threading.Thread(target=target)
+        t.start()
+        t.join(5)
+    assert results == [None, True, True]
+
+
+@needs_two_cpus
+def test_user_handler_threads_keep_every_cpu(captured: list) -> None:
+    """A handler of your own may run code that leaves the GIL (hashing, compression): its
+    threads keep the CPUs they had."""
+    from sockserve.factory import make_server
+
+    config = _config(captured, "tcp", "127.0.0.1:0", "-H", USER_HANDLER)
+    server = make_server(config, config.handler.cls)
+    assert not server.threads_accept
+    affinity: list[set[int]] = []
+    orig = server.RequestHandlerClass
+
+    class Probe(orig):  # type: ignore[misc, valid-type]
+        def handle(self) -> None:
+            affinity.append(os.sched_getaffinity(0))
+            super().handle()
+
+    server.RequestHandlerClass = Probe
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"hi\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100)
+    finally:
+        _stop(server, thread)
+    assert affinity == [os.sched_getaffinity(0)]
+
+
 def test_idle_accepting_threads_are_trimmed_to_one(captured: list) -> None:
     """After a burst, a whole poll interval with no connection ends the threads beyond one
     (the loop connects to itself once per thread to end); the next client is still served."""
