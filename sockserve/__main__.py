@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
-
 if __name__ == "__main__":
+    import gc
+
     gc.disable()  # runner.serve turns it back on once the server is built
 
-from .entry import main  # noqa: E402
+    from .entry import main
 
-if __name__ == "__main__":
     main()

@@ -467,22 +467,20 @@ class ToolServerMixIn:
         if not self.threads_accept:
             super().serve_forever(poll_interval)  # type: ignore[misc]
             return
+        self._acceptors = _Acceptors(getattr(self, "max_threads", None))
+        self._acceptors.reserve()
         cpus = _stay_on_this_cpu()  # the acceptor threads inherit it
         try:
-            self._acceptors = _Acceptors(getattr(self, "max_threads", None))
-            self._acceptors.reserve()
             self._start_acceptor()
-            try:
-                super().serve_forever(poll_interval)  # type: ignore[misc]
-            finally:
-                self._acceptors.stop()
-                try:  # wakes accept() with EINVAL; no more clients
-                    self.socket.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
-                except OSError:
-                    pass
-                self._close_wakers()
+            super().serve_forever(poll_interval)  # type: ignore[misc]
         finally:
             _restore_cpus(cpus)  # the calling thread as it was
+            self._acceptors.stop()
+            try:  # wakes accept() with EINVAL; no more clients
+                self.socket.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
+            except OSError:
+                pass
+            self._close_wakers()
 
     def _start_acceptor(self) -> None:
         """Start a thread for `_accept_and_serve`, reserved in `_acceptors` beforehand."""

@@ -53,9 +53,9 @@ FORKING = {
 class RecordingObserver:
     """An Observer that keeps what it is told; `wait_records(n)` waits for n records."""
 
-    def __init__(self, wants_data: bool = False) -> None:
+    def __init__(self, wants_data: bool = False, wants_counts: bool = True) -> None:
         self.wants_data = wants_data
-        self.wants_counts = True
+        self.wants_counts = wants_counts
         self.records: list[tuple[Any, int, int]] = []
         self.chunks: list[tuple[str, bytes]] = []
         self.cond = threading.Condition()
@@ -648,8 +648,7 @@ def test_observer_that_wants_no_counts_gets_no_records(
     transport: str, name: str, sock_dir: str
 ) -> None:
     """-q shows no record and no summary: the builtins then never call `record`."""
-    observer = RecordingObserver()
-    observer.wants_counts = False
+    observer = RecordingObserver(wants_counts=False)
     options = bh.HandlerOptions(observer=observer)
     ctx = Ctx(transport, sock_dir, observer)
     expected = b"ABC" if name == "upper" else b"abc"
