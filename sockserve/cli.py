@@ -17,7 +17,6 @@ from click.shell_completion import CompletionItem
 from . import __version__, config as _config, entry
 from .errors import OptionError
 from .helptext import SockserveCommand
-from .loading import BUILTIN_NAMES
 
 PROTOCOLS = {
     "tcp": "TCP stream server (IPv4 or IPv6)",
@@ -72,7 +71,7 @@ class HandlerSpecType(click.ParamType):
 
         items = [
             CompletionItem(name, help=BUILTINS.get(name))
-            for name in BUILTIN_NAMES
+            for name in _config.BUILTIN_NAMES
             if name.startswith(incomplete)
         ]
         if not incomplete or not items or "/" in incomplete or incomplete.startswith((".", "~")):

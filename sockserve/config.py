@@ -15,15 +15,44 @@ if TYPE_CHECKING:
     from typing import Any, Literal
 
     from .addresses import Address, Family, SockType
-    from .loading import LoadedHandler
 
     Concurrency = Literal["sync", "thread", "fork", "event"]
     OutputMode = Literal["rich", "json"]
+    Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
 
 CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
 
 #: The largest datagram the tool reads: 64 KiB, so no UDP or unix datagram is ever truncated.
 MAX_DATAGRAM = 65536
+
+
+#: The builtin handlers' names. Here rather than in `loading`, which a builtin never needs.
+BUILTIN_NAMES = (
+    "echo",
+    "upper",
+    "discard",
+    "stdout",
+    "stdio",
+    "chargen",
+    "daytime",
+    "time",
+    "reply",
+)
+
+
+class LoadedHandler(Record):
+    """A resolved handler: `builtin` names a builtin, else `cls` is the user's class."""
+
+    name: str
+    builtin: str | None = None
+    cls: Any = None
+    kind: Kind = "builtin"
+
+
+def builtin_handler(spec: str) -> LoadedHandler | None:
+    """The LoadedHandler of a builtin's name; None for any other spec (`loading` resolves it)."""
+    name = spec.strip()
+    return LoadedHandler(name=name, builtin=name) if name in BUILTIN_NAMES else None
 
 
 def default_concurrency(socktype: SockType) -> Concurrency:
@@ -138,11 +167,10 @@ def config_from_options(
     """Validate the command's options (click's parameter names) into a ServeConfig.
 
     `handler_given` tells whether -H was on the command line (else --reply implies -H
-    reply); `load` resolves the handler spec (default: `loading.load_handler`). Raises
+    reply); `load` resolves a spec that is not a builtin (default: `loading.load_handler`). Raises
     OptionError, which the click command shows as its usage error.
     """
     from .addresses import parse_address, resolve_transport
-    from .loading import check_compatible, load_handler
 
     try:
         family, socktype = resolve_transport(
@@ -166,11 +194,15 @@ def config_from_options(
         raise OptionError("-H reply needs --reply TEXT or --reply-file PATH")
     if spec != "reply" and (reply is not None or reply_file is not None):
         raise OptionError(f"--reply/--reply-file only apply to -H reply, not -H {spec}")
-    try:
-        handler = (load or load_handler)(spec)
-        check_compatible(handler, socktype, concurrency)
-    except UsageError as exc:
-        raise OptionError(_with_hint(exc), param="'-H' / '--handler'") from None
+    handler = builtin_handler(spec)
+    if handler is None:  # a handler of the user's: only now import what resolves it
+        from .loading import check_compatible, load_handler
+
+        try:
+            handler = (load or load_handler)(spec)
+            check_compatible(handler, socktype, concurrency)
+        except UsageError as exc:
+            raise OptionError(_with_hint(exc), param="'-H' / '--handler'") from None
 
     if options["once"] and options["max_requests"]:
         raise OptionError("cannot combine --once and --max-requests (--once is --max-requests 1)")

@@ -24,9 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from .config import ServeConfig
+    from .config import LoadedHandler, ServeConfig
     from .console import PlainReporter
-    from .loading import LoadedHandler
 
 
 class _Decline(Exception):
@@ -280,7 +279,7 @@ def _with_click(loads: _RememberedLoads | None = None) -> None:
 def serve_command(
     params: dict[str, Any],
     build: Callable[[], ServeConfig],
-    finish: Callable[[ExitStatus], None],
+    finish: Callable[[int], None],
 ) -> None:
     """The command itself, after parsing: build the config, serve, `finish(status)`.
 
@@ -318,7 +317,7 @@ def _reporter(params: dict[str, Any]) -> PlainReporter:
     )
 
 
-def exit_command(status: ExitStatus, *, as_command: bool) -> None:
+def exit_command(status: int, *, as_command: bool) -> None:
     """Exit; if a hung non-daemon handler thread would hold the process, leave at once.
 
     Ctrl-C is ignored from here on (in the command, not when called as a function): the run

@@ -7,11 +7,10 @@ an error is: the user's input, the environment, or the handler's code.
 
 from __future__ import annotations
 
-import enum
 
-
-class ExitStatus(enum.IntEnum):
-    """Exit codes of the `sockserve` command."""
+class ExitStatus:
+    """Exit codes of the `sockserve` command: plain ints, named (an IntEnum would add about
+    0.15 ms to every start)."""
 
     OK = 0
     ERROR = 1
@@ -22,7 +21,7 @@ class ExitStatus(enum.IntEnum):
 class SockserveError(Exception):
     """An error to show the user in one line, with a hint on how to fix it."""
 
-    exit_status: ExitStatus = ExitStatus.ERROR
+    exit_status: int = ExitStatus.ERROR
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)

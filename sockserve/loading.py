@@ -11,45 +11,25 @@ from __future__ import annotations
 import os
 import sys
 
+from .config import BUILTIN_NAMES, LoadedHandler, builtin_handler
 from .errors import HandlerLoadError
-from .records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Literal
+    from typing import Any
 
-    Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
+    from .config import Kind
 
-#: Builtin names (kept here so loading a builtin imports nothing else).
-BUILTIN_NAMES = (
-    "echo",
-    "upper",
-    "discard",
-    "stdout",
-    "stdio",
-    "chargen",
-    "daytime",
-    "time",
-    "reply",
-)
 FORMS = "a builtin (" + ", ".join(BUILTIN_NAMES) + "), module:Class, file.py:Class or file.py"
-
-
-class LoadedHandler(Record):
-    """A resolved handler: `builtin` names a builtin, else `cls` is the user's class."""
-
-    name: str
-    builtin: str | None = None
-    cls: Any = None
-    kind: Kind = "builtin"
 
 
 def load_handler(spec: str) -> LoadedHandler:
     """Resolve `spec`; raise HandlerLoadError with a one-line reason."""
+    builtin = builtin_handler(spec)
+    if builtin is not None:
+        return builtin
     spec = spec.strip()
-    if spec in BUILTIN_NAMES:
-        return LoadedHandler(name=spec, builtin=spec)
     import unicodedata  # this module's other imports are only for a user's handler
 
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec):

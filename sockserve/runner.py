@@ -387,7 +387,7 @@ def print_address(text: str) -> None:
         silence(sys.stdout)
 
 
-def serve(config: ServeConfig, reporter: PlainReporter) -> ExitStatus:
+def serve(config: ServeConfig, reporter: PlainReporter) -> int:
     """Serve until stopped; return the exit status. Raises SockserveError before serving."""
     from .addresses import format_bound, format_plain
     from .factory import make_server
@@ -507,7 +507,7 @@ def run_loop(
     monitor: RunMonitor,
     sigs: tuple[int, ...] = _STOP_SIGNALS,
     announce: Any = None,
-) -> ExitStatus:
+) -> int:
     """The serve loop and the ordered stop (see the module docstring).
 
     `announce` (the banner) is called once the signal handlers are in place: whoever sends

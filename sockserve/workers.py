@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def serve_workers(
     config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, announce: Any = None
-) -> ExitStatus:
+) -> int:
     """Prefork `config.workers` processes on the bound socket and supervise them.
 
     Each worker runs the usual loop; SIGINT is ignored there, SIGTERM from this process is

@@ -29,10 +29,12 @@ from sockserve.errors import OptionError
 #: Modules the quick path must not load, up to the first echoed byte.
 HEAVY = ("click", "rich", "logging", "dataclasses", "typing", "inspect", "json", "ipaddress")
 #: Modules only other modes, other builtins or failures need. `signal` wraps `_signal` in enum
-#: classes (~0.8 ms to import); `_queue` serves only threads that wait for a handed-over request.
+#: classes (~0.8 ms to import); `_queue` serves only threads that wait for a handed-over request;
+#: `loading` resolves only a handler of the user's.
 NOT_ON_THE_QUICK_PATH = (
     "sockserve.builtin_protocols",
     "sockserve.builtin_stdin",
+    "sockserve.loading",
     "sockserve.workers",
     "asyncio",
     "signal",
