@@ -77,13 +77,13 @@ def sockserve(concurrency: str | None, workers: int = 1, max_threads: int | None
     return argv
 
 
-def sockserve_own_handler(concurrency: str) -> Argv:
+def sockserve_own_handler(concurrency: str, *extra: str) -> Argv:
     """sockserve serving the stdlib peers' stream handler class, as a user's own
     `-H file.py:Class` (the row is in stream scenarios only)."""
 
     def argv(transport: str, address: str, handler: str) -> list[str]:
         spec = f"{HERE / 'stdlib_handlers.py'}:{handler.capitalize()}Stream"
-        return sockserve(concurrency)(transport, address, spec)
+        return [*sockserve(concurrency)(transport, address, spec), *extra]
 
     return argv
 
@@ -121,6 +121,7 @@ class Unavailable(Exception):
 
 
 OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
+OWN_PIN = "sockserve thread (own handler, --pin)"  # the same, its threads kept on one CPU
 BOUNDED = "sockserve thread max=128"  # the bounded pool: --max-threads 128
 SERVERS: dict[str, Server] = {
     s.key: s
@@ -128,6 +129,7 @@ SERVERS: dict[str, Server] = {
         Server("sockserve sync", "sockserve", "sync", sockserve("sync")),
         Server("sockserve thread", "sockserve", "thread", sockserve("thread")),
         Server(OWN, "sockserve", "thread", sockserve_own_handler("thread")),
+        Server(OWN_PIN, "sockserve", "thread", sockserve_own_handler("thread", "--pin")),
         Server(BOUNDED, "sockserve", "thread", sockserve("thread", max_threads=128)),
         Server("sockserve fork", "sockserve", "fork", sockserve("fork")),
         Server("sockserve event", "sockserve", "event", sockserve("event")),
@@ -192,7 +194,15 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "tcp",
         10,
-        [*ALL_THREAD, OWN, BOUNDED, "sockserve event workers=2", "sockserve fork", "stdlib fork"]
+        [
+            *ALL_THREAD,
+            OWN,
+            OWN_PIN,
+            BOUNDED,
+            "sockserve event workers=2",
+            "sockserve fork",
+            "stdlib fork",
+        ]
         + PEERS,
         QUICK_CORE,
         "req/s",
@@ -203,7 +213,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "tcp",
         100,
-        [*ALL_THREAD, OWN, BOUNDED, "sockserve event workers=2", *PEERS],
+        [*ALL_THREAD, OWN, OWN_PIN, BOUNDED, "sockserve event workers=2", *PEERS],
         QUICK_CORE,
         "req/s",
     ),
@@ -217,6 +227,7 @@ SCENARIOS: list[Scenario] = [
             "sockserve sync",
             *ALL_THREAD,
             OWN,
+            OWN_PIN,
             BOUNDED,
             "sockserve fork",
             "stdlib sync",
@@ -270,7 +281,7 @@ SCENARIOS: list[Scenario] = [
         "pingpong",
         "unix",
         10,
-        ["sockserve thread", OWN, BOUNDED, "sockserve event", *PEERS],
+        ["sockserve thread", OWN, OWN_PIN, BOUNDED, "sockserve event", *PEERS],
         QUICK_CORE,
         "req/s",
     ),

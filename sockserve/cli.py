@@ -178,6 +178,13 @@ def _version_message() -> str:
     "[default: no limit]",
 )
 @click.option(
+    "--pin/--no-pin",
+    default=None,
+    help="Thread mode: keep the handler threads on one CPU. Faster while they run Python "
+    "(they take turns under the GIL anyway); slower for a handler that computes outside the "
+    "GIL.  [default: --pin for the builtins]",
+)
+@click.option(
     "--max-children",
     type=click.IntRange(min=1),
     metavar="N",

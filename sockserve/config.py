@@ -71,6 +71,7 @@ class ServeConfig(Record):
     concurrency: Concurrency = "thread"
     max_children: int | None = None
     max_threads: int | None = None
+    pin: bool | None = None  # thread mode: threads on one CPU; None: for the builtins only
     daemon_threads: bool = False
     block_on_close: bool = True
     backlog: int = 128
@@ -101,6 +102,16 @@ class ServeConfig(Record):
             raise UsageError(
                 "--max-threads only applies to --concurrency thread",
                 hint="add --concurrency thread, or use --max-children with fork",
+            )
+        if self.pin and self.concurrency != "thread":
+            raise UsageError(
+                "--pin only applies to --concurrency thread",
+                hint="add --concurrency thread, or drop --pin",
+            )
+        if self.pin and self.workers > 1:
+            raise UsageError(
+                "--pin keeps one process's threads on one CPU: not with --workers",
+                hint="drop --pin, or --workers",
             )
         if self.mode is not None and self.family != "unix":
             raise UsageError("--mode only applies to unix sockets", hint="drop --mode")
@@ -227,6 +238,7 @@ def config_from_options(
 _PASSED_AS_GIVEN = (
     "max_children",
     "max_threads",
+    "pin",
     "daemon_threads",
     "block_on_close",
     "backlog",

@@ -240,7 +240,7 @@ def _wake_connection(
 def _stay_on_this_cpu() -> set[int] | None:
     """Keep the calling thread, and the threads it starts, on the CPU it runs on (Linux).
 
-    For the builtins' threads (`threads_accept`): they run Python in turn under the GIL,
+    For thread mode (`pin_threads`): threads that run Python take turns under the GIL,
     and handing the GIL to a thread on another CPU costs far more than a switch on one CPU,
     the more so the more threads wait (ping-pong with 100 connections: about 2× the
     requests per second). Returns the CPUs the thread had, for `_restore_cpus`; None where
@@ -258,6 +258,13 @@ def _stay_on_this_cpu() -> set[int] | None:
     except (AttributeError, OSError, ValueError, IndexError):
         return None
     return allowed
+
+
+def _gil_enabled() -> bool:
+    """False on a free-threaded Python running without its GIL: threads then run in
+    parallel, and nothing is won by keeping them on one CPU."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
 
 
 def _restore_cpus(cpus: set[int] | None) -> None:
@@ -366,6 +373,9 @@ class ToolServerMixIn:
     #: for the next one while fewer than `idle_acceptors` do.
     threads_accept = False
     idle_acceptors = 8
+    #: Thread mode: serve_forever keeps its thread, and so every thread it starts, on one
+    #: CPU (`--pin`; by default for the builtins, whose threads run Python in turn).
+    pin_threads = False
     #: A user handler's TCP byte counts come from the kernel (TCP_INFO) where it keeps them;
     #: None until the first connection tells.
     kernel_counts: bool | None = None
@@ -461,26 +471,28 @@ class ToolServerMixIn:
 
     # -- threads waiting in accept (threads_accept) ------------------------------------------
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """The framework loop; with `threads_accept`, first start a thread waiting in accept
-        (on this CPU: `_stay_on_this_cpu`), and once the loop stops, wake every thread still
-        waiting there."""
-        if not self.threads_accept:
-            super().serve_forever(poll_interval)  # type: ignore[misc]
-            return
-        self._acceptors = _Acceptors(getattr(self, "max_threads", None))
-        self._acceptors.reserve()
-        cpus = _stay_on_this_cpu()  # the acceptor threads inherit it
+        """The framework loop. With `pin_threads`, first keep this thread on its CPU
+        (`_stay_on_this_cpu`): the threads it starts inherit that. With `threads_accept`,
+        first start a thread waiting in accept, and once the loop stops, wake every thread
+        still waiting there."""
+        cpus = _stay_on_this_cpu() if self.pin_threads else None
+        acceptors = None
+        if self.threads_accept:
+            acceptors = self._acceptors = _Acceptors(getattr(self, "max_threads", None))
+            acceptors.reserve()
         try:
-            self._start_acceptor()
+            if acceptors is not None:
+                self._start_acceptor()
             super().serve_forever(poll_interval)  # type: ignore[misc]
         finally:
             _restore_cpus(cpus)  # the calling thread as it was
-            self._acceptors.stop()
-            try:  # wakes accept() with EINVAL; no more clients
-                self.socket.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
-            except OSError:
-                pass
-            self._close_wakers()
+            if acceptors is not None:
+                acceptors.stop()
+                try:  # wakes accept() with EINVAL; no more clients
+                    self.socket.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
+                except OSError:
+                    pass
+                self._close_wakers()
 
     def _start_acceptor(self) -> None:
         """Start a thread for `_accept_and_serve`, reserved in `_acceptors` beforehand."""
@@ -918,6 +930,9 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         # Our builtins keep nothing in threading.local: their threads can take the next request.
         "reuse_threads": config.handler.builtin is not None,
         "threads_accept": threads_accept,
+        "pin_threads": concurrency == "thread"
+        and config.workers == 1
+        and (threads_accept and _gil_enabled() if config.pin is None else config.pin),
         "_loop_takes_requests": not threads_accept,
         "accept_batch": 16
         if concurrency == "thread" and config.socktype == "stream" and not threads_accept

@@ -39,6 +39,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Concurrency": (
         "concurrency",
         "max_threads",
+        "pin",
         "max_children",
         "workers",
         "daemon_threads",

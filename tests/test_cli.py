@@ -108,6 +108,8 @@ def test_reply_implies_reply_handler(captured: list[Any]) -> None:
         (["tcp", ":0", "-H", "nosuchbuiltin"], "nosuchbuiltin"),
         (["tcp", ":0", "--max-children", "3"], "--max-children only applies"),
         (["tcp", ":0", "-c", "fork", "--max-threads", "3"], "--max-threads only applies"),
+        (["tcp", ":0", "-c", "event", "--pin"], "--pin only applies"),
+        (["tcp", ":0", "--pin", "--workers", "2"], "not with --workers"),
         (["tcp", ":0", "--family", "unix"], "--family"),
         (["udp", ":0", "--type", "stream"], "--type"),
         (["tcp", ":0", "--mode", "600"], "--mode only applies"),

@@ -244,7 +244,7 @@ def test_options_appear_in_their_help_sections() -> None:
     for section, following in zip(SECTIONS, [*list(SECTIONS)[1:], "Examples"], strict=True):
         body = out[out.index(f"\n{section}:\n") : out.index(f"\n{following}:\n")]
         if section == "Concurrency":
-            assert "--max-threads" in body and "--workers" in body
+            assert "--max-threads" in body and "--workers" in body and "--pin" in body
         if section == "Other":
             assert "-h, --help" in body and "--completion" in body
 

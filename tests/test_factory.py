@@ -468,16 +468,16 @@ def test_a_thread_on_one_cpu_already_is_left_alone() -> None:
     assert results == [None, True, True]
 
 
-@needs_two_cpus
-def test_user_handler_threads_keep_every_cpu(captured: list) -> None:
-    """A handler of your own may run code that leaves the GIL (hashing, compression): its
-    threads keep the CPUs they had."""
+def _cpus_a_user_handler_sees(captured: list, *extra: str) -> tuple[set[int], set[int]]:
+    """Serve one connection with a handler of the user's in thread mode; return the CPUs its
+    thread had, and those of the loop's thread after serve_forever."""
     from sockserve.factory import make_server
 
-    config = _config(captured, "tcp", "127.0.0.1:0", "-H", USER_HANDLER)
+    config = _config(captured, "tcp", "127.0.0.1:0", "-H", USER_HANDLER, *extra)
     server = make_server(config, config.handler.cls)
     assert not server.threads_accept
     affinity: list[set[int]] = []
+    after: list[set[int]] = []
     orig = server.RequestHandlerClass
 
     class Probe(orig):  # type: ignore[misc, valid-type]
@@ -485,8 +485,12 @@ def test_user_handler_threads_keep_every_cpu(captured: list) -> None:
             affinity.append(os.sched_getaffinity(0))
             super().handle()
 
+    def serve() -> None:
+        server.serve_forever(0.05)
+        after.append(os.sched_getaffinity(0))
+
     server.RequestHandlerClass = Probe
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread = threading.Thread(target=serve)
     thread.start()
     try:
         with socket.create_connection(server.server_address, timeout=5) as sock:
@@ -495,7 +499,67 @@ def test_user_handler_threads_keep_every_cpu(captured: list) -> None:
             assert sock.recv(100)
     finally:
         _stop(server, thread)
-    assert affinity == [os.sched_getaffinity(0)]
+    assert len(affinity) == 1
+    return affinity[0], after[0]
+
+
+@needs_two_cpus
+def test_user_handler_threads_keep_every_cpu(captured: list) -> None:
+    """A handler of your own may run code that leaves the GIL (hashing, compression): by
+    default its threads keep the CPUs they had."""
+    assert _cpus_a_user_handler_sees(captured) == (os.sched_getaffinity(0),) * 2
+
+
+@needs_two_cpus
+def test_pin_keeps_user_handler_threads_on_one_cpu(captured: list) -> None:
+    """--pin: the handler's thread runs on one CPU; the loop's thread has its CPUs back."""
+    cpus = os.sched_getaffinity(0)
+    seen, after = _cpus_a_user_handler_sees(captured, "--pin")
+    assert len(seen) == 1 and seen <= cpus
+    assert after == cpus
+
+
+@needs_two_cpus
+def test_no_pin_leaves_the_builtins_threads_every_cpu(captured: list) -> None:
+    cpus = os.sched_getaffinity(0)
+    server, thread = _accepting_server(captured, "--no-pin")
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+            seen = {frozenset(os.sched_getaffinity(t.native_id)) for t in _accept_threads()}
+    finally:
+        _stop(server, thread)
+    assert seen == {frozenset(cpus)}
+
+
+@pytest.mark.parametrize(
+    ("extra", "gil", "pinned"),
+    [
+        ((), True, True),  # the builtins: pinned by default
+        ((), False, False),  # ... but not when threads run in parallel (free-threaded)
+        (("--pin",), False, True),  # asked for: pinned all the same
+        (("--no-pin",), True, False),
+        (("--workers", "2"), True, False),  # workers: one listener, not pinned
+    ],
+)
+def test_which_servers_pin_their_threads(
+    captured: list,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: tuple[str, ...],
+    gil: bool,
+    pinned: bool,
+) -> None:
+    from sockserve import builtin_handlers as bh
+    from sockserve.factory import make_server
+
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: gil, raising=False)
+    config = _config(captured, "tcp", "127.0.0.1:0", "-H", "echo", *extra)
+    server = make_server(config, bh.stream_handler("echo", bh.HandlerOptions()))
+    try:
+        assert server.pin_threads is pinned
+    finally:
+        server.server_close()
 
 
 def test_idle_accepting_threads_are_trimmed_to_one(captured: list) -> None:

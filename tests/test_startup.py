@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -51,6 +52,8 @@ QUICK = [
     ["tcp", "127.0.0.1:9999", "--print-address", "-q"],
     ["udp", ":0", "-H", "upper"],
     ["udp", "0.0.0.0:7", "-c", "thread", "--max-threads", "4"],
+    ["tcp", ":0", "--pin", "--max-threads", "8"],
+    ["tcp", ":0", "-c", "fork", "--no-pin"],
     ["tcp", "[::1]:0", "--json"],
     ["tcp", "*:0", "--family", "inet6"],
     ["tcp", "localhost:8080", "--type", "stream"],
@@ -360,6 +363,31 @@ def test_the_collector_is_back_on_while_serving(
     serve_args = [a for a in SERVE_ARGS if a != "--once"] if workers else SERVE_ARGS
     args = [*serve_args, *options, "-H", f"{tmp_path / 'gcstate.py'}:GcState"]
     lines, err = _serve_once([*command, *args], reply=b"enabled=True frozen=True", stop=workers)
+    assert (lines, err) == ([], "")
+
+
+CPUS_HANDLER = """
+import os
+import socketserver
+
+class Cpus(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(100)
+        self.request.sendall(b"%d" % len(os.sched_getaffinity(0)))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="CPU affinity needs Linux and two CPUs allowed",
+)
+@pytest.mark.parametrize("pin", [[], ["--pin"]])
+def test_pin_reaches_a_user_handler_through_the_command(tmp_path: Path, pin: list[str]) -> None:
+    """A stdlib handler of the user's, in thread mode: every CPU by default, one with --pin."""
+    (tmp_path / "cpus.py").write_text(CPUS_HANDLER)
+    expected = b"1" if pin else b"%d" % len(os.sched_getaffinity(0))
+    args = [*SERVE_ARGS, "-c", "thread", *pin, "-H", f"{tmp_path / 'cpus.py'}:Cpus"]
+    lines, err = _serve_once([sys.executable, "-m", "sockserve", *args], reply=expected)
     assert (lines, err) == ([], "")
 
 
