@@ -22,7 +22,8 @@ Rules the adapters keep:
 - Fast paths change nothing visible: echo moves bulk data with `os.splice` (socket -> pipe ->
   socket, no copy through Python) once a read fills the whole buffer, and only when nobody
   watches the data and the socket is blocking (through a pipe enlarged to 1 MiB where the
-  system allows); discard on TCP drops data in the kernel
+  system allows); stdout and stdio do the same towards an output that is a pipe or a regular
+  file (socket -> pipe -> output); discard on TCP drops data in the kernel
   (`MSG_TRUNC`); `--reply-file` goes out with `socket.sendfile`; TCP connections get
   TCP_NODELAY, so small replies leave at once.
 - Datagrams: the reply to a datagram is one datagram (0 bytes included) sent back to its sender.
@@ -31,11 +32,12 @@ Rules the adapters keep:
   datagram may be.
 
 stdout. Each received chunk is written to the output and flushed before the next one. Chunks of
-different clients never interleave: threads share one lock, and each chunk goes out in one
-`os.write`. In a process other than the one that built the class (a forked request child, or a
-`--workers` process) writing to a pipe, chunks are read at most `select.PIPE_BUF` bytes at a
-time, because only writes of that size are atomic on a pipe shared between processes; a larger
-datagram is written in `PIPE_BUF` pieces, which then stay whole. A closed output (EPIPE, e.g.
+different clients never interleave: threads share one lock, and each chunk goes out under it,
+in one `os.write` (bulk data: moved with `os.splice`, see the fast paths above). In a process
+other than the one that built the class (a forked request child, or a `--workers` process)
+writing to a pipe, chunks are read at most `select.PIPE_BUF` bytes at a time, because only
+writes of that size are atomic on a pipe shared between processes; a larger datagram is
+written in `PIPE_BUF` pieces, which then stay whole. A closed output (EPIPE, e.g.
 `| head -c 10`) raises `OutputClosed`.
 
 stdio, like `nc -l`. Received bytes go to stdout as with `stdout`. One reader of stdin per handler
@@ -308,15 +310,20 @@ class _OutputWriter:
         self.lock = threading.Lock()
         self.creator_pid = os.getpid()
         self.is_pipe = False
+        #: `splice_from` may splice into the output: a pipe or a regular file (not a terminal).
+        self.can_splice = False
         if self.fd is not None:
             try:
                 stream.flush()  # what was buffered before us goes first
             except (OSError, ValueError):
                 pass
             try:
-                self.is_pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
+                mode = os.fstat(self.fd).st_mode
             except OSError:
                 pass
+            else:
+                self.is_pipe = stat.S_ISFIFO(mode)
+                self.can_splice = _USE_SPLICE and (self.is_pipe or stat.S_ISREG(mode))
         _WRITERS.add(self)
 
     def chunk_limit(self, chunk_size: int) -> int:
@@ -342,6 +349,34 @@ class _OutputWriter:
             raise
         except ValueError as exc:  # the stream object itself was closed
             raise OutputClosed("output closed") from exc
+
+    def splice_from(self, pipe: int, n: int) -> None:
+        """Move the `n` bytes waiting in `pipe` (the caller's) to the output as one chunk,
+        with no copy through Python; raise OutputClosed when the output is gone. An output
+        that refuses splice (EINVAL: a file opened for appending, on some kernels) gets them
+        copied, and every chunk after them."""
+        try:
+            with self.lock:
+                fd = self.fd
+                assert fd is not None
+                while n:
+                    if not self.can_splice:
+                        data = os.read(pipe, n)
+                        self._write_pieces(data, len(data))
+                        n -= len(data)
+                        continue
+                    try:
+                        n -= os.splice(pipe, fd, n, flags=os.SPLICE_F_MOVE)
+                    except BlockingIOError:  # an output left non-blocking by someone else
+                        select.select([], [fd], [])
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        self.can_splice = False
+        except OSError as exc:
+            if exc.errno in _OUTPUT_GONE_ERRNOS:
+                raise OutputClosed(f"output closed: {exc.strerror}") from exc
+            raise
 
     def _write_pieces(self, data: Any, piece: int) -> None:
         fd = self.fd
@@ -653,14 +688,38 @@ class _StdoutStream(_StreamBuiltin):
         buf = buffers.get()
         view = memoryview(buf)
         limit = writer.chunk_limit(len(buf))
+        may_splice = (
+            writer.can_splice
+            and limit == len(buf)  # not the PIPE_BUF pieces of another process
+            and self.watch is None
+            and sock.gettimeout() is None
+        )
         try:
             while n := sock.recv_into(buf, limit):
                 chunk = view[:n]
                 self.saw(chunk)
                 writer.write(chunk)
+                if may_splice and n == limit:  # a bulk transfer: stop copying through Python
+                    self._splice_out(sock, writer, limit)
+                    return
         finally:
             view.release()
             buffers.put(buf)
+
+    def _splice_out(self, sock: socket.socket, writer: _OutputWriter, size: int) -> None:
+        """The rest of the connection to the output through a pipe of ours with os.splice:
+        socket -> pipe outside the output's lock (waiting for the client holds up nobody),
+        pipe -> output under it, so each chunk still goes out whole."""
+        fd = sock.fileno()
+        r, w = os.pipe()
+        size = max(size, _grow_pipe(w, _SPLICE_PIPE_SIZE))
+        try:
+            while n := os.splice(fd, w, size, flags=os.SPLICE_F_MOVE):
+                self.received += n
+                writer.splice_from(r, n)
+        finally:
+            os.close(r)
+            os.close(w)
 
 
 class _StdioStream(_StdoutStream):

@@ -78,7 +78,6 @@ class RecordsObserver:
 
     wants_data = False
     wants_counts = True
-    wants_counts = True
 
     def __init__(self) -> None:
         self.records: list[tuple[Any, int, int]] = []

@@ -10,8 +10,9 @@ import contextlib
 import io
 import os
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -134,6 +135,151 @@ def test_splice_echo_returns_every_byte(pipe_size: int) -> None:
     observer = RecordsObserver()
     assert bulk_echo(payload, observer, pipe_size) == payload
     assert observer.records[0][1:] == (len(payload), len(payload))
+
+
+# -- streams: stdout and stdio through splice --------------------------------------------------
+
+
+def _open_output(kind: str, path: Any) -> tuple[Any, Callable[[], bytes]]:
+    """The handler's output of `kind`, and a function that returns all written to it once the
+    output is closed."""
+    if kind == "pipe":
+        r, w = os.pipe()
+        got = bytearray()
+
+        def read() -> None:
+            while chunk := os.read(r, 1 << 20):
+                got.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+
+        def result() -> bytes:
+            reader.join(TIMEOUT)
+            os.close(r)
+            return bytes(got)
+
+        return os.fdopen(w, "wb"), result
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_APPEND if kind == "append" else 0)
+    output = os.fdopen(os.open(path, flags), "wb")
+    return output, path.read_bytes
+
+
+@pytest.mark.skipif(not bh._USE_SPLICE, reason="os.splice is Linux-only")
+@pytest.mark.parametrize("kind", ["pipe", "file", "append"])
+def test_stdout_bulk_data_through_splice_arrives_whole(
+    kind: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four clients send 2 MiB each at once to -H stdout: every byte arrives, in order per
+    client, and each write to the output (a splice or, once the output refuses splice, a copy)
+    holds one client's bytes. A file opened for appending refuses splice (EINVAL here): the
+    handler copies instead, from the bytes already in its pipe on."""
+    output, written = _open_output(kind, tmp_path / "out.bin")
+    out_fd = output.fileno()
+    moves: list[tuple[str, int]] = []  # to the output, in order (each under the output's lock)
+    real_splice, real_write = os.splice, os.write
+
+    def splice(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+        n = real_splice(src, dst, count, *args, **kwargs)
+        if dst == out_fd:
+            moves.append(("splice", n))
+        return n
+
+    def write(fd: int, data: Any) -> int:
+        n = real_write(fd, data)
+        if fd == out_fd:
+            moves.append(("write", n))
+        return n
+
+    monkeypatch.setattr(os, "splice", splice)
+    monkeypatch.setattr(os, "write", write)
+    observer = RecordsObserver()
+    handler = bh.stream_handler("stdout", bh.HandlerOptions(output=output, observer=observer))
+    payloads = [bytes(range(64 * i, 64 * i + 64)) * (1 << 15) for i in range(4)]  # 2 MiB each
+    try:
+        with serve(ss.ThreadingTCPServer(("127.0.0.1", 0), handler)) as address:
+            clients = [socket.create_connection(address, timeout=TIMEOUT) for _ in payloads]
+            start = threading.Barrier(len(clients))
+
+            def send(sock: socket.socket, payload: bytes) -> None:
+                with sock:
+                    start.wait(TIMEOUT)
+                    sock.sendall(payload)
+
+            pairs = zip(clients, payloads, strict=True)
+            senders = [threading.Thread(target=send, args=pair) for pair in pairs]
+            for t in senders:
+                t.start()
+            for t in senders:
+                t.join(TIMEOUT)
+            observer.wait(len(payloads))
+    finally:
+        output.close()
+    out = written()
+    assert len(out) == sum(map(len, payloads))
+    alphabets = [bytes(range(64 * i, 64 * i + 64)) for i in range(4)]  # client i's bytes
+    others = [bytes(b for b in range(256) if b // 64 != i) for i in range(4)]
+    for i, payload in enumerate(payloads):  # each client's bytes, in order, none lost
+        assert out.translate(None, others[i]) == payload
+    assert sorted(r[1] for r in observer.records) == [len(p) for p in payloads]
+    position = 0
+    for _, n in moves:  # every write to the output holds one client's bytes
+        part = out[position : position + n]
+        assert not part.translate(None, alphabets[part[0] // 64]), f"torn at {position}"
+        position += n
+    assert position == len(out)
+    kinds = {how for how, _ in moves}
+    assert "splice" in kinds if kind != "append" else kinds == {"write"}
+    assert handler.shared.writer.can_splice is (kind != "append")
+
+
+@pytest.mark.skipif(not bh._USE_SPLICE, reason="os.splice is Linux-only")
+def test_stdout_splice_into_a_closed_output_raises_output_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`-H stdout | head -c N` with a bulk client: the output goes away while the handler
+    splices into it; that ends as on the copying path, with OutputClosed (the server then
+    stops)."""
+    r, w = os.pipe()
+    output = os.fdopen(w, "wb")
+    splicing = threading.Event()  # a splice to the output has started
+    real_splice = os.splice
+
+    def splice(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+        if dst == w:
+            splicing.set()
+        return real_splice(src, dst, count, *args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", splice)
+    errors: list[BaseException | None] = []
+    done = threading.Event()
+
+    class Server(ss.ThreadingTCPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            errors.append(sys.exc_info()[1])
+            done.set()
+
+    handler = bh.stream_handler("stdout", bh.HandlerOptions(output=output))
+    try:
+        with serve(Server(("127.0.0.1", 0), handler)) as address:
+            with socket.create_connection(address, timeout=TIMEOUT) as client:
+
+                def send() -> None:
+                    with contextlib.suppress(OSError):  # the server may close on us
+                        client.sendall(b"x" * (8 << 20))
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                first = b""  # the reader takes what comes until the splices start, then goes
+                while not splicing.is_set():
+                    first += os.read(r, 1 << 16)
+                os.close(r)
+                assert done.wait(TIMEOUT)
+                client.close()
+                sender.join(TIMEOUT)
+    finally:
+        output.close()
+    assert first and len(errors) == 1 and isinstance(errors[0], bh.OutputClosed)
 
 
 @pytest.mark.skipif(not bh._USE_SPLICE, reason="os.splice is Linux-only")

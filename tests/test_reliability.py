@@ -985,6 +985,26 @@ def test_second_signal_forces_the_exit(
     assert not children_of(server.pid)
 
 
+@pytest.mark.parametrize("redirect", [">", ">>", "|"])
+def test_stdout_bulk_into_a_file_or_pipe_keeps_every_byte(
+    spawn: Callable[..., Server], tmp_path: Any, redirect: str
+) -> None:
+    """`-H stdout` with 8 MiB from one client (the splice path) into a file, a file opened
+    for appending (which refuses splice: copied), or a pipe: every byte arrives, after
+    what the file already held."""
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"before\n")
+    argv = " ".join([sys.executable, "-m", "sockserve", "tcp", ":0", "-H", "stdout", "--once"])
+    sink = f"| cat >> {out}" if redirect == "|" else f"{redirect} {out}"
+    server = spawn([], command=["bash", "-c", f"{argv} </dev/null {sink}"])
+    payload = os.urandom(1 << 16) * 128
+    with socket.create_connection(server.address(), timeout=10) as sock:
+        sock.sendall(payload)
+    assert server.wait() == 0, server.output
+    expected = payload if redirect == ">" else b"before\n" + payload
+    assert out.read_bytes() == expected
+
+
 @pytest.mark.parametrize(
     "args",
     [
