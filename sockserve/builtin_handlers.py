@@ -362,6 +362,8 @@ class _OutputWriter:
                 while n:
                     if not self.can_splice:
                         data = os.read(pipe, n)
+                        if not data:  # cannot be: the caller put n bytes in the pipe
+                            break
                         self._write_pieces(data, len(data))
                         n -= len(data)
                         continue
