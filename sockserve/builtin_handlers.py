@@ -17,13 +17,14 @@ them, about every chunk of data.
 Rules the adapters keep:
 
 - Bounded memory: streams are read in chunks of at most `chunk_size` bytes into a preallocated
-  buffer, never by lines, so no client can make the server allocate without limit.
+  buffer, never by lines, so no client can make the server allocate without limit (echo and
+  upper go on with a 256 KiB buffer once a read fills it, unless someone watches the data).
 - A client that resets or goes away simply ends its connection; that is not an error.
-- Fast paths change nothing visible: echo moves bulk data with `os.splice` (socket -> pipe ->
-  socket, no copy through Python) once a read fills the whole buffer, and only when nobody
-  watches the data and the socket is blocking (through a pipe enlarged to 1 MiB where the
-  system allows); stdout and stdio do the same towards an output that is a pipe or a regular
-  file (socket -> pipe -> output); discard on TCP drops data in the kernel
+- Fast paths change nothing visible: stdout and stdio move bulk data with `os.splice` (socket
+  -> pipe -> output, no copy through Python) once a read fills the whole buffer, towards an
+  output that is a pipe or a regular file, and only when nobody watches the data and the
+  socket is blocking (through a pipe enlarged to 1 MiB where the system allows); discard on
+  TCP drops data in the kernel
   (`MSG_TRUNC`); `--reply-file` goes out with `socket.sendfile`; TCP connections get
   TCP_NODELAY, so small replies leave at once.
 - Datagrams: the reply to a datagram is one datagram (0 bytes included) sent back to its sender.
@@ -140,8 +141,13 @@ _OUTPUT_GONE_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.EBADF}
 # Fast paths, switchable for measurements and tests.
 _USE_SPLICE = hasattr(os, "splice")
 _USE_MSG_TRUNC = sys.platform.startswith("linux") and hasattr(socket, "MSG_TRUNC")
-#: Pipe size asked for the splice echo: bigger pipes move more per system call.
+#: Pipe size asked for the splice of stdout/stdio: bigger pipes move more per system call.
 _SPLICE_PIPE_SIZE = 1 << 20
+#: The buffer echo and upper go on with once a read fills the connection's buffer (bulk data):
+#: fewer system calls per byte. Copied, not spliced: on loopback, pages spliced into a socket
+#: make the receiving client's queue overflow (the kernel collapses it, prunes it and drops
+#: segments: retransmission timeouts of 200 ms and more).
+_BULK_BUFFER = 256 * 1024
 _raw_family = _RawSocket.family.__get__  # an int, without socket.family's enum conversion
 
 
@@ -576,14 +582,12 @@ class _TransformStream(_StreamBuiltin):
 
     def serve(self, sock: socket.socket) -> None:
         buffers = self.shared.buffers
-        buf = buffers.get()
+        pooled = buf = buffers.get()
         view = memoryview(buf)
         size = len(buf)
         transform = type(self).transform
         watch = self.watch
-        may_splice = (
-            transform is None and watch is None and _USE_SPLICE and sock.gettimeout() is None
-        )
+        grow = watch is None and size < _BULK_BUFFER
         recv_into = sock.recv_into
         sendall = sock.sendall
         received = sent = 0
@@ -601,40 +605,17 @@ class _TransformStream(_StreamBuiltin):
                 sent += len(out)
                 if watch is not None:
                     watch.data(self.client_address, "out", bytes(out))
-                if may_splice and n == size:  # a bulk transfer: stop copying through Python
-                    self.received += received
-                    self.sent += sent
-                    received = sent = 0
-                    self._splice_echo(sock, size)
-                    return
+                if grow and n == size:  # the read filled the buffer: a bulk transfer
+                    grow = False
+                    view.release()
+                    buf = bytearray(_BULK_BUFFER)
+                    view = memoryview(buf)
+                    size = len(buf)
         finally:
             self.received += received
             self.sent += sent
             view.release()
-            buffers.put(buf)
-
-    def _splice_echo(self, sock: socket.socket, size: int) -> None:
-        """Echo the rest of the connection through a pipe with os.splice: no user-space copy.
-
-        The pipe is enlarged (up to `_SPLICE_PIPE_SIZE`) when the system allows, so that each
-        splice moves up to that much: fewer system calls per byte.
-        """
-        fd = sock.fileno()
-        r, w = os.pipe()
-        size = max(size, _grow_pipe(w, _SPLICE_PIPE_SIZE))
-        try:
-            while True:
-                n = os.splice(fd, w, size, flags=os.SPLICE_F_MOVE)
-                if not n:
-                    return
-                self.received += n
-                while n:
-                    m = os.splice(r, fd, n, flags=os.SPLICE_F_MOVE)
-                    n -= m
-                    self.sent += m
-        finally:
-            os.close(r)
-            os.close(w)
+            buffers.put(pooled)
 
 
 def _grow_pipe(fd: int, want: int) -> int:

@@ -99,42 +99,49 @@ def test_family_of_socket_like_object() -> None:
     assert bh._family(Wrapped()) == socket.AF_INET
 
 
-# -- streams: the splice echo ---------------------------------------------------------------
+# -- streams: the bulk echo ------------------------------------------------------------------
 
 
-def bulk_echo(payload: bytes, observer: RecordsObserver, pipe_size: int) -> bytes:
-    handler = bh.stream_handler("echo", bh.HandlerOptions(observer=observer))
+def bulk_echo(name: str, payload: bytes, observer: RecordsObserver) -> bytes:
+    handler = bh.stream_handler(name, bh.HandlerOptions(observer=observer))
     server = ss.ThreadingTCPServer(("127.0.0.1", 0), handler)
-    old = bh._SPLICE_PIPE_SIZE
-    bh._SPLICE_PIPE_SIZE = pipe_size
-    try:
-        with serve(server) as address:
-            with socket.create_connection(address, timeout=TIMEOUT) as client:
-                got = bytearray()
+    with serve(server) as address:
+        with socket.create_connection(address, timeout=TIMEOUT) as client:
+            got = bytearray()
 
-                def read() -> None:
-                    while chunk := client.recv(1 << 20):
-                        got.extend(chunk)
+            def read() -> None:
+                while chunk := client.recv(1 << 20):
+                    got.extend(chunk)
 
-                reader = threading.Thread(target=read)
-                reader.start()
-                client.sendall(payload)
-                client.shutdown(socket.SHUT_WR)
-                reader.join(TIMEOUT)
-                assert not reader.is_alive()
-            observer.wait(1)
-    finally:
-        bh._SPLICE_PIPE_SIZE = old
+            reader = threading.Thread(target=read)
+            reader.start()
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            reader.join(TIMEOUT)
+            assert not reader.is_alive()
+        observer.wait(1)
     return bytes(got)
 
 
-@pytest.mark.skipif(not bh._USE_SPLICE, reason="os.splice is Linux-only")
-@pytest.mark.parametrize("pipe_size", [1 << 20, 4096])  # 4 KiB: less than a read
-def test_splice_echo_returns_every_byte(pipe_size: int) -> None:
+@pytest.mark.parametrize("name", ["echo", "upper"])
+def test_bulk_echo_returns_every_byte(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that fills the buffer switches to the bigger bulk buffer: the bytes and the
+    counts stay those of the plain loop."""
+    grown: list[int] = []
+    real = bytearray
+
+    def tracking(size: Any = 0) -> bytearray:
+        if size == bh._BULK_BUFFER:
+            grown.append(size)
+        return real(size)
+
+    monkeypatch.setattr(bh, "bytearray", tracking, raising=False)
     payload = os.urandom(1 << 16) * 48 + b"tail"  # 3 MiB and a bit: well past the switch
+    expected = payload.upper() if name == "upper" else payload
     observer = RecordsObserver()
-    assert bulk_echo(payload, observer, pipe_size) == payload
+    assert bulk_echo(name, payload, observer) == expected
     assert observer.records[0][1:] == (len(payload), len(payload))
+    assert grown  # the switch happened
 
 
 # -- streams: stdout and stdio through splice --------------------------------------------------
@@ -270,8 +277,8 @@ def test_stdout_splice_into_a_closed_output_raises_output_closed(
 
                 sender = threading.Thread(target=send)
                 sender.start()
-                first = b""  # the reader takes what comes until the splices start, then goes
-                while not splicing.is_set():
+                first = os.read(r, 1 << 16)  # the reader takes what comes until the splices
+                while not splicing.is_set():  # start, then goes
                     first += os.read(r, 1 << 16)
                 os.close(r)
                 assert done.wait(TIMEOUT)
