@@ -909,6 +909,10 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         and config.handler.builtin is not None
         and config.workers == 1  # workers share one listener: its shutdown would stop them all
     )
+    if config.pin is None:  # the builtins' threads, while they take turns under a GIL
+        pin_threads = threads_accept and _gil_enabled()
+    else:  # --pin is refused outside thread mode and with --workers (config)
+        pin_threads = config.pin and concurrency == "thread" and config.workers == 1
     attrs: dict[str, Any] = {
         "monitor": monitor,
         "builtin_handler": config.handler.builtin is not None,
@@ -930,9 +934,7 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         # Our builtins keep nothing in threading.local: their threads can take the next request.
         "reuse_threads": config.handler.builtin is not None,
         "threads_accept": threads_accept,
-        "pin_threads": concurrency == "thread"
-        and config.workers == 1
-        and (threads_accept and _gil_enabled() if config.pin is None else config.pin),
+        "pin_threads": pin_threads,
         "_loop_takes_requests": not threads_accept,
         "accept_batch": 16
         if concurrency == "thread" and config.socktype == "stream" and not threads_accept
