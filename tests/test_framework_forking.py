@@ -7,8 +7,10 @@ serve_forever loop silence Python 3.12's warning about exactly that.
 
 from __future__ import annotations
 
+import _thread
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -343,6 +345,60 @@ def test_block_on_close(
             assert wait_exited(pid)
             server.collect_children()  # what is left is reaped later, on request
             assert server.active_children == set()
+
+
+class Interrupted(Exception):
+    """What the tests' SIGUSR1 handler raises."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
+@forks_from_threads
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "waitpid"])
+def test_a_signal_pending_as_server_close_waits_is_handled_promptly(
+    transport: Transport,
+    pipe: Callable[[], tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    pidfds: bool,
+) -> None:
+    """A signal that arrives just before server_close starts to wait does not interrupt that
+    wait; `_thread.interrupt_main` makes that case (the flag set, no EINTR). The wait wakes
+    every `_SIGNAL_CHECK` seconds, so the handler still runs at once, not when the child
+    exits (sockserve's addition: a second Ctrl-C during a graceful stop relies on it)."""
+    if not pidfds:
+        monkeypatch.delattr(os, "pidfd_open")
+    gate_r, gate_w = pipe()
+
+    class Parked(transport.Handler):
+        def handle(self) -> None:
+            self.read()
+            select.select([gate_r], [], [], 10)
+
+    server = transport.make(Parked, "forking")
+    old = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    try:
+        with transport.client(server) as client:
+            client.sendall(b"?")
+            server.handle_request()
+            (pid,) = server.active_children
+            timer = threading.Timer(0.2, _thread.interrupt_main, args=(signal.SIGUSR1,))
+            timer.start()
+            start = time.monotonic()
+            with pytest.raises(Interrupted):
+                server.server_close()
+            took = time.monotonic() - start
+            timer.join()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        os.write(gate_w, b"+")
+        monkeypatch.undo()  # wait_exited needs pidfd_open
+    assert wait_exited(pid)
+    server.collect_children()
+    server.server_close()
+    assert server.active_children == set()
+    assert took < 2, f"the handler ran only after {took:.2f}s"
 
 
 @forks_from_threads

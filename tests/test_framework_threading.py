@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import gc
+import signal
 import subprocess
 import sys
 import textwrap
@@ -156,6 +158,42 @@ def test_server_close_waits_for_non_daemon_threads(
         if transport.stream:
             assert transport.receive(client) == b"done"
     gate.threads[0].join(5)
+
+
+class Interrupted(Exception):
+    """What the tests' SIGUSR1 handler raises."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
+def test_a_signal_pending_as_server_close_waits_is_handled_promptly(transport: Transport) -> None:
+    """A signal that arrives just before server_close starts to wait does not interrupt that
+    wait; `_thread.interrupt_main` makes that case (the flag set, no EINTR). The wait wakes
+    every `_SIGNAL_CHECK` seconds, so the handler still runs at once, not when the thread
+    ends (sockserve's addition: a second Ctrl-C during a graceful stop relies on it)."""
+    gate = Gate()
+    server = transport.make(gate.handler(transport.Handler), "threading")
+    old = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    try:
+        with server, transport.client(server) as client:
+            client.sendall(b"?")
+            server.handle_request()
+            assert gate.entered.wait(5)
+            timer = threading.Timer(0.2, _thread.interrupt_main, args=(signal.SIGUSR1,))
+            timer.start()
+            start = time.monotonic()
+            with pytest.raises(Interrupted):
+                server.server_close()
+            took = time.monotonic() - start
+            timer.join()
+            gate.release.set()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        gate.release.set()
+    gate.threads[0].join(5)
+    assert took < 2, f"the handler ran only after {took:.2f}s"
 
 
 def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport) -> None:

@@ -10,6 +10,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 
 from ._log import LazyLogger
 from .servers import TCPServer, UDPServer, _Waker
@@ -40,6 +41,12 @@ def _shutdown_requested(server: object) -> bool:
     return bool(getattr(server, "_shutdown_requested", False))
 
 
+#: A wait for requests to end (server_close, a full max_children) wakes this often (seconds).
+#: A signal that arrives just before such a wait begins does not interrupt it: its Python
+#: handler runs only when the wait returns to Python, which is then at most this late.
+_SIGNAL_CHECK = 0.1
+
+
 if hasattr(os, "fork"):
     __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 
@@ -66,18 +73,21 @@ if hasattr(os, "fork"):
             if self.active_children is None:
                 return
             while len(self.active_children) >= self.max_children:
-                self._reap(blocking=False)
+                self._reap()
                 if len(self.active_children) < self.max_children or _shutdown_requested(self):
                     break
                 self._wait_for_any_child()
-            self._reap(blocking=blocking)
+            self._reap()
+            while blocking and self.active_children:
+                self._wait_for_any_child()
+                self._reap()
 
-        def _reap(self, *, blocking: bool) -> None:
+        def _reap(self) -> None:
+            """Reap the children that have exited, without waiting."""
             assert self.active_children is not None
-            flags = 0 if blocking else os.WNOHANG
             for pid in list(self.active_children):
                 try:
-                    done, status = os.waitpid(pid, flags)
+                    done, status = os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     done, status = pid, 0  # already reaped elsewhere
                 except OSError:
@@ -97,7 +107,8 @@ if hasattr(os, "fork"):
                 logger.debug("child %d exited with status %d", pid, code)
 
         def _wait_for_any_child(self) -> None:
-            """Block until one of our children exits (pidfds), without reaping others'."""
+            """Wait until one of our children exits (pidfds), without reaping others'; or
+            `_SIGNAL_CHECK` seconds at most, so that a pending signal handler gets to run."""
             assert self.active_children is not None
             pidfds = self._pidfds or {}
             if self.active_children and self.active_children <= pidfds.keys():
@@ -107,18 +118,20 @@ if hasattr(os, "fork"):
                     waker = getattr(self, "_wakeup_fd", lambda: None)()
                     if waker is not None:
                         sel.register(waker, selectors.EVENT_READ)  # shutdown() interrupts
-                    sel.select()
+                    sel.select(_SIGNAL_CHECK)
                 return
-            # A child without a pidfd (no kernel support, or pidfd_open failed): wait for any
-            # child, as the stdlib does, rather than for only the children that have one.
+            # A child without a pidfd (no kernel support, or pidfd_open failed): look at any
+            # child, as the stdlib waits for any, rather than only at the children with one.
             try:
-                pid, status = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:  # no children at all: someone else reaped ours
                 for pid in list(self.active_children):
                     self._forget_child(pid, 0)
                 return
             if pid in self.active_children:
                 self._forget_child(pid, status)
+            elif not pid:  # none has exited: no event to wait on without a pidfd
+                time.sleep(_SIGNAL_CHECK)
 
         def handle_timeout(self) -> None:
             """Reap finished children."""
@@ -389,7 +402,8 @@ class ThreadingMixIn:
             joined: set[threading.Thread] = set()
             while pending := [t for t in state.snapshot() if not t.daemon and t not in joined]:
                 for thread in pending:
-                    thread.join()
+                    while thread.is_alive():
+                        thread.join(_SIGNAL_CHECK)  # returns to Python: see _SIGNAL_CHECK
                     joined.add(thread)
 
     @property
