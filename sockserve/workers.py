@@ -49,10 +49,11 @@ def serve_workers(
 
     def on_signal(signum: int, frame: Any) -> None:
         received.append(signum)
-        with contextlib.suppress(OSError):
-            os.write(wake_w, b"s")
 
     saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The signal itself wakes the select below, even one that came just before the select
+    # began (its Python handler, on_signal, runs only once the select has returned).
+    saved_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     forwarded = 0
     failed = False
     try:
@@ -88,6 +89,7 @@ def serve_workers(
                         with contextlib.suppress(OSError):
                             os.kill(other, signal.SIGTERM)
     finally:
+        signal.set_wakeup_fd(saved_wakeup)
         for sig, old in saved.items():
             signal.signal(sig, old)
         for fd in (wake_r, wake_w):

@@ -160,22 +160,24 @@ def test_server_close_waits_for_non_daemon_threads(
     gate.threads[0].join(5)
 
 
-class Interrupted(Exception):
-    """What the tests' SIGUSR1 handler raises."""
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted
-
-
 def test_a_signal_pending_as_server_close_waits_is_handled_promptly(transport: Transport) -> None:
     """A signal that arrives just before server_close starts to wait does not interrupt that
     wait; `_thread.interrupt_main` makes that case (the flag set, no EINTR). The wait wakes
     every `_SIGNAL_CHECK` seconds, so the handler still runs at once, not when the thread
-    ends (sockserve's addition: a second Ctrl-C during a graceful stop relies on it)."""
+    ends (sockserve's addition: a second Ctrl-C during a graceful stop relies on it).
+
+    The handler lets the request go rather than raise: an exception raised in Thread.join
+    can leave the Thread marked stopped while it still runs (CPython before 3.13).
+    """
     gate = Gate()
+    ran: list[float] = []
+
+    def let_go(signum: int, frame: Any) -> None:
+        ran.append(time.monotonic())
+        gate.release.set()
+
     server = transport.make(gate.handler(transport.Handler), "threading")
-    old = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    old = signal.signal(signal.SIGUSR1, let_go)
     try:
         with server, transport.client(server) as client:
             client.sendall(b"?")
@@ -184,16 +186,13 @@ def test_a_signal_pending_as_server_close_waits_is_handled_promptly(transport: T
             timer = threading.Timer(0.2, _thread.interrupt_main, args=(signal.SIGUSR1,))
             timer.start()
             start = time.monotonic()
-            with pytest.raises(Interrupted):
-                server.server_close()
-            took = time.monotonic() - start
+            server.server_close()  # returns once the handler has let the request go
             timer.join()
-            gate.release.set()
     finally:
         signal.signal(signal.SIGUSR1, old)
         gate.release.set()
     gate.threads[0].join(5)
-    assert took < 2, f"the handler ran only after {took:.2f}s"
+    assert ran and ran[0] - start < 2, f"the handler ran {ran[0] - start:.2f}s after the wait"
 
 
 def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport) -> None:

@@ -13,6 +13,7 @@ benchmarks/soak.py, which reuses `Server` and the helpers below.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import io
@@ -845,6 +846,47 @@ def test_banner_comes_after_the_signal_handlers() -> None:
     seen["client"].join(TIMEOUT)
     assert seen["handler"] not in (signal.SIG_DFL, signal.SIG_IGN, None, before)
     assert signal.getsignal(signal.SIGTERM) == before  # restored on the way out
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (test safety: unblocks a hung wait)."""
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            for pid in f.read().split():
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def test_workers_supervisor_sees_a_signal_that_came_just_before_its_wait() -> None:
+    """The --workers supervisor waits in select on its workers. A signal whose Python handler
+    had not run when that wait began must still wake it (the signal's wakeup fd is the
+    supervisor's wake pipe). `_thread.interrupt_main` makes that case: the signal flagged,
+    its wakeup fd written, no system call interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+
+    class Reporter(PlainReporter):
+        def listening(self, url: str, details: Any) -> None:
+            super().listening(url, details)  # the supervisor forwards signals from here on
+            threading.Timer(0.3, _thread.interrupt_main, args=(signal.SIGTERM,)).start()
+
+    config = ServeConfig(
+        family="inet",
+        socktype="stream",
+        address=parse_address("127.0.0.1:0", "inet"),
+        handler=load_handler("echo"),
+        workers=2,
+    )
+    killer = threading.Timer(5, _kill_children)  # else a missed signal would wait forever
+    killer.start()
+    start = time.monotonic()
+    try:
+        status = serve(config, Reporter(io.StringIO()))
+    finally:
+        killer.cancel()
+        killer.join()
+    took = time.monotonic() - start
+    assert (status, took < 3) == (ExitStatus.OK, True), f"{status} after {took:.2f}s"
 
 
 @pytest.mark.parametrize("extra", [[], ["-c", "fork"], ["--workers", "2"]])
