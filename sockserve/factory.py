@@ -911,8 +911,8 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
     )
     if config.pin is None:  # the builtins' threads, while they take turns under a GIL
         pin_threads = threads_accept and _gil_enabled()
-    else:  # --pin is refused outside thread mode and with --workers (config)
-        pin_threads = config.pin and concurrency == "thread" and config.workers == 1
+    else:  # ServeConfig refuses --pin outside thread mode and with --workers
+        pin_threads = config.pin
     attrs: dict[str, Any] = {
         "monitor": monitor,
         "builtin_handler": config.handler.builtin is not None,

@@ -865,10 +865,12 @@ def test_workers_supervisor_sees_a_signal_that_came_just_before_its_wait() -> No
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers are installed from the main thread only")
 
+    interrupt = threading.Timer(0.3, _thread.interrupt_main, args=(signal.SIGTERM,))
+
     class Reporter(PlainReporter):
         def listening(self, url: str, details: Any) -> None:
             super().listening(url, details)  # the supervisor forwards signals from here on
-            threading.Timer(0.3, _thread.interrupt_main, args=(signal.SIGTERM,)).start()
+            interrupt.start()
 
     config = ServeConfig(
         family="inet",
@@ -885,6 +887,9 @@ def test_workers_supervisor_sees_a_signal_that_came_just_before_its_wait() -> No
     finally:
         killer.cancel()
         killer.join()
+        interrupt.cancel()
+        if interrupt.is_alive():
+            interrupt.join()
     took = time.monotonic() - start
     assert (status, took < 3) == (ExitStatus.OK, True), f"{status} after {took:.2f}s"
 
