@@ -517,6 +517,62 @@ class Result:
         return statistics.median(values) if values else None
 
 
+#: Before each round: wait (up to QUIET_WAIT_MAX s) until the machine's CPUs are at most
+#: QUIET_BUSY busy over QUIET_SAMPLE s, so a round does not start on the tail of other work
+#: (a finished scenario's servers, a build, another tenant: steal time counts as busy).
+QUIET_BUSY = 0.10
+QUIET_SAMPLE = 0.2
+QUIET_WAIT_MAX = 20.0
+
+
+@dataclass
+class Quiet:
+    """How long the run waited for a quiet machine, and how often it gave up waiting."""
+
+    checks: int = 0
+    waited: float = 0.0
+    busy_starts: int = 0
+    busiest: float = 0.0  # the highest busy share a round started with
+
+
+QUIET = Quiet()
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def busy_share(seconds: float) -> float | None:
+    first = cpu_times()
+    time.sleep(seconds)
+    second = cpu_times()
+    if first is None or second is None or second[1] == first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1])
+
+
+def wait_quiet() -> None:
+    """Wait until the CPUs are nearly idle, or QUIET_WAIT_MAX has passed (then go on, counted)."""
+    start = time.monotonic()
+    QUIET.checks += 1
+    while True:
+        share = busy_share(QUIET_SAMPLE)
+        if share is None or share <= QUIET_BUSY:
+            break
+        if time.monotonic() - start >= QUIET_WAIT_MAX:
+            QUIET.busy_starts += 1
+            QUIET.busiest = max(QUIET.busiest, share)
+            break
+    QUIET.waited += time.monotonic() - start - QUIET_SAMPLE
+
+
 def loadgen(scenario: Scenario, address: str, duration: float, bulk_bytes: int, tmp: Path) -> dict:
     cmd = [str(LOADGEN), scenario.kind, "-t", scenario.transport, "-a", address]
     if scenario.bulk:
@@ -580,6 +636,7 @@ def run_scenario(scenario: Scenario, opts: argparse.Namespace) -> list[Result]:
         warmup = min(opts.duration, 0.3 if not opts.quick else 0.1)
         live = list(running)
         for rnd in range(-1, opts.rounds):  # round -1 warms up (JIT-free, but caches and pools)
+            wait_quiet()
             shift = rnd % len(live) if live else 0
             for run in live[shift:] + live[:shift]:
                 res = results[run.server.key]
@@ -668,6 +725,7 @@ def run_startup(opts: argparse.Namespace) -> tuple[list[Result], list[Result]]:
     cases = startup_cases(SERVERS)
     results = {c.key: Result("startup", c.key) for c in cases}
     for rnd in range(-2, reps):  # two warm-up rounds fill the bytecode cache
+        wait_quiet()
         shift = rnd % len(cases)  # rotating order: no case always follows the same one
         for case in cases[shift:] + cases[:shift]:
             res = results[case.key]
@@ -998,6 +1056,16 @@ def report(
     out += ["| machine | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in info.items()]
     out.append(f"| load average (start → end) | {load[0]} → {load[1]} |")
+    gave_up = (
+        f"; {QUIET.busy_starts} started busy after {QUIET_WAIT_MAX:g} s (busiest "
+        f"{QUIET.busiest:.0%})"
+        if QUIET.busy_starts
+        else ""
+    )
+    out.append(
+        f"| quiet start | each of {QUIET.checks} rounds waited for CPUs ≤ {QUIET_BUSY:.0%} busy: "
+        f"{QUIET.waited:.1f} s in all{gave_up} |"
+    )
     out.append(
         f"| settings | {opts.rounds} rounds of {opts.duration:g} s (median shown), "
         f"bulk {opts.bulk_mib} MiB, {MSG} B messages |"
