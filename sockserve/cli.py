@@ -182,7 +182,7 @@ def _version_message() -> str:
     default=None,
     help="Thread mode: keep the handler threads on one CPU. Faster while they run Python "
     "(they take turns under the GIL anyway); slower for a handler that computes outside the "
-    "GIL.  [default: --pin for the builtins]",
+    "GIL. The banner names the CPU (pinned_cpu=N).  [default: --pin for the builtins]",
 )
 @click.option(
     "--max-children",

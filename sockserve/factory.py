@@ -376,6 +376,9 @@ class ToolServerMixIn:
     #: Thread mode: serve_forever keeps its thread, and so every thread it starts, on one
     #: CPU (`--pin`; by default for the builtins, whose threads run Python in turn).
     pin_threads = False
+    #: The CPU `pin_loop_thread` kept the loop's thread on (None: not pinned).
+    pinned_cpu: int | None = None
+    _cpus_before_pin: set[int] | None = None
     #: A user handler's TCP byte counts come from the kernel (TCP_INFO) where it keeps them;
     #: None until the first connection tells.
     kernel_counts: bool | None = None
@@ -475,17 +478,18 @@ class ToolServerMixIn:
         (`_stay_on_this_cpu`): the threads it starts inherit that. With `threads_accept`,
         first start a thread waiting in accept, and once the loop stops, wake every thread
         still waiting there."""
-        cpus = _stay_on_this_cpu() if self.pin_threads else None
         acceptors = None
         if self.threads_accept:
             acceptors = self._acceptors = _Acceptors(getattr(self, "max_threads", None))
             acceptors.reserve()
+        self.pin_loop_thread()
         try:
             if acceptors is not None:
                 self._start_acceptor()
             super().serve_forever(poll_interval)  # type: ignore[misc]
         finally:
-            _restore_cpus(cpus)  # the calling thread as it was
+            _restore_cpus(self._cpus_before_pin)  # the calling thread as it was
+            self._cpus_before_pin = self.pinned_cpu = None
             if acceptors is not None:
                 acceptors.stop()
                 try:  # wakes accept() with EINVAL; no more clients
@@ -493,6 +497,16 @@ class ToolServerMixIn:
                 except OSError:
                     pass
                 self._close_wakers()
+
+    def pin_loop_thread(self) -> int | None:
+        """With `pin_threads`, keep the calling thread (the one that will run serve_forever)
+        on its CPU, once; return that CPU, or None if nothing is pinned. The banner calls it
+        before serve_forever, to name the CPU."""
+        if self.pin_threads and self._cpus_before_pin is None:
+            self._cpus_before_pin = _stay_on_this_cpu()
+            if self._cpus_before_pin is not None:
+                self.pinned_cpu = next(iter(os.sched_getaffinity(0)))
+        return self.pinned_cpu
 
     def _start_acceptor(self) -> None:
         """Start a thread for `_accept_and_serve`, reserved in `_acceptors` beforehand."""

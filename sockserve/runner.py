@@ -415,6 +415,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
             }
             if config.workers > 1:
                 details["workers"] = config.workers
+            elif (cpu := getattr(server, "pin_loop_thread", lambda: None)()) is not None:
+                details["pinned_cpu"] = cpu  # the loop runs in this thread, right after
             if config.family == "unix" or config.output == "json":
                 details["pid"] = os.getpid()
             reporter.listening(format_bound(family, config.socktype, sockaddr), details)

@@ -899,3 +899,43 @@ def test_a_wake_up_connection_never_taken_is_dropped_at_the_next_pass(captured: 
         stale.close()
         server._close_wakers()
         server.server_close()
+
+
+@needs_two_cpus
+def test_the_banner_pins_before_the_loop_and_names_the_cpu(captured: list) -> None:
+    """`pin_loop_thread` (the banner calls it in the loop's thread, just before serve_forever)
+    pins once and names the CPU the threads then run on; serve_forever gives the CPUs back."""
+    server = _make_accepting_server(captured)
+    cpus = os.sched_getaffinity(0)
+    seen: dict[str, object] = {}
+
+    def serve() -> None:
+        cpu = server.pin_loop_thread()
+        seen["cpu"] = cpu
+        seen["again"] = server.pin_loop_thread()
+        seen["during"] = os.sched_getaffinity(0)
+        server.serve_forever(0.05)
+        seen["after"] = os.sched_getaffinity(0)
+        seen["pinned after"] = server.pinned_cpu
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"hi")
+            assert sock.recv(100) == b"hi"
+    finally:
+        _stop(server, thread)
+    cpu = seen["cpu"]
+    assert isinstance(cpu, int) and cpu in cpus
+    assert seen["again"] == cpu and seen["during"] == {cpu}
+    assert seen["after"] == cpus and seen["pinned after"] is None
+
+
+def test_an_unpinned_server_names_no_cpu(captured: list) -> None:
+    server = _make_accepting_server(captured, "--no-pin")
+    try:
+        before = os.sched_getaffinity(0)
+        assert server.pin_loop_thread() is None and os.sched_getaffinity(0) == before
+    finally:
+        server.server_close()

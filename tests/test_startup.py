@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -389,6 +390,54 @@ def test_pin_reaches_a_user_handler_through_the_command(tmp_path: Path, pin: lis
     args = [*SERVE_ARGS, "-c", "thread", *pin, "-H", f"{tmp_path / 'cpus.py'}:Cpus"]
     lines, err = _serve_once([sys.executable, "-m", "sockserve", *args], reply=expected)
     assert (lines, err) == ([], "")
+
+
+CPU_SET_HANDLER = """
+import os
+import socketserver
+
+class CpuSet(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(100)
+        self.request.sendall(b",".join(b"%d" % c for c in sorted(os.sched_getaffinity(0))))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="CPU affinity needs Linux and two CPUs allowed",
+)
+@pytest.mark.parametrize("pin", [[], ["--pin"]])
+def test_the_banner_names_the_cpu_the_threads_are_pinned_to(tmp_path: Path, pin: list[str]) -> None:
+    """--json banner: `pinned_cpu` is the one CPU the handler's thread runs on; no key when
+    nothing is pinned (a handler of the user's, by default)."""
+    (tmp_path / "cpuset.py").write_text(CPU_SET_HANDLER)
+    args = [a for a in SERVE_ARGS if a != "-q"]
+    args += ["--json", "-c", "thread", *pin, "-H", f"{tmp_path / 'cpuset.py'}:CpuSet"]
+    allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        host, _, port = proc.stdout.readline().strip().rpartition(":")
+        banner = json.loads(proc.stderr.readline())
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(b"cpus?")
+            reply = client.recv(100).decode()
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert banner["event"] == "listening" and proc.returncode == 0
+    if pin:
+        assert reply == str(banner["pinned_cpu"])
+    else:
+        assert "pinned_cpu" not in banner and reply == allowed
 
 
 def test_resume_gc_turns_a_paused_collector_back_on() -> None:
