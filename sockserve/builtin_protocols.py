@@ -103,6 +103,14 @@ class _EventTransform(_EventStream):
         self.transport.resume_reading()
 
 
+class _EventEcho(_EventTransform):
+    """echo when nobody watches the data (the usual case): write it back, count it."""
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.received += len(data)
+
+
 class _EventUpper(_EventTransform):
     transform = staticmethod(_upper)
 
@@ -494,7 +502,7 @@ _EVENT_STREAM_CLASSES: dict[str, type[_EventStream]] = {
 
 
 @functools.cache
-def _protocol_class(name: str, socktype: str) -> type[asyncio.BaseProtocol]:
+def _protocol_class(name: str, socktype: str, watched: bool = False) -> type[asyncio.BaseProtocol]:
     import asyncio
 
     if socktype == "dgram":
@@ -502,6 +510,8 @@ def _protocol_class(name: str, socktype: str) -> type[asyncio.BaseProtocol]:
         base: type = asyncio.DatagramProtocol
     else:
         logic = _EVENT_STREAM_CLASSES[name]
+        if logic is _EventTransform and not watched:
+            logic = _EventEcho
         base = asyncio.Protocol
     cls_name = f"{name.capitalize()}{'Datagram' if socktype == 'dgram' else 'Stream'}Protocol"
     return type(cls_name, (logic, base), {"__module__": __name__})
@@ -512,4 +522,5 @@ def shared_protocol_factory(shared: _Shared, socktype: str) -> Callable[[], asyn
     if shared.name == "stdio":
         assert shared.input is not None
         shared.event_stdin = _EventStdin(shared.input, shared.chunk_size)
-    return functools.partial(_protocol_class(shared.name, socktype), shared)
+    watched = shared.watcher() is not None
+    return functools.partial(_protocol_class(shared.name, socktype, watched), shared)

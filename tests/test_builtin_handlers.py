@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from sockserve import builtin_handlers as bh, socketserver as ss
+from sockserve import builtin_handlers as bh, builtin_protocols as bpr, socketserver as ss
 
 TRANSPORTS = ["tcp", "udp", "unix", "unix-dgram"]
 STREAM = {"tcp", "unix"}
@@ -1108,6 +1108,31 @@ def test_event_protocols_are_asyncio_protocols(transport: str) -> None:
         assert isinstance(proto, asyncio.Protocol)
         dproto = bh.protocol_factory(name, "dgram", bh.HandlerOptions())()
         assert isinstance(dproto, asyncio.DatagramProtocol)
+
+
+@pytest.mark.parametrize("watched", [False, True])
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_event_echo_with_and_without_a_watcher(
+    transport: str, watched: bool, sock_dir: str
+) -> None:
+    """Unwatched, echo takes its lean protocol (write back, count); watched (-vv), the one
+    that shows each chunk. Both echo and count alike."""
+    observer = RecordingObserver(wants_data=watched)
+    options = bh.HandlerOptions(observer=observer)
+    proto = bh.protocol_factory("echo", "stream", options)()
+    assert isinstance(proto, bpr._EventEcho) is not watched
+
+    def check(address: Any) -> None:
+        ctx = Ctx(transport, sock_dir, observer)
+        assert stream_exchange(ctx, address, b"abc" * 1000) == b"abc" * 1000
+
+    asyncio.run(_serve_event("echo", transport, options, sock_dir, check))
+    observer.wait_records(1)
+    assert observer.records[0][1:] == (3000, 3000)
+    seen = {d: b"".join(c for dd, c in observer.chunks if dd == d) for d in ("in", "out")}
+    assert seen == (
+        {"in": b"abc" * 1000, "out": b"abc" * 1000} if watched else {"in": b"", "out": b""}
+    )
 
 
 def test_event_bulk_echo_and_reply_file(sock_dir: str) -> None:
