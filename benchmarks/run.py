@@ -824,6 +824,21 @@ TARGETS = [
 ]
 
 
+def round_ratios(ours: Result | None, peer: Result | None, metric: str) -> list[float]:
+    """ours/peer round by round (each round ran both, one after the other): how much of a
+    ratio is the machine's noise. Empty unless both have a sample from every round."""
+    if ours is None or peer is None or len(ours.samples) != len(peer.samples):
+        return []
+
+    def value(s: Sample) -> float | None:
+        if metric == "cpu":
+            return s.server_cpu / s.ops if s.ops else None
+        return s.rate
+
+    pairs = [(value(a), value(b)) for a, b in zip(ours.samples, peer.samples, strict=True)]
+    return [a / b for a, b in pairs if a is not None and b]
+
+
 def target_value(res: Result | None, metric: str) -> float | None:
     if res is None or not res.samples:
         return None
@@ -933,8 +948,8 @@ def startup_table(results: list[Result], commands: list[Result]) -> list[str]:
 
 def targets_table(all_results: dict[str, list[Result]]) -> list[str]:
     lines = [
-        "| target | sockserve | peer | measured | needed | verdict |",
-        "|---|---|---|---|---|---|",
+        "| target | sockserve | peer | measured | needed | verdict | round by round |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in TARGETS:
         results = {r.server: r for r in all_results.get(t.scenario, [])}
@@ -950,14 +965,20 @@ def targets_table(all_results: dict[str, list[Result]]) -> list[str]:
         if a is None or b is None or b == 0:
             why = (ours.note if ours and ours.note else None) or (peer.note if peer else None)
             verdict = f"n/a ({why or 'not measured'})"
-            measured = "—"
+            measured = rounds = "—"
         else:
             r = a / b
             ok = r <= t.need if t.lower_is_better else r >= t.need
             verdict = "**met**" if ok else "missed"
             measured = f"{r:.2f}× ({fmt_num(a)} vs {fmt_num(b)}{unit})"
+            each = round_ratios(ours, peer, t.metric)
+            met = sum(x <= t.need if t.lower_is_better else x >= t.need for x in each)
+            rounds = (
+                f"{min(each):.2f}–{max(each):.2f}×, met in {met} of {len(each)}" if each else "—"
+            )
         lines.append(
-            f"| {t.label} | {t.ours} | {peer_name} | {measured} | {sign} {t.need:g}× | {verdict} |"
+            f"| {t.label} | {t.ours} | {peer_name} | {measured} | {sign} {t.need:g}× | {verdict} "
+            f"| {rounds} |"
         )
     return lines
 
