@@ -8,7 +8,6 @@ hands the others to `command` here.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -120,10 +119,6 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 
     click.echo(completion_source(main, value), nl=False)
     ctx.exit(0)
-
-
-def _version_message() -> str:
-    return f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
 
 
 @click.command(
@@ -279,7 +274,7 @@ def _version_message() -> str:
     callback=_print_completion,
     help="Print the shell completion script.",
 )
-@click.version_option(__version__, "-V", "--version", message=_version_message())
+@click.version_option(__version__, "-V", "--version", message=entry.version_message())
 def main(**params: Any) -> None:
     """Serve PROTO on ADDRESS with a handler: a real socket server in one line.
 

@@ -321,6 +321,34 @@ def test_quick_path_serves_without_heavy_modules(entry_code: str, concurrency: s
     assert set(heavy) <= allowed, heavy
 
 
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_alone_is_printed_without_click(flag: str) -> None:
+    """The same line as the click command's --version, without importing click."""
+    code = DUMP_MODULES.format(args=[flag]) + "from sockserve.entry import main; sys.exit(main())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stderr == ""
+    version, modules = out.stdout.splitlines()
+    assert "click" not in eval(modules)
+    assert version + "\n" == CliRunner().invoke(cli.main, [flag]).output
+    assert version.startswith("sockserve ") and sys.version.split()[0] in version
+
+
+def test_version_into_a_closed_pipe_exits_1_quietly() -> None:
+    """As click's standalone mode: status 1, nothing on stderr."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "sockserve", "--version"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=30,
+        )
+    finally:
+        os.close(write)
+    assert (out.returncode, out.stderr) == (1, b"")
+
+
 def test_python_m_sockserve_and_console_script_serve() -> None:
     lines, err = _serve_once([sys.executable, "-m", "sockserve", *SERVE_ARGS])
     assert (lines, err) == ([], "")
