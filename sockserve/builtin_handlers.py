@@ -412,11 +412,16 @@ if hasattr(os, "register_at_fork"):
 
 
 class _Buffers:
-    """A small free list of receive buffers, so a new connection reuses an old one's."""
+    """A small free list of receive buffers, so a new connection reuses an old one's.
+
+    One buffer is made up front: in fork mode the parent serves nothing, so every child
+    would otherwise zero a new one (16 page faults for 64 KiB); it takes the parent's copy,
+    and only the pages it writes to are copied.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._free: list[bytearray] = []
+        self._free: list[bytearray] = [bytearray(size)]
 
     def get(self) -> bytearray:
         try:

@@ -76,12 +76,11 @@ class RunMonitor:
         self.output_closed = False
         self._forks = _forks
         self._pipe: tuple[int, int] | None = None
+        self._pipe_ready: Any = None
         if config.concurrency == "fork":
             import json  # noqa: F401 - children forward records as JSON: load it before forks
 
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            self._pipe = (r, w)
+            self._open_pipe()
         self._partial = b""
         if (
             config.socktype == "dgram"
@@ -105,9 +104,17 @@ class RunMonitor:
         if self._pipe is not None:
             for fd in self._pipe:
                 os.close(fd)
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            self._pipe = (r, w)
+            self._open_pipe()
+
+    def _open_pipe(self) -> None:
+        """The pipe children forward their records on, and a poll for data on it: the loop
+        asks on every iteration, and a read that fails with EAGAIN costs an exception."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self._pipe = (r, w)
+        poller = select.poll()
+        poller.register(r, select.POLLIN)
+        self._pipe_ready = poller.poll
 
     @property
     def in_child(self) -> bool:
@@ -203,7 +210,7 @@ class RunMonitor:
     # -- parent side of the child pipe ---------------------------------------------------------
     def poll(self) -> None:
         """Report what forked children sent (called from the serve loop and at the end)."""
-        if self._pipe is None or self.in_child:
+        if self._pipe is None or self.in_child or not self._pipe_ready(0):
             return
         chunks = [self._partial]
         while True:

@@ -427,6 +427,53 @@ def test_monitor_counts_in_parent_and_forwards_from_forked_child() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_monitor_reads_the_child_pipe_only_when_it_has_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop polls on every iteration: an empty pipe costs no read (and no EAGAIN
+    exception); a record there is read and reported, also after become_worker."""
+    from sockserve import runner
+
+    reads: list[int] = []
+    real_read = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, n)
+
+    monitor, out = make_monitor("fork")
+    monkeypatch.setattr(runner.os, "read", read)
+    try:
+        for _ in range(3):
+            monitor.poll()
+        assert reads == []
+        for round_ in (1, 2):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                try:
+                    monitor.record(("127.0.0.1", round_), 1, 2)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            monitor.poll()
+            assert reads and f"close 127.0.0.1:{round_} (1 B in, 2 B out)" in out.getvalue()
+            monitor.become_worker()  # a new pipe, and a new poll for it
+            reads.clear()
+            monitor.poll()
+            assert reads == []
+    finally:
+        monitor.close()
+
+
+def test_a_buffer_is_ready_before_the_first_connection() -> None:
+    """Made up front, so fork mode's children take the parent's copy instead of zeroing one."""
+    pool = bh._Buffers(4096)
+    (ready,) = pool._free
+    assert pool.get() is ready and len(ready) == 4096
+    assert len(pool.get()) == 4096 and pool._free == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_monitor_in_a_worker_counts_for_itself() -> None:
     """A --workers process calls become_worker(): it is a parent again, not a child."""
     monitor, _ = make_monitor("thread")

@@ -238,6 +238,48 @@ def test_get_request(transport: Transport) -> None:
             assert request == (b"raw", server.socket)
 
 
+@pytest.mark.parametrize("transport", ["tcp", "unix"], indirect=True)
+@pytest.mark.parametrize("listener_timeout", [None, 5.0])
+def test_get_request_gives_what_socket_accept_gives(
+    transport: Transport, listener_timeout: float | None
+) -> None:
+    """The same socket as `socket.accept` (enum family and type, blocking as it decides),
+    though a plain socket's accept skips the enum conversions."""
+    with transport.make(echo_handler(transport)) as server:
+        server.socket.settimeout(listener_timeout)
+        with transport.client(server):
+            request, _ = server.get_request()
+        with request, transport.client(server):
+            reference, _ = socket.socket.accept(server.socket)
+            with reference:
+                for attr in ("family", "type", "proto"):
+                    got, want = getattr(request, attr), getattr(reference, attr)
+                    assert (got, type(got)) == (want, type(want)), attr
+                assert type(request) is socket.socket
+                assert request.gettimeout() == reference.gettimeout()
+                assert request.getblocking() == reference.getblocking()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"], indirect=True)
+def test_get_request_uses_the_accept_of_another_kind_of_socket(transport: Transport) -> None:
+    """A listener that is not a plain socket.socket (an SSLSocket, say) accepts its way."""
+
+    class Wrapped(socket.socket):
+        accepted = 0
+
+        def accept(self) -> tuple[socket.socket, Any]:
+            type(self).accepted += 1
+            return super().accept()
+
+    with transport.make(echo_handler(transport)) as server:
+        plain = server.socket
+        server.socket = Wrapped(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        with transport.client(server):
+            request, _ = server.get_request()
+            request.close()
+    assert Wrapped.accepted == 1
+
+
 @pytest.mark.parametrize("where", ["server", "socket", "both"])
 def test_handle_request_timeout(transport: Transport, where: str) -> None:
     """No request within the timeout: handle_timeout() is called and handle_request returns."""
