@@ -382,6 +382,13 @@ def _stop(server: ToolServerMixIn, thread: threading.Thread) -> float:
     return time.monotonic() - start
 
 
+def _echo_hi(server: ToolServerMixIn) -> None:
+    """One connection to a serving echo server: "hi" comes back."""
+    with socket.create_connection(server.server_address, timeout=5) as sock:  # type: ignore[attr-defined]
+        sock.sendall(b"hi")
+        assert sock.recv(10) == b"hi"
+
+
 def _accept_threads() -> set[threading.Thread]:
     """This process's threads running `_accept_and_serve` (of whichever server)."""
     return {t for t in threading.enumerate() if t.name.endswith("(_accept_and_serve)")}
@@ -653,9 +660,7 @@ def test_builtin_connections_get_nodelay_from_the_listener(
     thread = threading.Thread(target=server.serve_forever, args=(0.05,))
     thread.start()
     try:
-        with socket.create_connection(server.server_address, timeout=5) as sock:
-            sock.sendall(b"hi")
-            assert sock.recv(10) == b"hi"
+        _echo_hi(server)
     finally:
         _stop(server, thread)
     assert seen and seen[0] != 0
@@ -921,9 +926,7 @@ def test_the_banner_pins_before_the_loop_and_names_the_cpu(captured: list) -> No
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        with socket.create_connection(server.server_address, timeout=5) as sock:
-            sock.sendall(b"hi")
-            assert sock.recv(100) == b"hi"
+        _echo_hi(server)
     finally:
         _stop(server, thread)
     cpu = seen["cpu"]
