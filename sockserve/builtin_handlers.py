@@ -80,11 +80,11 @@ import stat
 import sys
 import threading
 import time
-from _socket import socket as _RawSocket
 from _weakrefset import WeakSet  # weakref's WeakSet; threading has loaded it already
 
 from .records import Record
 from .socketserver import BaseRequestHandler
+from .socketserver.servers import _raw_family  # socket.family as an int, no enum
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -150,7 +150,6 @@ _SPLICE_PIPE_SIZE = 1 << 20
 #: 1 GiB transfers it moved 0.99-1.30x what 256 KiB did; 512 KiB and more brought those drops
 #: and timeouts back.
 _BULK_BUFFER = 384 * 1024
-_raw_family = _RawSocket.family.__get__  # an int, without socket.family's enum conversion
 
 
 def _family(sock: Any) -> int:
