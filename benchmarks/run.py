@@ -485,6 +485,12 @@ class Sample:
     errors: int = 0
     bad: int = 0
 
+    def value(self, metric: str) -> float | None:
+        """What a target compares: the rate, or ("cpu") server CPU µs per operation."""
+        if metric == "cpu":
+            return self.server_cpu / self.ops * 1e6 if self.ops else None
+        return self.rate
+
 
 @dataclass
 class Result:
@@ -503,7 +509,7 @@ class Result:
 
     @property
     def cpu_per_op_us(self) -> float | None:
-        values = [s.server_cpu / s.ops * 1e6 for s in self.samples if s.ops]
+        values = [v for s in self.samples if (v := s.value("cpu")) is not None]
         return statistics.median(values) if values else None
 
     @property
@@ -829,13 +835,9 @@ def round_ratios(ours: Result | None, peer: Result | None, metric: str) -> list[
     ratio is the machine's noise. Empty unless both have a sample from every round."""
     if ours is None or peer is None or len(ours.samples) != len(peer.samples):
         return []
-
-    def value(s: Sample) -> float | None:
-        if metric == "cpu":
-            return s.server_cpu / s.ops if s.ops else None
-        return s.rate
-
-    pairs = [(value(a), value(b)) for a, b in zip(ours.samples, peer.samples, strict=True)]
+    pairs = [
+        (a.value(metric), b.value(metric)) for a, b in zip(ours.samples, peer.samples, strict=True)
+    ]
     return [a / b for a, b in pairs if a is not None and b]
 
 
