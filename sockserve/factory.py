@@ -951,7 +951,7 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         "pin_threads": pin_threads,
         "_loop_takes_requests": not threads_accept,
         "accept_batch": 16
-        if concurrency == "thread" and config.socktype == "stream" and not threads_accept
+        if concurrency in ("thread", "fork") and config.socktype == "stream" and not threads_accept
         else 1,
         "block_on_close": config.block_on_close,
     }

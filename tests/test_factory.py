@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
 import struct
@@ -322,7 +323,10 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
         (["tcp", ":0", "-H", "echo", "--workers", "2"], True, 16, False),  # shared listener
         (["tcp", ":0", "-H", USER_HANDLER], False, 16, False),  # a user's
         (["tcp", ":0", "-H", "echo", "-c", "sync"], True, 1, False),
+        (["tcp", ":0", "-H", "echo", "-c", "fork"], True, 16, False),  # a fork per connection
+        (["tcp", ":0", "-H", USER_HANDLER, "-c", "fork"], False, 16, False),
         (["udp", ":0", "-H", "stdout", "-c", "thread"], True, 1, False),
+        (["udp", ":0", "-H", "echo", "-c", "fork"], True, 1, False),
     ],
 )
 def test_how_thread_mode_takes_connections(
@@ -942,3 +946,46 @@ def test_an_unpinned_server_names_no_cpu(captured: list) -> None:
         assert server.pin_loop_thread() is None and os.sched_getaffinity(0) == before
     finally:
         server.server_close()
+
+
+def _shut_down(socks: list[socket.socket]) -> None:
+    """End connections whose descriptors forked children share (close alone would not)."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_mode_takes_a_burst_of_connections_in_one_wake_up(captured: list) -> None:
+    """Connections waiting together are accepted in one loop iteration, a child each; every
+    one is served, counted and reaped."""
+    from clitools import RecordsObserver
+
+    from sockserve import builtin_handlers as bh
+    from sockserve.factory import make_server
+
+    config = _config(captured, "tcp", "127.0.0.1:0", "-H", "echo", "-c", "fork")
+    observer = RecordsObserver()
+    server = make_server(config, bh.stream_handler("echo", bh.HandlerOptions(observer=observer)))
+    with server, ExitStack() as clients_open:  # the clients end first: no child waits for them
+        clients = [
+            clients_open.enter_context(socket.create_connection(server.server_address, timeout=5))
+            for _ in range(12)
+        ]
+        clients_open.callback(_shut_down, clients)  # the children hold copies of these sockets
+        server._handle_request_noblock()  # the loop's step once the listener is readable
+        first = server.requests_started  # all 12 unless a handshake is still in flight
+        deadline = time.monotonic() + 5
+        while server.requests_started < 12 and time.monotonic() < deadline:
+            if select.select([server.socket], [], [], 0.1)[0]:
+                server._handle_request_noblock()
+        assert first > 1 and server.requests_started == 12
+        for i, client in enumerate(clients):
+            client.sendall(b"%d" % i)
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(100) == b"%d" % i
+        server.collect_children(blocking=True)
+        assert not server.active_children
