@@ -361,8 +361,9 @@ class ToolServerMixIn:
     lean_datagrams = False
     #: At most this many waiting datagrams are answered per wake-up of the loop.
     datagram_batch = 32 if hasattr(socket, "MSG_DONTWAIT") else 1
-    #: At most this many waiting connections are accepted per wake-up of the loop (thread
-    #: mode: each accept only hands the connection over); the listener is non-blocking then.
+    #: At most this many waiting connections are accepted per wake-up of the loop (thread and
+    #: fork modes: each accept only hands the connection over to a thread or a child); the
+    #: listener is non-blocking then.
     accept_batch = 1
     _accepted = 0
     #: Thread mode, builtin stream handler, one process: handler threads wait in accept()
