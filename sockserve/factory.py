@@ -366,6 +366,8 @@ class ToolServerMixIn:
     #: listener is non-blocking then.
     accept_batch = 1
     _accepted = 0
+    #: With `accept_batch`: poll(0) on the listener, true when a connection waits.
+    _listener_ready: Any = staticmethod(lambda timeout: True)
     #: Thread mode, builtin stream handler, one process: handler threads wait in accept()
     #: themselves (the kernel wakes one per connection) and serve what they accept, so no
     #: connection is handed from thread to thread; the loop thread only waits for the stop.
@@ -569,6 +571,9 @@ class ToolServerMixIn:
         super().server_activate()  # type: ignore[misc]
         if self.accept_batch > 1:
             self.socket.setblocking(False)  # type: ignore[attr-defined]
+            poller = select.poll()
+            poller.register(self.socket, select.POLLIN)  # type: ignore[attr-defined]
+            self._listener_ready = poller.poll
         if (
             self.builtin_handler
             and sys.platform.startswith("linux")
@@ -588,7 +593,10 @@ class ToolServerMixIn:
         if self.lean_datagrams:
             self._serve_datagrams()
             return
-        for _ in range(self.accept_batch):
+        ready = self._listener_ready
+        for i in range(self.accept_batch):
+            if i and not ready(0):  # none waits: no accept that fails with an exception
+                return
             accepted = self._accepted
             super()._handle_request_noblock()  # type: ignore[misc]
             if self._accepted == accepted or self.stop_reason is not None:

@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -989,3 +990,33 @@ def test_fork_mode_takes_a_burst_of_connections_in_one_wake_up(captured: list) -
             assert client.recv(100) == b"%d" % i
         server.collect_children(blocking=True)
         assert not server.active_children
+
+
+def test_a_batch_of_accepts_stops_without_a_failing_accept(captured: list) -> None:
+    """The loop accepts while connections wait, and asks the listener (poll) before each
+    further accept: one waiting connection costs one accept, not a second one that fails."""
+    from sockserve.factory import make_server
+
+    config = _config(captured, "tcp", "127.0.0.1:0", "-H", USER_HANDLER, "-c", "thread")
+    server = make_server(config, config.handler.cls)
+    assert server.accept_batch > 1
+    calls: list[str] = []
+    real_get_request = server.get_request
+
+    def get_request() -> tuple[Any, Any]:
+        try:
+            result = real_get_request()
+        except OSError as exc:
+            calls.append(type(exc).__name__)
+            raise
+        calls.append("accepted")
+        return result
+
+    server.get_request = get_request  # type: ignore[method-assign]
+    with server, socket.create_connection(server.server_address, timeout=5) as client:
+        assert select.select([server.socket], [], [], 5)[0]
+        server._handle_request_noblock()
+        client.sendall(b"hi\n")
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(100).endswith(b" hi\n")  # the example numbers its lines
+    assert calls == ["accepted"]

@@ -235,6 +235,46 @@ def test_server_close_joins_a_thread_started_while_it_waits(transport: Transport
         assert late and late_done.is_set() and not late[0].is_alive()  # joined, not left running
 
 
+def test_snapshot_waits_for_a_start_in_progress() -> None:
+    """`snapshot` called while a registered thread is still starting returns once the start
+    has returned, with that thread (the start wakes it, though it notifies only waiters)."""
+    from sockserve.socketserver.mixins import _RequestThreads
+
+    state = _RequestThreads()
+    in_start = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+
+    class SlowStart(threading.Thread):
+        def start(self) -> None:
+            in_start.set()  # registered by now: _register runs before start()
+            assert release.wait(5)
+            super().start()
+
+    thread = SlowStart(target=finished.set)
+    starter = threading.Thread(target=state.start, args=(thread,), daemon=True)
+    snapshots: list[list[threading.Thread]] = []
+    # daemon: if the snapshot were never woken, the failure must not hang the test run
+    snapper = threading.Thread(target=lambda: snapshots.append(state.snapshot()), daemon=True)
+    starter.start()
+    try:
+        assert in_start.wait(5)
+        snapper.start()
+        deadline = time.monotonic() + 5
+        while not state.snapshots and time.monotonic() < deadline:  # no event to wait on
+            time.sleep(0.001)
+        assert state.snapshots == 1 and not snapshots  # waiting for the start
+        release.set()
+        snapper.join(5)
+        assert snapshots == [[thread]] and thread.ident is not None
+    finally:
+        release.set()
+        for t in (starter, snapper, thread):
+            if t.ident is not None:
+                t.join(5)
+    assert finished.is_set() and not snapper.is_alive()
+
+
 def test_finished_threads_are_not_kept(transport: Transport) -> None:
     refs: list[weakref.ref[threading.Thread]] = []
     done = threading.Semaphore(0)

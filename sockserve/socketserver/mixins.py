@@ -201,6 +201,7 @@ class _RequestThreads:
         self.threads: set[threading.Thread] = set()
         self.starting = 0  # registered, start() not returned yet
         self.started = threading.Condition(self.lock)  # notified when `starting` drops to 0
+        self.snapshots = 0  # callers of `snapshot` waiting on `started`
         self.waiters: set[_Waker] = set()
         # reuse_threads: requests handed to threads waiting for one (`idle` of them, not
         # counting the requests already queued for them); None tells one to end. Made when
@@ -269,7 +270,7 @@ class _RequestThreads:
         finally:
             with self.lock:
                 self.starting -= 1
-                if not self.starting:
+                if not self.starting and self.snapshots:
                     self.started.notify_all()
         return True
 
@@ -318,7 +319,11 @@ class _RequestThreads:
     def snapshot(self) -> list[threading.Thread]:
         """The registered threads, once every start in progress has returned."""
         with self.started:
-            self.started.wait_for(lambda: not self.starting)
+            self.snapshots += 1
+            try:
+                self.started.wait_for(lambda: not self.starting)
+            finally:
+                self.snapshots -= 1
             return list(self.threads)
 
 
@@ -370,8 +375,12 @@ class ThreadingMixIn:
             args=(request, client_address),
             daemon=self.daemon_threads,
         )
+        limit = self.max_threads
+        if limit is None:
+            state.start(thread)  # no wait for a slot
+            return
         wakeup_fd = getattr(self, "_wakeup_fd", lambda: None)
-        if not state.start(thread, self.max_threads, lambda: _shutdown_requested(self), wakeup_fd):
+        if not state.start(thread, limit, lambda: _shutdown_requested(self), wakeup_fd):
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return  # shutdown() interrupted the wait: refuse rather than exceed the bound
 
