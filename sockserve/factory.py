@@ -267,6 +267,15 @@ def _gil_enabled() -> bool:
     return True if is_enabled is None else bool(is_enabled())
 
 
+def input_waiting(fd: Any) -> Callable[[int], list[Any]]:
+    """A poll for input on `fd` (a descriptor or an object with fileno()): call it with a
+    timeout in ms (0: do not wait); a non-empty list means input waits. Unlike a read or an
+    accept that fails with EAGAIN, an empty answer costs no exception."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return poller.poll
+
+
 def _restore_cpus(cpus: set[int] | None) -> None:
     if cpus is not None:
         try:
@@ -571,9 +580,7 @@ class ToolServerMixIn:
         super().server_activate()  # type: ignore[misc]
         if self.accept_batch > 1:
             self.socket.setblocking(False)  # type: ignore[attr-defined]
-            poller = select.poll()
-            poller.register(self.socket, select.POLLIN)  # type: ignore[attr-defined]
-            self._listener_ready = poller.poll
+            self._listener_ready = input_waiting(self.socket)  # type: ignore[attr-defined]
         if (
             self.builtin_handler
             and sys.platform.startswith("linux")

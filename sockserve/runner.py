@@ -109,12 +109,12 @@ class RunMonitor:
     def _open_pipe(self) -> None:
         """The pipe children forward their records on, and a poll for data on it: the loop
         asks on every iteration, and a read that fails with EAGAIN costs an exception."""
+        from .factory import input_waiting  # serve() has loaded it to build the server
+
         r, w = os.pipe()
         os.set_blocking(r, False)
         self._pipe = (r, w)
-        poller = select.poll()
-        poller.register(r, select.POLLIN)
-        self._pipe_ready = poller.poll
+        self._pipe_ready = input_waiting(r)
 
     @property
     def in_child(self) -> bool:
@@ -422,7 +422,7 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
             }
             if config.workers > 1:
                 details["workers"] = config.workers
-            elif (cpu := getattr(server, "pin_loop_thread", lambda: None)()) is not None:
+            elif (cpu := server.pin_loop_thread()) is not None:
                 details["pinned_cpu"] = cpu  # the loop runs in this thread, right after
             if config.family == "unix" or config.output == "json":
                 details["pid"] = os.getpid()
