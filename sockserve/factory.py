@@ -524,9 +524,8 @@ class ToolServerMixIn:
         """Start a thread for `_accept_and_serve`, reserved in `_acceptors` beforehand."""
         acceptors = self._acceptors
         assert acceptors is not None
-        thread = threading.Thread(target=self._accept_and_serve, daemon=self.daemon_threads)  # type: ignore[attr-defined]
         try:
-            self._request_threads().start(thread)  # type: ignore[attr-defined]
+            self.start_tracked_thread(self._accept_and_serve)  # type: ignore[attr-defined]
         except BaseException:
             acceptors.reserve(-1)
             raise
@@ -536,43 +535,40 @@ class ToolServerMixIn:
         the next one, serve the connection; again while few enough are ready."""
         acceptors = self._acceptors
         assert acceptors is not None
-        try:
-            while True:
-                try:
-                    request, client_address = self.get_request()
-                except OSError as exc:
-                    if acceptors.stopping or exc.errno == errno.EINVAL:
-                        acceptors.leave(ready=True)
-                        if not acceptors.stopping:  # shut down by someone else: serve no more
-                            self.request_stop("the listening socket was shut down")
-                        return
-                    continue  # EMFILE (get_request waited), a connection aborted early
-                if acceptors.wakers and client_address in acceptors.wakers:
-                    self.close_request(request)  # the loop is trimming idle threads
-                    if acceptors.retire(client_address):
-                        return
-                    continue
-                acceptors.busy = True
-                if acceptors.took():
-                    try:
-                        self._start_acceptor()
-                    except (OSError, RuntimeError) as exc:
-                        self._refuse(request, client_address, exc)  # this thread accepts instead
-                        request = None
-                    else:
-                        if self._dispatch_failing_since is not None:
-                            self._dispatching_again()
-                if request is not None:
-                    if self.verify_request(request, client_address) and self._admit(
-                        request, client_address
-                    ):
-                        self.process_request_thread(request, client_address)  # type: ignore[attr-defined]
-                    else:
-                        self.shutdown_request(request)
-                if not acceptors.served(self.idle_acceptors):
+        while True:
+            try:
+                request, client_address = self.get_request()
+            except OSError as exc:
+                if acceptors.stopping or exc.errno == errno.EINVAL:
+                    acceptors.leave(ready=True)
+                    if not acceptors.stopping:  # shut down by someone else: serve no more
+                        self.request_stop("the listening socket was shut down")
                     return
-        finally:
-            self._request_threads().discard(threading.current_thread())  # type: ignore[attr-defined]
+                continue  # EMFILE (get_request waited), a connection aborted early
+            if acceptors.wakers and client_address in acceptors.wakers:
+                self.close_request(request)  # the loop is trimming idle threads
+                if acceptors.retire(client_address):
+                    return
+                continue
+            acceptors.busy = True
+            if acceptors.took():
+                try:
+                    self._start_acceptor()
+                except (OSError, RuntimeError) as exc:
+                    self._refuse(request, client_address, exc)  # this thread accepts instead
+                    request = None
+                else:
+                    if self._dispatch_failing_since is not None:
+                        self._dispatching_again()
+            if request is not None:
+                if self.verify_request(request, client_address) and self._admit(
+                    request, client_address
+                ):
+                    self.process_request_thread(request, client_address)  # type: ignore[attr-defined]
+                else:
+                    self.shutdown_request(request)
+            if not acceptors.served(self.idle_acceptors):
+                return
 
     def server_activate(self) -> None:
         """Listen; a non-blocking listener for `accept_batch`, and for the builtins TCP_NODELAY
@@ -594,7 +590,7 @@ class ToolServerMixIn:
             else:
                 self.nodelay_inherited = True
 
-    def _handle_request_noblock(self) -> None:
+    def handle_ready(self) -> None:
         """Serve what is waiting: datagram builtins take the lean path (`_serve_datagrams`);
         with `accept_batch`, accept until no connection waits (or the batch is done)."""
         if self.lean_datagrams:
@@ -605,7 +601,7 @@ class ToolServerMixIn:
             if i and not ready(0):  # none waits: no accept that fails with an exception
                 return
             accepted = self._accepted
-            super()._handle_request_noblock()  # type: ignore[misc]
+            super().handle_ready()  # type: ignore[misc]
             if self._accepted == accepted or self.stop_reason is not None:
                 return
 
@@ -705,7 +701,7 @@ class ToolServerMixIn:
                 )
         else:
             self._accept_backoff = min(self._accept_backoff * 2, 0.5)
-        wake = getattr(self, "_wakeup_fd", lambda: None)()
+        wake = self.wakeup_fileno()  # type: ignore[attr-defined]
         select.select([wake] if wake is not None else [], [], [], self._accept_backoff)
 
     def _admit(self, request: Any, client_address: Any) -> bool:
@@ -729,7 +725,8 @@ class ToolServerMixIn:
         """Report the request, stop accepting after the request limit, then dispatch it."""
         self._admit(request, client_address)
         if self.inline_requests:  # a reply that never waits costs less than a thread start
-            ss.BaseServer.process_request(self, request, client_address)  # type: ignore[arg-type]
+            self.finish_request(request, client_address)
+            self.shutdown_request(request)
             return
         if self.concurrency == "sync":
             super().process_request(request, client_address)  # type: ignore[misc]
@@ -822,7 +819,7 @@ class ToolServerMixIn:
         """Ask serve_forever to stop (safe from the loop, other threads and signal handlers)."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._request_shutdown()  # type: ignore[attr-defined]
+        self.request_shutdown()  # type: ignore[attr-defined]
 
 
 def prepare_unix_path(path: str, socket_type: int) -> None:
@@ -965,7 +962,7 @@ def make_server(config: ServeConfig, handler: Any, monitor: Monitor | None = Non
         "reuse_threads": config.handler.builtin is not None,
         "threads_accept": threads_accept,
         "pin_threads": pin_threads,
-        "_loop_takes_requests": not threads_accept,
+        "loop_handles_requests": not threads_accept,
         "accept_batch": 16
         if concurrency in ("thread", "fork") and config.socktype == "stream" and not threads_accept
         else 1,

@@ -530,7 +530,7 @@ def run_loop(
         if monitor.stop_reason is None:
             monitor.stop_reason = reason
         if loop_server is server:
-            server._request_shutdown()
+            server.request_shutdown()
         else:
             loop_server.request_stop()
 

@@ -349,7 +349,7 @@ def test_how_thread_mode_takes_connections(
     try:
         assert (server.reuse_threads, server.accept_batch) == (reuse, batch)
         assert server.threads_accept is accepting_threads
-        assert server._loop_takes_requests is not accepting_threads
+        assert server.loop_handles_requests is not accepting_threads
         assert server.socket.getblocking() is (batch == 1)
     finally:
         server.server_close()
@@ -977,12 +977,12 @@ def test_fork_mode_takes_a_burst_of_connections_in_one_wake_up(captured: list) -
             for _ in range(12)
         ]
         clients_open.callback(_shut_down, clients)  # the children hold copies of these sockets
-        server._handle_request_noblock()  # the loop's step once the listener is readable
+        server.handle_ready()  # the loop's step once the listener is readable
         first = server.requests_started  # all 12 unless a handshake is still in flight
         deadline = time.monotonic() + 5
         while server.requests_started < 12 and time.monotonic() < deadline:
             if select.select([server.socket], [], [], 0.1)[0]:
-                server._handle_request_noblock()
+                server.handle_ready()
         assert first > 1 and server.requests_started == 12
         for i, client in enumerate(clients):
             client.sendall(b"%d" % i)
@@ -1015,7 +1015,7 @@ def test_a_batch_of_accepts_stops_without_a_failing_accept(captured: list) -> No
     server.get_request = get_request  # type: ignore[method-assign]
     with server, socket.create_connection(server.server_address, timeout=5) as client:
         assert select.select([server.socket], [], [], 5)[0]
-        server._handle_request_noblock()
+        server.handle_ready()
         client.sendall(b"hi\n")
         client.shutdown(socket.SHUT_WR)
         assert client.recv(100).endswith(b" hi\n")  # the example numbers its lines

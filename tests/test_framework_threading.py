@@ -500,7 +500,7 @@ def test_shutdown_from_a_signal_handler_during_dispatch() -> None:
             max_threads = 2
 
         server = Server(("127.0.0.1", 0), Echo)
-        signal.signal(signal.SIGUSR1, lambda *_: server._request_shutdown())
+        signal.signal(signal.SIGUSR1, lambda *_: server.request_shutdown())
         start = threading.Thread.start
 
         def start_with_signal(thread):

@@ -38,7 +38,7 @@ def _queues() -> ModuleType:
 
 
 def _shutdown_requested(server: object) -> bool:
-    return bool(getattr(server, "_shutdown_requested", False))
+    return bool(getattr(server, "shutdown_requested", False))
 
 
 #: A wait for requests to end (server_close, a full max_children) wakes this often (seconds).
@@ -115,7 +115,7 @@ if hasattr(os, "fork"):
                 with selectors.DefaultSelector() as sel:
                     for pid in self.active_children:
                         sel.register(pidfds[pid], selectors.EVENT_READ)
-                    waker = getattr(self, "_wakeup_fd", lambda: None)()
+                    waker = getattr(self, "wakeup_fileno", lambda: None)()
                     if waker is not None:
                         sel.register(waker, selectors.EVENT_READ)  # shutdown() interrupts
                     sel.select(_SIGNAL_CHECK)
@@ -379,10 +379,29 @@ class ThreadingMixIn:
         if limit is None:
             state.start(thread)  # no wait for a slot
             return
-        wakeup_fd = getattr(self, "_wakeup_fd", lambda: None)
+        wakeup_fd = getattr(self, "wakeup_fileno", lambda: None)
         if not state.start(thread, limit, lambda: _shutdown_requested(self), wakeup_fd):
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return  # shutdown() interrupted the wait: refuse rather than exceed the bound
+
+    def start_tracked_thread(self, target: Callable[[], None]) -> threading.Thread:
+        """Start a thread of the server's own, tracked as the request threads are.
+
+        It counts in `live_threads` and `server_close` joins it (unless daemonic); it is
+        forgotten when `target` returns. `max_threads` does not apply: the caller bounds it.
+        """
+        state = self._request_threads()
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                state.discard(threading.current_thread())
+
+        name = f"{type(self).__name__} ({getattr(target, '__name__', 'thread')})"
+        thread = threading.Thread(target=run, name=name, daemon=self.daemon_threads)
+        state.start(thread)
+        return thread
 
     def _run_tracked(self, request: Any, client_address: Any) -> None:
         try:

@@ -87,10 +87,10 @@ class BaseServer:
     """
 
     timeout: float | None = None
-    #: sockserve's hook for a server whose requests are taken by other threads (the command's
-    #: threads waiting in accept): when False, `serve_forever` leaves the socket alone; it
-    #: only runs `service_actions()` every `poll_interval` until `shutdown()`.
-    _loop_takes_requests = True
+    #: sockserve's: False for a server whose requests are taken by other threads (threads
+    #: waiting in accept themselves): `serve_forever` then leaves the socket alone and only
+    #: runs `service_actions()` every `poll_interval` until `shutdown()`.
+    loop_handles_requests = True
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         """Store the address and handler class; subclasses create the socket."""
@@ -122,7 +122,7 @@ class BaseServer:
             self.__waker = _Waker()
         try:
             with _ServerSelector() as selector:
-                if self._loop_takes_requests:
+                if self.loop_handles_requests:
                     selector.register(self, selectors.EVENT_READ)
                 selector.register(self.__waker, selectors.EVENT_READ)
                 while not self.__shutdown_request:
@@ -131,7 +131,7 @@ class BaseServer:
                         break
                     for key, _ in events:
                         if key.fileobj is self:
-                            self._handle_request_noblock()
+                            self.handle_ready()
                         else:
                             self.__waker.drain()
                     self.service_actions()
@@ -149,15 +149,23 @@ class BaseServer:
         Called from the thread that runs the loop (from a handler in a synchronous server), it
         only asks the loop to stop and returns, since waiting there would never end.
         """
-        self._request_shutdown()
+        self.request_shutdown()
         if self.__serving_thread == threading.get_ident():
             return
         self.__is_shut_down.wait()
 
-    def _request_shutdown(self) -> None:
+    def request_shutdown(self) -> None:
         """Ask the loop to stop without waiting: safe from any thread and signal handlers."""
         self.__shutdown_request = True
         self._wake()
+
+    def handle_ready(self) -> None:
+        """Handle what is waiting on the socket; `serve_forever` calls it when it is readable.
+
+        Handles one request (`_handle_request_noblock`); may be overridden to handle several
+        waiting requests per wake-up (call the base once per request).
+        """
+        self._handle_request_noblock()
 
     def _wake(self) -> None:
         """Make a running `serve_forever` look at its flags now.
@@ -169,13 +177,13 @@ class BaseServer:
         if waker is not None:
             waker.wake()
 
-    def _wakeup_fd(self) -> int | None:
+    def wakeup_fileno(self) -> int | None:
         """The fd that turns readable when `shutdown()` is called, while the loop runs."""
         waker = self.__waker
         return None if waker is None else waker.fileno()
 
     @property
-    def _shutdown_requested(self) -> bool:
+    def shutdown_requested(self) -> bool:
         """True between a `shutdown()` call and the end of the loop it stops."""
         return self.__shutdown_request
 
