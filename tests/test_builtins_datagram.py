@@ -126,9 +126,6 @@ def test_unbound_unix_datagram_client_gets_no_reply_and_no_error(sock_dir: str) 
 # -- observers -----------------------------------------------------------------------------------
 
 
-# -- observers -----------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("transport", DATAGRAMS)
 def test_observer_sees_chunks_when_it_wants_data(transport: str, sock_dir: str) -> None:
     observer = RecordingObserver(wants_data=True)

@@ -66,9 +66,6 @@ def test_classes_carry_their_options() -> None:
     assert issubclass(dcls, ss.BaseRequestHandler) and dcls.__name__ == "EchoDatagramHandler"
 
 
-# -- every builtin on every transport, thread mode ----------------------------------------------
-
-
 # -- every builtin, thread, fork and sync mode ------------------------------------------------
 
 
@@ -138,9 +135,6 @@ def test_observer_counts_many_connections(sock_dir: str) -> None:
             assert stream_exchange(ctx, server.server_address, b"x" * i) == b"x" * i
         records = observer.wait_records(5)
     assert sorted(r[1:] for r in records) == [(i, i) for i in range(5)]
-
-
-# -- fast paths -------------------------------------------------------------------------------
 
 
 # -- fast paths -------------------------------------------------------------------------------
