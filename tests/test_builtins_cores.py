@@ -138,3 +138,11 @@ def test_one_answer_greeting_sends_at_once_and_lingers_until_time_is_up() -> Non
     assert conn.phase is Phase.LINGERING
     conn.linger_over()
     assert conn.phase is Phase.CLOSED
+
+
+def test_chunk_transform_is_transform_chunk_chosen_once() -> None:
+    assert cores.chunk_transform("echo") is None  # the chunk goes back as it came
+    upper = cores.chunk_transform("upper")
+    assert upper is not None and upper(memoryview(JUNK)) == bh.transform_chunk("upper", JUNK)
+    with pytest.raises(ValueError):
+        cores.chunk_transform("stdout")

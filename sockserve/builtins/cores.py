@@ -147,6 +147,18 @@ def transform_chunk(name: str, data: bytes) -> bytes | None:
     raise ValueError(f"{name!r} does not answer chunk by chunk")
 
 
+def chunk_transform(name: str) -> Callable[[Any], bytes] | None:
+    """`transform_chunk(name, chunk)` for echo and upper as a function, chosen once.
+
+    None means the chunk goes back as it came (echo). Raises ValueError for other names.
+    """
+    if name == "echo":
+        return None
+    if name == "upper":
+        return upper
+    raise ValueError(f"{name!r} does not send chunks back")
+
+
 # -- datagrams -----------------------------------------------------------------------------------
 
 

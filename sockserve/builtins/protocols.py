@@ -12,10 +12,17 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from typing import Any, BinaryIO, ClassVar, Literal
+from typing import Any, BinaryIO, Literal
 
 from ..events import Events
-from .cores import LINGER_SECONDS, OneAnswer, Phase, datagram_answer, greeting, upper
+from .cores import (
+    LINGER_SECONDS,
+    OneAnswer,
+    Phase,
+    chunk_transform,
+    datagram_answer,
+    greeting,
+)
 from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, Shared
 from .stdin import EventStdin
 
@@ -73,13 +80,15 @@ class EventStream(asyncio.Protocol):
 class EventTransform(EventStream):
     """echo and upper; reading pauses while the client does not read our replies."""
 
-    uppercase: ClassVar[bool] = False
+    def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
+        super().__init__(shared, stdin)
+        self.transform = chunk_transform(shared.name)
 
     def data_received(self, data: bytes) -> None:
         watch = self.watch
         if watch is not None:
             watch.data(self.client, "in", data)
-        transform = upper if self.uppercase else None
+        transform = self.transform
         out = data if transform is None else transform(data)
         self.transport.write(out)
         self.received += len(data)  # upper keeps the length: received == sent
@@ -103,10 +112,6 @@ class EventEcho(EventTransform):
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
         self.received += len(data)
-
-
-class EventUpper(EventTransform):
-    uppercase = True
 
 
 class EventStdout(EventStream):
@@ -382,7 +387,7 @@ class EventDatagram(asyncio.DatagramProtocol):
 
 EVENT_STREAM_CLASSES: dict[str, type[EventStream]] = {
     "echo": EventTransform,
-    "upper": EventUpper,
+    "upper": EventTransform,
     "discard": EventStream,
     "stdout": EventStdout,
     "stdio": EventStdio,
@@ -403,6 +408,6 @@ def make_protocol_factory(
         cls = EventDatagram
     else:
         cls = EVENT_STREAM_CLASSES[shared.name]
-        if cls is EventTransform and shared.watcher() is None:
+        if shared.name == "echo" and shared.watcher() is None:
             cls = EventEcho
     return functools.partial(cls, shared, stdin)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..events import Events
 from ..socketserver import BaseRequestHandler
-from .cores import LINGER_SECONDS, OneAnswer, Phase, check_name, greeting, upper
+from .cores import LINGER_SECONDS, OneAnswer, Phase, check_name, chunk_transform, greeting
 from .output import OutputWriter
 from .shared import INET_FAMILIES, PEER_GONE, HandlerOptions, Shared
 
@@ -100,16 +100,14 @@ class StreamBuiltin(BaseRequestHandler):
 
 
 class TransformStream(StreamBuiltin):
-    """echo and upper: each chunk received is sent back, upper-cased if `uppercase`."""
-
-    uppercase: ClassVar[bool] = False
+    """echo and upper: each chunk received is sent back, through `cores.chunk_transform`."""
 
     def serve(self, sock: socket.socket) -> None:
         buffers = self.shared.buffers
         pooled = buf = buffers.get()
         view = memoryview(buf)
         size = len(buf)
-        transform = upper if self.uppercase else None
+        transform = chunk_transform(self.builtin)
         watch = self.watch
         grow = watch is None and size < BULK_BUFFER
         recv_into = sock.recv_into
@@ -140,10 +138,6 @@ class TransformStream(StreamBuiltin):
             self.sent += sent
             view.release()
             buffers.put(pooled)
-
-
-class UpperStream(TransformStream):
-    uppercase = True
 
 
 class DiscardStream(StreamBuiltin):
@@ -344,7 +338,7 @@ class AnswerStream(StreamBuiltin):
 
 STREAM_CLASSES: dict[str, type[StreamBuiltin]] = {
     "echo": TransformStream,
-    "upper": UpperStream,
+    "upper": TransformStream,
     "discard": DiscardStream,
     "stdout": StdoutStream,
     "stdio": StdioStream,
