@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from sockserve import __version__
-from sockserve.builtin_handlers import BUILTINS
+from sockserve.builtins import BUILTINS
 from sockserve.cli import main as cli_main
 from sockserve.helptext import EXIT_CODES, option_metavar, section_params
 

@@ -66,7 +66,7 @@ class HandlerSpecType(click.ParamType):
     ) -> list[CompletionItem]:
         if ":" in incomplete:
             return []
-        from .builtin_handlers import BUILTINS
+        from .builtins import BUILTINS
 
         items = [
             CompletionItem(name, help=BUILTINS.get(name))

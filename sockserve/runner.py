@@ -150,7 +150,7 @@ class RunMonitor:
         self.reporter.data(client, direction, bytes(data))
 
     def handler_error(self, client: Any, exc: BaseException) -> None:
-        from .builtin_handlers import OutputClosed
+        from .builtins import OutputClosed
 
         if isinstance(exc, OutputClosed):
             if self.in_child:
@@ -296,7 +296,7 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     loaded = config.handler
     if loaded.builtin is None:
         return loaded.cls
-    from . import builtin_handlers as bh
+    from . import builtins as bh
 
     options = bh.HandlerOptions(reply=config.reply, reply_file=config.reply_file, observer=monitor)
     if config.concurrency == "event":

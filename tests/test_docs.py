@@ -44,7 +44,7 @@ from click.testing import CliRunner
 from clitools import write_sockserve_wrapper
 
 from sockserve import __version__, cli
-from sockserve.builtin_handlers import BUILTINS
+from sockserve.builtins import BUILTINS
 from sockserve.helptext import EXAMPLES, EXIT_CODES, SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent

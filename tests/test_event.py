@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from clitools import RecordsObserver, finish, inet_address, spawn, tcp_exchange, wait_listening
 
-from sockserve import builtin_handlers as bh
+from sockserve import builtins as bh
 from sockserve.event import EventServer
 from sockserve.loading import BUILTIN_NAMES
 

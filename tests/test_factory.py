@@ -193,7 +193,7 @@ def _config(captured: list, *args: str):
 def test_datagram_builtins_that_never_wait_run_inline_in_thread_mode(
     args: list[str], inline: bool, monkeypatch: pytest.MonkeyPatch, captured: list
 ) -> None:
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     config = _config(captured, *args)
@@ -239,7 +239,7 @@ def test_datagram_builtins_that_never_wait_run_inline_in_thread_mode(
 def test_lean_datagram_path_is_chosen_for_builtins_on_the_loop_thread(
     args: list[str], lean: bool, captured: list
 ) -> None:
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     config = _config(captured, *args)
@@ -253,7 +253,7 @@ def _burst_server(captured: list, *extra: str):
     """A sync UDP echo server (lean path) with its observer; not yet serving."""
     from clitools import RecordsObserver
 
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     config = _config(captured, "udp", "127.0.0.1:0", "-H", "echo", "-c", "sync", *extra)
@@ -335,7 +335,7 @@ def test_how_thread_mode_takes_connections(
 ) -> None:
     """Builtins: handler threads accept for themselves; otherwise the loop accepts (up to 16
     waiting connections per wake-up) and hands each over; builtins' threads are reused."""
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     config = _config(captured, *args)
@@ -359,7 +359,7 @@ def _make_accepting_server(captured: list, *extra: str) -> ToolServerMixIn:
     """A thread-mode TCP echo server whose handler threads accept (not serving yet)."""
     from clitools import RecordsObserver
 
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     config = _config(captured, "tcp", "127.0.0.1:0", "-H", "echo", *extra)
@@ -562,7 +562,7 @@ def test_which_servers_pin_their_threads(
     gil: bool,
     pinned: bool,
 ) -> None:
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: gil, raising=False)
@@ -641,7 +641,7 @@ def test_builtin_connections_get_nodelay_from_the_listener(
     captured: list, concurrency: str
 ) -> None:
     """TCP_NODELAY is set once on the listener; accepted connections have it without a call."""
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     seen: list[int] = []
@@ -965,7 +965,7 @@ def test_fork_mode_takes_a_burst_of_connections_in_one_wake_up(captured: list) -
     one is served, counted and reaped."""
     from clitools import RecordsObserver
 
-    from sockserve import builtin_handlers as bh
+    from sockserve import builtins as bh
     from sockserve.factory import make_server
 
     config = _config(captured, "tcp", "127.0.0.1:0", "-H", "echo", "-c", "fork")

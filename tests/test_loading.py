@@ -229,6 +229,6 @@ def test_protocols_only_in_event_mode() -> None:
 
 def test_builtin_names_match_the_builtin_handlers() -> None:
     """loading keeps its own list (so resolving -H imports no handler code); it must agree."""
-    from sockserve.builtin_handlers import BUILTINS
+    from sockserve.builtins import BUILTINS
 
     assert tuple(BUILTINS) == BUILTIN_NAMES

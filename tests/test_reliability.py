@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from sockserve import builtin_handlers as bh, socketserver as ss
+from sockserve import builtins as bh, socketserver as ss
 from sockserve.addresses import parse_address
 from sockserve.config import ServeConfig
 from sockserve.console import JsonReporter, PlainReporter
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TIMEOUT = 10.0
-HAS_EVENT = (Path(bh.__file__).parent / "event.py").exists()
+HAS_EVENT = (Path(ss.__file__).parent.parent / "event.py").exists()
 MODES = ["sync", "thread", "fork", *(["event"] if HAS_EVENT else [])]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("sockserve")
 BANNER = re.compile(r"listening on (tcp|udp|unix|unix-dgram)://(\S+)")

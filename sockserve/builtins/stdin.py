@@ -1,10 +1,22 @@
-"""stdin for the stdio builtin in sync, thread and fork modes (`builtin_handlers`).
+"""stdin for the stdio builtin: what it reads goes to the clients.
 
-`stream_handler` and `datagram_handler` load this module for stdio only. One reader thread
-per handler class sends what it reads to the connected stream clients (`_StreamStdio`), or
-to the sender of the latest datagram (`_DatagramStdio`); the module docstring of
-`builtin_handlers` states the rules. The event mode reads stdin in its loop instead
-(`builtin_protocols`).
+Loaded for stdio only. In sync, thread and fork mode one reader thread per handler class
+(`StdinReader`) sends what it reads:
+
+- streams (`StreamStdio`): to every connected client (in sync mode there is one). A client
+  that has finished sending (half-close) stays connected and keeps receiving stdin until stdin
+  ends or it goes away. At stdin EOF every connection's write side is shut (clients see EOF),
+  and so is that of any later connection. The reader thread runs only while clients are
+  connected; stdin read while none is connected waits for the next one. A client that does
+  not read stalls stdin for the others. In fork mode each child reads stdin for its own
+  client, so a chunk of stdin goes to one of them.
+- datagrams (`DatagramStdio`): to the sender of the latest datagram, one datagram per read (at
+  most 65507 bytes on UDP). The reader starts at the first datagram and stops at stdin EOF,
+  when the server socket closes (checked every 0.2 s), or at `release()`. In fork mode stdin
+  is not forwarded.
+
+In event mode the loop reads stdin itself, with no thread (`EventStdin`), and pauses while a
+client's transport is full.
 """
 
 from __future__ import annotations
@@ -14,18 +26,15 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
-from .builtin_handlers import _INET_FAMILIES, _MAX_UDP_PAYLOAD, _fileno, _send_datagram
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any, BinaryIO
-
-    from .builtin_handlers import Observer
+from ..events import Events
+from .output import fileno
+from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, send_datagram
 
 
-class _StdinReader:
+class StdinReader:
     """A thread reading `source` in chunks, handing each to `deliver`, until EOF or `stop()`.
 
     `alive`, when given, is checked at least every 0.2 s; the thread ends when it returns False.
@@ -40,7 +49,7 @@ class _StdinReader:
         alive: Callable[[], bool] | None = None,
     ) -> None:
         self.source = source
-        self.fd = _fileno(source)
+        self.fd = fileno(source)
         self.chunk_size = chunk_size
         self.deliver = deliver
         self.at_eof = at_eof
@@ -111,10 +120,10 @@ class _StdinReader:
             self.deliver(data)
 
 
-class _StreamPeer:
+class StreamPeer:
     """One stream connection as the stdin reader sees it."""
 
-    def __init__(self, sock: socket.socket, client: Any, watch: Observer | None) -> None:
+    def __init__(self, sock: socket.socket, client: Any, watch: Events | None) -> None:
         self.sock = sock
         self.client = client
         self.watch = watch
@@ -153,7 +162,7 @@ class _StreamPeer:
         self.lock.release()
 
 
-class _StreamStdio:
+class StreamStdio:
     """stdin for the stream connections of one class: one reader while clients are connected.
 
     Lock order: `gate` (reader start/stop) before `lock` (peer list) or a peer's lock; the
@@ -165,13 +174,13 @@ class _StreamStdio:
         self.chunk_size = chunk_size
         self.gate = threading.Lock()
         self.lock = threading.Lock()
-        self.peers: list[_StreamPeer] = []
+        self.peers: list[StreamPeer] = []
         self.pending: list[bytes] = []
-        self.reader: _StdinReader | None = None
+        self.reader: StdinReader | None = None
         self.eof = False
 
-    def attach(self, sock: socket.socket, client: Any, watch: Observer | None) -> _StreamPeer:
-        peer = _StreamPeer(sock, client, watch)
+    def attach(self, sock: socket.socket, client: Any, watch: Events | None) -> StreamPeer:
+        peer = StreamPeer(sock, client, watch)
         with self.gate:
             with peer.lock:  # stdin read meanwhile waits until the pending chunks are out
                 with self.lock:
@@ -179,7 +188,7 @@ class _StreamStdio:
                     pending, self.pending = self.pending, []
                     eof = self.eof
                     if not eof and self.reader is None:
-                        self.reader = _StdinReader(
+                        self.reader = StdinReader(
                             self.source, self.chunk_size, self._deliver, self._at_eof
                         )
                         self.reader.start()
@@ -189,7 +198,7 @@ class _StreamStdio:
                 peer.shut_write()
         return peer
 
-    def detach(self, peer: _StreamPeer) -> None:
+    def detach(self, peer: StreamPeer) -> None:
         peer.close()
         with self.gate:
             with self.lock:
@@ -224,17 +233,17 @@ class _StreamStdio:
             peer.shut_write()
 
 
-class _DatagramStdio:
+class DatagramStdio:
     """stdin for a datagram server: sent to the sender of the latest datagram."""
 
-    def __init__(self, source: BinaryIO, chunk_size: int, watch: Observer | None) -> None:
+    def __init__(self, source: BinaryIO, chunk_size: int, watch: Events | None) -> None:
         self.source = source
         self.chunk_size = chunk_size
         self.watch = watch
         self.creator_pid = os.getpid()
         self.lock = threading.Lock()
         self.target: tuple[socket.socket, Any] | None = None
-        self.reader: _StdinReader | None = None
+        self.reader: StdinReader | None = None
         self.eof = False
 
     def note_sender(self, sock: socket.socket, client: Any) -> None:
@@ -246,9 +255,9 @@ class _DatagramStdio:
             if self.eof or self.reader is not None:
                 return
             limit = self.chunk_size
-            if sock.family in _INET_FAMILIES:
-                limit = min(limit, _MAX_UDP_PAYLOAD)
-            self.reader = _StdinReader(
+            if sock.family in INET_FAMILIES:
+                limit = min(limit, MAX_UDP_PAYLOAD)
+            self.reader = StdinReader(
                 self.source, limit, self._deliver, self._at_eof, alive=lambda: sock.fileno() != -1
             )
             self.reader.start()
@@ -259,7 +268,7 @@ class _DatagramStdio:
         if target is None:
             return
         sock, client = target
-        if _send_datagram(sock, data, client) and self.watch is not None:
+        if send_datagram(sock, data, client) and self.watch is not None:
             self.watch.data(client, "out", data)
 
     def _at_eof(self) -> None:
@@ -271,3 +280,98 @@ class _DatagramStdio:
             reader, self.reader = self.reader, None
         if reader is not None:
             reader.stop()
+
+
+class EventStdin:
+    """stdin in the event loop, for the stdio protocols of one factory: no thread.
+
+    A pipe or terminal is watched with `add_reader`; a regular file (which a selector cannot
+    watch) or a file object without a descriptor is read chunk by chunk from `call_soon`.
+    Reading stops while no client is connected or while a client's transport is full.
+    """
+
+    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
+        self.source = source
+        self.fd = fileno(source)
+        self.chunk_size = chunk_size
+        self.peers: list[Any] = []
+        self.pending: list[bytes] = []
+        self.eof = False
+        self.paused = 0
+        self.loop: Any = None
+        self.reading: str | None = None  # "reader", "soon" or None
+        self.handle: Any = None
+
+    def attach(self, proto: Any) -> None:
+        if proto in self.peers:
+            return
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.peers.append(proto)
+        pending, self.pending = self.pending, []
+        for data in pending:
+            proto.stdin_data(data)
+        if self.eof:
+            proto.stdin_eof()
+        else:
+            self._start()
+
+    def detach(self, proto: Any) -> None:
+        if proto in self.peers:
+            self.peers.remove(proto)
+        if not self.peers:
+            self._stop()
+
+    def pause(self) -> None:
+        self.paused += 1
+        self._stop()
+
+    def resume(self) -> None:
+        self.paused = max(0, self.paused - 1)
+        if self.peers:
+            self._start()
+
+    def _start(self) -> None:
+        if self.reading is not None or self.paused or self.eof:
+            return
+        if self.fd is not None:
+            try:
+                self.loop.add_reader(self.fd, self._read)
+                self.reading = "reader"
+                return
+            except (OSError, ValueError):
+                pass  # a regular file: it never blocks, so read it from call_soon
+        self.reading = "soon"
+        self.handle = self.loop.call_soon(self._read)
+
+    def _stop(self) -> None:
+        if self.reading == "reader":
+            self.loop.remove_reader(self.fd)
+        elif self.reading == "soon" and self.handle is not None:
+            self.handle.cancel()
+        self.reading = None
+        self.handle = None
+
+    def _read(self) -> None:
+        try:
+            if self.fd is not None:
+                data = os.read(self.fd, self.chunk_size)
+            else:
+                data = getattr(self.source, "read1", self.source.read)(self.chunk_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            self._stop()
+            for proto in list(self.peers):
+                proto.stdin_eof()
+            return
+        if not self.peers:
+            self.pending.append(data)
+        for proto in list(self.peers):
+            proto.stdin_data(data)
+        if self.reading == "soon":
+            self.handle = self.loop.call_soon(self._read)

@@ -1,0 +1,97 @@
+"""The builtins as request handlers for datagram servers (UDP, unix datagram).
+
+One request is one datagram; the reply to it is one datagram (0 bytes included), sent back to
+its sender. A unix datagram client that did not bind an address cannot be answered and is
+not. Replies on unix datagram sockets never block: if the client's queue is full, the reply
+is dropped, as a datagram may be. stdout and stdio write each datagram whole to the output;
+stdio sends stdin to the sender of the latest datagram (`stdin.DatagramStdio`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..socketserver import BaseRequestHandler
+from .cores import check_name, datagram_answer
+from .shared import HandlerOptions, Shared, send_datagram
+
+if TYPE_CHECKING:  # stdin is loaded for stdio only
+    from .stdin import DatagramStdio
+
+
+class DatagramBuiltin(BaseRequestHandler):
+    """Base of the datagram builtins; the answer function is chosen once per class.
+
+    `serve_datagram(data, sock, client)` does what `handle` does without a handler instance:
+    the tool's servers call it directly for every datagram that waits.
+    """
+
+    builtin: ClassVar[str] = ""
+    socktype: ClassVar[str] = "dgram"
+    options: ClassVar[HandlerOptions]
+    shared: ClassVar[Shared]
+    reply: ClassVar[bytes] = b""
+    answer: ClassVar[Callable[[Any], bytes | None]]
+    stdio: ClassVar[DatagramStdio | None] = None
+
+    @classmethod
+    def release(cls) -> None:
+        """Stop background work of the class (the stdin reader of stdio); idempotent."""
+        if cls.stdio is not None:
+            cls.stdio.release()
+
+    def handle(self) -> None:
+        data, sock = self.request
+        self.serve_datagram(data, sock, self.client_address)
+
+    @classmethod
+    def serve_datagram(cls, data: Any, sock: Any, client: Any) -> None:
+        """Answer one datagram `data` that `sock` received from `client`."""
+        shared = cls.shared
+        recorder = shared.recorder
+        watch = shared.watcher()
+        sent = 0
+        try:
+            if watch is not None:
+                watch.data(client, "in", bytes(data))
+            writer = shared.writer
+            if writer is not None:
+                if cls.stdio is not None:
+                    cls.stdio.note_sender(sock, client)
+                if data:
+                    writer.write(data)
+                return
+            reply = cls.answer(data)
+            if reply is None or not client:
+                return
+            sent = send_datagram(sock, reply, client)
+            if watch is not None and sent:
+                watch.data(client, "out", reply)
+        finally:
+            if recorder is not None:
+                recorder.record(client, len(data), sent)
+
+
+def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:
+    """A new request handler class for datagram servers running the builtin `name`.
+
+    Raises ValueError for an unknown name, OSError when `reply_file` cannot be read.
+    """
+    check_name(name)
+    shared = Shared(name, options)
+    reply = shared.datagram_reply_bytes() if name == "reply" else b""
+    attrs: dict[str, Any] = {
+        "builtin": name,
+        "options": options,
+        "shared": shared,
+        "reply": reply,
+        "answer": staticmethod(datagram_answer(name, reply)),
+        "__module__": __name__,
+    }
+    if name == "stdio":
+        from .stdin import DatagramStdio  # stdio only
+
+        assert shared.input is not None
+        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size, shared.watcher())
+    return type(f"{name.capitalize()}DatagramHandler", (DatagramBuiltin,), attrs)

@@ -1,0 +1,413 @@
+"""The builtins as asyncio protocols, for `--concurrency event`.
+
+`protocol_factory` (in the package) loads this module at its first call, so the other modes
+never import asyncio. An exception in a protocol callback (OutputClosed from stdout/stdio)
+reaches the loop's exception handler as asyncio reports it, with the transport closed.
+echo and upper pause reading while the client does not read the replies; chargen keeps the
+transport's buffer filled; stdio reads stdin in the loop (`stdin.EventStdin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any, BinaryIO, Literal
+
+from ..events import Events
+from .cores import (
+    LINGER_SECONDS,
+    OneAnswer,
+    Phase,
+    chunk_transform,
+    datagram_answer,
+    greeting,
+)
+from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, Shared
+from .stdin import EventStdin
+
+
+class EventStream(asyncio.Protocol):
+    """Base of the stream protocols: counts bytes, reports the connection when it is lost.
+
+    discard is this class as it is.
+    """
+
+    transport: Any
+
+    def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
+        self.shared = shared
+        self.stdin = stdin
+        self.received = 0
+        self.sent = 0
+        self.watch: Events | None = shared.watcher()
+        self.client: Any = None
+        self.transport = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.client = transport.get_extra_info("peername")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        recorder = self.shared.recorder
+        if recorder is not None:
+            recorder.record(self.client, self.received, self.sent)
+
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close once what we wrote is out
+
+    def saw(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.watch is not None:
+            self.watch.data(self.client, "in", data)
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.sent += len(data)
+        if self.watch is not None:
+            self.watch.data(self.client, "out", data)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+class EventTransform(EventStream):
+    """echo and upper; reading pauses while the client does not read our replies."""
+
+    def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
+        super().__init__(shared, stdin)
+        self.transform = chunk_transform(shared.name)
+
+    def data_received(self, data: bytes) -> None:
+        watch = self.watch
+        if watch is not None:
+            watch.data(self.client, "in", data)
+        transform = self.transform
+        out = data if transform is None else transform(data)
+        self.transport.write(out)
+        self.received += len(data)  # upper keeps the length: received == sent
+        if watch is not None:
+            watch.data(self.client, "out", out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sent = self.received
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class EventEcho(EventTransform):
+    """echo when nobody watches the data (the usual case): write it back, count it."""
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.received += len(data)
+
+
+class EventStdout(EventStream):
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+        writer = self.shared.writer
+        assert writer is not None
+        writer.write(data)
+
+
+class EventChargen(EventStream):
+    """chargen: keep the transport's buffer filled until the client goes away."""
+
+    paused = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.loop = asyncio.get_running_loop()
+        self.fill()
+
+    def fill(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.send(self.shared.chargen_block)
+        if not self.paused:
+            self.loop.call_soon(self.fill)
+
+    def eof_received(self) -> bool:
+        return True  # a half-closed client still reads the pattern
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.fill()
+
+
+class EventAnswer(EventStream):
+    """reply, daytime and time: one answer, then close (`cores.OneAnswer`).
+
+    reply answers the first bytes (or EOF) with the reply bytes or the file, read in chunks
+    while the transport takes them; daytime and time answer at connect.
+    """
+
+    paused = False
+    file: Any = None
+    timer: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.loop = asyncio.get_running_loop()
+        self.conn = OneAnswer(waits_for_request=self.shared.name == "reply")
+        if self.conn.phase is Phase.SENDING:
+            self.send(greeting(self.shared.name))
+            self.finish_sending()
+
+    def data_received(self, data: bytes) -> None:
+        self.saw(data)
+        self.receive(data)
+
+    def eof_received(self) -> bool:
+        self.receive(b"")
+        return self.conn.phase is Phase.SENDING  # keep our side open until the answer is out
+
+    def receive(self, data: bytes) -> None:
+        waiting = self.conn.phase is Phase.WAITING
+        self.conn.receive(data)
+        if self.conn.phase is Phase.CLOSED:
+            self.transport.close()
+        elif waiting:
+            self.start_reply()
+
+    def start_reply(self) -> None:
+        path = self.shared.options.reply_file
+        if path is None:
+            self.send(self.shared.reply)
+            self.finish_sending()
+            return
+        self.file = open(path, "rb")  # noqa: SIM115 - closed when sent, or when the connection ends
+        self.pump()
+
+    def pump(self) -> None:
+        if self.file is None or self.paused or self.transport.is_closing():
+            return
+        chunk = self.file.read(self.shared.chunk_size)
+        if not chunk:
+            self.file.close()
+            self.file = None
+            self.finish_sending()
+            return
+        self.send(chunk)
+        self.loop.call_soon(self.pump)
+
+    def finish_sending(self) -> None:
+        """The answer is out: shut the write side, drop input until EOF or LINGER_SECONDS."""
+        self.conn.answer_sent()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.conn.phase is Phase.CLOSED or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.timer = self.loop.call_later(LINGER_SECONDS, self.linger_over)
+
+    def linger_over(self) -> None:
+        self.conn.linger_over()
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        super().connection_lost(exc)
+
+
+class EventStdio(EventStdout):
+    """stdio on a stream: as with threads, a half-closed client keeps getting stdin."""
+
+    stdin: EventStdin
+    client_eof = False
+    stdin_done = False
+    paused = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.stdin.attach(self)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        return not self.stdin_done
+
+    def stdin_data(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.send(data)
+
+    def stdin_eof(self) -> None:
+        self.stdin_done = True
+        if self.transport.is_closing():
+            return
+        if self.client_eof or not self.transport.can_write_eof():
+            self.transport.close()
+        else:
+            self.transport.write_eof()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.stdin.pause()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.stdin.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.paused:
+            self.paused = False
+            self.stdin.resume()
+        self.stdin.detach(self)
+        super().connection_lost(exc)
+
+
+def _no_record(client: Any, received: int, sent: int) -> None:
+    pass
+
+
+class EventDatagram(asyncio.DatagramProtocol):
+    """Datagram protocol for every builtin: one reply datagram per datagram.
+
+    With no output and no -vv, `datagram_received` is one of the lean methods below, chosen
+    once per protocol.
+    """
+
+    def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
+        self.shared = shared
+        self.stdin = stdin
+        self.transport: Any = None
+        self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
+        self.answer = datagram_answer(shared.name, self.reply)
+        self.last_sender: Any = None
+        self.stdin_limit = shared.chunk_size
+        if shared.writer is None and shared.watcher() is None:
+            recorder = shared.recorder
+            self.record = _no_record if recorder is None else recorder.record
+            if shared.name != "echo":
+                quick = self.answer_only
+            else:
+                quick = self.echo if recorder is not None else self.reflect
+            self.datagram_received = quick  # type: ignore[method-assign] # chosen per protocol
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in INET_FAMILIES:
+            self.stdin_limit = min(self.stdin_limit, MAX_UDP_PAYLOAD)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        shared = self.shared
+        watch = shared.watcher()
+        sent = 0
+        try:
+            if watch is not None:
+                watch.data(addr, "in", data)
+            if shared.writer is not None:
+                if self.stdin is not None and addr:
+                    self.last_sender = addr
+                    self.stdin.attach(self)
+                if data:
+                    shared.writer.write(data)
+                return
+            reply = self.answer(data)
+            if reply is None or not addr:
+                return
+            self.transport.sendto(reply, addr)
+            sent = len(reply)
+            if watch is not None:
+                watch.data(addr, "out", reply)
+        finally:
+            if shared.recorder is not None:
+                shared.recorder.record(addr, len(data), sent)
+
+    def answer_only(self, data: bytes, addr: Any) -> None:
+        """`datagram_received` with no output and no -vv: only the answer and the record."""
+        sent = 0
+        try:
+            reply = self.answer(data)
+            if reply is not None and addr:
+                self.transport.sendto(reply, addr)
+                sent = len(reply)
+        finally:
+            self.record(addr, len(data), sent)
+
+    def echo(self, data: bytes, addr: Any) -> None:
+        """`answer_only` for echo: the datagram goes back as it came (any bytes-like will do)."""
+        sent = 0
+        try:
+            if addr:
+                self.transport.sendto(data, addr)
+                sent = len(data)
+        finally:
+            self.record(addr, len(data), sent)
+
+    def reflect(self, data: bytes, addr: Any) -> None:
+        """`echo` with nothing to record (-q): no more than an asyncio echo server does."""
+        if addr:
+            self.transport.sendto(data, addr)
+
+    def stdin_data(self, data: bytes) -> None:
+        if self.last_sender is None or self.transport.is_closing():
+            return
+        for i in range(0, len(data), self.stdin_limit):
+            self.transport.sendto(data[i : i + self.stdin_limit], self.last_sender)
+
+    def stdin_eof(self) -> None:
+        pass
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: the client is gone, nothing to do
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stdin is not None:
+            self.stdin.detach(self)
+
+
+EVENT_STREAM_CLASSES: dict[str, type[EventStream]] = {
+    "echo": EventTransform,
+    "upper": EventTransform,
+    "discard": EventStream,
+    "stdout": EventStdout,
+    "stdio": EventStdio,
+    "chargen": EventChargen,
+    "daytime": EventAnswer,
+    "time": EventAnswer,
+    "reply": EventAnswer,
+}
+
+
+def make_protocol_factory(
+    shared: Shared, socktype: Literal["stream", "dgram"], stdin_source: BinaryIO | None
+) -> Callable[[], asyncio.BaseProtocol]:
+    """The protocol factory for a checked builtin name and socktype (see `protocol_factory`)."""
+    stdin = EventStdin(stdin_source, shared.chunk_size) if stdin_source is not None else None
+    cls: type[EventStream] | type[EventDatagram]
+    if socktype == "dgram":
+        cls = EventDatagram
+    else:
+        cls = EVENT_STREAM_CLASSES[shared.name]
+        if shared.name == "echo" and shared.watcher() is None:
+            cls = EventEcho
+    return functools.partial(cls, shared, stdin)

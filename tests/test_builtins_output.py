@@ -1,0 +1,35 @@
+"""The output of stdout and stdio, and what the adapters share (receive buffers, options)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+
+from sockserve import builtins as bh
+from sockserve.builtins.output import OutputWriter
+from sockserve.builtins.shared import Buffers
+
+
+def test_output_closed_without_file_descriptor() -> None:
+    out = io.BytesIO()
+    out.close()
+    writer = OutputWriter(out)
+    with pytest.raises(bh.OutputClosed):
+        writer.write(b"x")
+
+
+def test_a_buffer_is_ready_before_the_first_connection() -> None:
+    """Made up front, so fork mode's children take the parent's copy instead of zeroing one."""
+    pool = Buffers(4096)
+    (ready,) = pool._free
+    assert pool.get() is ready and len(ready) == 4096
+    assert len(pool.get()) == 4096 and pool._free == []
+
+
+def test_handler_options_are_frozen() -> None:
+    options = bh.HandlerOptions(reply=b"x")
+    assert options == bh.HandlerOptions(reply=b"x") and options.chunk_size == 65536
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.reply = b"y"  # type: ignore[misc] # the point of the test
