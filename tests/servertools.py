@@ -78,3 +78,47 @@ needs_two_cpus = pytest.mark.skipif(
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="CPU affinity needs Linux and two CPUs allowed",
 )
+
+
+class EventsRecorder:
+    """The events interface (sockserve.events.Events), keeping every call it gets."""
+
+    wants_data = False
+    wants_counts = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.changed = threading.Condition()
+        self.polls = 0
+
+    def _add(self, *call: Any) -> None:
+        with self.changed:
+            self.calls.append(call)
+            self.changed.notify_all()
+
+    def connected(self, client: Any) -> None:
+        self._add("connected", client)
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        self._add("record", client, received, sent)
+
+    def data(self, client: Any, direction: str, data: bytes) -> None:
+        self._add("data", client, direction, data)
+
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        self._add("handler_error", client, exc)
+
+    def warning(self, message: str) -> None:
+        self._add("warning", message)
+
+    def info(self, message: str) -> None:
+        self._add("info", message)
+
+    def poll(self) -> None:
+        """What the run's monitor does on each loop iteration (forked children's news)."""
+        self.polls += 1
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        """The arguments of every call of method `name`, in order."""
+        with self.changed:
+            return [call[1:] for call in self.calls if call[0] == name]

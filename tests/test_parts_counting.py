@@ -7,15 +7,18 @@ import socket
 import struct
 import sys
 import threading
+from typing import Any
 
 import pytest
 from servertools import (
     USER_HANDLER,
+    EventsRecorder,
     config_for,
     stop_serving,
 )
 
 import sockserve as ss
+from sockserve.parts.counting import ByteCountingPart
 
 pytestmark = pytest.mark.leakcheck
 
@@ -197,3 +200,48 @@ def test_user_handler_gets_its_socket_bare_when_no_counts_are_shown(
     args = [proto, where, "-c", concurrency]
     assert _shout_once(captured, args, socket.socket, counts=False) == []
     assert _shout_once(captured, args, socket.socket, closes=True, counts=False) == []
+
+
+def test_a_user_datagram_handler_is_counted() -> None:
+    """The datagram received, and what the handler sent back through the server's socket."""
+    events = EventsRecorder()
+
+    class Shout(ss.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.read().upper() * 2)
+
+    cls = type("Server", (ByteCountingPart, ss.UDPServer), {"monitor": events})
+    with cls(("127.0.0.1", 0), Shout) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.bind(("127.0.0.1", 0))
+            client.sendto(b"hey", server.server_address)
+            server.handle_request()
+            assert client.recv(100) == b"HEYHEY"
+            here = client.getsockname()
+    assert events.named("record") == [(here, 3, 6)]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_a_user_stream_handler_is_counted_on_a_plain_server(transport: str, sock_dir: str) -> None:
+    events = EventsRecorder()
+
+    class Shout(ss.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline().upper() * 2)
+
+    if transport == "tcp":
+        base: type = ss.TCPServer
+        address: Any = ("127.0.0.1", 0)
+    else:
+        base, address = ss.UnixStreamServer, os.path.join(sock_dir, "count.sock")
+    cls = type("Server", (ByteCountingPart, base), {"monitor": events})
+    with cls(address, Shout) as server:
+        with socket.socket(server.address_family) as client:
+            client.settimeout(5)
+            client.connect(server.server_address)
+            client.sendall(b"hey\n")
+            server.handle_request()
+            assert client.recv(100) == b"HEY\n" * 2
+    [(_, received, sent)] = events.named("record")
+    assert (received, sent) == (4, 8)

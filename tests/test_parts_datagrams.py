@@ -11,6 +11,9 @@ from servertools import (
     config_for,
 )
 
+import sockserve as ss
+from sockserve.parts.datagrams import LeanDatagramPart
+
 pytestmark = pytest.mark.leakcheck
 
 
@@ -79,3 +82,23 @@ def test_request_limit_is_exact_when_more_datagrams_wait(captured: list, limit: 
     assert answers == [b"d%03d" % i for i in range(limit)]
     assert server.requests_started == limit
     assert len(observer.records) == limit
+
+
+class Upper(ss.BaseRequestHandler):
+    """A handler class with the builtins' `serve_datagram`, which the lean path calls."""
+
+    @classmethod
+    def serve_datagram(cls, data: bytes, sock: socket.socket, client: object) -> None:
+        sock.sendto(data.upper(), client)
+
+
+def test_waiting_datagrams_are_answered_in_one_wake_up_without_a_handler() -> None:
+    cls = type("Server", (LeanDatagramPart, ss.UDPServer), {})
+    with cls(("127.0.0.1", 0), Upper) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            for data in (b"a", b"b", b"c"):
+                client.sendto(data, server.server_address)
+            server.handle_ready()  # the loop's step once the socket is readable
+            assert sorted(client.recv(10) for _ in range(3)) == [b"A", b"B", b"C"]
+    assert server.requests_started == 3

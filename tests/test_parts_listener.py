@@ -1,4 +1,4 @@
-"""NodelayListenerPart: TCP_NODELAY set once on the listener, inherited by connections."""
+"""The listener parts: TCP_NODELAY set once on it; a forked child's copy closed."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from servertools import (
     echo_hi,
     stop_serving,
 )
+
+import sockserve as ss
+from sockserve.parts.listener import ChildClosesListenerPart, NodelayListenerPart
 
 pytestmark = pytest.mark.leakcheck
 
@@ -65,3 +68,29 @@ class _Spy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.sock, name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux hands TCP_NODELAY down")
+def test_the_listener_hands_nodelay_down_to_connections() -> None:
+    cls = type("Server", (NodelayListenerPart, ss.TCPServer), {})
+    with cls(("127.0.0.1", 0), ss.BaseRequestHandler) as server:
+        assert server.nodelay_inherited
+        with socket.create_connection(server.server_address, timeout=5):
+            request, _ = server.get_request()
+            with request:
+                assert request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_the_listener_is_closed_before_the_handler_runs() -> None:
+    """What a forked child does first, shown on a synchronous server."""
+    seen: list[int] = []
+
+    class Handler(ss.BaseRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.server.socket.fileno())
+
+    cls = type("Server", (ChildClosesListenerPart, ss.TCPServer), {})
+    with cls(("127.0.0.1", 0), Handler) as server:
+        with socket.create_connection(server.server_address, timeout=5):
+            server.handle_request()
+    assert seen == [-1]
