@@ -79,7 +79,7 @@ INLINE_DATAGRAM_BUILTINS = frozenset(
 
 def server_class(
     family: str, socktype: str, concurrency: str, parts: Sequence[type] = ()
-) -> type[ss.TCPServer]:
+) -> type[RequestsPart]:
     """Compose the framework server class for family × type × concurrency with `parts`.
 
     Every class gets the parts every server of the command has (`RequestsPart`,
@@ -170,7 +170,7 @@ def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
     return ("inet6" if fam == socket.AF_INET6 else "inet"), sockaddr
 
 
-def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None) -> Any:
+def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None) -> RequestsPart:
     """Create, bind and activate the server for `config`, with `handler` as its handler class.
 
     Raises EnvironmentProblem (address in use, permission denied, ...) with a hint.
