@@ -109,7 +109,7 @@ class RunMonitor:
     def _open_pipe(self) -> None:
         """The pipe children forward their records on, and a poll for data on it: the loop
         asks on every iteration, and a read that fails with EAGAIN costs an exception."""
-        from .factory import input_waiting  # serve() has loaded it to build the server
+        from .parts.accept_batch import input_waiting  # serve() has loaded it to build the server
 
         r, w = os.pipe()
         os.set_blocking(r, False)
@@ -397,7 +397,7 @@ def print_address(text: str) -> None:
 def serve(config: ServeConfig, reporter: PlainReporter) -> int:
     """Serve until stopped; return the exit status. Raises SockserveError before serving."""
     from .addresses import format_bound, format_plain
-    from .factory import make_server
+    from .compose import make_server
 
     monitor = RunMonitor(reporter, config)
     try:

@@ -275,8 +275,8 @@ def test_bind_errors_are_translated(
     from click.testing import CliRunner
 
     from sockserve import cli
+    from sockserve.compose import translate_bind_error
     from sockserve.errors import EnvironmentProblem
-    from sockserve.factory import translate_bind_error
 
     CliRunner().invoke(cli.main, args, catch_exceptions=False)
     seen = captured

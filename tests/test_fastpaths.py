@@ -184,7 +184,7 @@ def test_serve_path_imports_neither_json_nor_rich() -> None:
 
     code = (
         "import sys\n"
-        "import sockserve.cli, sockserve.runner, sockserve.console, sockserve.factory\n"
+        "import sockserve.cli, sockserve.runner, sockserve.console, sockserve.compose\n"
         "import sockserve.builtins, sockserve.config, sockserve.addresses\n"
         "print(sorted(m for m in ('json', 'rich') if m in sys.modules))\n"
     )

@@ -38,10 +38,10 @@ import pytest
 
 from sockserve import builtins as bh, socketserver as ss
 from sockserve.addresses import parse_address
+from sockserve.compose import make_server
 from sockserve.config import ServeConfig
 from sockserve.console import JsonReporter, PlainReporter
 from sockserve.errors import ExitStatus
-from sockserve.factory import make_server
 from sockserve.loading import load_handler
 from sockserve.runner import RunMonitor, build_handler, serve
 

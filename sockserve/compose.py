@@ -1,0 +1,246 @@
+"""Build the server for a ServeConfig: the parts it needs, composed with type(), bound.
+
+`server_class(family, socktype, concurrency, parts)` composes a framework class at run
+time: ``(*parts, ConcurrencyMixIn, BaseServerClass)``. `make_server` picks the parts (see
+`sockserve.parts`) from the configuration, sets their settings as class attributes, and
+binds the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from . import socketserver as ss
+from .config import MAX_DATAGRAM, ServeConfig
+from .errors import EnvironmentProblem, UsageError
+from .events import Events
+from .parts.accept_batch import AcceptBatchPart, input_waiting
+from .parts.acceptors import AcceptingThreadsPart
+from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
+from .parts.counting import ByteCountingPart
+from .parts.datagrams import LeanDatagramPart
+from .parts.idle import IdleTimeoutPart
+from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
+from .parts.pinning import PinningPart, gil_enabled
+from .parts.reporting import ReportingPart
+from .parts.requests import RequestsPart
+from .parts.unix_file import UnixFilePart, prepare_unix_path
+
+__all__ = [
+    "INLINE_DATAGRAM_BUILTINS",
+    "input_waiting",
+    "make_server",
+    "prepare_unix_path",
+    "resolve_sockaddr",
+    "server_class",
+    "translate_bind_error",
+]
+
+_BASES: dict[tuple[str, str], type[ss.TCPServer]] = {
+    ("inet", "stream"): ss.TCPServer,
+    ("inet6", "stream"): ss.TCPServer,
+    ("inet", "dgram"): ss.UDPServer,
+    ("inet6", "dgram"): ss.UDPServer,
+}
+if hasattr(socket, "AF_UNIX"):
+    _BASES[("unix", "stream")] = ss.UnixStreamServer
+    _BASES[("unix", "dgram")] = ss.UnixDatagramServer
+_MIXINS: dict[str, type | None] = {
+    "sync": None,
+    "thread": ss.ThreadingMixIn,
+    "fork": getattr(ss, "ForkingMixIn", None),
+    "event": None,  # the event loop runs on the socket this class binds
+}
+#: Every part, in the order of the bases: the first sees a step first (see `sockserve.parts`).
+PART_ORDER: tuple[type, ...] = (
+    ReportingPart,
+    PinningPart,
+    AcceptingThreadsPart,
+    LeanDatagramPart,
+    AcceptBatchPart,
+    ChildClosesListenerPart,
+    NodelayListenerPart,
+    DispatchRefusalPart,
+    RequestsPart,
+    IdleTimeoutPart,
+    ByteCountingPart,
+    AcceptBackoffPart,
+    UnixFilePart,
+)
+#: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
+#: in thread mode they are answered on the loop thread (`LeanDatagramPart`).
+INLINE_DATAGRAM_BUILTINS = frozenset(
+    {"echo", "upper", "discard", "chargen", "daytime", "time", "reply"}
+)
+
+
+def server_class(
+    family: str, socktype: str, concurrency: str, parts: Sequence[type] = ()
+) -> type[RequestsPart]:
+    """Compose the framework server class for family × type × concurrency with `parts`.
+
+    Every class gets the parts every server of the command has (`RequestsPart`,
+    `AcceptBackoffPart`, and `UnixFilePart` for unix paths); `parts` adds others.
+    """
+    base = _BASES[(family, socktype)]
+    mixin = _MIXINS[concurrency]
+    if concurrency == "fork" and mixin is None:  # pragma: no cover - platforms without fork
+        raise UsageError("--concurrency fork needs fork(), which this platform lacks")
+    chosen = {RequestsPart, AcceptBackoffPart, *parts}
+    if family == "unix":
+        chosen.add(UnixFilePart)
+    ordered = [part for part in PART_ORDER if part in chosen]
+    bases: tuple[type, ...] = (*ordered, base) if mixin is None else (*ordered, mixin, base)
+    prefix = {"thread": "Threading", "fork": "Forking"}.get(concurrency, "")
+    attrs: dict[str, Any] = {"__module__": __name__, "max_packet_size": MAX_DATAGRAM}
+    if family == "inet6":
+        attrs["address_family"] = socket.AF_INET6
+    return type(f"{prefix}{base.__name__}", bases, attrs)
+
+
+def choose_parts(
+    config: ServeConfig, concurrency: str, monitor: Events | None
+) -> tuple[list[type], dict[str, Any]]:
+    """The parts `config` needs beyond those of every server, and their settings."""
+    builtin = config.handler.builtin
+    stream = config.socktype == "stream"
+    parts: list[type] = []
+    settings: dict[str, Any] = {"monitor": monitor}
+    if monitor is not None:
+        parts.append(ReportingPart)
+    if concurrency in ("thread", "fork"):
+        parts.append(DispatchRefusalPart)
+        settings["builtin_handler"] = builtin is not None
+    # Builtins' threads accept for themselves, in one process (workers share one listener:
+    # its shutdown would stop them all).
+    threads_accept = concurrency == "thread" and stream and builtin is not None
+    threads_accept = threads_accept and config.workers == 1
+    if threads_accept:
+        parts.append(AcceptingThreadsPart)
+    elif concurrency in ("thread", "fork") and stream:
+        parts.append(AcceptBatchPart)
+    if config.pin is None:  # the builtins' threads, while they take turns under a GIL
+        pin = threads_accept and gil_enabled()
+    else:  # ServeConfig refuses --pin outside thread mode and with --workers
+        pin = config.pin
+    if pin:
+        parts.append(PinningPart)
+    if not stream and builtin is not None:
+        if concurrency == "sync" or (
+            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
+        ):
+            parts.append(LeanDatagramPart)
+    if builtin is None and monitor is not None and monitor.wants_counts:
+        parts.append(ByteCountingPart)
+    if stream and config.timeout is not None:
+        parts.append(IdleTimeoutPart)
+        settings["idle_timeout"] = config.timeout
+    if stream and builtin is not None and config.family != "unix":
+        parts.append(NodelayListenerPart)
+    if stream and concurrency == "fork":
+        parts.append(ChildClosesListenerPart)
+    return parts, settings
+
+
+def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
+    """Return (family, sockaddr) to bind, resolving a host name once."""
+    address = config.address
+    if config.family == "unix":
+        return "unix", address.sockaddr()
+    family = config.family
+    host = address.host or ""
+    try:
+        socket.inet_pton(socket.AF_INET6 if family == "inet6" else socket.AF_INET, host)
+        return family, address.sockaddr()
+    except OSError:
+        pass
+    want = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(family, socket.AF_UNSPEC)
+    sock_type = socket.SOCK_STREAM if config.socktype == "stream" else socket.SOCK_DGRAM
+    try:
+        infos = socket.getaddrinfo(host, address.port, want, sock_type, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"cannot resolve host {host!r}: {exc.strerror}",
+            hint="use an IP address such as 127.0.0.1 or [::1]",
+        ) from None
+    fam, _, _, _, sockaddr = infos[0]
+    return ("inet6" if fam == socket.AF_INET6 else "inet"), sockaddr
+
+
+def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None) -> RequestsPart:
+    """Create, bind and activate the server for `config`, with `handler` as its handler class.
+
+    Raises EnvironmentProblem (address in use, permission denied, ...) with a hint.
+    """
+    family, sockaddr = resolve_sockaddr(config)
+    concurrency = "sync" if config.concurrency == "event" else config.concurrency  # event binds
+    parts, settings = choose_parts(config, concurrency, monitor)
+    cls = server_class(family, config.socktype, concurrency, parts)
+    settings.update(
+        request_limit=config.request_limit,
+        request_queue_size=config.backlog,
+        allow_reuse_address=config.reuse_address,
+        allow_reuse_port=config.reuse_port or config.workers > 1,
+        dualstack_ipv6=family == "inet6" and config.address.all_interfaces,
+    )
+    if family == "unix":
+        settings["unix_mode"] = config.mode
+    # The concurrency mixin's settings (kept on every server, as the runner reads them).
+    settings.update(
+        daemon_threads=config.daemon_threads,
+        # Our builtins keep nothing in threading.local: their threads can take the next request.
+        reuse_threads=config.handler.builtin is not None,
+        block_on_close=config.block_on_close,
+    )
+    if config.max_threads is not None:
+        settings["max_threads"] = config.max_threads
+    if config.max_children is not None:
+        settings["max_children"] = config.max_children
+    cls = type(cls.__name__, (cls,), settings)
+    try:
+        return cls(sockaddr, handler)
+    except OSError as exc:
+        raise translate_bind_error(exc, config) from None
+
+
+def translate_bind_error(exc: OSError, config: ServeConfig) -> EnvironmentProblem:
+    """Turn the usual OSErrors of bind/listen into one-line errors with a hint."""
+    where = str(config.address)
+    if exc.errno == errno.EADDRINUSE:
+        if config.family == "unix":
+            return EnvironmentProblem(
+                f"{where} is already in use", hint="stop the other server or choose another name"
+            )
+        return EnvironmentProblem(
+            f"address {where} is already in use",
+            hint="choose another port, or use port 0 (e.g. :0) to let the OS pick a free one",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if config.family != "unix" and config.address.port and config.address.port < 1024:
+            return EnvironmentProblem(
+                f"permission denied binding to {where}: ports below 1024 are privileged",
+                hint="use a port of 1024 or above (e.g. :8080), or port 0",
+            )
+        return EnvironmentProblem(
+            f"permission denied binding to {where}",
+            hint="choose a path or address you may write to",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return EnvironmentProblem(
+            f"cannot bind to {where}: no such address on this machine",
+            hint="use 127.0.0.1, [::1], or an address of one of this machine's interfaces",
+        )
+    if exc.errno == errno.ENOENT and config.family == "unix":
+        return EnvironmentProblem(
+            f"cannot create {where}: its directory does not exist",
+            hint="create the directory first, or choose another path",
+        )
+    if exc.errno == errno.EAFNOSUPPORT:
+        return EnvironmentProblem(
+            f"cannot bind to {where}: address family not supported here",
+            hint="IPv6 may be disabled; use an IPv4 address such as 127.0.0.1",
+        )
+    return EnvironmentProblem(f"cannot listen on {where}: {exc.strerror or exc}")

@@ -1,0 +1,57 @@
+"""ReportingPart: what the server does, told to the run's events interface."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Any
+
+from ..events import Events
+from ..socketserver import TCPServer
+
+logger = logging.getLogger(__name__)
+
+
+def tell(monitor: Events | None, message: str, warning: bool = False) -> None:
+    """Give `message` to the monitor, or to the log when there is none."""
+    if monitor is None:
+        (logger.warning if warning else logger.info)(message)
+    elif warning:
+        monitor.warning(message)
+    else:
+        monitor.info(message)
+
+
+class ReportingPart(TCPServer):
+    """Report accepted connections and handler errors to `monitor`, and let it poll (what
+    forked children sent) on every loop iteration.
+
+    Extends verify_request and service_actions; replaces handle_error (the framework's
+    default prints the traceback) while there is a monitor.
+    """
+
+    monitor: Events | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Report a stream connection let through."""
+        if not super().verify_request(request, client_address):
+            return False
+        if self.monitor is not None and self.socket_type == socket.SOCK_STREAM:
+            self.monitor.connected(client_address)
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Report a handler's exception to the monitor."""
+        exc = sys.exc_info()[1]
+        if self.monitor is None or exc is None:
+            super().handle_error(request, client_address)
+            return
+        self.monitor.handler_error(client_address, exc)
+
+    def service_actions(self) -> None:
+        """Run the other parts' actions (reaping...), then the monitor's poll, if it has one."""
+        super().service_actions()
+        poll = getattr(self.monitor, "poll", None)  # the run's monitor: forked children's news
+        if poll is not None:
+            poll()
