@@ -13,7 +13,6 @@ Port 0 lets the OS pick a free port. No function here touches the network.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -148,29 +147,35 @@ def _encoded_size(text: str) -> int:
         ) from None
 
 
+#: :: and ::ffff:0.0.0.0, packed.
+_UNSPECIFIED_V6 = (bytes(16), bytes(10) + b"\xff\xff" + bytes(4))
+
+
+def _packed(family: socket.AddressFamily, host: str) -> bytes | None:
+    """`host` as inet_pton packs a numeric address of `family` (a %scope is left out), or None."""
+    try:
+        return socket.inet_pton(family, host.split("%")[0])
+    except (OSError, ValueError):
+        return None
+
+
 def _is_unspecified(host: str) -> bool:
     """True for 0.0.0.0 and :: in any spelling: [::0], [::ffff:0.0.0.0], 0, 0x0, 000.0.0.0...
 
     Numeric IPv4 forms are read as inet_aton reads them, as getaddrinfo does when binding.
     """
+    v6 = _packed(socket.AF_INET6, host)
+    if v6 is not None:
+        return v6 in _UNSPECIFIED_V6
     try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        try:
-            return socket.inet_aton(host) == bytes(4)
-        except (OSError, ValueError):
-            return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
+        return socket.inet_aton(host) == bytes(4)
+    except (OSError, ValueError):
+        return False
 
 
 def _is_ipv4(host: str) -> bool:
     """True for an IPv4 address in dotted-quad form, such as 127.0.0.1."""
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return True
+    return "%" not in host and _packed(socket.AF_INET, host) is not None
 
 
 def _is_port(text: str) -> bool:
@@ -195,10 +200,8 @@ def _parse_inet(text: str, family: Family | None) -> Address:
         if end < 0 or text[end + 1 : end + 2] != ":":
             raise UsageError(f"bad address {text!r}", hint="write IPv6 as [::1]:PORT")
         host, port_text = text[1:end], text[end + 2 :]
-        try:
-            ipaddress.IPv6Address(host.split("%")[0])
-        except ValueError:
-            raise UsageError(f"{host!r} is not an IPv6 address", hint="e.g. [::1]:8080") from None
+        if _packed(socket.AF_INET6, host) is None:
+            raise UsageError(f"{host!r} is not an IPv6 address", hint="e.g. [::1]:8080")
         if family == "inet":
             raise UsageError(f"{text!r} is IPv6 but --family is inet", hint="drop --family")
         family = "inet6"
