@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
@@ -41,11 +40,11 @@ VERSION_MESSAGE = (
 )
 
 
-@dataclass(frozen=True)
 class Invocation:
     """How the command was started (its context's `obj`)."""
 
-    as_program: bool  # the process's own program (sys.argv), not a call from other code
+    def __init__(self, *, as_program: bool) -> None:
+        self.as_program = as_program  # the process's own program (sys.argv), not other code
 
 
 class Command(SockserveCommand):
