@@ -66,31 +66,33 @@ class Address:
 
 
 def resolve_transport(
-    proto: str, family: Family | None, socktype: SockType | None
+    proto: str, family: str | None, socktype: str | None
 ) -> tuple[Family | None, SockType]:
     """Combine PROTO with --family/--type; raise UsageError when they contradict."""
     implied_family, implied_type = TRANSPORTS[proto]
-    if family not in (None, "inet", "inet6", "unix"):
-        raise UsageError(f"unknown address family {family!r}", hint="use inet, inet6 or unix")
     if socktype is not None and socktype != implied_type:
         raise UsageError(
             f"--type {socktype} contradicts {proto}, which is a {implied_type} protocol",
             hint=f"drop --type, or use {_proto_for(implied_family, socktype)}",
         )
-    if family is not None:
-        if implied_family == "unix" and family != "unix":
-            raise UsageError(
-                f"--family {family} contradicts {proto}, which uses unix sockets",
-                hint="drop --family, or use tcp/udp",
-            )
-        if implied_family is None and family == "unix":
+    if family is None:
+        return implied_family, implied_type
+    if family == "unix":
+        if implied_family is None:
             unix = "unix" if implied_type == "stream" else "unix-dgram"
             raise UsageError(
                 f"--family unix contradicts {proto}, an internet protocol",
                 hint=f"use {unix} PATH instead",
             )
-        return family, implied_type
-    return implied_family, implied_type
+        return "unix", implied_type
+    if family not in ("inet", "inet6"):
+        raise UsageError(f"unknown address family {family!r}", hint="use inet, inet6 or unix")
+    if implied_family == "unix":
+        raise UsageError(
+            f"--family {family} contradicts {proto}, which uses unix sockets",
+            hint="drop --family, or use tcp/udp",
+        )
+    return ("inet" if family == "inet" else "inet6"), implied_type
 
 
 def _proto_for(family: Family | None, socktype: str) -> str:

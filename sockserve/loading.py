@@ -220,7 +220,7 @@ def _only_handler_in(module: Any, target: str) -> type:
 
 def _handler_bases() -> dict[str, tuple[type, ...]]:
     """Our framework's handler classes and, when a module imported it, the stdlib's."""
-    bases = {
+    bases: dict[str, tuple[type, ...]] = {
         "base": (ours.BaseRequestHandler,),
         "stream": (ours.StreamRequestHandler,),
         "dgram": (ours.DatagramRequestHandler,),
