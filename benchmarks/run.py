@@ -686,7 +686,7 @@ class StartupCase:
     python: bool = True
 
 
-#: The `sockserve` command as users type it: the script installed next to PY (else -m).
+#: The `sockserve` command as users type it: the entry point installed next to PY (else -m).
 SOCKSERVE_SCRIPT = Path(PY).with_name("sockserve")
 SOCKSERVE_COMMAND = (
     [str(SOCKSERVE_SCRIPT)] if SOCKSERVE_SCRIPT.exists() else [PY, "-m", "sockserve"]
@@ -694,7 +694,9 @@ SOCKSERVE_COMMAND = (
 
 
 def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
-    """The `sockserve` command, and `python -m sockserve` for information."""
+    """The `sockserve` command and its anchor (the bare stdlib script plus `import click`);
+    `python -m sockserve`, the bare script without click and the other servers for
+    information."""
 
     def ss(conc: str, argv0: list[str] = SOCKSERVE_COMMAND) -> Callable[[str], list[str]]:
         return lambda a: [*argv0, "tcp", a, "-H", "echo", "-c", conc, "-q"]
@@ -708,6 +710,9 @@ def startup_cases(servers: dict[str, Server]) -> list[StartupCase]:
             StartupCase("sockserve thread (python -m)", ss("thread", [PY, "-m", "sockserve"]))
         )
     cases += [
+        StartupCase(
+            "bare stdlib script + click", lambda a: [PY, str(HERE / "bare_stdlib_click.py"), a]
+        ),
         StartupCase("bare stdlib script", lambda a: [PY, str(HERE / "bare_stdlib.py"), a]),
         StartupCase("asyncio", lambda a: [PY, str(HERE / "peers.py"), "asyncio", "tcp", a, "echo"]),
     ]
@@ -756,6 +761,7 @@ def run_startup(opts: argparse.Namespace) -> tuple[list[Result], list[Result]]:
     commands = {
         "python -c pass": [PY, "-c", "pass"],
         "python -c 'import socketserver'": [PY, "-c", "import socketserver"],
+        "python -c 'import click'": [PY, "-c", "import click"],
         "python -c 'import sockserve'": [PY, "-c", "import sockserve"],
         "sockserve --help": [*SOCKSERVE_COMMAND, "--help"],
         "sockserve --version": [*SOCKSERVE_COMMAND, "--version"],
@@ -813,7 +819,7 @@ TARGETS = [
         "startup",
         "exec → first accepted connection",
         "sockserve thread",
-        "bare stdlib script",
+        "bare stdlib script + click",
         1.2,
         metric="startup",
         lower_is_better=True,
@@ -927,18 +933,21 @@ def scenario_table(scenario: Scenario, results: list[Result]) -> list[str]:
 
 def startup_table(results: list[Result], commands: list[Result]) -> list[str]:
     by = {r.server: r for r in results}
+    anchor = by.get("bare stdlib script + click")
     bare = by.get("bare stdlib script")
     lines = [
-        "| server | exec → first echo, ms | min–max | exec → connect, ms | × bare stdlib | note |",
-        "|---|---|---|---|---|---|",
+        "| server | exec → first echo, ms | min–max | exec → connect, ms "
+        "| × bare stdlib + click | × bare stdlib | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rates = [s.rate for s in r.samples]
         spread = f"{min(rates):.1f}–{max(rates):.1f}" if rates else "—"
-        rel = ratio(r.rate, bare.rate if bare else None)
+        to_anchor = ratio(r.rate, anchor.rate if anchor else None)
+        to_bare = ratio(r.rate, bare.rate if bare else None)
         lines.append(
             f"| {r.server} | **{fmt(r.rate, 1)}** | {spread} | {fmt(r.median('p50'), 1)} "
-            f"| {rel} | {r.note or ''} |"
+            f"| {to_anchor} | {to_bare} | {r.note or ''} |"
         )
     lines += ["", "| command | ms (median) | min–max | note |", "|---|---|---|---|"]
     for r in commands:

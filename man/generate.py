@@ -31,7 +31,7 @@ DATE = "2026-11-25"  # the page's date; change it with the hand-written text
 #: Defaults for options whose default is None and whose help names none ("": the help says).
 IMPLIED_DEFAULTS = {
     "family": "",
-    "socktype": "",
+    "type": "",
     "reply": "none",
     "reply_file": "none",
 }

@@ -1,12 +1,8 @@
-"""`python -m sockserve` runs the command line tool (as the `sockserve` script does)."""
+"""`python -m sockserve`: the same command as the `sockserve` program."""
 
 from __future__ import annotations
 
+from .cli import main
+
 if __name__ == "__main__":
-    import gc
-
-    gc.disable()  # runner.serve turns it back on once the server is built
-
-    from .entry import main
-
     main()

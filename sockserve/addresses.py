@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .errors import UsageError
-from .records import Record
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, Literal
-
-    Family = Literal["inet", "inet6", "unix"]
-    SockType = Literal["stream", "dgram"]
+Family = Literal["inet", "inet6", "unix"]
+SockType = Literal["stream", "dgram"]
 
 #: PROTO → (family or None when the address decides, socket type).
 TRANSPORTS: dict[str, tuple[Family | None, SockType]] = {
@@ -39,7 +36,8 @@ UNIX_PATH_MAX = 107
 _ALL_V4 = ("0.0.0.0", "*")
 
 
-class Address(Record):
+@dataclass(frozen=True)
+class Address:
     """A parsed ADDRESS: host and port for inet/inet6, a path (or abstract name) for unix."""
 
     family: Family
@@ -77,20 +75,24 @@ def resolve_transport(
             f"--type {socktype} contradicts {proto}, which is a {implied_type} protocol",
             hint=f"drop --type, or use {_proto_for(implied_family, socktype)}",
         )
-    if family is not None:
-        if implied_family == "unix" and family != "unix":
-            raise UsageError(
-                f"--family {family} contradicts {proto}, which uses unix sockets",
-                hint="drop --family, or use tcp/udp",
-            )
-        if implied_family is None and family == "unix":
+    if family is None:
+        return implied_family, implied_type
+    if family == "unix":
+        if implied_family is None:
             unix = "unix" if implied_type == "stream" else "unix-dgram"
             raise UsageError(
                 f"--family unix contradicts {proto}, an internet protocol",
                 hint=f"use {unix} PATH instead",
             )
-        return family, implied_type  # type: ignore[return-value]
-    return implied_family, implied_type
+        return "unix", implied_type
+    if family not in ("inet", "inet6"):
+        raise UsageError(f"unknown address family {family!r}", hint="use inet, inet6 or unix")
+    if implied_family == "unix":
+        raise UsageError(
+            f"--family {family} contradicts {proto}, which uses unix sockets",
+            hint="drop --family, or use tcp/udp",
+        )
+    return ("inet" if family == "inet" else "inet6"), implied_type
 
 
 def _proto_for(family: Family | None, socktype: str) -> str:
@@ -147,40 +149,35 @@ def _encoded_size(text: str) -> int:
         ) from None
 
 
+#: :: and ::ffff:0.0.0.0, packed.
+_UNSPECIFIED_V6 = (bytes(16), bytes(10) + b"\xff\xff" + bytes(4))
+
+
+def _packed(family: socket.AddressFamily, host: str) -> bytes | None:
+    """`host` as inet_pton packs a numeric address of `family` (a %scope is left out), or None."""
+    try:
+        return socket.inet_pton(family, host.split("%")[0])
+    except (OSError, ValueError):
+        return None
+
+
 def _is_unspecified(host: str) -> bool:
     """True for 0.0.0.0 and :: in any spelling: [::0], [::ffff:0.0.0.0], 0, 0x0, 000.0.0.0...
 
     Numeric IPv4 forms are read as inet_aton reads them, as getaddrinfo does when binding.
     """
-    if _is_dotted_quad(host):
-        return host == "0.0.0.0"
-    import ipaddress  # about 1 ms: only for the forms a dotted quad does not cover
-
+    v6 = _packed(socket.AF_INET6, host)
+    if v6 is not None:
+        return v6 in _UNSPECIFIED_V6
     try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        try:
-            return socket.inet_aton(host) == bytes(4)
-        except (OSError, ValueError):
-            return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
+        return socket.inet_aton(host) == bytes(4)
+    except (OSError, ValueError):
+        return False
 
 
-def _is_dotted_quad(host: str) -> bool:
-    """True when `ipaddress.IPv4Address(host)` accepts `host`, without importing ipaddress.
-
-    That is four decimal numbers up to 255 without leading zeros, such as 127.0.0.1.
-    """
-    parts = host.split(".")
-    return len(parts) == 4 and all(
-        part.isascii()
-        and part.isdigit()
-        and len(part) <= 3
-        and (part == "0" or part[0] != "0")
-        and int(part) <= 255
-        for part in parts
-    )
+def _is_ipv4(host: str) -> bool:
+    """True for an IPv4 address in dotted-quad form, such as 127.0.0.1."""
+    return "%" not in host and _packed(socket.AF_INET, host) is not None
 
 
 def _is_port(text: str) -> bool:
@@ -205,12 +202,8 @@ def _parse_inet(text: str, family: Family | None) -> Address:
         if end < 0 or text[end + 1 : end + 2] != ":":
             raise UsageError(f"bad address {text!r}", hint="write IPv6 as [::1]:PORT")
         host, port_text = text[1:end], text[end + 2 :]
-        import ipaddress
-
-        try:
-            ipaddress.IPv6Address(host.split("%")[0])
-        except ValueError:
-            raise UsageError(f"{host!r} is not an IPv6 address", hint="e.g. [::1]:8080") from None
+        if _packed(socket.AF_INET6, host) is None:
+            raise UsageError(f"{host!r} is not an IPv6 address", hint="e.g. [::1]:8080")
         if family == "inet":
             raise UsageError(f"{text!r} is IPv6 but --family is inet", hint="drop --family")
         family = "inet6"
@@ -228,7 +221,7 @@ def _parse_inet(text: str, family: Family | None) -> Address:
         host = "::" if family == "inet6" else "0.0.0.0"
     elif not host:
         host = "::1" if family == "inet6" else "127.0.0.1"
-    elif family != "inet6" and not _is_dotted_quad(host) and not _valid_hostname(host):
+    elif family != "inet6" and not _is_ipv4(host) and not _valid_hostname(host):
         raise UsageError(
             f"{host!r} is neither an IPv4 address nor a host name",
             hint="e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080",

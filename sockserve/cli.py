@@ -1,133 +1,75 @@
-"""The `sockserve` command: click options → ServeConfig → runner.serve.
+"""The `sockserve` command: the one module that knows click.
 
-Parsing errors go through click (usage, one "Invalid value" line, exit 2); a SockserveError
-from deeper down is printed as `sockserve: error: …` plus a hint, with its own exit status.
-The executable starts in `entry`, which reads the usual command lines without click and
-hands the others to `command` here.
+`main` is the command; the `sockserve` program and `python -m sockserve` both run it. The
+ParamTypes of `options` parse each value, then `config.build_config` checks them together: a
+UsageError there is shown as click's usage error (exit 2). `runner.serve` runs the server; a
+SockserveError from the run is printed as `sockserve: error: …` plus a hint, and the command
+exits with the error's status (`--traceback` raises it instead).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
-from click.shell_completion import CompletionItem
+from click.core import ParameterSource
 
-from . import __version__, config as _config, entry
-from .errors import OptionError
-from .helptext import SockserveCommand
+from . import __version__, config, runner
+from .config import ServeConfig
+from .console import PlainReporter, make_reporter, setup_logging
+from .errors import ExitStatus, HandlerLoadError, SockserveError, UsageError
+from .helptext import SockserveCommand, completion_source
+from .options import (
+    ADDRESS,
+    CONCURRENCY,
+    ESCAPED_TEXT,
+    HANDLER,
+    OCTAL,
+    POSITIVE_SECONDS,
+    PROTO,
+    SECONDS,
+)
 
-PROTOCOLS = {
-    "tcp": "TCP stream server (IPv4 or IPv6)",
-    "udp": "UDP datagram server (IPv4 or IPv6)",
-    "unix": "unix domain stream socket (a path, or @name)",
-    "unix-dgram": "unix domain datagram socket (a path, or @name)",
-}
-
-
-CONCURRENCIES = {
-    "sync": "one request at a time",
-    "thread": "a thread per request (default for streams)",
-    "fork": "a child process per request",
-    "event": "one event loop, asyncio protocol handlers",
-}
-
-
-class DescribedChoice(click.Choice):
-    """A click.Choice whose completions carry a description (zsh and fish show it)."""
-
-    def __init__(self, choices: dict[str, str]) -> None:
-        super().__init__(list(choices))
-        self.descriptions = choices
-
-    def shell_complete(
-        self, ctx: click.Context, param: click.Parameter, incomplete: str
-    ) -> list[CompletionItem]:
-        return [
-            CompletionItem(name, help=text)
-            for name, text in self.descriptions.items()
-            if name.startswith(incomplete)
-        ]
+VERSION_MESSAGE = (
+    f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
+)
 
 
-class HandlerSpecType(click.ParamType):
-    """A builtin name, `module:Class`, `file.py:Class` or `file.py`; completes names and files.
+class Invocation:
+    """How the command was started (its context's `obj`)."""
 
-    Completion offers the builtins (with their descriptions) and, through the shell, `*.py`
-    files and directories: all of them for an empty word, files only when no builtin matches
-    or the word looks like a path (so `-H e<TAB>` is `echo` even beside `examples/`), and
-    nothing once a `:Class` part is being typed.
-    """
-
-    name = "HANDLER"
-
-    def shell_complete(
-        self, ctx: click.Context, param: click.Parameter, incomplete: str
-    ) -> list[CompletionItem]:
-        if ":" in incomplete:
-            return []
-        from .builtins import BUILTINS
-
-        items = [
-            CompletionItem(name, help=BUILTINS.get(name))
-            for name in _config.BUILTIN_NAMES
-            if name.startswith(incomplete)
-        ]
-        if not incomplete or not items or "/" in incomplete or incomplete.startswith((".", "~")):
-            items.append(CompletionItem(incomplete, type="pyfile"))
-        return items
+    def __init__(self, *, as_program: bool) -> None:
+        self.as_program = as_program  # the process's own program (sys.argv), not other code
 
 
-class AddressType(click.ParamType):
-    """The address argument; completes paths for unix sockets, a few forms for inet."""
+class Command(SockserveCommand):
+    """The sockserve command; run without `args` (the program, reading sys.argv), it owns the
+    process's exit (see `exit_command`)."""
 
-    name = "ADDRESS"
-
-    def shell_complete(
-        self, ctx: click.Context, param: click.Parameter, incomplete: str
-    ) -> list[CompletionItem]:
-        proto = ctx.params.get("proto")
-        if proto in ("unix", "unix-dgram"):
-            return [CompletionItem(incomplete, type="file")]
-        if not incomplete:
-            return [
-                CompletionItem(":0", help="127.0.0.1, a port the OS picks"),
-                CompletionItem(":9999", help="127.0.0.1 port 9999"),
-                CompletionItem("[::1]:0", help="IPv6 loopback, a port the OS picks"),
-            ]
-        return []
-
-
-class ModeType(click.ParamType):
-    """Octal permission bits such as 600 or 0o660."""
-
-    name = "OCTAL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return _config.parse_mode(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
+        extra.setdefault("obj", Invocation(as_program=args is None))
+        return super().main(args, *rest, **extra)
 
 
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is None or ctx.resilient_parsing:
         return
-    from .helptext import completion_source
-
     click.echo(completion_source(main, value), nl=False)
     ctx.exit(0)
 
 
 @click.command(
-    cls=SockserveCommand,
+    cls=Command,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=" ",
 )
-@click.argument("proto", type=DescribedChoice(PROTOCOLS), metavar="PROTO")
-@click.argument("address", type=AddressType())
+@click.argument("proto", type=PROTO, metavar="PROTO")
+@click.argument("address", type=ADDRESS)
 @click.option(
     "--family",
     type=click.Choice(["inet", "inet6", "unix"]),
@@ -135,14 +77,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--type",
-    "socktype",
     type=click.Choice(["stream", "dgram"]),
     help="Socket type; implied by PROTO.",
 )
 @click.option(
     "-H",
     "--handler",
-    type=HandlerSpecType(),
+    type=HANDLER,
     default="echo",
     show_default=True,
     help="Builtin name (echo upper discard stdout stdio chargen daytime time reply), "
@@ -150,9 +91,10 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--reply",
+    type=ESCAPED_TEXT,
     metavar="TEXT",
     help="Bytes the reply handler answers with (implies -H reply); \\n, \\r\\n, \\xNN "
-    "escapes are decoded.",
+    "(a byte) and \\uNNNN (a character, as UTF-8) escapes are decoded.",
 )
 @click.option(
     "--reply-file",
@@ -162,7 +104,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "-c",
     "--concurrency",
-    type=DescribedChoice(CONCURRENCIES),
+    type=CONCURRENCY,
     help="How requests overlap. [default: thread for streams, sync for datagrams]",
 )
 @click.option(
@@ -227,13 +169,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE_SECONDS,
     metavar="SECONDS",
-    help="Close a connection idle for this long.  [default: never]",
+    help="Close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  [default: never]",
 )
 @click.option(
     "--mode",
-    type=ModeType(),
+    type=OCTAL,
     help="Unix socket file permissions, e.g. 600.  [default: as the umask leaves them]",
 )
 @click.option("--once", is_flag=True, help="Serve one connection (or datagram), then exit.")
@@ -245,11 +187,11 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=SECONDS,
     default=5.0,
     show_default=True,
     metavar="SECONDS",
-    help="On stop, how long in-flight requests may take to finish.",
+    help="On stop, how long in-flight requests may take to finish (2.5, 200ms, 1.5s, 2m).",
 )
 @click.option(
     "--print-address",
@@ -258,7 +200,6 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--json",
-    "json_output",
     is_flag=True,
     help="Log events as JSON lines on stderr (listening, connect, close, ...).",
 )
@@ -274,48 +215,68 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     callback=_print_completion,
     help="Print the shell completion script.",
 )
-@click.version_option(__version__, "-V", "--version", message=entry.version_message())
+@click.version_option(__version__, "-V", "--version", message=VERSION_MESSAGE)
 def main(**params: Any) -> None:
     """Serve PROTO on ADDRESS with a handler: a real socket server in one line.
 
     Listens on loopback unless ADDRESS names another interface. Ctrl-C or SIGTERM stops it
     gracefully and prints a summary; a second Ctrl-C forces the exit.
     """
-    entry.serve_command(params, lambda: build_config(params), _exit)
+    exit_command(_serve(build_config(params), params["quiet"]))
 
 
-_as_command = False
-
-
-def command(loads: Any = None) -> None:
-    """`main` as a whole process (the executable, when `entry` hands a command line over).
-
-    `loads`, from `entry`, replays handler loads that already failed (see build_config).
-    """
-    global _as_command
-    _as_command = True
-    main(obj=loads)
-
-
-def _exit(status: Any) -> None:
-    """Exit as the command does (see entry.exit_command)."""
-    entry.exit_command(status, as_command=_as_command)
-
-
-def build_config(params: dict[str, Any]) -> Any:
-    """Validate the parsed options into a ServeConfig; raises click.BadParameter/UsageError.
-
-    The rules are `config.config_from_options`'s, shared with `entry`'s quick parser.
-    """
+def build_config(params: dict[str, Any]) -> ServeConfig:
+    """The ServeConfig of the command's parsed parameters (`ctx.params`), checked by
+    `config.build_config`; a rule they break is click's usage error (exit 2)."""
     ctx = click.get_current_context()
-    handler_given = ctx.get_parameter_source("handler") != click.core.ParameterSource.DEFAULT
+    options = {name: value for name, value in params.items() if name != "quiet"}
+    if ctx.get_parameter_source("handler") is ParameterSource.DEFAULT:
+        options["handler"] = None  # echo, or reply when --reply or --reply-file is given
     try:
-        return _config.config_from_options(
-            params,
-            handler_given=handler_given,
-            load=getattr(ctx.obj, "load_handler", None),
-        )
-    except OptionError as exc:
-        if exc.param is None:
-            raise click.UsageError(exc.message) from None
-        raise click.BadParameter(exc.message, param_hint=exc.param) from None
+        return config.build_config(**options)
+    except HandlerLoadError as exc:
+        handler = next(p for p in ctx.command.params if p.name == "handler")
+        raise click.BadParameter(exc.one_line(), ctx, handler) from None
+    except UsageError as exc:
+        raise click.UsageError(exc.one_line(), ctx) from None
+
+
+def _serve(config: ServeConfig, quiet: bool) -> int:
+    """Run the server; return the exit status, or exit with a SockserveError's."""
+    try:
+        reporter = _reporter(config, quiet)
+        setup_logging(reporter, config.verbosity)
+        return runner.serve(config, reporter)
+    except KeyboardInterrupt:
+        # Ctrl-C after the run restored the default handler (while the summary is printed):
+        # the user wants out, and has had the summary or is about to lose only that.
+        return ExitStatus.INTERRUPTED
+    except SockserveError as exc:
+        if config.traceback:
+            raise
+        _reporter(config, quiet).fatal(exc.message, exc.hint)
+        sys.exit(int(exc.exit_status))
+
+
+def _reporter(config: ServeConfig, quiet: bool) -> PlainReporter:
+    return make_reporter(config.output, config.verbosity, quiet, config.color)
+
+
+def exit_command(status: int) -> NoReturn:
+    """Exit with `status`.
+
+    As the program (see `Command`), the command owns the process: Ctrl-C is ignored from
+    here on (the run is over, and a KeyboardInterrupt in the interpreter's exit, joining
+    threads, would only print a traceback), and if a hung non-daemon handler thread would
+    hold the process, it leaves at once. Called from other code, it raises SystemExit only.
+    """
+    invocation = click.get_current_context().find_object(Invocation)
+    if invocation is None or not invocation.as_program:
+        sys.exit(int(status))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(status))
+    sys.exit(int(status))

@@ -1,58 +1,27 @@
 """ServeConfig: the validated values one `sockserve` run needs. No sockets, no printing.
 
-`config_from_options` turns the command's options (as click names them) into a ServeConfig;
-both command-line parsers, click's (`cli`) and the quick one (`entry`), go through it.
+`build_config` is the one way in: its keywords are the command's long options with dashes as
+underscores (`--max-threads` → `max_threads=`), so the command line and Python callers build
+the same ServeConfig. Every rule a value breaks raises `errors.UsageError(message, hint)`,
+worded for the user; this module knows nothing of click.
 """
 
 from __future__ import annotations
 
-from .errors import OptionError, UsageError
-from .records import Factory, Record
+from dataclasses import dataclass, field
+from typing import Literal
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-    from typing import Any, Literal
+from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
+from .errors import UsageError
+from .loading import LoadedHandler, check_compatible, load_handler
 
-    from .addresses import Address, Family, SockType
-
-    Concurrency = Literal["sync", "thread", "fork", "event"]
-    OutputMode = Literal["rich", "json"]
-    Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
+Concurrency = Literal["sync", "thread", "fork", "event"]
+OutputMode = Literal["rich", "json"]
 
 CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
 
 #: The largest datagram the tool reads: 64 KiB, so no UDP or unix datagram is ever truncated.
 MAX_DATAGRAM = 65536
-
-
-#: The builtin handlers' names. Here rather than in `loading`, which a builtin never needs.
-BUILTIN_NAMES = (
-    "echo",
-    "upper",
-    "discard",
-    "stdout",
-    "stdio",
-    "chargen",
-    "daytime",
-    "time",
-    "reply",
-)
-
-
-class LoadedHandler(Record):
-    """A resolved handler: `builtin` names a builtin, else `cls` is the user's class."""
-
-    name: str
-    builtin: str | None = None
-    cls: Any = None
-    kind: Kind = "builtin"
-
-
-def builtin_handler(spec: str) -> LoadedHandler | None:
-    """The LoadedHandler of a builtin's name; None for any other spec (`loading` resolves it)."""
-    name = spec.strip()
-    return LoadedHandler(name=name, builtin=name) if name in BUILTIN_NAMES else None
 
 
 def default_concurrency(socktype: SockType) -> Concurrency:
@@ -61,8 +30,9 @@ def default_concurrency(socktype: SockType) -> Concurrency:
     return "thread" if socktype == "stream" else "sync"
 
 
-class ServeConfig(Record):
-    """Everything a run needs, validated; built by the CLI, read by the runner and factory."""
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a run needs, validated; built by `build_config`, read by the runner."""
 
     family: Family
     socktype: SockType
@@ -90,9 +60,34 @@ class ServeConfig(Record):
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
-    extra: dict[str, str] = Factory(dict)
+    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_ranges()
+        self._check_combinations()
+
+    def _check_ranges(self) -> None:
+        if self.concurrency not in CONCURRENCIES:
+            raise UsageError(
+                f"unknown concurrency {self.concurrency!r}", hint="use " + ", ".join(CONCURRENCIES)
+            )
+        for name, least in (("max_threads", 1), ("max_children", 1), ("max_requests", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                option = "--" + name.replace("_", "-")
+                raise UsageError(f"{option} must be at least {least}", hint=f"use {option} N")
+        if self.backlog < 0:
+            raise UsageError("--backlog cannot be negative", hint="use --backlog 0 or more")
+        if self.workers < 1:
+            raise UsageError("--workers must be at least 1", hint="use --workers 1 or more")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError("--timeout must be more than 0 seconds", hint="e.g. --timeout 2.5")
+        if not self.grace >= 0:
+            raise UsageError("--grace cannot be negative", hint="e.g. --grace 0 or --grace 5")
+        if self.mode is not None and not 0 <= self.mode <= 0o777:
+            raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
+
+    def _check_combinations(self) -> None:
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -120,8 +115,6 @@ class ServeConfig(Record):
                 "--mode does not apply to an abstract unix socket (@name): it has no file",
                 hint="use a filesystem path, or drop --mode",
             )
-        if self.workers < 1:
-            raise UsageError("--workers must be at least 1", hint="use --workers 1 or more")
         if self.workers > 1 and (self.once or self.max_requests is not None):
             raise UsageError(
                 "--once and --max-requests count requests in one process: not with --workers",
@@ -147,114 +140,107 @@ class ServeConfig(Record):
         return self.max_requests
 
 
-def parse_mode(value: Any) -> int:
-    """`--mode` text (600, 0o660) → permission bits; ValueError says what is wrong."""
-    text = str(value).strip().lower().removeprefix("0o")
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an octal mode such as 600 or 660") from None
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"{value!r} is outside 000..777")
-    return mode
-
-
-def decode_escapes(text: str) -> bytes:
-    """Turn `--reply` text into bytes, decoding \\n, \\r, \\t, \\\\ and \\xNN escapes."""
-    try:
-        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        raise OptionError(
-            "invalid escape sequence (use \\n, \\r, \\t, \\\\ or \\xNN)", param="--reply"
-        ) from None
-
-
-def config_from_options(
-    options: Mapping[str, Any],
+def build_config(
     *,
-    handler_given: bool,
-    load: Callable[[str], LoadedHandler] | None = None,
+    proto: str,
+    address: str | Address,
+    handler: str | LoadedHandler | None = None,
+    reply: bytes | None = None,
+    reply_file: str | None = None,
+    family: Family | None = None,
+    type: SockType | None = None,  # --type: shadows the builtin in this function only
+    concurrency: Concurrency | None = None,
+    max_threads: int | None = None,
+    pin: bool | None = None,
+    max_children: int | None = None,
+    workers: int = 1,
+    daemon_threads: bool = False,
+    block_on_close: bool = True,
+    backlog: int = 128,
+    reuse_address: bool = True,
+    reuse_port: bool = False,
+    timeout: float | None = None,
+    mode: int | None = None,
+    once: bool = False,
+    max_requests: int | None = None,
+    grace: float = 5.0,
+    print_address: bool = False,
+    json: bool = False,
+    verbose: int = 0,
+    color: bool | None = None,
+    traceback: bool = False,
 ) -> ServeConfig:
-    """Validate the command's options (click's parameter names) into a ServeConfig.
+    """Check the options of one run and combine them into a ServeConfig.
 
-    `handler_given` tells whether -H was on the command line (else --reply implies -H
-    reply); `load` resolves a spec that is not a builtin (default: `loading.load_handler`). Raises
-    OptionError, which the click command shows as its usage error.
+    `address` and `handler` are the command line's text or their parsed forms (an Address,
+    a LoadedHandler). `handler` None is echo, or reply when `reply` or `reply_file` is given.
+    Raises UsageError (HandlerLoadError for the handler) naming the option to change.
     """
-    from .addresses import parse_address, resolve_transport
+    if proto not in TRANSPORTS:
+        raise UsageError(f"unknown protocol {proto!r}", hint="use " + ", ".join(TRANSPORTS))
+    wanted_family, socktype = resolve_transport(proto, family, type)
+    address = _address(address, wanted_family, proto)
+    concurrency = concurrency or default_concurrency(socktype)
 
-    try:
-        family, socktype = resolve_transport(
-            options["proto"], options["family"], options["socktype"]
+    replies = reply is not None or reply_file is not None
+    if handler is None:
+        handler = "reply" if replies else "echo"
+    loaded = load_handler(handler) if isinstance(handler, str) else handler
+    if loaded.builtin == "reply" and not replies:
+        raise UsageError("-H reply needs --reply TEXT or --reply-file PATH")
+    if loaded.builtin != "reply" and replies:
+        raise UsageError(f"--reply/--reply-file only apply to -H reply, not -H {loaded.name}")
+    check_compatible(loaded, socktype, concurrency)
+    if once and max_requests:
+        raise UsageError("cannot combine --once and --max-requests (--once is --max-requests 1)")
+
+    return ServeConfig(
+        family=address.family,
+        socktype=socktype,
+        address=address,
+        handler=loaded,
+        concurrency=concurrency,
+        max_children=max_children,
+        max_threads=max_threads,
+        pin=pin,
+        daemon_threads=daemon_threads,
+        block_on_close=block_on_close,
+        backlog=backlog,
+        reuse_address=reuse_address,
+        reuse_port=reuse_port,
+        timeout=timeout,
+        mode=mode,
+        reply=reply,
+        reply_file=reply_file,
+        once=once,
+        max_requests=max_requests,
+        grace=grace,
+        workers=workers,
+        print_address=print_address,
+        output="json" if json else "rich",
+        verbosity=verbose,
+        color=color,
+        traceback=traceback,
+    )
+
+
+#: How an error names an address of each family.
+_FAMILY_ADDRESS = {"inet": "an IPv4 address", "inet6": "an IPv6 address", "unix": "a unix path"}
+
+
+def _address(address: str | Address, family: Family | None, proto: str) -> Address:
+    """Parse ADDRESS for `family`; an Address already parsed must be of that family.
+
+    `family` None (tcp, udp without --family) takes either internet family.
+    """
+    if isinstance(address, str):
+        return parse_address(address, family)
+    fits = address.family == family if family else address.family in ("inet", "inet6")
+    if not fits:
+        taker = f"--family {family}" if family and proto in ("tcp", "udp") else proto
+        wanted = _FAMILY_ADDRESS[family] if family else "an internet address"
+        raise UsageError(
+            f"{address} is {_FAMILY_ADDRESS[address.family]}, but {taker} takes {wanted}",
+            hint="check PROTO, --family and ADDRESS",
         )
-    except UsageError as exc:
-        raise OptionError(_with_hint(exc)) from None
-    try:
-        address = parse_address(options["address"], family)
-    except UsageError as exc:
-        raise OptionError(_with_hint(exc), param="'ADDRESS'") from None
-    family = address.family
-    concurrency = options["concurrency"] or default_concurrency(socktype)
-
-    spec = options["handler"]
-    reply = decode_escapes(options["reply"]) if options["reply"] is not None else None
-    reply_file = options["reply_file"]
-    if (reply is not None or reply_file is not None) and not handler_given:
-        spec = "reply"
-    if spec == "reply" and reply is None and reply_file is None:
-        raise OptionError("-H reply needs --reply TEXT or --reply-file PATH")
-    if spec != "reply" and (reply is not None or reply_file is not None):
-        raise OptionError(f"--reply/--reply-file only apply to -H reply, not -H {spec}")
-    handler = builtin_handler(spec)
-    if handler is None:  # a handler of the user's: only now import what resolves it
-        from .loading import check_compatible, load_handler
-
-        try:
-            handler = (load or load_handler)(spec)
-            check_compatible(handler, socktype, concurrency)
-        except UsageError as exc:
-            raise OptionError(_with_hint(exc), param="'-H' / '--handler'") from None
-
-    if options["once"] and options["max_requests"]:
-        raise OptionError("cannot combine --once and --max-requests (--once is --max-requests 1)")
-    try:
-        return ServeConfig(
-            family=family,
-            socktype=socktype,
-            address=address,
-            handler=handler,
-            concurrency=concurrency,
-            reply=reply,
-            reply_file=reply_file,
-            output="json" if options["json_output"] else "rich",
-            verbosity=options["verbose"],
-            **{name: options[name] for name in _PASSED_AS_GIVEN},
-        )
-    except UsageError as exc:
-        raise OptionError(_with_hint(exc)) from None
-
-
-#: Options that become the ServeConfig field of the same name unchanged.
-_PASSED_AS_GIVEN = (
-    "max_children",
-    "max_threads",
-    "pin",
-    "daemon_threads",
-    "block_on_close",
-    "backlog",
-    "reuse_address",
-    "reuse_port",
-    "timeout",
-    "mode",
-    "once",
-    "max_requests",
-    "grace",
-    "workers",
-    "print_address",
-    "color",
-    "traceback",
-)
-
-
-def _with_hint(exc: UsageError) -> str:
-    return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+    return address

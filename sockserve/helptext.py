@@ -34,7 +34,7 @@ from click.shell_completion import (
 
 # Which help section each option belongs to, in order. "help" is click's help option.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Address": ("family", "socktype", "reuse_address", "reuse_port", "backlog", "mode"),
+    "Address": ("family", "type", "reuse_address", "reuse_port", "backlog", "mode"),
     "Handler": ("handler", "reply", "reply_file", "timeout"),
     "Concurrency": (
         "concurrency",
@@ -46,7 +46,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_on_close",
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
-    "Output": ("print_address", "json_output", "quiet", "verbose", "color", "traceback"),
+    "Output": ("print_address", "json", "quiet", "verbose", "color", "traceback"),
     "Other": ("completion", "version", "help"),
 }
 

@@ -2,24 +2,59 @@
 
 A handler is a request handler class (a subclass of sockserve's or the stdlib's
 `BaseRequestHandler`) for sync/thread/fork, or an asyncio protocol class for `--concurrency
-event`. Every failure is a HandlerLoadError with one line to show the user; an exception raised
-while the user's module runs is reported with its file and line, not re-raised.
+event`; `load_handler` returns it as a LoadedHandler. Every failure is a HandlerLoadError with
+one line to show the user; an exception raised while the user's module runs is reported with
+its file and line, not re-raised.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
+import traceback
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from .config import BUILTIN_NAMES, LoadedHandler, builtin_handler
+from . import socketserver as ours
 from .errors import HandlerLoadError
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+#: What sockets a handler serves: a builtin (any), a request handler class for streams,
+#: datagrams or both, or an asyncio protocol class for event mode.
+Kind = Literal["builtin", "stream", "dgram", "any", "protocol", "datagram-protocol"]
 
-    from .config import Kind
+#: The builtin handlers' names.
+BUILTIN_NAMES = (
+    "echo",
+    "upper",
+    "discard",
+    "stdout",
+    "stdio",
+    "chargen",
+    "daytime",
+    "time",
+    "reply",
+)
+
+
+@dataclass(frozen=True)
+class LoadedHandler:
+    """A resolved handler: `builtin` names a builtin, else `cls` is the user's class."""
+
+    name: str
+    builtin: str | None = None
+    cls: Any = None
+    kind: Kind = "builtin"
+
+
+def builtin_handler(spec: str) -> LoadedHandler | None:
+    """The LoadedHandler of a builtin's name; None for any other spec."""
+    name = spec.strip()
+    return LoadedHandler(name=name, builtin=name) if name in BUILTIN_NAMES else None
+
 
 FORMS = "a builtin (" + ", ".join(BUILTIN_NAMES) + "), module:Class, file.py:Class or file.py"
 
@@ -30,8 +65,6 @@ def load_handler(spec: str) -> LoadedHandler:
     if builtin is not None:
         return builtin
     spec = spec.strip()
-    import unicodedata  # this module's other imports are only for a user's handler
-
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec):
         raise HandlerLoadError(f"bad handler {spec!r}: control characters", hint=f"use {FORMS}")
     target, sep, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
@@ -82,8 +115,6 @@ def _searched_first(folder: str, load: Callable[[Any], Any], arg: Any) -> Any:
 
 
 def _import_module(name: str) -> Any:
-    import importlib
-
     try:  # like `python -m`, modules in the cwd are found
         return _searched_first(os.getcwd(), importlib.import_module, name)
     except ModuleNotFoundError as exc:
@@ -107,8 +138,6 @@ def _import_file(path: str) -> Any:
     modname = f"sockserve_handler_{stem}_{abs(hash(real)):x}"
     if modname in sys.modules:
         return sys.modules[modname]
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(modname, real)
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"cannot load {path} as Python", hint="name a .py file")
@@ -132,8 +161,6 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
             _one_line(f"syntax error in {place}: {exc.msg}"),
             hint="fix the handler file and try again",
         )
-    import traceback
-
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "importlib" not in f.filename]
     location = f" ({user[-1].filename}, line {user[-1].lineno})" if user else ""
@@ -145,8 +172,6 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
 
 def _one_line(text: str) -> str:
     """`text` with line breaks and other control characters escaped, as repr() shows them."""
-    import unicodedata
-
     return "".join(
         repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
     )
@@ -195,9 +220,7 @@ def _only_handler_in(module: Any, target: str) -> type:
 
 def _handler_bases() -> dict[str, tuple[type, ...]]:
     """Our framework's handler classes and, when a module imported it, the stdlib's."""
-    from . import socketserver as ours
-
-    bases = {
+    bases: dict[str, tuple[type, ...]] = {
         "base": (ours.BaseRequestHandler,),
         "stream": (ours.StreamRequestHandler,),
         "dgram": (ours.DatagramRequestHandler,),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
+from typing import Any
 
 import pytest
 
+from sockserve import addresses
 from sockserve.addresses import (
     Address,
     format_bound,
@@ -125,3 +129,41 @@ def test_plain_output_parses_back() -> None:
     for family, sockaddr in [("inet", ("127.0.0.1", 9)), ("inet6", ("::1", 9, 0, 0))]:
         text = format_plain(family, "stream", sockaddr)
         assert parse_address(text, None).sockaddr()[:2] == sockaddr[:2]
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "0.0.0.0", "255.255.255.255", "1.2.3", "1.2.3.4.5", "01.2.3.4", "256.1.1.1",
+     "1.2.3.4 ", "١.2.3.4", "a.b.c.d", "", "1..2.3", "00.0.0.0", "0.0.0.00", "1.2.3.-4", "\0",
+     "\udcff", "1.2.3.4%eth0"],
+)  # fmt: skip
+def test_an_ipv4_host_is_what_ipaddress_accepts(host: str) -> None:
+    assert addresses._is_ipv4(host) is _accepted(ipaddress.IPv4Address, host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["::", "::1", "fe80::1%eth0", "0:0:0:0:0:0:0:0", "::ffff:0.0.0.0", "::ffff:1.2.3.4", "1::",
+     "::ffff:01.2.3.4", ":::", "1:2:3:4:5:6:7:8:9", "g::1", "1.2.3.4", "", "::1\0"],
+)  # fmt: skip
+def test_an_ipv6_host_is_what_ipaddress_accepts(host: str) -> None:
+    packed = addresses._packed(socket.AF_INET6, host)
+    assert (packed is not None) is _accepted(ipaddress.IPv6Address, host.split("%")[0])
+
+
+@pytest.mark.parametrize(
+    ("host", "unspecified"),
+    [("0.0.0.0", True), ("0", True), ("0x0", True), ("000.0.0.0", True), ("::", True),
+     ("::0", True), ("0:0::0", True), ("::ffff:0.0.0.0", True), ("127.0.0.1", False),
+     ("::1", False), ("localhost", False), ("::ffff:127.0.0.1", False), ("0.0.0.1", False)],
+)  # fmt: skip
+def test_all_interfaces_in_any_spelling(host: str, unspecified: bool) -> None:
+    assert addresses._is_unspecified(host) is unspecified
+
+
+def _accepted(parse: Any, text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True

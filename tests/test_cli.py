@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import signal
+import threading
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from sockserve import cli, runner
+from sockserve import cli, config, runner
 from sockserve.errors import EnvironmentProblem, ExitStatus
 
 
@@ -176,3 +179,99 @@ def test_completion_of_handler_and_proto(monkeypatch: pytest.MonkeyPatch) -> Non
     assert values == ["sync", "thread", "fork", "event"]
     items = comp.get_completions(["unix"], "/tm")
     assert items and items[0].type == "file"
+
+
+def test_every_option_is_a_build_config_keyword() -> None:
+    """The command passes its options on by name: `--max-threads` is `max_threads=`."""
+    exposed = {p.name for p in cli.main.params if p.expose_value} - {"quiet"}  # the reporter's
+    assert exposed == set(inspect.signature(config.build_config).parameters)
+
+
+#: Command lines that serve (the usual ones, and click's spellings of them).
+ACCEPTED = [
+    ["tcp", "127.0.0.1:0"],
+    ["tcp", ":0", "-H", "echo", "-c", "thread", "-q"],
+    ["udp", "0.0.0.0:7", "-c", "thread", "--max-threads", "4"],
+    ["tcp", ":0", "--pin", "--max-threads", "8"],
+    ["tcp", "[::1]:0", "--json"],
+    ["tcp", "*:0", "--family", "inet6"],
+    ["--family", "inet6", "tcp", ":0"],
+    ["tcp", "localhost:8080", "--type", "stream"],
+    ["tcp", "9999", "-v"],
+    ["tcp", ":0", "-qv", "--color"],
+    ["tcp", ":0", "--max-requests", "3", "--grace", "0"],
+    ["tcp", ":0", "--timeout", "1.5", "--grace", "2."],
+    ["tcp", ":0", "-c", "sync", "--workers", "2", "--reuse-port"],
+    ["tcp", ":0", "--daemon-threads", "--no-block-on-close", "--no-reuse-address"],
+    ["tcp", ":0", "-H", "reply", "--reply=ok"],
+    ["tcp", ":0", "--handler=chargen", "--concurrency=event"],
+    ["tcp", ":0", "-Hupper", "-cthread"],
+    ["-q", "tcp", "-H", "time", ":0"],
+    ["tcp", ":0", "-H", "upper", "-H", "echo"],
+    ["--", "tcp", ":0"],
+    ["unix", "/tmp/sockserve-cli.sock", "--mode", "0o660", "-c", "sync"],
+    ["unix-dgram", "@sockserve-cli", "-H", "upper"],
+    ["udp", "127.0.0.1:0", "-H", "stdout", "-c", "event"],
+]
+
+
+@pytest.mark.parametrize("args", ACCEPTED, ids=" ".join)
+def test_accepted_command_lines(captured: list[Any], args: list[str]) -> None:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert len(captured) == 1
+
+
+#: Command lines refused with a usage error.
+REFUSED = [
+    ["tcp", "no port"],
+    ["tcp", ""],
+    ["tcp", ":0", "extra"],
+    ["tcp", ":0", "--once=yes"],
+    ["tcp", ":0", "--max-threads", "+0"],
+    ["tcp", ":0", "--backlog", "-1"],
+    ["tcp", ":0", "--grace", "-1"],
+    ["tcp", ":0", "-H"],
+    ["TCP", ":0"],
+    ["tcp", ":0", "--reply", "\\x4"],
+    ["tcp", ":0", "-H", "echo", "--reply", "x"],
+    ["tcp", ":0", "--reply-file", "/nonexistent/reply.txt"],
+    ["tcp", ":0", "--reply-file", "/tmp"],
+    ["unix", "/tmp/x.sock", "--type", "dgram"],
+]
+
+
+@pytest.mark.parametrize("args", REFUSED, ids=" ".join)
+def test_refused_command_lines(captured: list[Any], args: list[str]) -> None:
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert captured == []
+
+
+def test_a_handler_that_cannot_serve_is_the_handler_options_error(tmp_path: Any) -> None:
+    (tmp_path / "cli_lines.py").write_text(
+        "import sockserve\nclass Lines(sockserve.StreamRequestHandler):\n    pass\n"
+    )
+    result = run("udp", ":0", "-H", str(tmp_path / "cli_lines.py"))
+    assert result.exit_code == 2
+    assert "Error: Invalid value for '-H' / '--handler': " in result.output
+    assert "is a stream handler and cannot serve udp/unix-dgram (dgram); use it with tcp" in (
+        result.output
+    )
+
+
+def test_called_from_python_the_command_leaves_the_process_alone(captured: list[Any]) -> None:
+    """Only the program itself ignores Ctrl-C at its exit and leaves past a hung thread."""
+    release = threading.Event()
+    hung = threading.Thread(target=release.wait, args=(10,))  # non-daemon, as a handler's
+    hung.start()
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        assert run("tcp", ":0").exit_code == 0  # SystemExit(0): no os._exit under pytest
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        release.set()
+        hung.join()
+    assert len(captured) == 1
