@@ -25,8 +25,9 @@ Where sockserve goes further than the stdlib, it keeps the stdlib's behaviour by
 `shutdown()` wakes the loop at once; `ThreadingMixIn.max_threads` bounds the threads, and
 `ThreadingMixIn.reuse_threads` lets a thread take the next request instead of ending;
 `ForkingMixIn` waits for a free child slot on pidfds instead of polling; `dualstack_ipv6`
-lets a server on "::" accept IPv4; errors are logged through `logging`. The Unix and Forking
-classes exist where the platform has AF_UNIX and fork(), all of them on Python 3.11 too.
+lets a server on "::" accept IPv4. As in the stdlib, `handle_error` prints the traceback on
+stderr (override it to report errors another way). The Unix and Forking classes exist where
+the platform has AF_UNIX and fork(), all of them on Python 3.11 too.
 """
 
 from __future__ import annotations

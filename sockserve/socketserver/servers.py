@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import selectors
 import socket
+import sys
 import threading
 import time
-
-from ._log import LazyLogger
 
 # The int values behind socket.family and socket.type (which convert them to enums).
 _raw_family = socket.SocketType.family.__get__
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["BaseServer", "TCPServer", "UDPServer"]
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["UnixStreamServer", "UnixDatagramServer"]
-
-logger = LazyLogger("sockserve.socketserver")
 
 # poll() has no limit on the number of file descriptors; select() is the fallback.
 if hasattr(selectors, "PollSelector"):
@@ -257,18 +254,23 @@ class BaseServer:
         """Clean up an individual request; may be overridden."""
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Report an `Exception` raised while handling a request, then go on serving.
+        """Print the exception being handled to stderr, then go on serving; may be overridden.
 
-        The report is logged on the "sockserve.socketserver" logger at ERROR level with the
-        traceback; with no logging configured it appears on stderr, as the stdlib prints it.
-        May be overridden.
+        As the stdlib's: a rule of 40 dashes, the line "Exception occurred during processing
+        of request from <client_address>", the traceback and another rule, printed (not
+        logged, so that a logging handler that sends to this very server cannot loop).
         """
-        logger.error(
-            "%s\nException occurred during processing of request from %s",
-            "-" * 40,
+        import traceback  # as the stdlib: loaded on the first failure (it loads re & co.)
+
+        rule = "-" * 40
+        print(rule, file=sys.stderr)
+        print(
+            "Exception occurred during processing of request from",
             client_address,
-            exc_info=True,
+            file=sys.stderr,
         )
+        traceback.print_exc()
+        print(rule, file=sys.stderr)
 
     def __enter__(self) -> BaseServer:
         return self
