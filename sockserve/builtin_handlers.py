@@ -84,7 +84,8 @@ from _weakrefset import WeakSet  # weakref's WeakSet; threading has loaded it al
 
 from .records import Record
 from .socketserver import BaseRequestHandler
-from .socketserver.servers import _raw_family  # socket.family as an int, no enum
+
+_raw_family = socket.SocketType.family.__get__  # socket.family as an int, no enum
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

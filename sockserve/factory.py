@@ -10,6 +10,7 @@ idle timeouts, byte counts and events for a Monitor, and a request limit.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import socket
@@ -22,7 +23,6 @@ from _socket import socket as _raw  # the C methods of socket.socket, called wit
 from . import socketserver as ss
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
-from .socketserver._log import LazyLogger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object  # typing (~3 ms to import) only for type checkers
 
-logger = LazyLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _BASES: dict[tuple[str, str], type[ss.BaseServer]] = {
     ("inet", "stream"): ss.TCPServer,

@@ -243,8 +243,7 @@ def test_get_request(transport: Transport) -> None:
 def test_get_request_gives_what_socket_accept_gives(
     transport: Transport, listener_timeout: float | None
 ) -> None:
-    """The same socket as `socket.accept` (enum family and type, blocking as it decides),
-    though a plain socket's accept skips the enum conversions."""
+    """The same socket as `socket.accept` (enum family and type, blocking as it decides)."""
     with transport.make(echo_handler(transport)) as server:
         server.socket.settimeout(listener_timeout)
         with transport.client(server):
