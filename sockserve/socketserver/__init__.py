@@ -37,8 +37,8 @@ ways: `request_shutdown()` (stop without waiting, from a signal handler too),
 stops), `handle_ready()` (what the loop does when the socket is readable: one request, or a
 batch in an override), `loop_handles_requests` (False: other threads take the requests), and
 `ThreadingMixIn.start_tracked_thread(target)` (a thread of the server's own, counted in
-`live_threads` and joined by `server_close`). `_handle_request_noblock()` stays as the
-stdlib has it.
+`live_threads` and joined by `server_close`). Private stdlib names that code reads keep
+working: `_handle_request_noblock()`, `ThreadingMixIn._threads`.
 """
 
 from __future__ import annotations

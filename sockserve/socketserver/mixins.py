@@ -180,18 +180,76 @@ if hasattr(os, "fork"):
                 self._pidfds.clear()
 
 
+class _Threads(list[threading.Thread]):
+    """The non-daemon threads `server_close` waits for: the stdlib's `_threads`.
+
+    As the stdlib's: `append` records a thread (not a daemon one) before it starts, `reap`
+    forgets the ended ones, `join` forgets and joins them all. Here a thread also removes
+    itself when it ends (`discard`), so the list holds only the running ones and `append`
+    has nothing to reap. A lock keeps those changes whole.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def append(self, thread: threading.Thread) -> None:
+        """Record `thread`, unless it is a daemon."""
+        if not thread.daemon:
+            with self._lock:
+                super().append(thread)
+
+    def discard(self, thread: threading.Thread) -> None:
+        """Forget `thread` if it is recorded."""
+        with self._lock:
+            try:
+                self.remove(thread)
+            except ValueError:
+                pass  # a daemon, or already taken by pop_all
+
+    def pop_all(self) -> list[threading.Thread]:
+        """Forget every thread and return them."""
+        with self._lock:
+            threads = self[:]
+            self.clear()
+        return threads
+
+    def reap(self) -> None:
+        """Forget the threads that have ended (one not started yet stays)."""
+        with self._lock:
+            self[:] = [t for t in self if t.ident is None or t.is_alive()]
+
+    def join(self) -> None:
+        """Forget every thread and wait for each to end."""
+        for thread in self.pop_all():
+            while thread.is_alive():
+                thread.join(_SIGNAL_CHECK)  # returns to Python: see _SIGNAL_CHECK
+
+
+class _NoThreads:
+    """What `_threads` is without block_on_close: records nothing, waits for nothing."""
+
+    def append(self, thread: threading.Thread) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
 class _RequestThreads:
     """The live threads of one server, with the wait for a free slot (max_threads).
 
     A thread is registered before it starts and forgets itself when it ends, so finished
-    threads are never kept. The wait for a slot selects on a private socketpair (written to
-    by every thread that ends) and on the server's wakeup fd, so `shutdown()` interrupts it,
-    and no lock is involved that a signal handler calling `shutdown()` could need.
+    threads are never kept; the non-daemon ones are also in `joined` (the server's
+    `_threads`). The wait for a slot selects on a private socketpair (written to by every
+    thread that ends) and on the server's wakeup fd, so `shutdown()` interrupts it, and no
+    lock is involved that a signal handler calling `shutdown()` could need.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.threads: set[threading.Thread] = set()
+        self.joined = _Threads()
         self.starting = 0  # registered, start() not returned yet
         self.started = threading.Condition(self.lock)  # notified when `starting` drops to 0
         self.snapshots = 0  # callers of `snapshot` waiting on `started`
@@ -244,12 +302,14 @@ class _RequestThreads:
     ) -> bool:
         """Register and start `thread`, first waiting while `limit` threads are alive.
 
-        `snapshot` waits for the starts in progress, so it never returns a thread not yet
-        started. Returns False, without starting, when `should_stop()` turns true during the
-        wait; a failed start is unregistered and raises.
+        A non-daemon thread is recorded in `joined` too. `snapshot` waits for the starts in
+        progress, so it never returns a thread not yet started. Returns False, without
+        starting, when `should_stop()` turns true during the wait; a failed start is
+        unregistered and raises.
         """
         if not self._register(thread, limit, should_stop, wakeup_fd):
             return False
+        self.joined.append(thread)
         try:
             thread.start()
         except BaseException:
@@ -299,6 +359,7 @@ class _RequestThreads:
 
     def discard(self, thread: threading.Thread) -> None:
         """Forget `thread` and wake whoever waits for a slot."""
+        self.joined.discard(thread)
         with self.lock:
             self.threads.discard(thread)
             for waiter in self.waiters:
@@ -324,7 +385,9 @@ class ThreadingMixIn:
     at once; when N are busy the server waits for one to end before it handles the next
     request (a shutdown request ends that wait, and the request is refused).
 
-    Instance variables: `live_threads` (sockserve's: how many of the server's threads run).
+    Instance variables: `live_threads` (sockserve's: how many of the server's threads run),
+    and the stdlib's `_threads` (the running non-daemon threads, a list, made at the first
+    request; without block_on_close, a placeholder that records nothing).
 
     Methods for derived classes: `start_tracked_thread(target)` starts a thread of the
     server's own that counts and is joined as request threads are; not to be overridden.
@@ -340,6 +403,8 @@ class ThreadingMixIn:
     #: with max_threads. server_close ends the idle threads at once.
     reuse_threads: bool = False
     thread_idle_timeout: float = 0.1
+    #: The stdlib's: replaced per instance by the recording list when block_on_close is set.
+    _threads: _Threads | _NoThreads = _NoThreads()
 
     # The server class the mixin goes before supplies these: declared for type checkers only
     # (an annotation makes no attribute, so the server's own are found).
@@ -367,6 +432,8 @@ class ThreadingMixIn:
     def _start(self, thread: threading.Thread, limit: int | None = None) -> bool:
         """Start `thread` (once fewer than `limit` run); False if a shutdown request came."""
         state = self._request_threads()
+        if self.block_on_close:  # as the stdlib: `_threads` made per instance, at first use
+            vars(self).setdefault("_threads", state.joined)
         if limit is None:
             return state.start(thread)
         return state.start(thread, limit, lambda: self.shutdown_requested, self.wakeup_fileno)
