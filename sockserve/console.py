@@ -8,18 +8,15 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
 
-from .socketserver._log import when_logging
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import logging
     from collections.abc import Mapping
-    from types import ModuleType
     from typing import IO, Any
 
 PROG = "sockserve"
@@ -317,36 +314,24 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-_handler_class: Any = None
+class ReporterLogHandler(logging.Handler):
+    """Route log records (framework, event loop) to the reporter as warnings/info lines."""
 
+    def __init__(self, reporter: PlainReporter) -> None:
+        super().__init__()
+        self.reporter = reporter
 
-def _reporter_log_handler(logging: ModuleType) -> type[logging.Handler]:
-    """ReporterLogHandler: route log records (framework, event loop) to the reporter as
-    warnings/info lines. Made at first use, since `logging` is loaded only when needed."""
-    global _handler_class
-    if _handler_class is not None:
-        return _handler_class
-
-    class ReporterLogHandler(logging.Handler):
-        def __init__(self, reporter: PlainReporter) -> None:
-            super().__init__()
-            self.reporter = reporter
-
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                message = record.getMessage()
-                if record.exc_info and record.exc_info[1] is not None:
-                    self.reporter.error(None, record.exc_info[1])
-                elif record.levelno >= logging.WARNING:
-                    self.reporter.warning(message)
-                else:
-                    self.reporter.info(message)
-            except Exception:  # pragma: no cover - never let logging break serving
-                self.handleError(record)
-
-    ReporterLogHandler.__module__ = __name__
-    _handler_class = ReporterLogHandler
-    return ReporterLogHandler
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                self.reporter.error(None, record.exc_info[1])
+            elif record.levelno >= logging.WARNING:
+                self.reporter.warning(message)
+            else:
+                self.reporter.info(message)
+        except Exception:  # pragma: no cover - never let logging break serving
+            self.handleError(record)
 
 
 def silence(*streams: IO[str]) -> None:
@@ -362,20 +347,11 @@ def silence(*streams: IO[str]) -> None:
 
 
 def setup_logging(reporter: PlainReporter, verbosity: int) -> None:
-    """Send the `sockserve` loggers to the reporter; -vv shows debug records.
-
-    Applied at once if `logging` is loaded, else before the first record (so a run that logs
-    nothing never imports it).
-    """
-
-    def route(logging: ModuleType) -> None:
-        handler_class = _reporter_log_handler(logging)
-        root = logging.getLogger("sockserve")
-        for handler in list(root.handlers):
-            if isinstance(handler, handler_class):
-                root.removeHandler(handler)
-        root.addHandler(handler_class(reporter))
-        root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-        root.propagate = False
-
-    when_logging("sockserve", route)
+    """Send the `sockserve` loggers to the reporter; -vv shows debug records."""
+    root = logging.getLogger("sockserve")
+    for handler in list(root.handlers):
+        if isinstance(handler, ReporterLogHandler):
+            root.removeHandler(handler)
+    root.addHandler(ReporterLogHandler(reporter))
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    root.propagate = False

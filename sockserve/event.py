@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from .socketserver._log import LazyLogger
-
-logger = LazyLogger(__name__)  # routed to the reporter (`console.setup_logging`)
+logger = logging.getLogger(__name__)  # routed to the reporter (`console.setup_logging`)
 
 #: How long an abort waits for the loop to report every aborted connection lost.
 _ABORT_WAIT = 2.0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import socket
 import socketserver
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -140,3 +143,37 @@ def test_forking_unix_classes_exist_on_311() -> None:
     assert not hasattr(socketserver, "ForkingUnixStreamServer")
     assert issubclass(ss.ForkingUnixStreamServer, ss.UnixStreamServer)
     assert issubclass(ss.ForkingUnixDatagramServer, ss.UnixDatagramServer)
+
+
+#: CPython's own test_socketserver, run with `socketserver` meaning sockserve. test_all is
+#: left out: it wants every class's __module__ to be "socketserver".
+CPYTHON_SUITE = """
+import sys, unittest
+import sockserve
+sys.modules["socketserver"] = sockserve
+from test import test_socketserver
+assert test_socketserver.socketserver is sockserve
+suite = unittest.TestSuite(
+    test for test in unittest.defaultTestLoader.loadTestsFromModule(test_socketserver)
+    for test in test if test.id().rpartition(".")[2] != "test_all"
+)
+result = unittest.TextTestRunner(verbosity=0).run(suite)
+print(result.testsRun, len(result.failures), len(result.errors), len(result.skipped))
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("test.test_socketserver") is None,
+    reason="this Python has no test package",
+)
+def test_cpythons_own_tests_pass_on_our_framework() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CPYTHON_SUITE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    run, failures, errors, skipped = map(int, result.stdout.splitlines()[-1].split())
+    assert (failures, errors) == (0, 0), result.stderr
+    assert run - skipped >= 25, result.stderr

@@ -243,8 +243,7 @@ def test_get_request(transport: Transport) -> None:
 def test_get_request_gives_what_socket_accept_gives(
     transport: Transport, listener_timeout: float | None
 ) -> None:
-    """The same socket as `socket.accept` (enum family and type, blocking as it decides),
-    though a plain socket's accept skips the enum conversions."""
+    """The same socket as `socket.accept` (enum family and type, blocking as it decides)."""
     with transport.make(echo_handler(transport)) as server:
         server.socket.settimeout(listener_timeout)
         with transport.client(server):
@@ -428,25 +427,32 @@ def test_base_exception_leaves_serve_forever_usable(transport: Transport) -> Non
         assert not loop.is_alive()
 
 
-def test_handle_error_logs_the_traceback(
-    transport: Transport, caplog: pytest.LogCaptureFixture
+RULE = "-" * 40
+
+
+def test_handle_error_prints_the_traceback_on_stderr(
+    transport: Transport, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """As the stdlib's: a rule, the client, the traceback and a rule on stderr; no record."""
+
     class Handler(transport.Handler):
         def handle(self) -> None:
             self.read()
             raise ValueError("boom")
 
-    caplog.set_level(logging.ERROR, logger="sockserve.socketserver")
+    caplog.set_level(logging.DEBUG)
     with transport.make(Handler) as server, transport.client(server) as client:
         client.sendall(b"?")
         server.handle_request()
         client_name = client.getsockname()
-    (record,) = [r for r in caplog.records if r.name == "sockserve.socketserver"]
-    assert record.levelno == logging.ERROR
-    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
-    assert f"Exception occurred during processing of request from {client_name}" in (
-        record.getMessage()
-    )
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:3] == [
+        RULE,
+        f"Exception occurred during processing of request from {client_name}",
+        "Traceback (most recent call last):",
+    ]
+    assert lines[-2:] == ["ValueError: boom", RULE]
+    assert not caplog.records, "printed, not logged"
 
 
 def test_handle_error_reaches_stderr_without_logging_set_up() -> None:
@@ -470,7 +476,60 @@ def test_handle_error_reaches_stderr_without_logging_set_up() -> None:
     client_name = result.stdout.strip()
     assert f"Exception occurred during processing of request from {client_name}" in result.stderr
     assert "Traceback (most recent call last):" in result.stderr
-    assert result.stderr.rstrip().endswith("ValueError: boom")
+    assert result.stderr.rstrip().endswith(f"ValueError: boom\n{RULE}")
+
+
+#: A UDP server whose handler fails, in a program whose root logger sends its records to that
+#: very server (logging.handlers.DatagramHandler): a handle_error that logged would make each
+#: failure send the next request.
+LOGS_TO_ITSELF = """
+import logging.handlers
+import socket
+import {module} as socketserver
+
+calls = 0
+
+class Failing(socketserver.BaseRequestHandler):
+    def handle(self):
+        global calls
+        calls += 1
+        raise ValueError("boom")
+
+with socketserver.UDPServer(("127.0.0.1", 0), Failing) as server:
+    logging.getLogger().addHandler(logging.handlers.DatagramHandler(*server.server_address))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.1", 0))
+        client.sendto(b"?", server.server_address)
+        print(client.getsockname())
+    server.timeout = 0.2
+    for _ in range(3):  # the first handles the datagram; a record sent meanwhile is waiting
+        server.handle_request()
+print(calls)
+"""
+
+
+@pytest.mark.parametrize("module", ["socketserver", "sockserve"])
+def test_handle_error_does_not_feed_a_logging_handler_that_sends_to_the_server(
+    module: str,
+) -> None:
+    """The failing handler runs once and the traceback is on stderr, as with the stdlib
+    (the control); logging it instead looped, one failure per record sent."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOGS_TO_ITSELF.format(module=module)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    client_name, calls = result.stdout.splitlines()
+    assert calls == "1", "the handler ran more than once"
+    lines = result.stderr.splitlines()
+    assert lines[:3] == [
+        RULE,
+        f"Exception occurred during processing of request from {client_name}",
+        "Traceback (most recent call last):",
+    ]
+    assert lines[-2:] == ["ValueError: boom", RULE]
 
 
 # -- serve_forever, service_actions, shutdown ----------------------------------------------------

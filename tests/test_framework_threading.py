@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import gc
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+import sockserve as ss
 
 if TYPE_CHECKING:
     from conftest import Transport
@@ -318,6 +321,125 @@ def test_live_threads_counts_running_handlers(transport: Transport) -> None:
             assert transport.receive(client) == b"done"
         gate.threads[0].join(5)
         assert s.live_threads == 0
+
+
+# -- the stdlib's private `_threads`, which real code and CPython's tests read -----------------
+
+
+def test_threads_reaped_as_cpythons_test_checks() -> None:
+    """CPython's test_threads_reaped (bpo-37193, threads kept forever): after ten requests
+    `len(server._threads)` is below ten; here it is 0 once those threads have ended."""
+
+    class MyServer(ss.ThreadingMixIn, ss.TCPServer):
+        pass
+
+    before = set(threading.enumerate())
+    server = MyServer(("127.0.0.1", 0), ss.StreamRequestHandler)
+    for _ in range(10):
+        with socket.create_connection(server.server_address, timeout=5):
+            server.handle_request()
+    assert len(server._threads) < 10
+    for thread in set(threading.enumerate()) - before:  # the request threads
+        thread.join(5)
+    assert len(server._threads) == 0
+    server.server_close()
+
+
+def test_threads_is_made_per_instance_at_the_first_request(transport: Transport) -> None:
+    """As the stdlib: the class holds a placeholder; the first request gives each server
+    its own list."""
+    with (
+        transport.make(transport.Handler, "threading") as first,
+        transport.make(transport.Handler, "threading") as second,
+    ):
+        assert "_threads" not in vars(first) and first._threads is ss.ThreadingMixIn._threads
+        for server in (first, second):
+            with transport.client(server) as client:
+                client.sendall(b"?")
+                server.handle_request()
+        assert isinstance(first._threads, list) and "_threads" in vars(first)
+        assert first._threads is not second._threads
+
+
+def test_threads_holds_the_running_non_daemon_threads_and_joins_them(
+    transport: Transport,
+) -> None:
+    gate = Gate()
+    with transport.make(gate.handler(transport.Handler), "threading") as server:
+        with transport.client(server) as client:
+            client.sendall(b"?")
+            server.handle_request()
+            assert gate.entered.wait(5)
+            assert list(server._threads) == gate.threads
+            releaser = threading.Timer(0.2, gate.release.set)
+            releaser.start()
+            server._threads.join()  # waits for the handler, let go 0.2 s later
+            assert gate.done.is_set() and not gate.threads[0].is_alive()
+            assert len(server._threads) == 0
+            releaser.join()
+
+
+def test_threads_leaves_daemon_threads_out(transport: Transport) -> None:
+    gate = Gate()
+    with transport.make(gate.handler(transport.Handler), "threading", daemon_threads=True) as s:
+        with transport.client(s) as client:
+            client.sendall(b"?")
+            s.handle_request()
+            assert gate.entered.wait(5)
+            assert len(s._threads) == 0 and s.live_threads == 1
+            gate.release.set()
+        gate.threads[0].join(5)
+
+
+def test_threads_without_block_on_close_records_nothing(transport: Transport) -> None:
+    """block_on_close off: `_threads` stays the class's placeholder, whose join waits for
+    nothing (the stdlib's _NoThreads)."""
+    gate = Gate()
+    server = transport.make(gate.handler(transport.Handler), "threading", block_on_close=False)
+    try:
+        with server, transport.client(server) as client:
+            client.sendall(b"?")
+            server.handle_request()
+            assert gate.entered.wait(5)
+            assert "_threads" not in vars(server)
+            assert server._threads is ss.ThreadingMixIn._threads
+            server._threads.append(gate.threads[0])
+            server._threads.join()  # returns at once, the handler still parked
+            assert gate.threads[0].is_alive()
+    finally:
+        gate.release.set()
+        gate.threads[0].join(5)
+
+
+def test_threads_reap_forgets_the_ended_ones() -> None:
+    from sockserve.socketserver.mixins import _Threads
+
+    release = threading.Event()
+    ended = threading.Thread(target=lambda: None)
+    running = threading.Thread(target=release.wait, args=(5,))
+    daemon = threading.Thread(target=release.wait, args=(5,), daemon=True)
+    for thread in (ended, running, daemon):
+        thread.start()
+    ended.join()
+    threads = _Threads()
+    for thread in (ended, running, daemon):
+        threads.append(thread)
+    assert list(threads) == [ended, running]  # a daemon is not recorded
+    threads.reap()
+    assert list(threads) == [running]
+    release.set()
+    threads.join()
+    assert not running.is_alive() and list(threads) == []
+    daemon.join(5)
+
+
+def test_start_tracked_thread_is_in_threads(transport: Transport) -> None:
+    release = threading.Event()
+    with transport.make(transport.Handler, "threading") as server:
+        thread = server.start_tracked_thread(lambda: release.wait(5) or None)
+        assert list(server._threads) == [thread]
+        release.set()
+    assert not thread.is_alive() and len(server._threads) == 0
 
 
 def test_handler_error_in_thread(transport: Transport) -> None:

@@ -25,8 +25,20 @@ Where sockserve goes further than the stdlib, it keeps the stdlib's behaviour by
 `shutdown()` wakes the loop at once; `ThreadingMixIn.max_threads` bounds the threads, and
 `ThreadingMixIn.reuse_threads` lets a thread take the next request instead of ending;
 `ForkingMixIn` waits for a free child slot on pidfds instead of polling; `dualstack_ipv6`
-lets a server on "::" accept IPv4; errors are logged through `logging`. The Unix and Forking
-classes exist where the platform has AF_UNIX and fork(), all of them on Python 3.11 too.
+lets a server on "::" accept IPv4. As in the stdlib, `handle_error` prints the traceback on
+stderr (override it to report errors another way). The Unix and Forking classes exist where
+the platform has AF_UNIX and fork(), all of them on Python 3.11 too.
+
+Extension points. BaseServer's docstring lists, as the stdlib's does, the methods for the
+caller, those that may be overridden or only extended, and the class and instance variables;
+sockserve adds a few, public and documented there, for servers that drive the loop in other
+ways: `request_shutdown()` (stop without waiting, from a signal handler too),
+`wakeup_fileno()` and `shutdown_requested` (for waits of a server's own that must end when it
+stops), `handle_ready()` (what the loop does when the socket is readable: one request, or a
+batch in an override), `loop_handles_requests` (False: other threads take the requests), and
+`ThreadingMixIn.start_tracked_thread(target)` (a thread of the server's own, counted in
+`live_threads` and joined by `server_close`). Private stdlib names that code reads keep
+working: `_handle_request_noblock()`, `ThreadingMixIn._threads`.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import socket
+from typing import TYPE_CHECKING, Any, ClassVar
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from .servers import BaseServer, _RequestType, _RetAddress
 
 __all__ = ["BaseRequestHandler", "StreamRequestHandler", "DatagramRequestHandler"]
 
@@ -20,7 +20,13 @@ class BaseRequestHandler:
     `setup()` raises. Override `handle()`; extend `setup()`/`finish()` with super() calls.
     """
 
-    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+    request: Any
+    client_address: _RetAddress
+    server: BaseServer
+
+    def __init__(
+        self, request: _RequestType, client_address: _RetAddress, server: BaseServer
+    ) -> None:
         self.request = request
         self.client_address = client_address
         self.server = server
@@ -66,10 +72,13 @@ class StreamRequestHandler(BaseRequestHandler):
     `disable_nagle_algorithm` (set TCP_NODELAY).
     """
 
-    rbufsize: int = -1
-    wbufsize: int = 0
-    timeout: float | None = None
-    disable_nagle_algorithm: bool = False
+    rbufsize: ClassVar[int] = -1
+    wbufsize: ClassVar[int] = 0
+    timeout: ClassVar[float | None] = None
+    disable_nagle_algorithm: ClassVar[bool] = False
+    connection: Any
+    rfile: io.BufferedIOBase
+    wfile: io.BufferedIOBase
 
     def setup(self) -> None:
         """Apply the socket options and create `rfile` and `wfile`."""
@@ -80,7 +89,7 @@ class StreamRequestHandler(BaseRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.rfile = self.connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:
-            self.wfile: io.BufferedIOBase = _SocketWriter(self.connection)
+            self.wfile = _SocketWriter(self.connection)
         else:
             self.wfile = self.connection.makefile("wb", self.wbufsize)
 
@@ -109,6 +118,11 @@ class DatagramRequestHandler(BaseRequestHandler):
 
     On finish, what was written to `wfile` is sent back to `client_address` as one datagram.
     """
+
+    packet: bytes
+    socket: socket.socket
+    rfile: io.BytesIO  # typeshed says BufferedIOBase; BytesIO is one, and has getvalue()
+    wfile: io.BytesIO
 
     def setup(self) -> None:
         """Wrap the received packet in `rfile` and start an empty `wfile`."""

@@ -6,40 +6,21 @@ A mixin goes first in the bases, because it overrides `process_request` (and ext
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
-from ._log import LazyLogger
-from .servers import TCPServer, UDPServer, _Waker
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from _queue import SimpleQueue
-    from collections.abc import Callable
-    from types import ModuleType
-    from typing import Any
+from .servers import TCPServer, UDPServer, _RequestType, _RetAddress, _Waker
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
 
-logger = LazyLogger("sockserve.socketserver")
-
-
-def _queues() -> ModuleType:
-    """SimpleQueue and Empty, from `_queue` as `queue` re-exports them (without heapq & co.);
-    loaded when a reusable thread first waits, so other servers never load the extension."""
-    try:
-        import _queue
-    except ImportError:  # pragma: no cover - other Pythons
-        import queue as _queue
-    return _queue
-
-
-def _shutdown_requested(server: object) -> bool:
-    return bool(getattr(server, "shutdown_requested", False))
-
+logger = logging.getLogger(__name__)
 
 #: A wait for requests to end (server_close, a full max_children) wakes this often (seconds).
 #: A signal that arrives just before such a wait begins does not interrupt it: its Python
@@ -59,7 +40,8 @@ if hasattr(os, "fork"):
         live child pids, or None before the first fork.
 
         A child handles one request and leaves through `os._exit`: status 0 when the handler
-        returned, 1 when it raised.
+        returned, 1 when it raised. The waits for a free slot end early on a shutdown request
+        (`shutdown_requested`, `wakeup_fileno()`): the request is then refused.
         """
 
         timeout: float | None = 300
@@ -68,13 +50,24 @@ if hasattr(os, "fork"):
         block_on_close: bool = True
         _pidfds: dict[int, int] | None = None
 
+        # The server class the mixin goes before supplies these: declared for type checkers
+        # only (an annotation makes no attribute, so the server's own are found).
+        finish_request: Callable[[_RequestType, _RetAddress], None]
+        handle_error: Callable[[_RequestType, _RetAddress], None]
+        shutdown_request: Callable[[_RequestType], None]
+        close_request: Callable[[_RequestType], None]
+        wakeup_fileno: Callable[[], int | None]
+        shutdown_requested: bool
+
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap finished children; first wait until fewer than `max_children` are alive."""
             if self.active_children is None:
                 return
             while len(self.active_children) >= self.max_children:
                 self._reap()
-                if len(self.active_children) < self.max_children or _shutdown_requested(self):
+                if len(self.active_children) < self.max_children:
+                    break
+                if self.shutdown_requested:
                     break
                 self._wait_for_any_child()
             self._reap()
@@ -115,7 +108,7 @@ if hasattr(os, "fork"):
                 with selectors.DefaultSelector() as sel:
                     for pid in self.active_children:
                         sel.register(pidfds[pid], selectors.EVENT_READ)
-                    waker = getattr(self, "wakeup_fileno", lambda: None)()
+                    waker = self.wakeup_fileno()
                     if waker is not None:
                         sel.register(waker, selectors.EVENT_READ)  # shutdown() interrupts
                     sel.select(_SIGNAL_CHECK)
@@ -141,11 +134,11 @@ if hasattr(os, "fork"):
             """Reap finished children (called on each `serve_forever` iteration)."""
             self.collect_children()
 
-        def process_request(self, request: Any, client_address: Any) -> None:
+        def process_request(self, request: _RequestType, client_address: _RetAddress) -> None:
             """Fork a child that handles the request; the parent only closes its copy."""
             self.collect_children()  # waits here while max_children are alive
             if self.active_children and len(self.active_children) >= self.max_children:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
+                self.shutdown_request(request)
                 return  # shutdown() interrupted the wait: refuse rather than exceed the bound
             pid = os.fork()
             if pid:
@@ -159,17 +152,17 @@ if hasattr(os, "fork"):
                         self._pidfds[pid] = os.pidfd_open(pid)
                     except OSError:
                         pass  # kernel without pidfds: fall back to waitpid
-                self.close_request(request)  # type: ignore[attr-defined]
+                self.close_request(request)
                 return
             status = 1
             try:
-                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+                self.finish_request(request, client_address)
                 status = 0
             except Exception:
-                self.handle_error(request, client_address)  # type: ignore[attr-defined]
+                self.handle_error(request, client_address)
             finally:
                 try:
-                    self.shutdown_request(request)  # type: ignore[attr-defined]
+                    self.shutdown_request(request)
                 finally:
                     os._exit(status)
 
@@ -179,7 +172,7 @@ if hasattr(os, "fork"):
             Children still running are left alone (they stay in `active_children`, for a later
             `collect_children`), but their pidfds are closed: the server keeps no descriptor.
             """
-            super().server_close()  # type: ignore[misc]
+            super().server_close()  # type: ignore[misc]  # the server class's (a mixin)
             self.collect_children(blocking=self.block_on_close)
             if self._pidfds:
                 for fd in self._pidfds.values():
@@ -187,26 +180,83 @@ if hasattr(os, "fork"):
                 self._pidfds.clear()
 
 
+class _Threads(list[threading.Thread]):
+    """The non-daemon threads `server_close` waits for: the stdlib's `_threads`.
+
+    As the stdlib's: `append` records a thread (not a daemon one) before it starts, `reap`
+    forgets the ended ones, `join` forgets and joins them all. Here a thread also removes
+    itself when it ends (`discard`), so the list holds only the running ones and `append`
+    has nothing to reap. A lock keeps those changes whole.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def append(self, thread: threading.Thread) -> None:
+        """Record `thread`, unless it is a daemon."""
+        if not thread.daemon:
+            with self._lock:
+                super().append(thread)
+
+    def discard(self, thread: threading.Thread) -> None:
+        """Forget `thread` if it is recorded."""
+        with self._lock:
+            try:
+                self.remove(thread)
+            except ValueError:
+                pass  # a daemon, or already taken by pop_all
+
+    def pop_all(self) -> list[threading.Thread]:
+        """Forget every thread and return them."""
+        with self._lock:
+            threads = self[:]
+            self.clear()
+        return threads
+
+    def reap(self) -> None:
+        """Forget the threads that have ended (one not started yet stays)."""
+        with self._lock:
+            self[:] = [t for t in self if t.ident is None or t.is_alive()]
+
+    def join(self) -> None:
+        """Forget every thread and wait for each to end."""
+        for thread in self.pop_all():
+            while thread.is_alive():
+                thread.join(_SIGNAL_CHECK)  # returns to Python: see _SIGNAL_CHECK
+
+
+class _NoThreads:
+    """What `_threads` is without block_on_close: records nothing, waits for nothing."""
+
+    def append(self, thread: threading.Thread) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
 class _RequestThreads:
-    """The live request threads of one server, with the wait for a free slot (max_threads).
+    """The live threads of one server, with the wait for a free slot (max_threads).
 
     A thread is registered before it starts and forgets itself when it ends, so finished
-    threads are never kept. The wait for a slot selects on a private socketpair (written to
-    by every thread that ends) and on the server's wakeup fd, so `shutdown()` interrupts it,
-    and no lock is involved that a signal handler calling `shutdown()` could need.
+    threads are never kept; the non-daemon ones are also in `joined` (the server's
+    `_threads`). The wait for a slot selects on a private socketpair (written to by every
+    thread that ends) and on the server's wakeup fd, so `shutdown()` interrupts it, and no
+    lock is involved that a signal handler calling `shutdown()` could need.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.threads: set[threading.Thread] = set()
+        self.joined = _Threads()
         self.starting = 0  # registered, start() not returned yet
         self.started = threading.Condition(self.lock)  # notified when `starting` drops to 0
         self.snapshots = 0  # callers of `snapshot` waiting on `started`
         self.waiters: set[_Waker] = set()
         # reuse_threads: requests handed to threads waiting for one (`idle` of them, not
-        # counting the requests already queued for them); None tells one to end. Made when
-        # the first thread waits (no request is handed over before).
-        self.jobs: SimpleQueue[tuple[Any, Any] | None] | None = None
+        # counting the requests already queued for them); None tells one to end.
+        self.jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self.idle = 0
         self.closed = False
 
@@ -221,21 +271,17 @@ class _RequestThreads:
 
     def next_job(self, idle_timeout: float) -> tuple[Any, Any] | None:
         """For a reusable thread done with a request: wait for the next one, or None to end."""
-        queues = _queues()
         with self.lock:
             if self.closed:
                 return None
-            if self.jobs is None:
-                self.jobs = queues.SimpleQueue()
-            jobs = self.jobs
             self.idle += 1
         try:
-            return jobs.get(timeout=idle_timeout)
-        except queues.Empty:
+            return self.jobs.get(timeout=idle_timeout)
+        except queue.Empty:
             with self.lock:  # a request may have been handed over as the wait ran out
                 try:
-                    return jobs.get_nowait()
-                except queues.Empty:
+                    return self.jobs.get_nowait()
+                except queue.Empty:
                     self.idle -= 1
                     return None
 
@@ -256,12 +302,14 @@ class _RequestThreads:
     ) -> bool:
         """Register and start `thread`, first waiting while `limit` threads are alive.
 
-        `snapshot` waits for the starts in progress, so it never returns a thread not yet
-        started. Returns False, without starting, when `should_stop()` turns true during the
-        wait; a failed start is unregistered and raises.
+        A non-daemon thread is recorded in `joined` too. `snapshot` waits for the starts in
+        progress, so it never returns a thread not yet started. Returns False, without
+        starting, when `should_stop()` turns true during the wait; a failed start is
+        unregistered and raises.
         """
         if not self._register(thread, limit, should_stop, wakeup_fd):
             return False
+        self.joined.append(thread)
         try:
             thread.start()
         except BaseException:
@@ -311,6 +359,7 @@ class _RequestThreads:
 
     def discard(self, thread: threading.Thread) -> None:
         """Forget `thread` and wake whoever waits for a slot."""
+        self.joined.discard(thread)
         with self.lock:
             self.threads.discard(thread)
             for waiter in self.waiters:
@@ -334,8 +383,14 @@ class ThreadingMixIn:
     `block_on_close` (server_close joins the non-daemon threads unless False), and sockserve's
     `max_threads`: None for no limit (the stdlib's way), or N to run at most N request threads
     at once; when N are busy the server waits for one to end before it handles the next
-    request (`shutdown()` interrupts that wait). Finished threads are forgotten at once, never
-    kept in a list; `live_threads` counts the running ones.
+    request (a shutdown request ends that wait, and the request is refused).
+
+    Instance variables: `live_threads` (sockserve's: how many of the server's threads run),
+    and the stdlib's `_threads` (the running non-daemon threads, a list, made at the first
+    request; without block_on_close, a placeholder that records nothing).
+
+    Methods for derived classes: `start_tracked_thread(target)` starts a thread of the
+    server's own that counts and is joined as request threads are; not to be overridden.
     """
 
     daemon_threads: bool = False
@@ -348,23 +403,42 @@ class ThreadingMixIn:
     #: with max_threads. server_close ends the idle threads at once.
     reuse_threads: bool = False
     thread_idle_timeout: float = 0.1
+    #: The stdlib's: replaced per instance by the recording list when block_on_close is set.
+    _threads: _Threads | _NoThreads = _NoThreads()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    # The server class the mixin goes before supplies these: declared for type checkers only
+    # (an annotation makes no attribute, so the server's own are found).
+    finish_request: Callable[[_RequestType, _RetAddress], None]
+    handle_error: Callable[[_RequestType, _RetAddress], None]
+    shutdown_request: Callable[[_RequestType], None]
+    wakeup_fileno: Callable[[], int | None]
+    shutdown_requested: bool
+
+    def process_request_thread(self, request: _RequestType, client_address: _RetAddress) -> None:
         """Run in a thread: handle the request, report an Exception, close the request."""
         try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            self.finish_request(request, client_address)
         except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            self.handle_error(request, client_address)
         finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
 
     def _request_threads(self) -> _RequestThreads:
-        state = vars(self).get("_sockserve_threads")
+        state: _RequestThreads | None = vars(self).get("_sockserve_threads")
         if state is None:
             state = vars(self).setdefault("_sockserve_threads", _RequestThreads())
         return state
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def _start(self, thread: threading.Thread, limit: int | None = None) -> bool:
+        """Start `thread` (once fewer than `limit` run); False if a shutdown request came."""
+        state = self._request_threads()
+        if self.block_on_close:  # as the stdlib: `_threads` made per instance, at first use
+            vars(self).setdefault("_threads", state.joined)
+        if limit is None:
+            return state.start(thread)
+        return state.start(thread, limit, lambda: self.shutdown_requested, self.wakeup_fileno)
+
+    def process_request(self, request: _RequestType, client_address: _RetAddress) -> None:
         """Start a thread that handles the request (with max_threads, once a slot is free)."""
         state = self._request_threads()
         reuse = self.reuse_threads and self.max_threads is None
@@ -375,20 +449,16 @@ class ThreadingMixIn:
             args=(request, client_address),
             daemon=self.daemon_threads,
         )
-        limit = self.max_threads
-        if limit is None:
-            state.start(thread)  # no wait for a slot
-            return
-        wakeup_fd = getattr(self, "wakeup_fileno", lambda: None)
-        if not state.start(thread, limit, lambda: _shutdown_requested(self), wakeup_fd):
-            self.shutdown_request(request)  # type: ignore[attr-defined]
-            return  # shutdown() interrupted the wait: refuse rather than exceed the bound
+        if not self._start(thread, self.max_threads):
+            self.shutdown_request(request)
+            return  # a shutdown request ended the wait: refuse rather than exceed the bound
 
     def start_tracked_thread(self, target: Callable[[], None]) -> threading.Thread:
         """Start a thread of the server's own, tracked as the request threads are.
 
         It counts in `live_threads` and `server_close` joins it (unless daemonic); it is
         forgotten when `target` returns. `max_threads` does not apply: the caller bounds it.
+        For derived classes; do not override.
         """
         state = self._request_threads()
 
@@ -400,16 +470,16 @@ class ThreadingMixIn:
 
         name = f"{type(self).__name__} ({getattr(target, '__name__', 'thread')})"
         thread = threading.Thread(target=run, name=name, daemon=self.daemon_threads)
-        state.start(thread)
+        self._start(thread)
         return thread
 
-    def _run_tracked(self, request: Any, client_address: Any) -> None:
+    def _run_tracked(self, request: _RequestType, client_address: _RetAddress) -> None:
         try:
             self.process_request_thread(request, client_address)
         finally:
             self._request_threads().discard(threading.current_thread())
 
-    def _run_reusable(self, request: Any, client_address: Any) -> None:
+    def _run_reusable(self, request: _RequestType, client_address: _RetAddress) -> None:
         state = self._request_threads()
         job: tuple[Any, Any] | None = (request, client_address)
         try:
@@ -421,7 +491,7 @@ class ThreadingMixIn:
 
     def server_close(self) -> None:
         """Close the server, then join non-daemon threads unless block_on_close is False."""
-        super().server_close()  # type: ignore[misc]
+        super().server_close()  # type: ignore[misc]  # the server class's (a mixin)
         state = self._request_threads()
         state.close()
         if self.block_on_close:
@@ -436,7 +506,7 @@ class ThreadingMixIn:
 
     @property
     def live_threads(self) -> int:
-        """How many request threads are running now, daemon or not (sockserve's addition)."""
+        """How many of the server's threads are running now, daemon or not."""
         return len(self._request_threads().threads)
 
 

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import selectors
 import socket
+import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
-from ._log import LazyLogger
-
-# The int values behind socket.family and socket.type (which convert them to enums).
-_raw_family = socket.SocketType.family.__get__
-_raw_type = socket.SocketType.type.__get__
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+    from .handlers import BaseRequestHandler
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer"]
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["UnixStreamServer", "UnixDatagramServer"]
 
-logger = LazyLogger("sockserve.socketserver")
+# The shapes typeshed's socketserver.pyi gives these, so that type checkers see no difference.
+_Address: TypeAlias = tuple[Any, ...] | str | bytes | bytearray | memoryview
+_RetAddress: TypeAlias = Any
+_Socket: TypeAlias = socket.socket
+_RequestType: TypeAlias = _Socket | tuple[bytes, _Socket]
+_AfInetAddress: TypeAlias = tuple[str | bytes | bytearray, int]
+_AfInet6Address: TypeAlias = tuple[str | bytes | bytearray, int, int, int]
+_AfUnixAddress: TypeAlias = str | bytes | bytearray | memoryview
 
 # poll() has no limit on the number of file descriptors; select() is the fallback.
 if hasattr(selectors, "PollSelector"):
@@ -65,35 +68,55 @@ class BaseServer:
 
     Methods for the caller:
     - __init__(server_address, RequestHandlerClass)
-    - serve_forever(poll_interval=0.5), shutdown(), handle_request(), server_close(), fileno()
+    - serve_forever(poll_interval=0.5)
+    - shutdown(): stop the loop and wait for it (returns at once from the loop's own thread)
+    - request_shutdown(): ask the loop to stop without waiting (any thread, signal handlers)
+    - handle_request(): if you do not use serve_forever()
+    - server_close()
+    - fileno() -> int: for selectors
+    - wakeup_fileno() -> int | None: readable once a shutdown is asked for, while the loop runs
 
     Methods that may be overridden:
     - server_bind(), server_activate(), get_request() -> (request, client_address),
-      handle_timeout(), verify_request(request, client_address),
+      handle_timeout(), verify_request(request, client_address), server_close(),
       process_request(request, client_address), shutdown_request(request),
       close_request(request), service_actions(), handle_error(request, client_address)
+    - handle_ready(): what serve_forever does when the socket is readable (one request); an
+      override may handle several, calling the base once for each
+
+    Methods that may be extended (call the base), not overridden:
+    - __init__(server_address, RequestHandlerClass), request_shutdown()
 
     Methods for derived classes:
     - finish_request(request, client_address)
 
     Class variables that may be overridden by derived classes or instances:
     - timeout, address_family, socket_type, allow_reuse_address, allow_reuse_port
+    - loop_handles_requests: False leaves the socket to other threads (serve_forever then
+      only runs service_actions() until shutdown)
 
     Instance variables:
-    - RequestHandlerClass, socket
+    - RequestHandlerClass, server_address, socket
+    - shutdown_requested (read-only): True from a shutdown request until the loop has ended
 
-    Unlike the stdlib, `shutdown()` wakes the loop instead of waiting for the next poll, and
-    returns at once when called from inside the loop (where the stdlib would deadlock).
+    Beyond the stdlib, `shutdown()` wakes the loop at once instead of at its next poll.
     """
 
     timeout: float | None = None
-    #: sockserve's: False for a server whose requests are taken by other threads (threads
-    #: waiting in accept themselves): `serve_forever` then leaves the socket alone and only
-    #: runs `service_actions()` every `poll_interval` until `shutdown()`.
-    loop_handles_requests = True
+    loop_handles_requests: bool = True
+    server_address: _Address
+    RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler]
+    # What the socket servers provide, declared for type checkers only (no attributes here).
+    socket: _Socket
+    fileno: Callable[[], int]
+    get_request: Callable[[], tuple[Any, Any]]
 
-    def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
-        """Store the address and handler class; subclasses create the socket."""
+    def __init__(
+        self,
+        server_address: _Address,
+        RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler],
+    ) -> None:
+        """Store the address and handler class; may be extended, not overridden."""
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self.__is_shut_down = threading.Event()
@@ -103,28 +126,33 @@ class BaseServer:
         self.__waker_lock = threading.Lock()
 
     def server_activate(self) -> None:
-        """Called by the constructor to activate the server; may be overridden."""
+        """Activate the server (called by the constructor); may be overridden."""
 
-    # The request loop:
-    # serve_forever / handle_request -> _handle_request_noblock
-    #   -> get_request -> verify_request -> process_request -> finish_request
-    #   an Exception from the steps goes to handle_error, then shutdown_request.
+    # The request loop, step by step:
+    # - serve_forever waits until the socket is readable and calls handle_ready();
+    #   handle_request waits for one request and calls _handle_request_noblock() itself.
+    # - _handle_request_noblock: get_request (one kind per socket type) -> verify_request ->
+    #   process_request (where a mixin starts a thread or forks) -> finish_request, which
+    #   instantiates RequestHandlerClass; the handler does the work in its constructor.
+    # - An Exception from those steps goes to handle_error, then shutdown_request; anything
+    #   else (SystemExit, KeyboardInterrupt) gets shutdown_request and propagates.
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Handle requests until `shutdown()` is called.
+        """Handle requests until a shutdown is asked for.
 
-        Checks for shutdown every `poll_interval` seconds at the latest (sooner: shutdown wakes
-        the loop), ignores `self.timeout`, and calls `service_actions()` once per iteration.
+        Looks at the shutdown flag every `poll_interval` seconds at the latest (sooner: a
+        shutdown request wakes the loop), ignores `self.timeout`, and calls
+        `service_actions()` once per iteration.
         """
         self.__is_shut_down.clear()
         self.__serving_thread = threading.get_ident()
         with self.__waker_lock:
-            self.__waker = _Waker()
+            waker = self.__waker = _Waker()
         try:
             with _ServerSelector() as selector:
                 if self.loop_handles_requests:
                     selector.register(self, selectors.EVENT_READ)
-                selector.register(self.__waker, selectors.EVENT_READ)
+                selector.register(waker, selectors.EVENT_READ)
                 while not self.__shutdown_request:
                     events = selector.select(poll_interval)
                     if self.__shutdown_request:
@@ -133,11 +161,11 @@ class BaseServer:
                         if key.fileobj is self:
                             self.handle_ready()
                         else:
-                            self.__waker.drain()
+                            waker.drain()
                     self.service_actions()
         finally:
             with self.__waker_lock:
-                self.__waker.close()
+                waker.close()
                 self.__waker = None
             self.__serving_thread = None
             self.__shutdown_request = False
@@ -155,40 +183,49 @@ class BaseServer:
         self.__is_shut_down.wait()
 
     def request_shutdown(self) -> None:
-        """Ask the loop to stop without waiting: safe from any thread and signal handlers."""
+        """Ask the loop to stop, without waiting; safe from any thread and signal handlers.
+
+        May be extended (to record why, say), not overridden: `shutdown()` calls it.
+        """
         self.__shutdown_request = True
-        self._wake()
-
-    def handle_ready(self) -> None:
-        """Handle what is waiting on the socket; `serve_forever` calls it when it is readable.
-
-        Handles one request (`_handle_request_noblock`); may be overridden to handle several
-        waiting requests per wake-up (call the base once per request).
-        """
-        self._handle_request_noblock()
-
-    def _wake(self) -> None:
-        """Make a running `serve_forever` look at its flags now.
-
-        Takes no lock, so it is safe from a signal handler: a waker closed concurrently just
-        makes the send fail, and the loop is then gone anyway.
-        """
+        # No lock here, so that a signal handler can call this: a waker closed meanwhile
+        # makes the send fail, and the loop is then gone anyway.
         waker = self.__waker
         if waker is not None:
             waker.wake()
 
+    @property
+    def shutdown_requested(self) -> bool:
+        """True from a shutdown request until the loop it stops has ended.
+
+        Long waits of a server's own (for a free thread or child slot) look at it, with
+        `wakeup_fileno()`, to give up when the server stops.
+        """
+        return self.__shutdown_request
+
     def wakeup_fileno(self) -> int | None:
-        """The fd that turns readable when `shutdown()` is called, while the loop runs."""
+        """The descriptor that turns readable on a shutdown request, while the loop runs.
+
+        None when no loop runs. Add it to the selector of a wait that must end when the
+        server stops; only the loop reads it.
+        """
         waker = self.__waker
         return None if waker is None else waker.fileno()
 
-    @property
-    def shutdown_requested(self) -> bool:
-        """True between a `shutdown()` call and the end of the loop it stops."""
-        return self.__shutdown_request
+    def handle_ready(self) -> None:
+        """Handle the request waiting on the socket; `serve_forever` calls it when readable.
+
+        May be overridden, to handle several waiting requests per wake-up for instance: call
+        the base once per request (it handles exactly one, without blocking).
+        """
+        self._handle_request_noblock()
 
     def service_actions(self) -> None:
-        """Called once per `serve_forever` iteration; may be overridden (extend, in mixins)."""
+        """Do periodic work; called once per `serve_forever` iteration.
+
+        May be overridden; the mixins extend it (call the base in an override of a server
+        class that uses one).
+        """
 
     def handle_request(self) -> None:
         """Handle one request, waiting at most `self.timeout` seconds for it.
@@ -233,44 +270,47 @@ class BaseServer:
     def handle_timeout(self) -> None:
         """Called when `handle_request` times out; may be overridden (does nothing here)."""
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
+    def verify_request(self, request: _RequestType, client_address: _RetAddress) -> bool:
         """Return True to handle the request, False to drop it; may be overridden."""
         return True
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Handle the request, then shut it down; the mixins override this."""
+    def process_request(self, request: _RequestType, client_address: _RetAddress) -> None:
+        """Handle the request, then shut it down; may be overridden (the mixins do)."""
         self.finish_request(request, client_address)
         self.shutdown_request(request)
 
     def server_close(self) -> None:
         """Clean up the server; may be overridden."""
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    def finish_request(self: Self, request: _RequestType, client_address: _RetAddress) -> None:
         """Instantiate `RequestHandlerClass`, which handles the request."""
         self.RequestHandlerClass(request, client_address, self)
 
-    def shutdown_request(self, request: Any) -> None:
-        """Close the individual request."""
+    def shutdown_request(self, request: _RequestType) -> None:
+        """Shut down and close one request; may be overridden."""
         self.close_request(request)
 
-    def close_request(self, request: Any) -> None:
-        """Clean up an individual request; may be overridden."""
+    def close_request(self, request: _RequestType) -> None:
+        """Clean up one request; may be overridden."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Report an `Exception` raised while handling a request, then go on serving.
+    def handle_error(self, request: _RequestType, client_address: _RetAddress) -> None:
+        """Print the exception being handled to stderr, then go on serving; may be overridden.
 
-        The report is logged on the "sockserve.socketserver" logger at ERROR level with the
-        traceback; with no logging configured it appears on stderr, as the stdlib prints it.
-        May be overridden.
+        As the stdlib's: a rule of 40 dashes, the line "Exception occurred during processing
+        of request from <client_address>", the traceback and another rule, printed (not
+        logged, so that a logging handler that sends to this very server cannot loop).
         """
-        logger.error(
-            "%s\nException occurred during processing of request from %s",
-            "-" * 40,
+        rule = "-" * 40
+        print(rule, file=sys.stderr)
+        print(
+            "Exception occurred during processing of request from",
             client_address,
-            exc_info=True,
+            file=sys.stderr,
         )
+        traceback.print_exc()
+        print(rule, file=sys.stderr)
 
-    def __enter__(self) -> BaseServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *args: object) -> None:
@@ -291,11 +331,12 @@ class TCPServer(BaseServer):
     allow_reuse_address: bool = False
     allow_reuse_port: bool = False
     dualstack_ipv6: bool = False
+    server_address: _AfInetAddress | _AfInet6Address
 
     def __init__(
         self,
-        server_address: Any,
-        RequestHandlerClass: Callable[..., Any],
+        server_address: _Address,
+        RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler],
         bind_and_activate: bool = True,
     ) -> None:
         """Create the socket, then bind and activate it unless told not to.
@@ -339,21 +380,9 @@ class TCPServer(BaseServer):
         """Return the listening socket's file descriptor, for use with selectors."""
         return self.socket.fileno()
 
-    def get_request(self) -> tuple[Any, Any]:
-        """Accept a connection and return (connected socket, client address).
-
-        A plain `socket.socket` listener is accepted as `socket.accept` does it, without
-        turning its family and type into enums for the new socket (about 1 µs per connection);
-        any other kind of socket (an SSLSocket...) through its own `accept`.
-        """
-        sock = self.socket
-        if type(sock) is not socket.socket:
-            return sock.accept()
-        fd, addr = sock._accept()
-        conn = socket.socket(_raw_family(sock), _raw_type(sock), sock.proto, fileno=fd)
-        if socket.getdefaulttimeout() is None and sock.gettimeout():
-            conn.setblocking(True)  # as socket.accept: not the listener's timeout flags
-        return conn, addr
+    def get_request(self) -> tuple[_Socket, _RetAddress]:
+        """Accept a connection and return (connected socket, client address)."""
+        return self.socket.accept()
 
     def shutdown_request(self, request: Any) -> None:
         """Shut the connection down explicitly for writing, then close it."""
@@ -378,7 +407,9 @@ class UDPServer(TCPServer):
     socket_type: int = socket.SOCK_DGRAM
     max_packet_size: int = 8192
 
-    def get_request(self) -> tuple[Any, Any]:
+    def get_request(  # type: ignore[override]  # a datagram, not a connection (as typeshed)
+        self,
+    ) -> tuple[tuple[bytes, _Socket], _RetAddress]:
         """Receive one datagram and return ((data, socket), client address)."""
         data, client_addr = self.socket.recvfrom(self.max_packet_size)
         return (data, self.socket), client_addr
@@ -400,8 +431,10 @@ if hasattr(socket, "AF_UNIX"):
         """Stream server on a Unix domain socket (a filesystem path, or abstract on Linux)."""
 
         address_family: int = socket.AF_UNIX
+        server_address: _AfUnixAddress  # type: ignore[assignment]  # a path, not (host, port)
 
     class UnixDatagramServer(UDPServer):
         """Datagram server on a Unix domain socket."""
 
         address_family: int = socket.AF_UNIX
+        server_address: _AfUnixAddress  # type: ignore[assignment]  # a path, not (host, port)
