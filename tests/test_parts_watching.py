@@ -98,20 +98,31 @@ def test_kernel_counts_after_the_client_reset() -> None:
 
 
 def _shout_once(
-    captured: list, args: list[str], socket_type: type, closes: bool = False, counts: bool = True
+    captured: list,
+    args: list[str],
+    socket_type: type,
+    closes: bool = False,
+    counts: bool = True,
+    chunks: list[tuple[str, bytes]] | None = None,
 ) -> list[tuple]:
     """Serve a user's handler (it shouts the first line back twice, then closes its socket
     itself if `closes`) for one client sending b"hey\\n"; check the handler got a
-    `socket_type` socket; return the monitor's records (it wants byte counts if `counts`)."""
+    `socket_type` socket; return the monitor's records (it wants byte counts if `counts`).
+    With `chunks`, the monitor wants every chunk (-vv) and appends them there."""
     from clitools import RecordsObserver
 
     from sockserve.compose import make_server
 
     class Monitor(RecordsObserver):
         wants_counts = counts
+        wants_data = chunks is not None
 
         def connected(self, client: object) -> None:
             pass
+
+        def data(self, client: object, direction: str, data: bytes) -> None:
+            assert chunks is not None
+            chunks.append((direction, data))
 
     seen: list[type] = []
 
@@ -224,3 +235,64 @@ def test_a_user_stream_handler_is_counted_on_a_plain_server(transport: str, sock
             assert client.recv(100) == b"HEY\n" * 2
     [(_, received, sent)] = events.named("record")
     assert (received, sent) == (4, 8)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "unix"])
+@pytest.mark.parametrize("concurrency", ["thread", "sync"])
+def test_with_vv_a_user_handler_is_watched_and_shows_each_chunk(
+    captured: list, sock_dir: str, proto: str, concurrency: str
+) -> None:
+    """-vv: a user's handler gets a watched socket (also on TCP, instead of the kernel's
+    counts); its rfile and wfile chunks are reported, and its record is exact."""
+    where = "127.0.0.1:0" if proto == "tcp" else os.path.join(sock_dir, "vv.sock")
+    args = [proto, where, "-c", concurrency]
+    chunks: list[tuple[str, bytes]] = []
+    assert _shout_once(captured, args, WatchedSocket, chunks=chunks) == [(4, 8)]
+    assert chunks == [("in", b"hey\n"), ("out", b"HEY\nHEY\n")]
+
+
+class DataEvents(EventsRecorder):
+    wants_data = True
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tcp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],  # threads that accept
+        ["tcp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],
+        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],  # not the lean path: it sees no chunk
+        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],
+    ],
+)
+def test_with_vv_a_builtin_is_watched_and_records_once(captured: list, args: list[str]) -> None:
+    from sockserve import builtins as bh
+    from sockserve.compose import make_server
+    from sockserve.parts.datagrams import LeanDatagramPart
+
+    config = config_for(captured, *args)
+    events = DataEvents()
+    options = bh.HandlerOptions(observer=events)
+    stream = config.socktype == "stream"
+    make = bh.stream_handler if stream else bh.datagram_handler
+    server = make_server(config, make("echo", options), events)
+    assert isinstance(server, WatchPart) and not isinstance(server, LeanDatagramPart)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.settimeout(5)
+            if stream:
+                sock.connect(server.server_address)
+                sock.sendall(b"hi")
+            else:
+                sock.bind(("127.0.0.1", 0))
+                sock.sendto(b"hi", server.server_address)
+            assert sock.recv(10) == b"hi"
+            here = sock.getsockname()
+        with events.changed:
+            assert events.changed.wait_for(lambda: events.named("record"), 5)
+    finally:
+        stop_serving(server, thread)
+    assert events.named("data") == [(here, "in", b"hi"), (here, "out", b"hi")]
+    assert events.named("record") == [(here, 2, 2)]  # the builtin's own, not the part's too

@@ -6,6 +6,8 @@ user's handlers and -vv --json, whose data events now show both directions.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import socket
 import threading
@@ -250,3 +252,69 @@ def test_a_datagram_sent_through_the_watch() -> None:
         assert client.recv(100) == b""
     assert events.named("data") == [(here, "in", b"question"), (here, "out", b"answer")]
     assert (watch.received, watch.sent) == (8, 6)
+
+
+# -- the real command: a user's handlers, -vv --json -----------------------------------------
+
+USER_HANDLERS = """\
+import socketserver
+
+
+class Lines(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.readline().upper())
+
+
+class Raw(socketserver.BaseRequestHandler):
+    def handle(self):
+        data = self.request.recv(100)
+        self.request.sendall(data[::-1])
+
+
+class Shout(socketserver.DatagramRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.read().upper())
+"""
+
+
+@pytest.mark.parametrize("mode", ["sync", "thread", "fork"])
+@pytest.mark.parametrize(
+    ("transport", "name", "payload", "reply"),
+    [
+        ("tcp", "Lines", b"hey\n", b"HEY\n"),  # rfile (recv_into) and wfile (sendall)
+        ("tcp", "Raw", b"hello\x00\xff", b"\xff\x00olleh"),  # recv and sendall
+        ("udp", "Shout", b"dgram\x01", b"DGRAM\x01"),  # the datagram, and sendto
+    ],
+)
+def test_a_user_handler_shows_both_directions_with_vv(
+    tmp_path: Any, mode: str, transport: str, name: str, payload: bytes, reply: bytes
+) -> None:
+    from clitools import finish, spawn, tcp_exchange
+
+    module = tmp_path / "handlers.py"
+    module.write_text(USER_HANDLERS)
+    args = [transport, "127.0.0.1:0", "-H", f"{module}:{name}", "-c", mode]
+    child = spawn([*args, "--json", "-vv"])
+    seen = io.BytesIO()
+    child.logfile_read = seen
+    child.expect(rb'"url": "\w+://127\.0\.0\.1:(\d+)"')
+    address = ("127.0.0.1", int(child.match.group(1)))
+    if transport == "tcp":
+        assert tcp_exchange(address, payload) == reply
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(payload, address)
+            assert client.recv(100) == reply
+    child.expect(rb'"event": "(close|request)"')  # the handler is done: stop the server
+    child.sendintr()
+    status, _ = finish(child)
+    out = seen.getvalue().decode()
+    assert status == 0, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    data = [(e["direction"], e["hex"]) for e in events if e["event"] == "data"]
+    assert data == [("in", payload.hex()), ("out", reply.hex())]
+    [end] = [e for e in events if e["event"] in ("close", "request")]
+    assert end["event"] == ("close" if transport == "tcp" else "request")
+    assert (end["bytes_in"], end["bytes_out"]) == (len(payload), len(reply))
+    assert len({e["client"] for e in events if "client" in e}) == 1  # one client throughout
