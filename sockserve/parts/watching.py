@@ -37,8 +37,8 @@ def tcp_byte_counts(sock: socket.socket) -> tuple[int, int]:
     (not the peer's FIN) less those still unread, and bytes sent (retransmissions once) plus
     those still queued.
 
-    What a counting socket wrapper would report, without a Python call per recv and send
-    (see benchmarks/RESULTS.md).
+    What a counting watch (`sockserve.watch`) would report, without a Python call per recv
+    and send (see benchmarks/RESULTS.md).
     """
     import fcntl
     import termios
