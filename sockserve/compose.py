@@ -20,7 +20,6 @@ from .events import Events
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
-from .parts.counting import ByteCountingPart
 from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
@@ -28,6 +27,7 @@ from .parts.pinning import PinningPart, gil_enabled
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
+from .parts.watching import WatchPart
 
 __all__ = [
     "INLINE_DATAGRAM_BUILTINS",
@@ -66,7 +66,7 @@ PART_ORDER: tuple[type, ...] = (
     DispatchRefusalPart,
     RequestsPart,
     IdleTimeoutPart,
-    ByteCountingPart,
+    WatchPart,
     AcceptBackoffPart,
     UnixFilePart,
 )
@@ -128,13 +128,19 @@ def choose_parts(
         pin = config.pin
     if pin:
         parts.append(PinningPart)
-    if not stream and builtin is not None:
+    # -vv: every handler's socket goes through a watch that reports each chunk. Otherwise
+    # a user's handler is counted by the part; the builtins count for themselves.
+    watching = monitor is not None and monitor.wants_data
+    counting = builtin is None and monitor is not None and monitor.wants_counts
+    if not stream and builtin is not None and not watching:  # the lean path sees no chunks
         if concurrency == "sync" or (
             concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
         ):
             parts.append(LeanDatagramPart)
-    if builtin is None and monitor is not None and monitor.wants_counts:
-        parts.append(ByteCountingPart)
+    if watching or counting:
+        parts.append(WatchPart)
+        settings["watch_data"] = watching
+        settings["record_counts"] = counting
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout

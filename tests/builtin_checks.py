@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from sockserve import builtins as bh, socketserver as ss
+from sockserve.parts.watching import WatchPart
 
 TRANSPORTS = ["tcp", "udp", "unix", "unix-dgram"]
 STREAM = {"tcp", "unix"}
@@ -43,6 +44,13 @@ FORKING = {
     "unix": ss.ForkingUnixStreamServer,
     "unix-dgram": ss.ForkingUnixDatagramServer,
 }
+
+
+def watched(classes: dict[str, type]) -> dict[str, type]:
+    """The same server classes with `WatchPart`: every request goes through a watch, which
+    reports each chunk to the `monitor` attribute (give it, `watch_data=True` and
+    `record_counts=False` to `running`)."""
+    return {t: type(f"Watched{c.__name__}", (WatchPart, c), {}) for t, c in classes.items()}
 
 
 # -- helpers ----------------------------------------------------------------------------------

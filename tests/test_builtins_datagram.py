@@ -16,6 +16,7 @@ import pytest
 from builtin_checks import (
     CHECKS,
     FORKING,
+    THREADING,
     TIMEOUT,
     Ctx,
     RecordingObserver,
@@ -25,6 +26,7 @@ from builtin_checks import (
     make_ctx,
     no_leaked_threads,  # noqa: F401 - an autouse fixture
     running,
+    watched,
 )
 from clitools import RecordsObserver
 
@@ -128,11 +130,13 @@ def test_unbound_unix_datagram_client_gets_no_reply_and_no_error(sock_dir: str) 
 
 @pytest.mark.parametrize("transport", DATAGRAMS)
 def test_observer_sees_chunks_when_it_wants_data(transport: str, sock_dir: str) -> None:
+    """On a server that watches its requests (-vv), the watch reports every chunk."""
     observer = RecordingObserver(wants_data=True)
     options = bh.HandlerOptions(observer=observer)
     ctx = Ctx(transport, sock_dir, observer)
     handler = bh.datagram_handler("upper", options)
-    with running(transport, handler, sock_dir) as server:
+    attrs = {"monitor": observer, "watch_data": True, "record_counts": False}
+    with running(transport, handler, sock_dir, classes=watched(THREADING), **attrs) as server:
         assert dgram_exchange(ctx, server.server_address, b"abc") == b"ABC"
     observer.wait_records(1)
     assert observer.chunks == [("in", b"abc"), ("out", b"ABC")]

@@ -32,6 +32,7 @@ from builtin_checks import (
     recv_exactly,
     running,
     stream_exchange,
+    watched,
 )
 from clitools import RecordsObserver
 
@@ -100,11 +101,13 @@ def test_builtin_sync(name: str, sock_dir: str) -> None:
 
 @pytest.mark.parametrize("transport", STREAMS)
 def test_observer_sees_chunks_when_it_wants_data(transport: str, sock_dir: str) -> None:
+    """On a server that watches its requests (-vv), the watch reports every chunk."""
     observer = RecordingObserver(wants_data=True)
     options = bh.HandlerOptions(observer=observer)
     ctx = Ctx(transport, sock_dir, observer)
     handler = bh.stream_handler("upper", options)
-    with running(transport, handler, sock_dir) as server:
+    attrs = {"monitor": observer, "watch_data": True, "record_counts": False}
+    with running(transport, handler, sock_dir, classes=watched(THREADING), **attrs) as server:
         assert stream_exchange(ctx, server.server_address, b"abc") == b"ABC"
     observer.wait_records(1)
     assert observer.chunks == [("in", b"abc"), ("out", b"ABC")]
@@ -312,7 +315,8 @@ def test_stdout_chunks_never_interleave(mode: str, sock_dir: str) -> None:
     letters: dict[int, int] = {}
     per_client = 1 << 20
     try:
-        with running("tcp", handler, sock_dir, classes=classes) as server:
+        attrs = {"monitor": log, "watch_data": True, "record_counts": False}
+        with running("tcp", handler, sock_dir, classes=watched(classes), **attrs) as server:
             socks = [connect("tcp", server.server_address) for _ in range(4)]
             for i, sock in enumerate(socks):
                 letters[sock.getsockname()[1]] = ord("A") + i

@@ -13,7 +13,8 @@ adapters put it on the wire, each with the fast paths it uses:
 `output` writes what stdout and stdio receive; `stdin` sends stdin to stdio's clients. Every
 class gets its `HandlerOptions` bound as a class attribute. The observer (`sockserve.events.
 Events`) hears about each connection once when it ends (or each datagram) with its byte
-counts, and, only when it asks for them (-vv), about every chunk.
+counts. Every chunk (-vv) is reported by the watched socket the server hands the stream and
+datagram adapters (`sockserve.watch`), and by the asyncio protocols themselves.
 
 Rules every adapter keeps:
 

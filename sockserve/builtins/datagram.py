@@ -50,11 +50,8 @@ class DatagramBuiltin(BaseRequestHandler):
         """Answer one datagram `data` that `sock` received from `client`."""
         shared = cls.shared
         recorder = shared.recorder
-        watch = shared.watcher()
         sent = 0
         try:
-            if watch is not None:
-                watch.data(client, "in", bytes(data))
             writer = shared.writer
             if writer is not None:
                 if cls.stdio is not None:
@@ -66,8 +63,6 @@ class DatagramBuiltin(BaseRequestHandler):
             if reply is None or not client:
                 return
             sent = send_datagram(sock, reply, client)
-            if watch is not None and sent:
-                watch.data(client, "out", reply)
         finally:
             if recorder is not None:
                 recorder.record(client, len(data), sent)
@@ -93,5 +88,5 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
         from .stdin import DatagramStdio  # stdio only
 
         assert shared.input is not None
-        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size, shared.watcher())
+        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size)
     return type(f"{name.capitalize()}DatagramHandler", (DatagramBuiltin,), attrs)

@@ -29,7 +29,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from ..events import Events
 from .output import fileno
 from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, send_datagram
 
@@ -123,10 +122,8 @@ class StdinReader:
 class StreamPeer:
     """One stream connection as the stdin reader sees it."""
 
-    def __init__(self, sock: socket.socket, client: Any, watch: Events | None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.client = client
-        self.watch = watch
         self.lock = threading.Lock()
         self.open = True
         self.sent = 0
@@ -143,8 +140,6 @@ class StreamPeer:
                     self.sock.shutdown(socket.SHUT_RDWR)
                 return
             self.sent += len(data)
-            if self.watch is not None:
-                self.watch.data(self.client, "out", data)
 
     def shut_write(self) -> None:
         with self.lock:
@@ -179,8 +174,8 @@ class StreamStdio:
         self.reader: StdinReader | None = None
         self.eof = False
 
-    def attach(self, sock: socket.socket, client: Any, watch: Events | None) -> StreamPeer:
-        peer = StreamPeer(sock, client, watch)
+    def attach(self, sock: socket.socket) -> StreamPeer:
+        peer = StreamPeer(sock)
         with self.gate:
             with peer.lock:  # stdin read meanwhile waits until the pending chunks are out
                 with self.lock:
@@ -236,10 +231,9 @@ class StreamStdio:
 class DatagramStdio:
     """stdin for a datagram server: sent to the sender of the latest datagram."""
 
-    def __init__(self, source: BinaryIO, chunk_size: int, watch: Events | None) -> None:
+    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
         self.source = source
         self.chunk_size = chunk_size
-        self.watch = watch
         self.creator_pid = os.getpid()
         self.lock = threading.Lock()
         self.target: tuple[socket.socket, Any] | None = None
@@ -268,8 +262,7 @@ class DatagramStdio:
         if target is None:
             return
         sock, client = target
-        if send_datagram(sock, data, client) and self.watch is not None:
-            self.watch.data(client, "out", data)
+        send_datagram(sock, data, client)  # a watched socket (-vv) reports it
 
     def _at_eof(self) -> None:
         with self.lock:

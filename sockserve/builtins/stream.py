@@ -6,7 +6,7 @@ TCP_NODELAY, so small replies leave at once. Fast paths, invisible to clients an
 echo and upper go on with a bigger buffer once a read fills theirs (`BULK_BUFFER`); discard on
 TCP drops data in the kernel (MSG_TRUNC); stdout and stdio move bulk data with `os.splice`
 (`StdoutStream.splice_out`); `--reply-file` goes out with `socket.sendfile`. None of them runs
-while someone watches the data (-vv).
+on a watched socket (`sockserve.watch`, -vv), which sees and reports every chunk itself.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..events import Events
 from ..socketserver import BaseRequestHandler
+from ..watch import is_watched
 from .cores import LINGER_SECONDS, OneAnswer, Phase, check_name, chunk_transform, greeting
 from .output import OutputWriter
 from .shared import INET_FAMILIES, PEER_GONE, HandlerOptions, Shared
@@ -41,6 +41,8 @@ BULK_BUFFER = 384 * 1024
 class StreamBuiltin(BaseRequestHandler):
     """Base of the stream builtins: counts bytes, reports the connection once when it ends.
 
+    On a watched socket (`watched`) the fast paths that bypass the socket object are off.
+
     Subclasses implement `serve(sock)`. A client that resets or goes away ends the connection
     quietly; OutputClosed, TimeoutError and other errors go on to the server's handle_error.
     """
@@ -53,7 +55,7 @@ class StreamBuiltin(BaseRequestHandler):
 
     received: int
     sent: int
-    watch: Events | None
+    watched: bool
 
     @classmethod
     def release(cls) -> None:
@@ -62,8 +64,8 @@ class StreamBuiltin(BaseRequestHandler):
     def setup(self) -> None:
         self.received = 0
         self.sent = 0
-        self.watch = self.shared.watcher()
         sock = self.request
+        self.watched = is_watched(sock)
         if (
             self.nodelay
             and not getattr(self.server, "nodelay_inherited", False)  # sockserve's servers
@@ -90,13 +92,9 @@ class StreamBuiltin(BaseRequestHandler):
     def send(self, sock: socket.socket, data: Any) -> None:
         sock.sendall(data)
         self.sent += len(data)
-        if self.watch is not None:
-            self.watch.data(self.client_address, "out", bytes(data))
 
     def saw(self, data: Any) -> None:
         self.received += len(data)
-        if self.watch is not None:
-            self.watch.data(self.client_address, "in", bytes(data))
 
 
 class TransformStream(StreamBuiltin):
@@ -108,8 +106,7 @@ class TransformStream(StreamBuiltin):
         view = memoryview(buf)
         size = len(buf)
         transform = chunk_transform(self.builtin)
-        watch = self.watch
-        grow = watch is None and size < BULK_BUFFER
+        grow = not self.watched and size < BULK_BUFFER
         recv_into = sock.recv_into
         sendall = sock.sendall
         received = sent = 0
@@ -120,13 +117,9 @@ class TransformStream(StreamBuiltin):
                     return
                 received += n
                 chunk = view[:n]
-                if watch is not None:
-                    watch.data(self.client_address, "in", bytes(chunk))
                 out = chunk if transform is None else transform(chunk)
                 sendall(out)
                 sent += len(out)
-                if watch is not None:
-                    watch.data(self.client_address, "out", bytes(out))
                 if grow and n == size:  # the read filled the buffer: a bulk transfer
                     grow = False
                     view.release()
@@ -147,7 +140,7 @@ class DiscardStream(StreamBuiltin):
         buffers = self.shared.buffers
         buf = buffers.get()
         try:
-            if self.watch is not None:
+            if self.watched:  # every chunk is seen: no MSG_TRUNC
                 while n := sock.recv_into(buf):
                     self.saw(memoryview(buf)[:n])
                 return
@@ -197,7 +190,7 @@ class StdoutStream(StreamBuiltin):
         may_splice = (
             writer.can_splice
             and limit == len(buf)  # not the PIPE_BUF pieces of another process
-            and self.watch is None
+            and not self.watched
             and sock.gettimeout() is None
         )
         try:
@@ -241,7 +234,7 @@ class StdioStream(StdoutStream):
         cls.stdio.release()
 
     def serve(self, sock: socket.socket) -> None:
-        peer = self.stdio.attach(sock, self.client_address, self.watch)
+        peer = self.stdio.attach(sock)
         try:
             super().serve(sock)
             wait_hangup(sock)  # the client is done sending; stdin may still have more for it
@@ -264,9 +257,6 @@ class ChargenStream(StreamBuiltin):
 
     def serve(self, sock: socket.socket) -> None:
         block = self.shared.chargen_block  # whole periods: each send goes on where the last ended
-        if self.watch is not None:
-            while True:
-                self.send(sock, block)
         sendall = sock.sendall
         size = len(block)
         while True:
@@ -307,7 +297,7 @@ class AnswerStream(StreamBuiltin):
             self.send(sock, self.shared.reply)
             return
         with open(path, "rb") as f:
-            if self.watch is None:
+            if not self.watched:
                 self.sent += sock.sendfile(f)
             else:
                 while chunk := f.read(len(buf)):

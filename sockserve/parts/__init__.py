@@ -15,7 +15,7 @@ builds the class with `type()`, in this order (the first part sees a step first)
     DispatchRefusalPart     backoff.py       a thread or child that cannot start: refuse, go on
     RequestsPart            requests.py      counted, limited (--once, --max-requests), stoppable
     IdleTimeoutPart         idle.py          --timeout on every connection
-    ByteCountingPart        counting.py      byte counts of a user's handler
+    WatchPart               watching.py      each request's socket watched (-vv) or counted
     AcceptBackoffPart       backoff.py       out of descriptors: pause accepts, then go on
     UnixFilePart            unix_file.py     the socket file: stale check, --mode, removal
 

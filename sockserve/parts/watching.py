@@ -1,4 +1,4 @@
-"""ByteCountingPart: the byte counts of a user's handler, which does not report them itself."""
+"""WatchPart: what passes through each request's socket, watched (-vv) or counted."""
 
 from __future__ import annotations
 
@@ -8,44 +8,7 @@ from typing import Any
 
 from ..events import Events
 from ..socketserver import TCPServer
-
-
-def _nbytes(data: Any) -> int:
-    return len(data) if type(data) is bytes else memoryview(data).nbytes
-
-
-class CountingSocket(socket.socket):
-    """A connected socket that counts the bytes a user's handler receives and sends (where the
-    kernel does not count them: unix sockets)."""
-
-    received = 0
-    sent = 0
-    client: Any = None
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        self.received += len(data)
-        return data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        n = super().recv_into(buffer, nbytes, flags)
-        self.received += n
-        return n
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        n = super().send(data, flags)
-        self.sent += n
-        return n
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        super().sendall(data, flags)
-        self.sent += _nbytes(data)
-
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        n = super().sendfile(file, offset, count)
-        self.sent += n
-        return n
-
+from ..watch import Watch, WatchedDatagramSocket, WatchedSocket
 
 #: Offsets in Linux's struct tcp_info (uapi/linux/tcp.h; fields are only ever appended):
 #: tcpi_state (u8), tcpi_bytes_received (u64), tcpi_notsent_bytes (u32), tcpi_bytes_sent
@@ -74,8 +37,8 @@ def tcp_byte_counts(sock: socket.socket) -> tuple[int, int]:
     (not the peer's FIN) less those still unread, and bytes sent (retransmissions once) plus
     those still queued.
 
-    What a counting socket wrapper would report, without a Python call per recv and send
-    (see benchmarks/RESULTS.md).
+    What a counting watch (`sockserve.watch`) would report, without a Python call per recv
+    and send (see benchmarks/RESULTS.md).
     """
     import fcntl
     import termios
@@ -101,6 +64,13 @@ class KernelCountedSocket(socket.socket):
     client: Any = None
     counts: tuple[int, int] | None = None
 
+    @classmethod
+    def adopt(cls, sock: socket.socket, client: Any) -> KernelCountedSocket:
+        """Move `sock`'s descriptor into a new kernel-counted socket (`sock` is detached)."""
+        counted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        counted.client = client
+        return counted
+
     def close(self) -> None:
         self.snapshot()
         super().close()
@@ -118,61 +88,56 @@ class KernelCountedSocket(socket.socket):
                 self.counts = (0, 0)
 
 
-class CountingDatagramSocket:
-    """Stands in for the server's datagram socket in one request, counting what is sent."""
+class WatchPart(TCPServer):
+    """Hand each request's socket to the handler through a `sockserve.watch.Watch`, and
+    record a user's handler's byte counts with `monitor` when the request ends.
 
-    __slots__ = ("_sock", "sent", "client")
+    With `watch_data` (-vv) every request is watched and each chunk reported, whatever the
+    handler. Otherwise the part counts for a user's handler, which does not count itself:
+    TCP connections by the kernel where it keeps the counts (Linux's TCP_INFO: recv and send
+    stay socket.socket's own), unix connections and datagrams through a watch that only
+    counts. A datagram received is passed through the watch here.
 
-    def __init__(self, sock: socket.socket, client: Any) -> None:
-        self._sock = sock
-        self.sent = 0
-        self.client = client
-
-    def sendto(self, data: Any, *args: Any) -> int:
-        n = self._sock.sendto(data, *args)
-        self.sent += n
-        return n
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-class ByteCountingPart(TCPServer):
-    """Count the bytes a user's handler receives and sends, and record them with `monitor`
-    when the request ends.
-
-    Extends get_request (the request becomes a counted socket) and shutdown_request (the
-    record). TCP connections are counted by the kernel where it keeps the counts (Linux's
-    TCP_INFO); unix connections and datagrams by a wrapper.
+    Extends get_request (the request becomes a watched socket) and shutdown_request (the
+    record, when `record_counts`: the builtins record their own).
     """
 
     monitor: Events | None = None
+    #: Report every chunk of every request (-vv).
+    watch_data = False
+    #: Record each request's byte counts when it ends (a user's handler; compose turns it
+    #: off for the builtins).
+    record_counts = True
     #: TCP byte counts come from the kernel; None until the first connection tells.
     kernel_counts: bool | None = None
 
     def get_request(self) -> tuple[Any, Any]:
-        """Accept or receive; wrap what the handler gets in a counting socket."""
+        """Accept or receive; hand the handler a watched (or kernel-counted) socket."""
         request, client = super().get_request()
+        reports = self.watch_data
         if self.socket_type == socket.SOCK_STREAM:
-            if self.kernel_counts is None:  # decided once, on the first connection
-                type(self).kernel_counts = kernel_counts_work(request)
-            wrapper = KernelCountedSocket if self.kernel_counts else CountingSocket
-            request = wrapper(request.family, request.type, request.proto, fileno=request.detach())
-            request.client = client
-        else:
-            data, sock = request
-            request = (data, CountingDatagramSocket(sock, client))
-        return request, client
+            if not reports:
+                if self.kernel_counts is None:  # decided once, on the first connection
+                    type(self).kernel_counts = kernel_counts_work(request)
+                if self.kernel_counts:
+                    return KernelCountedSocket.adopt(request, client), client
+            return WatchedSocket.adopt(request, Watch(self.monitor, client, reports)), client
+        data, sock = request
+        watch = Watch(self.monitor, client, reports, shows_empty_out=False)
+        watch.incoming(data)
+        return (data, WatchedDatagramSocket(sock, watch)), client
 
     def shutdown_request(self, request: Any) -> None:
         """Record the request's byte counts, then shut it down and close it."""
         monitor = self.monitor
-        if monitor is not None:
+        if monitor is not None and self.record_counts:
             if isinstance(request, KernelCountedSocket):
                 request.snapshot()
                 monitor.record(request.client, *(request.counts or (0, 0)))
-            elif isinstance(request, CountingSocket):
-                monitor.record(request.client, request.received, request.sent)
-            elif isinstance(request, tuple) and isinstance(request[1], CountingDatagramSocket):
-                monitor.record(request[1].client, len(request[0]), request[1].sent)
+            elif isinstance(request, WatchedSocket):
+                watch = request.watch
+                monitor.record(watch.client, watch.received, watch.sent)
+            elif isinstance(request, tuple) and isinstance(request[1], WatchedDatagramSocket):
+                watch = request[1].watch
+                monitor.record(watch.client, watch.received, watch.sent)
         super().shutdown_request(request)

@@ -1,4 +1,4 @@
-"""ByteCountingPart: a user's handler counted by the kernel (TCP) or a wrapper (unix)."""
+"""WatchPart: a user's handler counted by the kernel (TCP) or a watch (unix, datagrams)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from servertools import (
 )
 
 import sockserve as ss
-from sockserve.parts.counting import ByteCountingPart
+from sockserve.parts.watching import WatchPart
+from sockserve.watch import WatchedSocket
 
 pytestmark = pytest.mark.leakcheck
 
@@ -47,7 +48,7 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
 @needs_kernel_counts
 @pytest.mark.parametrize("client_closes", [False, True])
 def test_kernel_counts_what_the_handler_read_and_wrote(client_closes: bool) -> None:
-    from sockserve.parts.counting import kernel_counts_work, tcp_byte_counts
+    from sockserve.parts.watching import kernel_counts_work, tcp_byte_counts
 
     server, client = _tcp_pair()
     with server, client:
@@ -67,7 +68,7 @@ def test_kernel_counts_what_the_handler_read_and_wrote(client_closes: bool) -> N
 
 @needs_kernel_counts
 def test_kernel_counts_include_what_is_still_queued_to_send() -> None:
-    from sockserve.parts.counting import tcp_byte_counts
+    from sockserve.parts.watching import tcp_byte_counts
 
     server, client = _tcp_pair()
     with server, client:
@@ -83,7 +84,7 @@ def test_kernel_counts_include_what_is_still_queued_to_send() -> None:
 
 @needs_kernel_counts
 def test_kernel_counts_after_the_client_reset() -> None:
-    from sockserve.parts.counting import tcp_byte_counts
+    from sockserve.parts.watching import tcp_byte_counts
 
     server, client = _tcp_pair()
     with server, client:
@@ -97,20 +98,31 @@ def test_kernel_counts_after_the_client_reset() -> None:
 
 
 def _shout_once(
-    captured: list, args: list[str], socket_type: type, closes: bool = False, counts: bool = True
+    captured: list,
+    args: list[str],
+    socket_type: type,
+    closes: bool = False,
+    counts: bool = True,
+    chunks: list[tuple[str, bytes]] | None = None,
 ) -> list[tuple]:
     """Serve a user's handler (it shouts the first line back twice, then closes its socket
     itself if `closes`) for one client sending b"hey\\n"; check the handler got a
-    `socket_type` socket; return the monitor's records (it wants byte counts if `counts`)."""
+    `socket_type` socket; return the monitor's records (it wants byte counts if `counts`).
+    With `chunks`, the monitor wants every chunk (-vv) and appends them there."""
     from clitools import RecordsObserver
 
     from sockserve.compose import make_server
 
     class Monitor(RecordsObserver):
         wants_counts = counts
+        wants_data = chunks is not None
 
         def connected(self, client: object) -> None:
             pass
+
+        def data(self, client: object, direction: str, data: bytes) -> None:
+            assert chunks is not None
+            chunks.append((direction, data))
 
     seen: list[type] = []
 
@@ -153,7 +165,7 @@ def test_user_handler_records_come_from_the_kernel(
 ) -> None:
     """On TCP a user's handler gets a socket without counting wrappers around recv and send;
     its record is still exact, also when the handler closes the socket itself."""
-    from sockserve.parts.counting import KernelCountedSocket
+    from sockserve.parts.watching import KernelCountedSocket
 
     args = ["tcp", "127.0.0.1:0", "-c", concurrency]
     assert _shout_once(captured, args, KernelCountedSocket, closes) == [(4, 8)]
@@ -161,32 +173,10 @@ def test_user_handler_records_come_from_the_kernel(
     assert KernelCountedSocket.sendall is socket.socket.sendall
 
 
-def test_counting_socket_counts_every_call() -> None:
-    """Where the kernel keeps no byte counts (unix sockets), the wrapper counts each call."""
-    from sockserve.parts.counting import CountingSocket
-
-    a, b = socket.socketpair()
-    with b, CountingSocket(a.family, a.type, a.proto, fileno=a.detach()) as sock:
-        b.sendall(b"0123456789")
-        assert sock.recv(3) == b"012"
-        buf = bytearray(4)
-        assert sock.recv_into(buf) == 4
-        assert sock.recv_into(memoryview(buf)[:2], 2) == 2
-        assert sock.send(b"ab") == 2
-        sock.sendall(b"cde")
-        sock.sendall(bytearray(b"fg"))
-        sock.sendall(memoryview(b"xhijx")[1:4])
-        sock.sendall(memoryview(bytes(range(8))).cast("I"))  # 2 items of 4 bytes
-        assert (sock.received, sock.sent) == (9, 2 + 3 + 2 + 3 + 8)
-        assert b.recv(100) == b"abcdefghij" + bytes(range(8))
-
-
-def test_unix_user_handler_is_counted_by_the_wrapper(captured: list, sock_dir: str) -> None:
-    from sockserve.parts.counting import CountingSocket
-
+def test_unix_user_handler_is_counted_by_the_watch(captured: list, sock_dir: str) -> None:
     path = os.path.join(sock_dir, "own.sock")
-    assert _shout_once(captured, ["unix", path], CountingSocket) == [(4, 8)]
-    assert _shout_once(captured, ["unix", path], CountingSocket, closes=True) == [(4, 8)]
+    assert _shout_once(captured, ["unix", path], WatchedSocket) == [(4, 8)]
+    assert _shout_once(captured, ["unix", path], WatchedSocket, closes=True) == [(4, 8)]
 
 
 @pytest.mark.parametrize("proto", ["tcp", "unix"])
@@ -210,7 +200,7 @@ def test_a_user_datagram_handler_is_counted() -> None:
         def handle(self) -> None:
             self.wfile.write(self.rfile.read().upper() * 2)
 
-    cls = type("Server", (ByteCountingPart, ss.UDPServer), {"monitor": events})
+    cls = type("Server", (WatchPart, ss.UDPServer), {"monitor": events})
     with cls(("127.0.0.1", 0), Shout) as server:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(5)
@@ -235,7 +225,7 @@ def test_a_user_stream_handler_is_counted_on_a_plain_server(transport: str, sock
         address: Any = ("127.0.0.1", 0)
     else:
         base, address = ss.UnixStreamServer, os.path.join(sock_dir, "count.sock")
-    cls = type("Server", (ByteCountingPart, base), {"monitor": events})
+    cls = type("Server", (WatchPart, base), {"monitor": events})
     with cls(address, Shout) as server:
         with socket.socket(server.address_family) as client:
             client.settimeout(5)
@@ -245,3 +235,64 @@ def test_a_user_stream_handler_is_counted_on_a_plain_server(transport: str, sock
             assert client.recv(100) == b"HEY\n" * 2
     [(_, received, sent)] = events.named("record")
     assert (received, sent) == (4, 8)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "unix"])
+@pytest.mark.parametrize("concurrency", ["thread", "sync"])
+def test_with_vv_a_user_handler_is_watched_and_shows_each_chunk(
+    captured: list, sock_dir: str, proto: str, concurrency: str
+) -> None:
+    """-vv: a user's handler gets a watched socket (also on TCP, instead of the kernel's
+    counts); its rfile and wfile chunks are reported, and its record is exact."""
+    where = "127.0.0.1:0" if proto == "tcp" else os.path.join(sock_dir, "vv.sock")
+    args = [proto, where, "-c", concurrency]
+    chunks: list[tuple[str, bytes]] = []
+    assert _shout_once(captured, args, WatchedSocket, chunks=chunks) == [(4, 8)]
+    assert chunks == [("in", b"hey\n"), ("out", b"HEY\nHEY\n")]
+
+
+class DataEvents(EventsRecorder):
+    wants_data = True
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tcp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],  # threads that accept
+        ["tcp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],
+        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],  # not the lean path: it sees no chunk
+        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],
+    ],
+)
+def test_with_vv_a_builtin_is_watched_and_records_once(captured: list, args: list[str]) -> None:
+    from sockserve import builtins as bh
+    from sockserve.compose import make_server
+    from sockserve.parts.datagrams import LeanDatagramPart
+
+    config = config_for(captured, *args)
+    events = DataEvents()
+    options = bh.HandlerOptions(observer=events)
+    stream = config.socktype == "stream"
+    make = bh.stream_handler if stream else bh.datagram_handler
+    server = make_server(config, make("echo", options), events)
+    assert isinstance(server, WatchPart) and not isinstance(server, LeanDatagramPart)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.settimeout(5)
+            if stream:
+                sock.connect(server.server_address)
+                sock.sendall(b"hi")
+            else:
+                sock.bind(("127.0.0.1", 0))
+                sock.sendto(b"hi", server.server_address)
+            assert sock.recv(10) == b"hi"
+            here = sock.getsockname()
+        with events.changed:
+            assert events.changed.wait_for(lambda: events.named("record"), 5)
+    finally:
+        stop_serving(server, thread)
+    assert events.named("data") == [(here, "in", b"hi"), (here, "out", b"hi")]
+    assert events.named("record") == [(here, 2, 2)]  # the builtin's own, not the part's too
