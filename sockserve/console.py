@@ -1,6 +1,7 @@
 """What the user sees on stderr: the banner, events, errors and the summary.
 
-Three reporters share one interface: `RichReporter` (a terminal: colours through rich),
+Three reporters implement `events.Events` (what happens while serving) plus the run-level
+`listening`, `summary` and `fatal`: `RichReporter` (a terminal: colours through rich),
 `PlainReporter` (a pipe or file: the same lines, no escape codes, and rich is never imported),
 and `JsonReporter` (`--json`: one JSON object per event). stdout stays free for data. Reporters
 are called from several threads; each line is written whole under a lock.
@@ -8,59 +9,33 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Mapping
+from typing import IO, Any
 
-from .socketserver._log import when_logging
+from .events import Direction, RemoteError, Stats
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import logging
-    from collections.abc import Mapping
-    from types import ModuleType
-    from typing import IO, Any
+__all__ = [
+    "JsonReporter",
+    "PlainReporter",
+    "RichReporter",
+    "Stats",
+    "format_bytes",
+    "format_client",
+    "hexdump",
+    "make_reporter",
+    "setup_logging",
+    "silence",
+    "summary_text",
+]
 
 PROG = "sockserve"
-
-
-class Stats:
-    """Counters of one run; `add_*` methods are thread-safe."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.connections = 0
-        self.requests = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.errors = 0
-        self.lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return (
-            f"Stats(started={self.started!r}, connections={self.connections!r}, "
-            f"requests={self.requests!r}, bytes_in={self.bytes_in!r}, "
-            f"bytes_out={self.bytes_out!r}, errors={self.errors!r})"
-        )
-
-    def add_connection(self) -> None:
-        with self.lock:
-            self.connections += 1
-
-    def add_request(self, received: int, sent: int) -> None:
-        with self.lock:
-            self.requests += 1
-            self.bytes_in += received
-            self.bytes_out += sent
-
-    def add_error(self) -> None:
-        with self.lock:
-            self.errors += 1
-
-    @property
-    def uptime(self) -> float:
-        return time.monotonic() - self.started
 
 
 def format_client(client: Any) -> str:
@@ -111,14 +86,44 @@ def summary_text(stats: Stats, socktype: str) -> str:
     )
 
 
-class PlainReporter:
-    """Events as plain lines on a text stream (stderr by default)."""
+def _traceback_text(exc: BaseException) -> str | None:
+    """The traceback of `exc` as text: formatted here, or as a forked child sent it."""
+    if exc.__traceback__ is not None:
+        return "".join(traceback.format_exception(exc))
+    if isinstance(exc, RemoteError):
+        return exc.tb
+    return None
 
-    def __init__(self, stream: IO[str] | None = None, verbosity: int = 0, quiet: bool = False):
+
+class PlainReporter:
+    """Events as plain lines on a text stream (stderr by default).
+
+    Implements `events.Events`. `socktype` ("stream" or "dgram") tells how `record` reads;
+    the run's monitor sets it before the first event.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        verbosity: int = 0,
+        quiet: bool = False,
+        socktype: str = "stream",
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.verbosity = verbosity
         self.quiet = quiet
+        self.socktype = socktype
         self.lock = threading.RLock()
+
+    @property
+    def wants_data(self) -> bool:
+        """`data` prints something (-vv, not --quiet)."""
+        return not self.quiet and self.verbosity >= 2
+
+    @property
+    def wants_counts(self) -> bool:
+        """`record` prints something (--quiet shows neither records nor the summary)."""
+        return not self.quiet
 
     # Formatting hooks; RichReporter overrides `_emit` to add style.
     def _emit(self, text: str, style: str = "") -> None:
@@ -129,24 +134,42 @@ class PlainReporter:
             except (OSError, ValueError):
                 pass  # stderr gone: nothing left to tell
 
+    # -- the run ---------------------------------------------------------------------------------
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
+        """The server listens at `url`; `details` name the mode, the handler and the rest."""
         if self.quiet:
             return
         extra = ", ".join(f"{k}={v}" for k, v in details.items() if k != "concurrency")
         self._emit(f"listening on {url} ({details.get('concurrency')}, {extra})", "listening")
 
-    def connected(self, client: Any) -> None:
-        if not self.quiet:
-            self._emit(f"connect {format_client(client)}", "event")
+    def summary(self, stats: Stats, socktype: str, reason: str | None) -> None:
+        """The run is over: its counters, and why it stopped."""
+        if self.quiet:
+            return
+        why = f" ({reason})" if reason else ""
+        self._emit(summary_text(stats, socktype) + why, "summary")
 
+    def fatal(self, message: str, hint: str | None) -> None:
+        """The run could not start (or go on): the error and how to fix it."""
+        self._emit(f"{PROG}: error: {message}", "error")
+        if hint:
+            self._emit(f"hint: {hint}", "hint")
+
+    # -- events ------------------------------------------------------------------------------------
     def shows_datagram_records(self) -> bool:
         """True if `record` prints anything for a datagram."""
         return not self.quiet and self.verbosity >= 1
 
-    def record(self, client: Any, received: int, sent: int, socktype: str) -> None:
+    def connected(self, client: Any) -> None:
+        """Print `connect CLIENT`."""
+        if not self.quiet:
+            self._emit(f"connect {format_client(client)}", "event")
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        """Print `close CLIENT` (counts at -v), or a datagram's line at -v."""
         if self.quiet:
             return
-        if socktype == "dgram":
+        if self.socktype == "dgram":
             if self.verbosity >= 1:
                 self._emit(
                     f"datagram {format_client(client)}: {received} B in, {sent} B out", "event"
@@ -155,40 +178,28 @@ class PlainReporter:
         counts = f" ({received} B in, {sent} B out)" if self.verbosity >= 1 else ""
         self._emit(f"close {format_client(client)}{counts}", "event")
 
-    def data(self, client: Any, direction: str, data: bytes) -> None:
+    def data(self, client: Any, direction: Direction, data: bytes) -> None:
+        """Print the chunk as a hex dump under an arrow (< in, > out)."""
         if self.quiet:
             return
         arrow = "<" if direction == "in" else ">"
         lines = [f"{arrow} {format_client(client)} {len(data)} B", *hexdump(data)]
         self._emit("\n".join(lines), "data")
 
-    def error(self, client: Any, exc: BaseException, *, with_traceback: bool = True) -> None:
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        """Print `error handling CLIENT: Type: message` and the traceback (even with -q)."""
         head = f"error handling {format_client(client)}: {type(exc).__name__}: {exc}"
-        if with_traceback and exc.__traceback__ is not None:
-            import traceback
-
-            tb = "".join(traceback.format_exception(exc)).rstrip()
-            self._emit(f"{head}\n{tb}", "error")
-        else:
-            self._emit(head, "error")
+        tb = _traceback_text(exc)
+        self._emit(f"{head}\n{tb.rstrip()}" if tb else head, "error")
 
     def warning(self, message: str) -> None:
+        """Print `warning: MESSAGE` (even with -q)."""
         self._emit(f"warning: {message}", "warning")
 
     def info(self, message: str) -> None:
+        """Print the line."""
         if not self.quiet:
             self._emit(message, "event")
-
-    def summary(self, stats: Stats, socktype: str, reason: str | None) -> None:
-        if self.quiet:
-            return
-        why = f" ({reason})" if reason else ""
-        self._emit(summary_text(stats, socktype) + why, "summary")
-
-    def fatal(self, message: str, hint: str | None) -> None:
-        self._emit(f"{PROG}: error: {message}", "error")
-        if hint:
-            self._emit(f"hint: {hint}", "hint")
 
 
 class RichReporter(PlainReporter):
@@ -211,8 +222,10 @@ class RichReporter(PlainReporter):
 
     @property
     def console(self) -> Any:
-        """The rich Console, made at the first line printed: rich (tens of ms to import) is
-        then loaded only once the server listens, and with --quiet usually never."""
+        """The rich Console, made at the first line printed.
+
+        rich is then imported only once the server listens, and with --quiet usually never.
+        """
         with self.lock:
             if self._console is None:
                 from rich.console import Console
@@ -237,11 +250,22 @@ class RichReporter(PlainReporter):
 
 
 class JsonReporter(PlainReporter):
-    """One JSON object per event and line (`--json`), for scripts."""
+    """One JSON object per event and line (`--json`), for scripts.
+
+    Every object carries `event` and `time`; what is about one connection, its `client`.
+    """
+
+    @property
+    def wants_data(self) -> bool:
+        """`data` events are written at -vv."""
+        return self.verbosity >= 2
+
+    @property
+    def wants_counts(self) -> bool:
+        """`close` and `request` events always carry the counts."""
+        return True
 
     def _event(self, event: str, **fields: Any) -> None:
-        import json  # only --json needs it: not imported on the way to listening
-
         record = {"event": event, "time": round(time.time(), 6), **fields}
         self._emit(json.dumps(record, default=str))
 
@@ -250,40 +274,11 @@ class JsonReporter(PlainReporter):
         return format_client(client) if client is not None else None
 
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
+        """Write a `listening` event with the url and the details."""
         self._event("listening", url=url, **details)
 
-    def connected(self, client: Any) -> None:
-        self._event("connect", client=self._client(client))
-
-    def shows_datagram_records(self) -> bool:
-        return True
-
-    def record(self, client: Any, received: int, sent: int, socktype: str) -> None:
-        name = "request" if socktype == "dgram" else "close"
-        self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
-
-    def data(self, client: Any, direction: str, data: bytes) -> None:
-        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
-
-    def error(self, client: Any, exc: BaseException, *, with_traceback: bool = True) -> None:
-        import traceback
-
-        tb = "".join(traceback.format_exception(exc)) if with_traceback else None
-        self._event(
-            "error",
-            client=self._client(client),
-            error=type(exc).__name__,
-            message=str(exc),
-            traceback=tb,
-        )
-
-    def warning(self, message: str) -> None:
-        self._event("warning", message=message)
-
-    def info(self, message: str) -> None:
-        self._event("info", message=message)
-
     def summary(self, stats: Stats, socktype: str, reason: str | None) -> None:
+        """Write the `shutdown` event with the counters."""
         self._event(
             "shutdown",
             reason=reason,
@@ -296,7 +291,43 @@ class JsonReporter(PlainReporter):
         )
 
     def fatal(self, message: str, hint: str | None) -> None:
+        """Write a `fatal` event."""
         self._event("fatal", message=message, hint=hint)
+
+    def shows_datagram_records(self) -> bool:
+        """Every datagram is a `request` event."""
+        return True
+
+    def connected(self, client: Any) -> None:
+        """Write a `connect` event."""
+        self._event("connect", client=self._client(client))
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        """Write a `close` event (a `request` event for a datagram) with the counts."""
+        name = "request" if self.socktype == "dgram" else "close"
+        self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
+
+    def data(self, client: Any, direction: Direction, data: bytes) -> None:
+        """Write a `data` event with the chunk in hex."""
+        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
+
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        """Write an `error` event with the exception's type, message and traceback."""
+        self._event(
+            "error",
+            client=self._client(client),
+            error=type(exc).__name__,
+            message=str(exc),
+            traceback=_traceback_text(exc),
+        )
+
+    def warning(self, message: str) -> None:
+        """Write a `warning` event."""
+        self._event("warning", message=message)
+
+    def info(self, message: str) -> None:
+        """Write an `info` event."""
+        self._event("info", message=message)
 
 
 def make_reporter(
@@ -317,36 +348,25 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-_handler_class: Any = None
+class ReporterLogHandler(logging.Handler):
+    """Route log records (framework, event loop) to the reporter as error, warning or info."""
 
+    def __init__(self, reporter: PlainReporter) -> None:
+        super().__init__()
+        self.reporter = reporter
 
-def _reporter_log_handler(logging: ModuleType) -> type[logging.Handler]:
-    """ReporterLogHandler: route log records (framework, event loop) to the reporter as
-    warnings/info lines. Made at first use, since `logging` is loaded only when needed."""
-    global _handler_class
-    if _handler_class is not None:
-        return _handler_class
-
-    class ReporterLogHandler(logging.Handler):
-        def __init__(self, reporter: PlainReporter) -> None:
-            super().__init__()
-            self.reporter = reporter
-
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                message = record.getMessage()
-                if record.exc_info and record.exc_info[1] is not None:
-                    self.reporter.error(None, record.exc_info[1])
-                elif record.levelno >= logging.WARNING:
-                    self.reporter.warning(message)
-                else:
-                    self.reporter.info(message)
-            except Exception:  # pragma: no cover - never let logging break serving
-                self.handleError(record)
-
-    ReporterLogHandler.__module__ = __name__
-    _handler_class = ReporterLogHandler
-    return ReporterLogHandler
+    def emit(self, record: logging.LogRecord) -> None:
+        """Pass the record on as the reporter's event."""
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                self.reporter.handler_error(None, record.exc_info[1])
+            elif record.levelno >= logging.WARNING:
+                self.reporter.warning(message)
+            else:
+                self.reporter.info(message)
+        except Exception:  # pragma: no cover - never let logging break serving
+            self.handleError(record)
 
 
 def silence(*streams: IO[str]) -> None:
@@ -362,20 +382,11 @@ def silence(*streams: IO[str]) -> None:
 
 
 def setup_logging(reporter: PlainReporter, verbosity: int) -> None:
-    """Send the `sockserve` loggers to the reporter; -vv shows debug records.
-
-    Applied at once if `logging` is loaded, else before the first record (so a run that logs
-    nothing never imports it).
-    """
-
-    def route(logging: ModuleType) -> None:
-        handler_class = _reporter_log_handler(logging)
-        root = logging.getLogger("sockserve")
-        for handler in list(root.handlers):
-            if isinstance(handler, handler_class):
-                root.removeHandler(handler)
-        root.addHandler(handler_class(reporter))
-        root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-        root.propagate = False
-
-    when_logging("sockserve", route)
+    """Send the `sockserve` loggers to the reporter; -vv shows debug records."""
+    root = logging.getLogger("sockserve")
+    for handler in list(root.handlers):
+        if isinstance(handler, ReporterLogHandler):
+            root.removeHandler(handler)
+    root.addHandler(ReporterLogHandler(reporter))
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    root.propagate = False
