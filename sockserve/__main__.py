@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 if __name__ == "__main__":
-    import gc
-
-    gc.disable()  # runner.serve turns it back on once the server is built
-
     from .entry import main
 
     main()

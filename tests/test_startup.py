@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import json
 import os
@@ -24,7 +23,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from sockserve import addresses, cli, config, entry, runner
+from sockserve import addresses, cli, config, entry
 from sockserve.config import config_from_options
 from sockserve.errors import OptionError
 
@@ -466,18 +465,6 @@ def test_the_banner_names_the_cpu_the_threads_are_pinned_to(tmp_path: Path, pin:
         assert reply == str(banner["pinned_cpu"])
     else:
         assert "pinned_cpu" not in banner and reply == allowed
-
-
-def test_resume_gc_turns_a_paused_collector_back_on() -> None:
-    gc.disable()
-    try:
-        runner.resume_gc()
-        assert gc.isenabled() and gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.enable()
-    runner.resume_gc()  # a collector already on (sockserve used as a library): left alone
-    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_logging_set_up_before_the_first_record_when_it_comes() -> None:
