@@ -114,16 +114,10 @@ class PlainReporter:
         self.quiet = quiet
         self.socktype = socktype
         self.lock = threading.RLock()
-
-    @property
-    def wants_data(self) -> bool:
-        """`data` prints something (-vv, not --quiet)."""
-        return not self.quiet and self.verbosity >= 2
-
-    @property
-    def wants_counts(self) -> bool:
-        """`record` prints something (--quiet shows neither records nor the summary)."""
-        return not self.quiet
+        #: `data` prints something (-vv, not --quiet).
+        self.wants_data = not quiet and verbosity >= 2
+        #: `record` prints something (--quiet shows neither records nor the summary).
+        self.wants_counts = not quiet
 
     # Formatting hooks; RichReporter overrides `_emit` to add style.
     def _emit(self, text: str, style: str = "") -> None:
@@ -255,15 +249,16 @@ class JsonReporter(PlainReporter):
     Every object carries `event` and `time`; what is about one connection, its `client`.
     """
 
-    @property
-    def wants_data(self) -> bool:
-        """`data` events are written at -vv."""
-        return self.verbosity >= 2
-
-    @property
-    def wants_counts(self) -> bool:
-        """`close` and `request` events always carry the counts."""
-        return True
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        verbosity: int = 0,
+        quiet: bool = False,
+        socktype: str = "stream",
+    ) -> None:
+        super().__init__(stream, verbosity, quiet, socktype)
+        self.wants_data = verbosity >= 2  # `data` events at -vv
+        self.wants_counts = True  # `close` and `request` events carry the counts
 
     def _event(self, event: str, **fields: Any) -> None:
         record = {"event": event, "time": round(time.time(), 6), **fields}

@@ -58,7 +58,7 @@ def test_the_monitor_and_the_reporters_are_events() -> None:
 def test_events_are_counted_and_passed_on_unchanged() -> None:
     monitor, out = make_monitor()
     monitor.connected(CLIENT)
-    monitor.data(CLIENT, "in", memoryview(b"ab"))
+    monitor.data(CLIENT, "in", b"ab")
     monitor.record(CLIENT, 2, 3)
     monitor.warning("careful")
     monitor.info("note")
