@@ -224,7 +224,7 @@ class Lifecycle:
         else:
             raise GraceExpired()
 
-    def handle_alrm(self, signum: int, frame: FrameType | None) -> None:
+    def on_grace_timer(self, signum: int, frame: FrameType | None) -> None:
         """The grace timer's signal handler (sync mode): interrupt a blocked handler."""
         if self.interruptible:
             raise GraceExpired()
@@ -290,7 +290,7 @@ class Lifecycle:
         try:
             with self.queue:
                 if sync and main:
-                    saved_alarm = signal.signal(signal.SIGALRM, self.handle_alrm)
+                    saved_alarm = signal.signal(signal.SIGALRM, self.on_grace_timer)
                 try:
                     outcome = self._serve_and_stop(interruptible=sync and main)
                 finally:
