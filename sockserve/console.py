@@ -1,6 +1,7 @@
 """What the user sees on stderr: the banner, events, errors and the summary.
 
-Three reporters share one interface: `RichReporter` (a terminal: colours through rich),
+Three reporters implement `events.Events` (what happens while serving) plus the run-level
+`listening`, `summary` and `fatal`: `RichReporter` (a terminal: colours through rich),
 `PlainReporter` (a pipe or file: the same lines, no escape codes, and rich is never imported),
 and `JsonReporter` (`--json`: one JSON object per event). stdout stays free for data. Reporters
 are called from several threads; each line is written whole under a lock.
@@ -8,56 +9,33 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Mapping
+from typing import IO, Any
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import IO, Any
+from .events import Direction, RemoteError, Stats
+
+__all__ = [
+    "JsonReporter",
+    "PlainReporter",
+    "RichReporter",
+    "Stats",
+    "format_bytes",
+    "format_client",
+    "hexdump",
+    "make_reporter",
+    "setup_logging",
+    "silence",
+    "summary_text",
+]
 
 PROG = "sockserve"
-
-
-class Stats:
-    """Counters of one run; `add_*` methods are thread-safe."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.connections = 0
-        self.requests = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.errors = 0
-        self.lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return (
-            f"Stats(started={self.started!r}, connections={self.connections!r}, "
-            f"requests={self.requests!r}, bytes_in={self.bytes_in!r}, "
-            f"bytes_out={self.bytes_out!r}, errors={self.errors!r})"
-        )
-
-    def add_connection(self) -> None:
-        with self.lock:
-            self.connections += 1
-
-    def add_request(self, received: int, sent: int) -> None:
-        with self.lock:
-            self.requests += 1
-            self.bytes_in += received
-            self.bytes_out += sent
-
-    def add_error(self) -> None:
-        with self.lock:
-            self.errors += 1
-
-    @property
-    def uptime(self) -> float:
-        return time.monotonic() - self.started
 
 
 def format_client(client: Any) -> str:
@@ -108,14 +86,38 @@ def summary_text(stats: Stats, socktype: str) -> str:
     )
 
 
-class PlainReporter:
-    """Events as plain lines on a text stream (stderr by default)."""
+def _traceback_text(exc: BaseException) -> str | None:
+    """The traceback of `exc` as text: formatted here, or as a forked child sent it."""
+    if exc.__traceback__ is not None:
+        return "".join(traceback.format_exception(exc))
+    if isinstance(exc, RemoteError):
+        return exc.tb
+    return None
 
-    def __init__(self, stream: IO[str] | None = None, verbosity: int = 0, quiet: bool = False):
+
+class PlainReporter:
+    """Events as plain lines on a text stream (stderr by default).
+
+    Implements `events.Events`. `socktype` ("stream" or "dgram") tells how `record` reads;
+    the run's monitor sets it before the first event.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        verbosity: int = 0,
+        quiet: bool = False,
+        socktype: str = "stream",
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.verbosity = verbosity
         self.quiet = quiet
+        self.socktype = socktype
         self.lock = threading.RLock()
+        #: `data` prints something (-vv, not --quiet).
+        self.wants_data = not quiet and verbosity >= 2
+        #: `record` prints something (--quiet shows neither records nor the summary).
+        self.wants_counts = not quiet
 
     # Formatting hooks; RichReporter overrides `_emit` to add style.
     def _emit(self, text: str, style: str = "") -> None:
@@ -126,24 +128,42 @@ class PlainReporter:
             except (OSError, ValueError):
                 pass  # stderr gone: nothing left to tell
 
+    # -- the run ---------------------------------------------------------------------------------
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
+        """The server listens at `url`; `details` name the mode, the handler and the rest."""
         if self.quiet:
             return
         extra = ", ".join(f"{k}={v}" for k, v in details.items() if k != "concurrency")
         self._emit(f"listening on {url} ({details.get('concurrency')}, {extra})", "listening")
 
-    def connected(self, client: Any) -> None:
-        if not self.quiet:
-            self._emit(f"connect {format_client(client)}", "event")
+    def summary(self, stats: Stats, socktype: str, reason: str | None) -> None:
+        """The run is over: its counters, and why it stopped."""
+        if self.quiet:
+            return
+        why = f" ({reason})" if reason else ""
+        self._emit(summary_text(stats, socktype) + why, "summary")
 
+    def fatal(self, message: str, hint: str | None) -> None:
+        """The run could not start (or go on): the error and how to fix it."""
+        self._emit(f"{PROG}: error: {message}", "error")
+        if hint:
+            self._emit(f"hint: {hint}", "hint")
+
+    # -- events ------------------------------------------------------------------------------------
     def shows_datagram_records(self) -> bool:
         """True if `record` prints anything for a datagram."""
         return not self.quiet and self.verbosity >= 1
 
-    def record(self, client: Any, received: int, sent: int, socktype: str) -> None:
+    def connected(self, client: Any) -> None:
+        """Print `connect CLIENT`."""
+        if not self.quiet:
+            self._emit(f"connect {format_client(client)}", "event")
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        """Print `close CLIENT` (counts at -v), or a datagram's line at -v."""
         if self.quiet:
             return
-        if socktype == "dgram":
+        if self.socktype == "dgram":
             if self.verbosity >= 1:
                 self._emit(
                     f"datagram {format_client(client)}: {received} B in, {sent} B out", "event"
@@ -152,40 +172,28 @@ class PlainReporter:
         counts = f" ({received} B in, {sent} B out)" if self.verbosity >= 1 else ""
         self._emit(f"close {format_client(client)}{counts}", "event")
 
-    def data(self, client: Any, direction: str, data: bytes) -> None:
+    def data(self, client: Any, direction: Direction, data: bytes) -> None:
+        """Print the chunk as a hex dump under an arrow (< in, > out)."""
         if self.quiet:
             return
         arrow = "<" if direction == "in" else ">"
         lines = [f"{arrow} {format_client(client)} {len(data)} B", *hexdump(data)]
         self._emit("\n".join(lines), "data")
 
-    def error(self, client: Any, exc: BaseException, *, with_traceback: bool = True) -> None:
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        """Print `error handling CLIENT: Type: message` and the traceback (even with -q)."""
         head = f"error handling {format_client(client)}: {type(exc).__name__}: {exc}"
-        if with_traceback and exc.__traceback__ is not None:
-            import traceback
-
-            tb = "".join(traceback.format_exception(exc)).rstrip()
-            self._emit(f"{head}\n{tb}", "error")
-        else:
-            self._emit(head, "error")
+        tb = _traceback_text(exc)
+        self._emit(f"{head}\n{tb.rstrip()}" if tb else head, "error")
 
     def warning(self, message: str) -> None:
+        """Print `warning: MESSAGE` (even with -q)."""
         self._emit(f"warning: {message}", "warning")
 
     def info(self, message: str) -> None:
+        """Print the line."""
         if not self.quiet:
             self._emit(message, "event")
-
-    def summary(self, stats: Stats, socktype: str, reason: str | None) -> None:
-        if self.quiet:
-            return
-        why = f" ({reason})" if reason else ""
-        self._emit(summary_text(stats, socktype) + why, "summary")
-
-    def fatal(self, message: str, hint: str | None) -> None:
-        self._emit(f"{PROG}: error: {message}", "error")
-        if hint:
-            self._emit(f"hint: {hint}", "hint")
 
 
 class RichReporter(PlainReporter):
@@ -208,8 +216,10 @@ class RichReporter(PlainReporter):
 
     @property
     def console(self) -> Any:
-        """The rich Console, made at the first line printed: rich (tens of ms to import) is
-        then loaded only once the server listens, and with --quiet usually never."""
+        """The rich Console, made at the first line printed.
+
+        rich is then imported only once the server listens, and with --quiet usually never.
+        """
         with self.lock:
             if self._console is None:
                 from rich.console import Console
@@ -234,11 +244,23 @@ class RichReporter(PlainReporter):
 
 
 class JsonReporter(PlainReporter):
-    """One JSON object per event and line (`--json`), for scripts."""
+    """One JSON object per event and line (`--json`), for scripts.
+
+    Every object carries `event` and `time`; what is about one connection, its `client`.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        verbosity: int = 0,
+        quiet: bool = False,
+        socktype: str = "stream",
+    ) -> None:
+        super().__init__(stream, verbosity, quiet, socktype)
+        self.wants_data = verbosity >= 2  # `data` events at -vv
+        self.wants_counts = True  # `close` and `request` events carry the counts
 
     def _event(self, event: str, **fields: Any) -> None:
-        import json  # only --json needs it: not imported on the way to listening
-
         record = {"event": event, "time": round(time.time(), 6), **fields}
         self._emit(json.dumps(record, default=str))
 
@@ -247,40 +269,11 @@ class JsonReporter(PlainReporter):
         return format_client(client) if client is not None else None
 
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
+        """Write a `listening` event with the url and the details."""
         self._event("listening", url=url, **details)
 
-    def connected(self, client: Any) -> None:
-        self._event("connect", client=self._client(client))
-
-    def shows_datagram_records(self) -> bool:
-        return True
-
-    def record(self, client: Any, received: int, sent: int, socktype: str) -> None:
-        name = "request" if socktype == "dgram" else "close"
-        self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
-
-    def data(self, client: Any, direction: str, data: bytes) -> None:
-        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
-
-    def error(self, client: Any, exc: BaseException, *, with_traceback: bool = True) -> None:
-        import traceback
-
-        tb = "".join(traceback.format_exception(exc)) if with_traceback else None
-        self._event(
-            "error",
-            client=self._client(client),
-            error=type(exc).__name__,
-            message=str(exc),
-            traceback=tb,
-        )
-
-    def warning(self, message: str) -> None:
-        self._event("warning", message=message)
-
-    def info(self, message: str) -> None:
-        self._event("info", message=message)
-
     def summary(self, stats: Stats, socktype: str, reason: str | None) -> None:
+        """Write the `shutdown` event with the counters."""
         self._event(
             "shutdown",
             reason=reason,
@@ -293,7 +286,43 @@ class JsonReporter(PlainReporter):
         )
 
     def fatal(self, message: str, hint: str | None) -> None:
+        """Write a `fatal` event."""
         self._event("fatal", message=message, hint=hint)
+
+    def shows_datagram_records(self) -> bool:
+        """Every datagram is a `request` event."""
+        return True
+
+    def connected(self, client: Any) -> None:
+        """Write a `connect` event."""
+        self._event("connect", client=self._client(client))
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        """Write a `close` event (a `request` event for a datagram) with the counts."""
+        name = "request" if self.socktype == "dgram" else "close"
+        self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
+
+    def data(self, client: Any, direction: Direction, data: bytes) -> None:
+        """Write a `data` event with the chunk in hex."""
+        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
+
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        """Write an `error` event with the exception's type, message and traceback."""
+        self._event(
+            "error",
+            client=self._client(client),
+            error=type(exc).__name__,
+            message=str(exc),
+            traceback=_traceback_text(exc),
+        )
+
+    def warning(self, message: str) -> None:
+        """Write a `warning` event."""
+        self._event("warning", message=message)
+
+    def info(self, message: str) -> None:
+        """Write an `info` event."""
+        self._event("info", message=message)
 
 
 def make_reporter(
@@ -315,17 +344,18 @@ def _isatty(stream: Any) -> bool:
 
 
 class ReporterLogHandler(logging.Handler):
-    """Route log records (framework, event loop) to the reporter as warnings/info lines."""
+    """Route log records (framework, event loop) to the reporter as error, warning or info."""
 
     def __init__(self, reporter: PlainReporter) -> None:
         super().__init__()
         self.reporter = reporter
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Pass the record on as the reporter's event."""
         try:
             message = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
-                self.reporter.error(None, record.exc_info[1])
+                self.reporter.handler_error(None, record.exc_info[1])
             elif record.levelno >= logging.WARNING:
                 self.reporter.warning(message)
             else:

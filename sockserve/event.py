@@ -30,7 +30,7 @@ keeps serving. The transport a user protocol gets counts the bytes it writes, so
 ``sockserve tcp :9999 -c event -H examples/event_echo.py`` serves it.
 
 EventServer runs such protocols (or the builtins' protocol factories) on a socket the factory
-already bound; see its docstring for the stop sequence the runner drives.
+already bound; see its docstring for the stop sequence the lifecycle drives.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
+
+from .events import Events, NullEvents
 
 logger = logging.getLogger(__name__)  # routed to the reporter (`console.setup_logging`)
 
@@ -50,29 +50,6 @@ logger = logging.getLogger(__name__)  # routed to the reporter (`console.setup_l
 _ABORT_WAIT = 2.0
 #: The client shown for an error the loop reports without a connection (a user's timer, a task).
 _NO_CLIENT = "(event loop)"
-
-
-class Hooks(Protocol):
-    """What the server tells about connections; `error` and `stopping` are optional.
-
-    `disconnected` is called when a stream connection ends, and once per datagram for a counted
-    datagram protocol; `received` and `sent` are None when the protocols count for themselves
-    (``count_bytes=False``). `error(client, exc)` hears exceptions from protocol callbacks and
-    idle connections (TimeoutError); `stopping(reason)` hears that the server stops by itself.
-    """
-
-    def connected(self, client: Any) -> None: ...
-    def disconnected(
-        self, client: Any, received: int | None, sent: int | None, exc: BaseException | None
-    ) -> None: ...
-
-
-class _NoHooks:
-    def connected(self, client: Any) -> None:
-        pass
-
-    def disconnected(self, client: Any, received: Any, sent: Any, exc: Any) -> None:
-        pass
 
 
 def default_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -92,21 +69,24 @@ class EventServer:
             `serve_forever` runs, and closes it when it stops.
         protocol_factory: called with no arguments for each connection (once for datagrams).
         idle_timeout: close a stream connection that neither received nor sent anything for
-            this many seconds, reported to `hooks.error` as a TimeoutError.
-        hooks: see `Hooks`.
+            this many seconds, reported to `events.handler_error` as a TimeoutError.
+        events: hears `connected` for each stream connection, `handler_error` for exceptions
+            of protocol callbacks, and, when the server counts bytes, `record` for each ended
+            connection and each datagram. None: errors are logged, the rest goes nowhere.
+        on_stop: called with the reason when the server stops by itself (`request_limit`).
         count_bytes: count what each protocol receives and writes through thin wrappers of the
-            protocol and its transport. False for protocols that report their own counts (the
-            builtins): they run unwrapped, and when `idle_timeout` is set their ``received`` and
-            ``sent`` attributes tell whether a connection is busy.
+            protocol and its transport, and report it to `events.record`. False for protocols
+            that report their own counts (the builtins): they run unwrapped, and when
+            `idle_timeout` is set their ``received`` and ``sent`` attributes tell whether a
+            connection is busy.
         backlog: the listen queue length (asyncio listens again on the socket).
         loop_factory: makes the event loop; default: `default_loop_factory()`.
 
     For the caller, in this order: `serve_forever()` until `request_stop()` (or the
-    `request_limit`) stops it and closes the listening socket; then `close_connections(None)` to
-    let open connections end, or `close_connections(0)` to abort them. Either closes the loop.
-    A BaseException raised by a signal handler while the loop runs (the runner's ForcedExit or
-    GraceExpired) stops the loop and leaves `serve_forever` or `close_connections` as it is; the
-    loop then stays open for a `close_connections(0)`.
+    `request_limit`) stops it and closes the listening socket; then, optionally, `drain(timeout)`
+    to let open connections end (a `request_stop()` meanwhile cuts it short); then
+    `close_connections(0)` to abort what is left and close the loop. `request_stop()` is safe
+    from a signal handler: it only wakes the loop.
     """
 
     #: Stop once this many connections (streams) or datagrams have started; None: never.
@@ -118,7 +98,8 @@ class EventServer:
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         *,
         idle_timeout: float | None = None,
-        hooks: Any = None,
+        events: Events | None = None,
+        on_stop: Callable[[str], None] | None = None,
         count_bytes: bool = True,
         backlog: int = 128,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
@@ -126,7 +107,9 @@ class EventServer:
         self.socket = sock
         self.protocol_factory = protocol_factory
         self.idle_timeout = idle_timeout
-        self.hooks = hooks if hooks is not None else _NoHooks()
+        self.events: Events = events if events is not None else NullEvents()
+        self._log_errors = events is None
+        self.on_stop = on_stop
         self.count_bytes = count_bytes
         self.backlog = backlog
         self.loop_factory = loop_factory or default_loop_factory()
@@ -138,10 +121,12 @@ class EventServer:
         self._server: Any = None  # asyncio.Server (streams)
         self._endpoint: Any = None  # the datagram transport, until it is lost
         self._stop_requested = False
+        self._stop_requests = 0  # request_stop calls so far
+        self._drain_since = 0  # the count when the drain began: a later one interrupts it
+        self._interrupted = False
         self._refusing = False  # no new connections or datagrams: stopped or limit reached
         self._serving = False  # serve_forever's run_forever is the one running
         self._draining = False
-        self._pending: BaseException | None = None  # raised once the loop has stopped
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- for the caller ----------------------------------------------------------------------
@@ -163,58 +148,73 @@ class EventServer:
         assert loop is not None
         if loop.is_closed():
             raise RuntimeError("this EventServer has been closed")
-        with self._guarded():
-            self._serving = True
-            try:
-                if self._stop_requested:  # before, or while the listener was set up
-                    self._stop_now()
-                loop.run_forever()
-            finally:
-                self._serving = False
-        self._raise_pending()
+        self._serving = True
+        try:
+            if self._stop_requested:  # before, or while the listener was set up
+                self._stop_now()
+            loop.run_forever()
+        finally:
+            self._serving = False
 
     def request_stop(self, reason: str | None = None) -> None:
         """Make `serve_forever` return soon and stop accepting.
 
-        Safe from a signal handler, another thread, or a protocol callback.
+        Safe from a signal handler (it only wakes the loop), another thread, or a protocol
+        callback. During `drain`, it makes the drain return.
         """
         if self.stop_reason is None and reason is not None:
             self.stop_reason = reason
         self._stop_requested = True
+        self._stop_requests += 1
         self._refusing = True
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
                 loop.call_soon_threadsafe(self._stop_now)
 
+    def drain(self, timeout: float | None) -> bool:
+        """Let the open connections end by themselves; True when none is left.
+
+        Stops accepting; a datagram socket first sends what it has buffered, then closes.
+        Returns False after `timeout` seconds (None: no limit), or as soon as `request_stop()`
+        is called meanwhile. The loop stays open: `close_connections(0)` comes next.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return True
+        self._refusing = True
+        self._drain_since = self._stop_requests
+        self._interrupted = False
+        if self._server is not None:
+            self._server.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
+        self._run_until_closed(None if timeout is None else loop.time() + timeout)
+        return not self._conns and self._endpoint is None
+
     def close_connections(self, timeout: float | None) -> None:
         """End the open connections, then close the loop.
 
-        None waits until every connection has ended by itself (a datagram socket first sends
-        what it has buffered); 0 aborts them at once; a positive number waits that long, then
-        aborts. Returns at once when the loop is already closed.
+        None waits until every connection has ended by itself (see `drain`); 0 aborts them at
+        once; a positive number waits that long, then aborts. Returns at once when the loop is
+        already closed.
         """
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         self._refusing = True
-        with self._guarded():
-            if self._server is not None:
-                self._server.close()
-            if timeout != 0:
-                if self._endpoint is not None:
-                    self._endpoint.close()
-                self._run_until_closed(None if timeout is None else loop.time() + timeout)
-                if self._pending is not None:
-                    self._raise_pending()  # the loop stays open for an abort
-            if self._conns or self._endpoint is not None:
-                for conn in list(self._conns):
-                    conn.transport.abort()
-                if self._endpoint is not None:
-                    self._endpoint.abort()
-                self._run_until_closed(loop.time() + _ABORT_WAIT)
-            self._close_loop()
-        self._raise_pending()
+        if self._server is not None:
+            self._server.close()
+        if timeout != 0:
+            self.drain(timeout)
+        if self._conns or self._endpoint is not None:
+            for conn in list(self._conns):
+                conn.transport.abort()
+            if self._endpoint is not None:
+                self._endpoint.abort()
+            self._interrupted = False
+            self._run_until_closed(loop.time() + _ABORT_WAIT)
+        self._close_loop()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class EventServer:
         factory = self._stream_factory()
         if sock.family == getattr(socket, "AF_UNIX", None):
             try:  # the runner removes the socket file itself, once, after every worker
-                coro = loop.create_unix_server(
+                coro = loop.create_unix_server(  # type: ignore[call-arg]  # new in Python 3.13
                     factory, sock=sock, backlog=self.backlog, cleanup_socket=False
                 )
             except TypeError:  # before Python 3.13 (and uvloop 0.21) there was no cleanup
@@ -283,7 +283,12 @@ class EventServer:
             self._server.close()
         if self._endpoint is not None:
             self._endpoint.close()
-        if self._serving and self._loop is not None:
+        if self._loop is None:
+            return
+        if self._serving:
+            self._loop.stop()
+        elif self._draining and self._stop_requests > self._drain_since:
+            self._interrupted = True
             self._loop.stop()
 
     def _run_until_closed(self, deadline: float | None) -> None:
@@ -292,7 +297,7 @@ class EventServer:
         assert loop is not None
         self._draining = True
         try:
-            while (self._conns or self._endpoint is not None) and self._pending is None:
+            while (self._conns or self._endpoint is not None) and not self._interrupted:
                 timer = None
                 if deadline is not None:
                     if loop.time() >= deadline:
@@ -329,89 +334,12 @@ class EventServer:
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
-        except RuntimeError:  # "loop stopped before Future completed": a signal's exception
-            if self._pending is None:
-                raise
         finally:
             loop.close()
 
-    def _raise_pending(self) -> None:
-        exc, self._pending = self._pending, None
-        if exc is not None:
-            try:
-                raise exc
-            finally:
-                exc = None  # no cycle through this frame
-
-    def _fail(self, exc: BaseException) -> None:
-        """Keep a BaseException (a signal's) to raise once the loop has stopped; stop it."""
-        if self._pending is None:
-            self._pending = exc
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-
-    @contextlib.contextmanager
-    def _guarded(self) -> Iterator[None]:
-        """While the loop runs: signal handlers that raise stop the loop instead.
-
-        A Python signal handler runs between any two bytecodes; an exception it raises inside a
-        loop callback would be swallowed as a callback error (or end up in a task). Each handler
-        is wrapped so that its exception is kept and raised after the loop stopped. asyncio's own
-        loop also gets a wakeup fd, so a signal caught by another thread wakes it (uvloop sets
-        its own).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        saved: dict[int, tuple[Any, Any]] = {}
-        for sig in signal.valid_signals():
-            try:
-                handler = signal.getsignal(sig)
-            except (OSError, ValueError):
-                continue
-            if callable(handler):
-                wrapper = self._wrap_handler(handler)
-                signal.signal(sig, wrapper)
-                saved[sig] = (handler, wrapper)
-        loop = self._loop
-        waker: tuple[socket.socket, socket.socket] | None = None
-        old_wakeup = -1
-        if isinstance(loop, asyncio.BaseEventLoop):
-            waker = socket.socketpair()
-            for s in waker:
-                s.setblocking(False)
-            loop.add_reader(waker[0].fileno(), _drain, waker[0])
-            old_wakeup = signal.set_wakeup_fd(waker[1].fileno(), warn_on_full_buffer=False)
-        try:
-            yield
-        finally:
-            if waker is not None:
-                signal.set_wakeup_fd(old_wakeup)
-                if loop is not None and not loop.is_closed():
-                    loop.remove_reader(waker[0].fileno())
-                for s in waker:
-                    s.close()
-            for sig, (handler, wrapper) in saved.items():
-                if signal.getsignal(sig) is wrapper:
-                    signal.signal(sig, handler)
-
-    def _wrap_handler(self, handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
-        def on_signal(signum: int, frame: Any) -> None:
-            try:
-                handler(signum, frame)
-            except BaseException as exc:
-                self._fail(exc)
-
-        return on_signal
-
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """The loop's exception handler: report callback errors; stop on a BaseException."""
+        """The loop's exception handler: report callback errors (asyncio re-raises the rest)."""
         exc = context.get("exception")
-        if exc is not None and not isinstance(exc, Exception):
-            self._fail(exc)
-            return
         protocol = context.get("protocol")
         transport = context.get("transport")
         if exc is None or (protocol is None and transport is None and isinstance(exc, OSError)):
@@ -425,11 +353,10 @@ class EventServer:
         self._report(_NO_CLIENT if client is None else client, exc)
 
     def _report(self, client: Any, exc: BaseException) -> None:
-        error = getattr(self.hooks, "error", None)
-        if error is not None:
-            error(client, exc)
-        else:
+        if self._log_errors:
             logger.error("error handling %s", client, exc_info=exc)
+        else:
+            self.events.handler_error(client, exc)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -439,23 +366,23 @@ class EventServer:
             return False
         self._conns.add(conn)
         self.requests_started += 1
-        self.hooks.connected(conn.client)
+        self.events.connected(conn.client)
         if self.idle_timeout is not None:
             conn.mark = conn.activity()
-            conn.since = self._loop.time()  # type: ignore[union-attr]
+            assert self._loop is not None  # connections come from the running loop
+            conn.since = self._loop.time()
             if self._sweeper is None:
                 self._schedule_sweep()
         self._count_request()
         return True
 
-    def _closed(
-        self, conn: _Connection, exc: BaseException | None, received: Any, sent: Any
-    ) -> None:
+    def _closed(self, conn: _Connection, received: int | None, sent: int) -> None:
         self._conns.discard(conn)
         if conn.idle:
             timeout = self.idle_timeout
             self._report(conn.client, TimeoutError(f"no traffic for {timeout:g}s"))
-        self.hooks.disconnected(conn.client, received, sent, exc)
+        if received is not None:  # the server counted (count_bytes): it reports the counts
+            self.events.record(conn.client, received, sent)
         self._maybe_drained()
 
     def _count_request(self) -> None:
@@ -463,9 +390,8 @@ class EventServer:
         if limit is not None and self.requests_started >= limit:
             self._refusing = True
             reason = "request limit reached"
-            stopping = getattr(self.hooks, "stopping", None)
-            if stopping is not None:
-                stopping(reason)
+            if self.on_stop is not None:
+                self.on_stop(reason)
             self.request_stop(reason)
 
     def _endpoint_lost(self) -> None:
@@ -497,12 +423,6 @@ class EventServer:
                     transport.close()
         if self._conns:
             self._schedule_sweep()
-
-
-def _drain(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while sock.recv(4096):
-            pass
 
 
 class _Connection:
@@ -558,7 +478,7 @@ class _Watched(_Connection):
         try:
             self.lost(exc)
         finally:
-            self.server._closed(self, exc, None, None)
+            self.server._closed(self, None, 0)
 
     def activity(self) -> tuple[int, int]:
         protocol = self.protocol
@@ -599,7 +519,7 @@ class _CountedBase(_Connection):
             self.protocol.connection_lost(exc)
         except Exception as error:
             self.server._report(self.client, error)
-        self.server._closed(self, exc, self.received, self.sent)
+        self.server._closed(self, self.received, self.sent)
 
     def activity(self) -> tuple[int, int]:
         return self.received + self.sent, self.transport.get_write_buffer_size()
@@ -760,7 +680,7 @@ class _DatagramWrapper(asyncio.DatagramProtocol):
         server._count_request()
         self._call(addr, self.protocol.datagram_received, data, addr)
         sent, self.sent = self.sent, 0  # replies sent meanwhile, or since the last datagram
-        server.hooks.disconnected(addr, len(data), sent, None)
+        server.events.record(addr, len(data), sent)
 
     def error_received(self, exc: Exception) -> None:
         self._call(None, self.protocol.error_received, exc)
@@ -776,7 +696,7 @@ class _DatagramWrapper(asyncio.DatagramProtocol):
             self._call(None, self.protocol.connection_lost, exc)
             if self.sent:  # replies sent after the last datagram was reported
                 sent, self.sent = self.sent, 0
-                self.server.hooks.disconnected(None, 0, sent, None)
+                self.server.events.record(None, 0, sent)
         finally:
             self.server._endpoint_lost()
 

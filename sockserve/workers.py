@@ -1,37 +1,45 @@
 """`--workers N`: prefork N processes that serve one listening socket, and supervise them.
 
-Loaded by `runner.serve` only when N > 1. Each worker runs the runner's usual loop; this
-process forwards the stop signals, reaps the workers and adds up their counters.
+Loaded by `runner.serve` only when N > 1. Each worker runs the usual serve loop, which the
+runner hands over as `serve_one`; this process forwards the stop signals, reaps the workers
+and adds up their counters. As in the lifecycle, a signal handler only records the signal
+and wakes the supervisor's wait; the supervisor decides (`Supervisor.handle_int`,
+`handle_term`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
+from collections.abc import Callable
+from typing import Any
 
+from .config import ServeConfig
 from .errors import ExitStatus
-from .runner import make_loop_server, run_loop
+from .lifecycle import STOP_SIGNALS, SignalQueue
+from .monitor import RunMonitor
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
-    from .config import ServeConfig
-    from .runner import RunMonitor
+#: Runs the usual serve loop in a worker, stopped by the given signals; returns its status.
+ServeOne = Callable[[tuple[int, ...]], int]
 
 
 def serve_workers(
-    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, announce: Any = None
+    config: ServeConfig,
+    server: Any,
+    monitor: RunMonitor,
+    serve_one: ServeOne,
+    announce: Callable[[], None] | None = None,
 ) -> int:
     """Prefork `config.workers` processes on the bound socket and supervise them.
 
-    Each worker runs the usual loop; SIGINT is ignored there, SIGTERM from this process is
-    its stop signal (a second SIGTERM forces it). This process forwards Ctrl-C/SIGTERM,
-    reaps the workers and adds their counters (sent as JSON on a pipe) to its own.
-    `announce` (the banner) runs once this process forwards signals: a SIGTERM sent on
-    seeing the banner never kills it by default and leaves the workers serving as orphans.
+    Each worker runs `serve_one`; SIGINT is ignored there, SIGTERM from this process is its
+    stop signal (a second SIGTERM forces it). This process forwards Ctrl-C/SIGTERM, reaps the
+    workers and adds their counters (sent as JSON on a pipe) to its own. `announce` (the
+    banner) runs once this process handles signals: a SIGTERM sent on seeing the banner never
+    kills it by default and leaves the workers serving as orphans.
     """
     result_r, result_w = os.pipe()
     workers: dict[int, int] = {}
@@ -39,66 +47,89 @@ def serve_workers(
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the worker, checked through its effects
             os.close(result_r)
-            _worker_main(config, server, handler, monitor, result_w)
+            _worker_main(server, monitor, serve_one, result_w)
         workers[pid] = _pidfd(pid)
     os.close(result_w)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    # The signal itself wakes the select below, even one that came just before the select
-    # began (its Python handler, on_signal, runs only once the select has returned).
-    saved_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    forwarded = 0
-    failed = False
     try:
-        if announce is not None:
-            announce()
-        while workers:
-            fds = [wake_r, *(fd for fd in workers.values() if fd >= 0)]
-            timeout = None if all(fd >= 0 for fd in workers.values()) else 0.1
-            with contextlib.suppress(InterruptedError):
-                select.select(fds, [], [], timeout)
-            with contextlib.suppress(OSError):
-                os.read(wake_r, 1024)
-            while forwarded < len(received):
-                forwarded += 1
-                if forwarded == 1:
-                    monitor.stop_reason = f"{signal.Signals(received[0]).name} received"
-                for pid in workers:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGTERM)
-            for pid in list(workers):
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    continue
-                fd = workers.pop(pid)
-                if fd >= 0:
-                    os.close(fd)
-                code = os.waitstatus_to_exitcode(status)
-                if not received and not failed:
-                    failed = True
-                    monitor.warning(f"worker {pid} exited with status {code}: stopping")
-                    monitor.stop_reason = "a worker exited"
-                    for other in workers:
-                        with contextlib.suppress(OSError):
-                            os.kill(other, signal.SIGTERM)
+        return Supervisor(workers, monitor).run(announce)
     finally:
-        signal.set_wakeup_fd(saved_wakeup)
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-        for fd in (wake_r, wake_w):
-            os.close(fd)
         _collect_worker_stats(result_r, monitor)
         os.close(result_r)
-    if len(received) >= 2:
-        return ExitStatus.INTERRUPTED
-    return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+class Supervisor:
+    """Wait for the workers; forward the stop signals to them; stop all when one fails."""
+
+    def __init__(self, workers: dict[int, int], monitor: RunMonitor) -> None:
+        self.workers = workers  # pid -> pidfd (-1 without one)
+        self.monitor = monitor
+        self.queue = SignalQueue(STOP_SIGNALS)
+        self.signalled = 0
+        self.failed = False
+
+    def run(self, announce: Callable[[], None] | None) -> int:
+        """Supervise until every worker has exited; return the exit status."""
+        try:
+            with self.queue:
+                if announce is not None:
+                    announce()
+                while self.workers:
+                    self.wait()
+                    for signum, _ in self.queue.take():
+                        name = signal.Signals(signum).name
+                        getattr(self, f"handle_{name[3:].lower()}", self.handle_term)(name)
+                    self.reap()
+        finally:
+            for fd in self.workers.values():
+                if fd >= 0:
+                    os.close(fd)
+        if self.signalled >= 2:
+            return ExitStatus.INTERRUPTED
+        return ExitStatus.ERROR if self.failed else ExitStatus.OK
+
+    def wait(self) -> None:
+        """Wait until a worker exits or a signal comes (a short wait where no pidfd tells)."""
+        fds = [self.queue.waker.fileno(), *(fd for fd in self.workers.values() if fd >= 0)]
+        timeout = None if all(fd >= 0 for fd in self.workers.values()) else 0.1
+        with contextlib.suppress(InterruptedError):
+            select.select(fds, [], [], timeout)
+        self.queue.waker.wait(0)
+
+    def handle_int(self, name: str) -> None:
+        """SIGINT (Ctrl-C): stop the workers (the next one forces them)."""
+        self._forward(name)
+
+    def handle_term(self, name: str) -> None:
+        """SIGTERM: stop the workers (the next one forces them)."""
+        self._forward(name)
+
+    def _forward(self, name: str) -> None:
+        self.signalled += 1
+        if self.signalled == 1 and self.monitor.stop_reason is None:
+            self.monitor.stop_reason = f"{name} received"
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        """Send SIGTERM to every worker."""
+        for pid in self.workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+
+    def reap(self) -> None:
+        """Forget the workers that exited; the first that exits unasked stops the others."""
+        for pid in list(self.workers):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                continue
+            fd = self.workers.pop(pid)
+            if fd >= 0:
+                os.close(fd)
+            code = os.waitstatus_to_exitcode(status)
+            if not self.signalled and not self.failed:
+                self.failed = True
+                self.monitor.warning(f"worker {pid} exited with status {code}: stopping")
+                self.monitor.stop_reason = "a worker exited"
+                self.kill_all()
 
 
 def _pidfd(pid: int) -> int:
@@ -109,7 +140,7 @@ def _pidfd(pid: int) -> int:
 
 
 def _worker_main(
-    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, result_fd: int
+    server: Any, monitor: RunMonitor, serve_one: ServeOne, result_fd: int
 ) -> None:  # pragma: no cover - runs in a worker process
     status = ExitStatus.ERROR
     try:
@@ -118,19 +149,8 @@ def _worker_main(
         server._unix_file = None  # the supervisor removes the socket file
         server.socket.setblocking(False)  # another worker may win the accept race
         monitor.become_worker()
-        loop_server = make_loop_server(config, server, handler, monitor)
-        status = run_loop(config, server, loop_server, monitor, sigs=(signal.SIGTERM,))
-        stats = monitor.stats
-        record = {
-            "connections": stats.connections,
-            "requests": stats.requests,
-            "bytes_in": stats.bytes_in,
-            "bytes_out": stats.bytes_out,
-            "errors": stats.errors,
-        }
-        import json
-
-        os.write(result_fd, json.dumps(record).encode() + b"\n")
+        status = serve_one((signal.SIGTERM,))
+        os.write(result_fd, json.dumps(monitor.stats.counts()).encode() + b"\n")
     except BaseException:
         status = ExitStatus.ERROR
     finally:
@@ -138,8 +158,7 @@ def _worker_main(
 
 
 def _collect_worker_stats(fd: int, monitor: RunMonitor) -> None:
-    import json
-
+    """Add the counters each worker wrote on the pipe to the monitor's."""
     data = b""
     while True:
         try:
@@ -151,13 +170,7 @@ def _collect_worker_stats(fd: int, monitor: RunMonitor) -> None:
         data += chunk
     for line in data.splitlines():
         try:
-            rec = json.loads(line)
+            counts = json.loads(line)
         except ValueError:
             continue
-        stats = monitor.stats
-        with stats.lock:
-            stats.connections += int(rec["connections"])
-            stats.requests += int(rec["requests"])
-            stats.bytes_in += int(rec["bytes_in"])
-            stats.bytes_out += int(rec["bytes_out"])
-            stats.errors += int(rec["errors"])
+        monitor.stats.add(counts)

@@ -1,4 +1,4 @@
-"""console: formatting helpers and the three reporters."""
+"""console: formatting helpers and the three reporters (each implements events.Events)."""
 
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def test_plain_reporter_lines_and_verbosity() -> None:
     rep = PlainReporter(out, verbosity=0)
     rep.listening("tcp://127.0.0.1:1", {"concurrency": "thread", "handler": "echo"})
     rep.connected(("127.0.0.1", 2))
-    rep.record(("127.0.0.1", 2), 3, 4, "stream")
-    rep.record(("127.0.0.1", 2), 3, 4, "dgram")  # datagrams only at -v
+    rep.record(("127.0.0.1", 2), 3, 4)
+    rep.socktype = "dgram"
+    rep.record(("127.0.0.1", 2), 3, 4)  # datagrams only at -v
     lines = out.getvalue().splitlines()
     assert lines == [
         "listening on tcp://127.0.0.1:1 (thread, handler=echo)",
@@ -70,7 +71,7 @@ def test_plain_reporter_lines_and_verbosity() -> None:
     ]
     out = io.StringIO()
     rep = PlainReporter(out, verbosity=1)
-    rep.record(("127.0.0.1", 2), 3, 4, "stream")
+    rep.record(("127.0.0.1", 2), 3, 4)
     assert out.getvalue() == "close 127.0.0.1:2 (3 B in, 4 B out)\n"
 
 
@@ -84,7 +85,7 @@ def test_quiet_keeps_errors_only() -> None:
     try:
         raise ValueError("bad")
     except ValueError as exc:
-        rep.error(("h", 1), exc)
+        rep.handler_error(("h", 1), exc)
     assert "error handling h:1: ValueError: bad" in out.getvalue()
     assert "Traceback" in out.getvalue()
 
@@ -94,7 +95,7 @@ def test_json_reporter_emits_one_object_per_line() -> None:
     rep = JsonReporter(out)
     rep.listening("tcp://127.0.0.1:1", {"concurrency": "thread", "handler": "echo"})
     rep.connected(("127.0.0.1", 2))
-    rep.record(("127.0.0.1", 2), 3, 4, "stream")
+    rep.record(("127.0.0.1", 2), 3, 4)
     rep.data(("127.0.0.1", 2), "in", b"\x00ab")
     rep.summary(Stats(), "stream", "SIGINT received")
     events = [json.loads(line) for line in out.getvalue().splitlines()]

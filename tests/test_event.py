@@ -23,6 +23,7 @@ from clitools import RecordsObserver, finish, inet_address, spawn, tcp_exchange,
 
 from sockserve import builtins as bh
 from sockserve.event import EventServer
+from sockserve.events import NullEvents
 from sockserve.loading import BUILTIN_NAMES
 
 pytestmark = pytest.mark.leakcheck
@@ -48,8 +49,8 @@ def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.Abstrac
 # -- helpers for EventServer in a thread ----------------------------------------------------------
 
 
-class Hooks:
-    """Records what the server reports; `wait` blocks until a predicate on the records holds."""
+class Hooks(NullEvents):
+    """Records the events the server reports (and `on_stop`); `wait` blocks until enough came."""
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
@@ -63,10 +64,10 @@ class Hooks:
     def connected(self, client: Any) -> None:
         self._add("connected", client)
 
-    def disconnected(self, client: Any, received: Any, sent: Any, exc: Any) -> None:
-        self._add("disconnected", client, received, sent)
+    def record(self, client: Any, received: int, sent: int) -> None:
+        self._add("record", client, received, sent)
 
-    def error(self, client: Any, exc: BaseException) -> None:
+    def handler_error(self, client: Any, exc: BaseException) -> None:
         self._add("error", client, exc)
 
     def stopping(self, reason: str) -> None:
@@ -209,7 +210,7 @@ def test_every_builtin_on_every_transport(
     options = bh.HandlerOptions(reply=b"pong\n", output=output, input=stdin, observer=observer)
     factory = bh.protocol_factory(name, "dgram" if dgram else "stream", options)
     hooks = Hooks()
-    serving = serve(sock, factory, hooks=hooks, count_bytes=False)
+    serving = serve(sock, factory, events=hooks, count_bytes=False)
     try:
         with client_for(sock, sock_dir) as client:
             exchange_with_builtin(name, dgram, client, out_r, in_w)
@@ -225,10 +226,7 @@ def test_every_builtin_on_every_transport(
         assert not hooks.of("connected")
     else:
         assert len(hooks.of("connected")) == 1
-        # the builtin reported its own counts: the server adds none
-        assert hooks.of("disconnected") == [
-            ("disconnected", hooks.of("connected")[0][1], None, None)
-        ]
+        assert not hooks.of("record")  # the builtin reported its own counts: the server adds none
     assert len(records) == 1
     assert not hooks.of("error")
 
@@ -286,7 +284,7 @@ def test_200_concurrent_clients_are_all_served(
     sock = listening_socket("tcp", sock_dir)
     factory = bh.protocol_factory("echo", "stream", bh.HandlerOptions())
     hooks = Hooks()
-    serving = serve(sock, factory, hooks=hooks, count_bytes=False)
+    serving = serve(sock, factory, events=hooks, count_bytes=False)
     clients = [socket.create_connection(sock.getsockname(), timeout=10) for _ in range(200)]
     try:
         hooks.wait("connected", 200)
@@ -299,7 +297,7 @@ def test_200_concurrent_clients_are_all_served(
         for client in clients:
             client.close()
     serving.stop()
-    assert len(hooks.of("disconnected")) == 200
+    assert serving.server.active_connections == 0
 
 
 class Rendezvous(asyncio.Protocol):
@@ -389,14 +387,14 @@ def test_close_connections_zero_aborts(sock_dir: str, serve: Callable[..., Servi
     serving = serve(
         sock,
         bh.protocol_factory("discard", "stream", bh.HandlerOptions()),
-        hooks=hooks,
+        events=hooks,
         count_bytes=False,
     )
     with socket.create_connection(sock.getsockname(), timeout=5) as client:
         hooks.wait("connected")
         serving.stop(0)
         assert client.recv(10) == b""
-    assert len(hooks.of("disconnected")) == 1
+    assert serving.server.active_connections == 0
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -407,7 +405,9 @@ def test_request_limit(transport: str, sock_dir: str, serve: Callable[..., Servi
     options = bh.HandlerOptions(observer=observer)
     factory = bh.protocol_factory("echo", "dgram" if dgram else "stream", options)
     hooks = Hooks()
-    serving = serve(sock, factory, hooks=hooks, count_bytes=False, request_limit=2)
+    serving = serve(
+        sock, factory, events=hooks, on_stop=hooks.stopping, count_bytes=False, request_limit=2
+    )
     for i in range(2):
         with client_for(sock, sock_dir) as client:
             client.sendall(b"%d" % i)
@@ -429,7 +429,9 @@ def test_connections_past_the_limit_are_not_served(
             client.sendall(b"x")
         hooks = Hooks()
         factory = bh.protocol_factory("echo", "stream", bh.HandlerOptions())
-        serving = serve(sock, factory, hooks=hooks, count_bytes=False, request_limit=1)
+        serving = serve(
+            sock, factory, events=hooks, on_stop=hooks.stopping, count_bytes=False, request_limit=1
+        )
         answers = []
         for client in clients:
             try:
@@ -465,7 +467,7 @@ def test_user_protocol_is_counted_and_its_error_reported(
 ) -> None:
     sock = listening_socket("tcp", sock_dir)
     hooks = Hooks()
-    serving = serve(sock, Fragile, hooks=hooks)
+    serving = serve(sock, Fragile, events=hooks)
     with socket.create_connection(sock.getsockname(), timeout=5) as client:
         client.sendall(b"boom")
         assert read_all(client) == b""  # the failing connection is aborted
@@ -478,7 +480,7 @@ def test_user_protocol_is_counted_and_its_error_reported(
         client.shutdown(socket.SHUT_WR)
         assert read_all(client) == b""
     serving.stop()
-    assert [e[2:] for e in hooks.of("disconnected")] == [(4, 0), (3, 4)]
+    assert [e[2:] for e in hooks.of("record")] == [(4, 0), (3, 4)]
 
 
 class Buffered(asyncio.BufferedProtocol):
@@ -498,15 +500,15 @@ class Buffered(asyncio.BufferedProtocol):
 def test_user_buffered_protocol_is_counted(sock_dir: str, serve: Callable[..., Serving]) -> None:
     sock = listening_socket("unix", sock_dir)
     hooks = Hooks()
-    serving = serve(sock, Buffered, hooks=hooks)
+    serving = serve(sock, Buffered, events=hooks)
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(5)
         client.connect(sock.getsockname())
         client.sendall(b"abc")
         assert client.recv(10) == b"ABC"
-    hooks.wait("disconnected")
+    hooks.wait("record")
     serving.stop()
-    assert hooks.of("disconnected")[0][2:] == (3, 3)
+    assert hooks.of("record")[0][2:] == (3, 3)
 
 
 class DatagramEcho(asyncio.DatagramProtocol):
@@ -525,15 +527,15 @@ def test_user_datagram_protocol_counts_and_survives_errors(
 ) -> None:
     sock = listening_socket(transport, sock_dir)
     hooks = Hooks()
-    serving = serve(sock, DatagramEcho, hooks=hooks)
+    serving = serve(sock, DatagramEcho, events=hooks)
     with client_for(sock, sock_dir) as client:
         client.send(b"boom")
         hooks.wait("error")
         client.send(b"ab")
         assert client.recv(10) == b"abab"
-        hooks.wait("disconnected", 2)
+        hooks.wait("record", 2)
     serving.stop()
-    assert [e[2:] for e in hooks.of("disconnected")] == [(4, 0), (2, 4)]
+    assert [e[2:] for e in hooks.of("record")] == [(4, 0), (2, 4)]
     assert not hooks.of("connected")
     ((_, where, exc),) = hooks.of("error")
     assert isinstance(exc, ValueError) and where
@@ -545,7 +547,7 @@ def test_idle_connections_are_closed_and_reported(
     sock = listening_socket("tcp", sock_dir)
     hooks = Hooks()
     factory = bh.protocol_factory("echo", "stream", bh.HandlerOptions())
-    serving = serve(sock, factory, hooks=hooks, count_bytes=False, idle_timeout=0.1)
+    serving = serve(sock, factory, events=hooks, count_bytes=False, idle_timeout=0.1)
     with socket.create_connection(sock.getsockname(), timeout=5) as client:
         client.sendall(b"x")
         assert client.recv(10) == b"x"
@@ -555,48 +557,45 @@ def test_idle_connections_are_closed_and_reported(
     serving.stop()
 
 
-class Boom(BaseException):
-    """Stands for the runner's ForcedExit / GraceExpired."""
-
-
-@pytest.mark.parametrize("during", ["serve_forever", "drain"])
-def test_exception_from_a_signal_handler_leaves_the_loop_cleanly(
-    during: str,
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals: main thread"
+)
+def test_request_stop_from_a_signal_handler_ends_serving_then_the_drain(
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
     sock_dir: str,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """As the runner's ForcedExit and GraceExpired do: raised in the main thread's handler."""
+    """As the lifecycle's handlers do: a signal only calls request_stop. The first ends
+    serve_forever; one during `drain` ends the drain with a connection still open."""
     sock = listening_socket("tcp", sock_dir)
     hooks = Hooks()
     server = EventServer(
         sock,
         bh.protocol_factory("echo", "stream", bh.HandlerOptions()),
-        hooks=hooks,
+        events=hooks,
         count_bytes=False,
         loop_factory=loop_factory,
     )
     client = socket.create_connection(sock.getsockname(), timeout=5)
+    signals: list[int] = []
 
-    def raise_boom(signum: int, frame: Any) -> None:
-        raise Boom()
+    def on_signal(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        server.request_stop()
 
     def on_connected(c: Any) -> None:
         Hooks.connected(hooks, c)
-        if during == "serve_forever":
-            signal.setitimer(signal.ITIMER_REAL, 0.05)  # the loop is running: raise in 50 ms
-        else:
-            server.request_stop()
+        signal.setitimer(signal.ITIMER_REAL, 0.05)  # the loop is running: a signal in 50 ms
 
-    hooks.connected = on_connected  # type: ignore[method-assign]
-    old = signal.signal(signal.SIGALRM, raise_boom)
+    hooks.connected = on_connected  # type: ignore[method-assign]  # this test's hook
+    old = signal.signal(signal.SIGALRM, on_signal)
     try:
-        with pytest.raises(Boom):
-            server.serve_forever(5.0)
-            assert server.active_connections == 1  # the client does not go away by itself
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            server.close_connections(None)
-        assert signal.getsignal(signal.SIGALRM) is raise_boom  # the handler is given back
+        server.serve_forever(5.0)
+        assert signals == [signal.SIGALRM]
+        assert server.active_connections == 1  # the client does not go away by itself
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert server.drain(None) is False  # cut short by the second signal
+        assert signals == [signal.SIGALRM, signal.SIGALRM]
         assert server.active_connections == 1
         server.close_connections(0)
         assert client.recv(10) == b""
@@ -609,6 +608,37 @@ def test_exception_from_a_signal_handler_leaves_the_loop_cleanly(
     assert not hooks.of("error")
     out, err = capfd.readouterr()
     assert "never retrieved" not in err and "Traceback" not in err
+
+
+def test_drain_is_true_once_the_connections_ended(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], sock_dir: str
+) -> None:
+    sock = listening_socket("tcp", sock_dir)
+    hooks = Hooks()
+    server = EventServer(
+        sock,
+        bh.protocol_factory("echo", "stream", bh.HandlerOptions()),
+        events=hooks,
+        count_bytes=False,
+        loop_factory=loop_factory,
+    )
+    result: dict[str, bool] = {}
+
+    def run() -> None:
+        server.serve_forever(5.0)
+        result["drained"] = server.drain(10)
+        server.close_connections(0)
+
+    thread = threading.Thread(target=run, name="event-server")
+    thread.start()
+    with socket.create_connection(sock.getsockname(), timeout=5) as client:
+        hooks.wait("connected")
+        server.request_stop()
+        client.sendall(b"x")
+        assert client.recv(10) == b"x"  # served to its end
+    thread.join(10)
+    assert result == {"drained": True}
+    assert server.active_connections == 0
 
 
 # -- the real command ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_rich_reporter_imports_rich_at_first_line_only() -> None:
         "from sockserve.console import RichReporter\n"
         "r = RichReporter(quiet=True, force_color=True)\n"
         "r.listening('tcp://127.0.0.1:1', {'concurrency': 'thread'})\n"
-        "r.record(('127.0.0.1', 2), 1, 1, 'stream')\n"
+        "r.record(('127.0.0.1', 2), 1, 1)\n"
         "assert 'rich' not in sys.modules, 'rich imported before any line was printed'\n"
         "r.fatal('boom', 'a hint')\n"
         "assert 'rich.console' in sys.modules\n"
@@ -176,9 +176,9 @@ def test_monitor_only_counts_datagrams_it_would_not_show(
         assert out.getvalue() == ""
 
 
-def test_serve_path_imports_neither_json_nor_rich() -> None:
-    """What `sockserve tcp :0` imports before it listens: json only for --json / fork mode, rich
-    only at the first line printed on a terminal."""
+def test_serve_path_does_not_import_rich() -> None:
+    """What `sockserve tcp :0` imports before it listens: rich only at the first line printed
+    on a terminal."""
     import subprocess
     import sys
 
@@ -186,7 +186,7 @@ def test_serve_path_imports_neither_json_nor_rich() -> None:
         "import sys\n"
         "import sockserve.cli, sockserve.runner, sockserve.console, sockserve.compose\n"
         "import sockserve.builtins, sockserve.config, sockserve.addresses\n"
-        "print(sorted(m for m in ('json', 'rich') if m in sys.modules))\n"
+        "print(sorted(m for m in ('rich',) if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True

@@ -1,0 +1,252 @@
+"""The run's monitor: counts what the server does and passes its events to the reporter.
+
+`RunMonitor` implements `events.Events`. In a forked request child (fork mode) an event
+cannot reach the reporter of the parent: it travels as one JSON line on a pipe (one atomic
+write each), and the parent reports it from `poll()`, which the serve loop calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .builtins import OutputClosed
+from .config import ServeConfig
+from .console import PlainReporter, format_client
+from .events import Direction, Stats, remote_error
+
+#: The longest line a child writes on the pipe: one write of at most PIPE_BUF bytes is atomic.
+CHILD_RECORD_MAX = select.PIPE_BUF - 1
+#: Errors that are the client's doing, not the handler's: reported in one line.
+PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+# How many forks led to this process (each child counts its own): RunMonitor.in_child
+# compares it with the count it saw, instead of calling getpid() for every request. Where
+# there is no register_at_fork there is no fork either, and the count stays 0.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+class RunMonitor:
+    """Count and report the events of one run; forward them from forked children.
+
+    `on_stop(reason)`, set by the lifecycle, is called when the run must stop by itself (the
+    reporter's stdout closed); `stop_reason` keeps the first reason the run stopped for.
+    """
+
+    def __init__(self, reporter: PlainReporter, config: ServeConfig) -> None:
+        reporter.socktype = config.socktype
+        self.reporter = reporter
+        self.socktype = config.socktype
+        self.stats = Stats()
+        self.wants_data = config.verbosity >= 2
+        self.wants_counts = reporter.wants_counts
+        self.stop_reason: str | None = None
+        self.on_stop: Callable[[str], None] | None = None
+        self.output_closed = False
+        self._forks = _forks
+        self._pipe: tuple[int, int] | None = None
+        self._pipe_poll: select.poll | None = None
+        self._partial = b""
+        if config.concurrency == "fork":
+            self._open_pipe()
+        if (
+            config.socktype == "dgram"
+            and config.concurrency in ("sync", "event")
+            and not reporter.shows_datagram_records()
+        ):
+            # A record per datagram, all from one thread, that the reporter would not show.
+            self.record = self._count  # type: ignore[method-assign]  # a cheaper record, per run
+
+    def _count(self, client: Any, received: int, sent: int) -> None:
+        """`record` where it only has to count: one thread, nothing to print or forward."""
+        stats = self.stats
+        stats.requests += 1
+        stats.bytes_in += received
+        stats.bytes_out += sent
+
+    def become_worker(self) -> None:
+        """In a --workers process: act as the parent of its own request children."""
+        self._forks = _forks
+        self.stats = Stats()
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._open_pipe()
+
+    def _open_pipe(self) -> None:
+        """Open the pipe children forward their events on, and a poll for data on it.
+
+        The loop asks on every iteration: an empty poll costs no exception, where a read
+        that fails with EAGAIN does.
+        """
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self._pipe = (r, w)
+        self._pipe_poll = select.poll()
+        self._pipe_poll.register(r, select.POLLIN)
+
+    @property
+    def in_child(self) -> bool:
+        """True in a forked request child (a comparison: it runs for every request)."""
+        return _forks != self._forks
+
+    def _forward(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=str).encode() + b"\n"
+        if len(line) > CHILD_RECORD_MAX:
+            record.pop("tb", None)
+            line = json.dumps(record, default=str).encode()[:CHILD_RECORD_MAX] + b"\n"
+        if self._pipe is not None:
+            try:
+                os.write(self._pipe[1], line)
+            except OSError:
+                pass
+
+    # -- Events -----------------------------------------------------------------------------------
+    def connected(self, client: Any) -> None:
+        """Count the connection and report it."""
+        self.stats.add_connection()
+        self.reporter.connected(client)
+
+    def record(self, client: Any, received: int, sent: int) -> None:
+        """Count the request and report it (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "record", "c": _jsonable(client), "i": received, "o": sent})
+            return
+        self.stats.add_request(received, sent)
+        self.reporter.record(client, received, sent)
+
+    def data(self, client: Any, direction: Direction, data: bytes) -> None:
+        """Report the chunk."""
+        self.reporter.data(client, direction, bytes(data))
+
+    def handler_error(self, client: Any, exc: BaseException) -> None:
+        """Report a handler's error; what is no bug of the handler's is one line of info.
+
+        OutputClosed (the builtins' stdout went away) stops the run instead; an idle
+        timeout and a client gone away are reported as info.
+        """
+        if isinstance(exc, OutputClosed):
+            if self.in_child:
+                self._forward({"k": "output-closed"})
+            else:
+                self._output_closed()
+            return
+        if isinstance(exc, TimeoutError):
+            self._note(f"closed idle connection {format_client(client)}")
+            return
+        if isinstance(exc, PEER_GONE):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._note(f"client {format_client(client)} went away: {reason}")
+            return
+        if self.in_child:
+            self._forward(
+                {
+                    "k": "error",
+                    "c": _jsonable(client),
+                    "t": type(exc).__name__,
+                    "m": str(exc),
+                    "tb": "".join(traceback.format_exception(exc)),
+                }
+            )
+            return
+        self.stats.add_error()
+        self.reporter.handler_error(client, exc)
+
+    def warning(self, message: str) -> None:
+        """Report the warning."""
+        self.reporter.warning(message)
+
+    def info(self, message: str) -> None:
+        """Report the line."""
+        self.reporter.info(message)
+
+    def _note(self, message: str) -> None:
+        if self.in_child:
+            self._forward({"k": "info", "m": message})
+        else:
+            self.reporter.info(message)
+
+    def _output_closed(self) -> None:
+        if not self.output_closed:
+            self.output_closed = True
+            self.request_stop("stdout closed")
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run for `reason` (the first reason given is kept)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.on_stop is not None:
+            self.on_stop(reason)
+
+    # -- parent side of the child pipe ------------------------------------------------------------
+    def poll(self) -> None:
+        """Report what forked children sent (called from the serve loop and at the end)."""
+        if self._pipe is None or self.in_child:
+            return
+        assert self._pipe_poll is not None
+        if not self._pipe_poll.poll(0):
+            return
+        chunks = [self._partial]
+        while True:
+            try:
+                chunk = os.read(self._pipe[0], 65536)
+            except OSError:  # BlockingIOError: all read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        *lines, self._partial = b"".join(chunks).split(b"\n")
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            self._replay(rec)
+
+    def _replay(self, rec: dict[str, Any]) -> None:
+        kind = rec.get("k")
+        if kind == "record":
+            self.stats.add_request(int(rec["i"]), int(rec["o"]))
+            self.reporter.record(_from_json(rec.get("c")), rec["i"], rec["o"])
+        elif kind == "error":
+            self.stats.add_error()
+            exc = remote_error(str(rec.get("t")), str(rec.get("m")), rec.get("tb"))
+            self.reporter.handler_error(_from_json(rec.get("c")), exc)
+        elif kind == "output-closed":
+            self._output_closed()
+        elif kind == "info":
+            self.reporter.info(str(rec.get("m")))
+
+    def close(self) -> None:
+        """Report what children sent last; close the pipe."""
+        if self._pipe is not None and not self.in_child:
+            self.poll()
+            for fd in self._pipe:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._pipe = None
+
+
+def _jsonable(client: Any) -> Any:
+    if isinstance(client, bytes):
+        return client.decode(errors="replace")
+    return client
+
+
+def _from_json(client: Any) -> Any:
+    return tuple(client) if isinstance(client, list) else client
