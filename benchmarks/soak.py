@@ -5,9 +5,10 @@
 
 For each mode a real `sockserve tcp 127.0.0.1:0 -H echo -q` is started and, after a warm-up
 and once its readings rest, `--count` connections are made by `--clients` client threads
-(connect, send, half-close, read the echo to EOF, verify it). The table gives open descriptors, threads and child processes
-before and after (after waiting for them to settle), zombies, RSS before/after and its slope
-per 1,000 connections, the rate, and the time SIGTERM takes to stop the server.
+(connect, send, half-close, read the echo to EOF, verify it). The table gives open
+descriptors, threads and child processes before and after (after waiting for them to
+settle), zombies, RSS before/after and its slope per 1,000 connections, the rate, and the
+time SIGTERM takes to stop the server.
 
 A second table (`--emfile N`) measures recovery from descriptor exhaustion: the server's
 RLIMIT_NOFILE is lowered, clients pile up until accept() fails with EMFILE, then they all
