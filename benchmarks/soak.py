@@ -3,18 +3,19 @@
     python benchmarks/soak.py                  # 10,000 connections in each mode
     python benchmarks/soak.py --count 2000 --modes thread,fork --clients 8
 
-For each mode a real `sockserve tcp 127.0.0.1:0 -H echo -q` is started and, after a warm-up,
-`--count` connections are made by `--clients` client threads (connect, send, half-close, read
-the echo to EOF, verify it). The table gives open descriptors, threads and child processes
-before and after (after waiting for them to settle), zombies, RSS before/after and its slope
-per 1,000 connections, the rate, and the time SIGTERM takes to stop the server.
+For each mode a real `sockserve tcp 127.0.0.1:0 -H echo -q` is started and, after a warm-up
+and once its readings rest, `--count` connections are made by `--clients` client threads
+(connect, send, half-close, read the echo to EOF, verify it). The table gives open
+descriptors, threads and child processes before and after (after waiting for them to
+settle), zombies, RSS before/after and its slope per 1,000 connections, the rate, and the
+time SIGTERM takes to stop the server.
 
 A second table (`--emfile N`) measures recovery from descriptor exhaustion: the server's
 RLIMIT_NOFILE is lowered, clients pile up until accept() fails with EMFILE, then they all
 close, and we time the first successful echo after that.
 
-The server helpers come from tests/test_reliability.py, so the soak measures exactly what the
-tests measure, at a larger scale. Linux only (/proc). Only loopback is used.
+The server, its /proc readings and the echo clients are in benchmarks/soaktools.py. Linux
+only (/proc). Only loopback is used.
 """
 
 from __future__ import annotations
@@ -29,24 +30,16 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from test_reliability import (  # noqa: E402
-    MODES,
-    Server,
-    connect,
-    exchange,
-    quiescent,
-    wait_until,
-)
+from soaktools import MODES, Address, Served, connect, echo, poll_until, settle
 
 WARM_UP = 300
 
 
-def churn(addr: Any, count: int, clients: int, server: Server, rss: list[tuple[int, int]]) -> float:
+def churn(
+    addr: Address, count: int, clients: int, server: Served, rss: list[tuple[int, int]]
+) -> float:
     """`count` verified echo connections by `clients` threads; returns the elapsed time.
 
     Every 1,000 connections the server's RSS is sampled into `rss` as (done, KiB).
@@ -67,7 +60,7 @@ def churn(addr: Any, count: int, clients: int, server: Server, rss: list[tuple[i
             i += 1
             payload = b"%d-%d;" % (k, i) * 16
             try:
-                got = exchange(addr, payload)
+                got = echo(addr, payload)
             except BaseException as exc:  # reported below, after the other threads stop
                 errors.append(exc)
                 return
@@ -101,12 +94,12 @@ def slope(points: list[tuple[int, int]]) -> float:
 
 
 def soak_mode(mode: str, count: int, clients: int) -> dict[str, Any]:
-    server = Server(["tcp", "127.0.0.1:0", "-c", mode, "-H", "echo", "-q", "--print-address"])
+    server = Served("-c", mode, "-H", "echo", "-q", "--print-address")
     try:
         addr = server.address()
         warm: list[tuple[int, int]] = []
         churn(addr, WARM_UP, clients, server, warm)
-        wait_until(lambda: quiescent(server, addr[1]))
+        settle(server, addr[1])
         base = {
             "fds": server.fds(),
             "threads": server.threads(),
@@ -116,7 +109,7 @@ def soak_mode(mode: str, count: int, clients: int) -> dict[str, Any]:
         rss: list[tuple[int, int]] = [(0, base["rss"])]
         took = churn(addr, count, clients, server, rss)
         settled_in = time.monotonic()
-        wait_until(
+        poll_until(
             lambda: (
                 server.fds() == base["fds"]
                 and server.threads() == base["threads"]
@@ -154,14 +147,14 @@ def soak_mode(mode: str, count: int, clients: int) -> dict[str, Any]:
 
 def emfile_trial() -> dict[str, float]:
     """Exhaust the server's descriptors, free them, time the first echo that succeeds."""
-    server = Server(["tcp", "127.0.0.1:0", "-H", "echo"])
+    server = Served("-H", "echo")
     held: list[socket.socket] = []
     try:
-        addr = server.serving()
+        addr = server.echoing()
         limit = server.fds() + 24
         resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (limit, limit * 4))
         held = [connect(addr) for _ in range(60)]
-        server.wait_for(r"^warning: cannot accept: Too many open files")
+        server.await_line(r"^warning: cannot accept: Too many open files")
         ticks = server.cpu_ticks()
         time.sleep(1.0)
         cpu_ms = (server.cpu_ticks() - ticks) * 1000 / os.sysconf("SC_CLK_TCK")
@@ -169,9 +162,9 @@ def emfile_trial() -> dict[str, float]:
         for sock in held:
             sock.close()
         held = []
-        assert exchange(addr, b"back") == b"back"
+        assert echo(addr, b"back") == b"back"
         recovery = time.monotonic() - freed
-        warnings = server.count("cannot accept")
+        warnings = len(server.lines_matching("cannot accept"))
         server.stop()
         return {"recovery_ms": recovery * 1000, "cpu_ms_per_s": cpu_ms, "warnings": warnings}
     finally:

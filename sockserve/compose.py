@@ -132,7 +132,7 @@ def choose_parts(
     # a user's handler is counted by the part; the builtins count for themselves.
     watching = monitor is not None and monitor.wants_data
     counting = builtin is None and monitor is not None and monitor.wants_counts
-    if not stream and builtin is not None and not watching:  # the lean path sees no chunks
+    if not stream and builtin is not None:  # with -vv, each datagram through a watch
         if concurrency == "sync" or (
             concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
         ):

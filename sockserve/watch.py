@@ -11,8 +11,8 @@ after it, for any handler, without the handler knowing.
 sendfile go through its watch (and so do `makefile` and a StreamRequestHandler's rfile and
 wfile, which call them). `WatchedDatagramSocket` stands in for a datagram server's socket
 in one request and watches sendto; the datagram received is passed in by whoever made the
-request (`sockserve.parts.watching`). Calls that bypass the socket object (os.splice or
-os.sendfile on its descriptor, sendmsg, recvmsg) are not seen.
+request (`sockserve.parts.watching`, `sockserve.parts.datagrams`). Calls that bypass the
+socket object (os.splice or os.sendfile on its descriptor, sendmsg, recvmsg) are not seen.
 """
 
 from __future__ import annotations

@@ -260,8 +260,8 @@ class DataEvents(EventsRecorder):
     [
         ["tcp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],  # threads that accept
         ["tcp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],
-        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],  # not the lean path: it sees no chunk
-        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],
+        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "sync"],  # the lean path, through a watch
+        ["udp", "127.0.0.1:0", "-H", "echo", "-c", "thread"],  # the lean path too
     ],
 )
 def test_with_vv_a_builtin_is_watched_and_records_once(captured: list, args: list[str]) -> None:
@@ -275,7 +275,8 @@ def test_with_vv_a_builtin_is_watched_and_records_once(captured: list, args: lis
     stream = config.socktype == "stream"
     make = bh.stream_handler if stream else bh.datagram_handler
     server = make_server(config, make("echo", options), events)
-    assert isinstance(server, WatchPart) and not isinstance(server, LeanDatagramPart)
+    assert isinstance(server, WatchPart)
+    assert isinstance(server, LeanDatagramPart) == (not stream)  # -vv keeps the lean path
     thread = threading.Thread(target=server.serve_forever, args=(0.05,))
     thread.start()
     try:
@@ -296,3 +297,32 @@ def test_with_vv_a_builtin_is_watched_and_records_once(captured: list, args: lis
         stop_serving(server, thread)
     assert events.named("data") == [(here, "in", b"hi"), (here, "out", b"hi")]
     assert events.named("record") == [(here, 2, 2)]  # the builtin's own, not the part's too
+
+
+def test_with_vv_the_lean_path_watches_each_datagram_on_the_loop_thread() -> None:
+    """Thread mode with both parts, as compose builds it for -vv: a burst of datagrams is
+    answered on the loop thread, each one's in, out and record before the next's."""
+    from sockserve import builtins as bh
+    from sockserve.parts.datagrams import LeanDatagramPart
+
+    events = DataEvents()
+    handler = bh.datagram_handler("echo", bh.HandlerOptions(observer=events))
+    bases = (LeanDatagramPart, WatchPart, ss.ThreadingMixIn, ss.UDPServer)
+    attrs = {"monitor": events, "watch_data": True, "record_counts": False}
+    before = threading.active_count()
+    with type("Server", bases, attrs)(("127.0.0.1", 0), handler) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.bind(("127.0.0.1", 0))
+            payloads = [b"one", b"two", b"three"]
+            for payload in payloads:
+                client.sendto(payload, server.server_address)
+            server.handle_ready()
+            assert threading.active_count() == before  # no thread per datagram
+            assert [client.recv(100) for _ in payloads] == payloads
+            here = client.getsockname()
+    expected: list[tuple[Any, ...]] = []
+    for payload in payloads:
+        expected += [("data", here, "in", payload), ("data", here, "out", payload)]
+        expected.append(("record", here, len(payload), len(payload)))
+    assert events.calls == expected

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from ..events import Events
+from ..watch import Watch, WatchedDatagramSocket
 from .backoff import RESOURCE_ERRNOS, AcceptBackoffPart
 from .requests import RequestsPart
 
@@ -15,14 +17,19 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
 
     For builtins whose answer never waits (sync mode, or thread mode where a thread per
     datagram would cost far more than the answer; see benchmarks/RESULTS.md). The answers
-    are the same. Replaces handle_ready (the steps get_request → process_request → the
-    handler, for up to `datagram_batch` waiting datagrams) and process_request (the
-    handler runs here, not in a thread).
+    are the same. With `watch_data` (-vv) each datagram goes through a watch
+    (`serve_watched`), so its chunks are reported in order: its "in", its "out", its
+    record, then the next datagram's. Replaces handle_ready (the steps get_request →
+    process_request → the handler, for up to `datagram_batch` waiting datagrams) and
+    process_request (the handler runs here, not in a thread).
     """
 
     #: At most this many waiting datagrams are answered per wake-up of the loop.
     datagram_batch = 32 if hasattr(socket, "MSG_DONTWAIT") else 1
     max_packet_size: int  # the datagram server's
+    monitor: Events | None = None
+    #: Report every chunk of every datagram (-vv), as `WatchPart` does.
+    watch_data = False
 
     def handle_ready(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -32,6 +39,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         sock = self.socket
         recvfrom = sock.recvfrom
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
+        if self.watch_data:
+            serve = self.serve_watched
         size = self.max_packet_size
         flags = 0  # the first datagram is known to be there; the others may not be
         for _ in range(self.datagram_batch):
@@ -54,6 +63,14 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
                 self.handle_error((data, sock), client)
             if self.stop_reason is not None:
                 return
+
+    def serve_watched(self, data: bytes, sock: socket.socket, client: Any) -> None:
+        """Answer one datagram through a watch: `data` seen as "in", the reply sent through
+        the watched socket as "out". The handler records the counts, once."""
+        watch = Watch(self.monitor, client, True, shows_empty_out=False)
+        watch.incoming(data)
+        serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
+        serve(data, WatchedDatagramSocket(sock, watch), client)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Handle the request on this thread (a reply that never waits costs less than a
