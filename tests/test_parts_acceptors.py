@@ -146,3 +146,24 @@ def test_a_wake_up_connection_never_taken_is_dropped_at_the_next_pass(captured: 
         stale.close()
         server.close_wakers()
         server.server_close()
+
+
+def test_wake_connection_out_of_descriptors_gives_up_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EMFILE while making the wake-up connection: no exception out of the loop's trim (it
+    stopped serve_forever before, and the listener then refused everyone), just False."""
+    import errno
+
+    from sockserve.parts import acceptors
+
+    registered: list[object] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        class NoDescriptors(socket.socket):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(acceptors.socket, "socket", NoDescriptors)
+        assert acceptors.wake_connection(listener, lambda a, s: registered.append(a)) is False
+    assert registered == []

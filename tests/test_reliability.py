@@ -8,7 +8,7 @@ does. Every socket is on 127.0.0.1, ::1 or a unix path under a short directory i
 all-interfaces tests only bind 0.0.0.0 / ::, and connect to loopback.
 
 Load loops are bounded in count and time. The long runs (10,000 connections per mode) are in
-benchmarks/soak.py, which reuses `Server` and the helpers below.
+benchmarks/soak.py, which has its own helpers (benchmarks/soaktools.py).
 """
 
 from __future__ import annotations

@@ -109,7 +109,10 @@ def wake_connection(
         loopback = "127.0.0.1" if family == socket.AF_INET else "::1"
         name = (loopback, 0)
         target = (loopback, *here[1:]) if here[0] in ("0.0.0.0", "::") else here
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # out of descriptors (EMFILE): trim later, when there are some again
+        return False
     address = None
     try:
         sock.bind(name)
