@@ -1,7 +1,18 @@
 """sockserve: a socket server for the command line, on its own socketserver framework.
 
-`import sockserve as socketserver` gives the same public names as the stdlib module. This
-module imports nothing but the framework (no click, no rich), so it stays fast to import.
+`import sockserve as socketserver` gives the same public names as the stdlib module; this
+module imports nothing but the framework. The package, from the command line down (each
+layer imports only the ones below it; ARCHITECTURE.md is the map):
+
+- `cli` (click), `options` (its parameter types), `helptext` (help, man page, completions)
+- `config`: the validated ServeConfig; `addresses`, `loading` parse ADDRESS and HANDLER
+- `runner`: one run; `lifecycle` (signals, stop, drain), `monitor` (counts, children's
+  events), `workers` (--workers)
+- `compose`: a server from the parts a config needs (`parts/`: one concern each)
+- `builtins/`: the builtin handlers, a pure core each; `event`: the asyncio event mode
+- `watch`: the watched connection every handler's socket can go through (-vv, later faults)
+- `events` (the one events interface), `console` (its reporters), `errors`
+- `socketserver/`: the framework, a drop-in for the stdlib's
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ class EventServer:
         factory = self._stream_factory()
         if sock.family == getattr(socket, "AF_UNIX", None):
             try:  # the runner removes the socket file itself, once, after every worker
-                coro = loop.create_unix_server(  # type: ignore[call-arg]  # new in Python 3.13
+                coro = loop.create_unix_server(  # type: ignore[call-arg, unused-ignore]  # 3.13+ arg
                     factory, sock=sock, backlog=self.backlog, cleanup_socket=False
                 )
             except TypeError:  # before Python 3.13 (and uvloop 0.21) there was no cleanup

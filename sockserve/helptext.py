@@ -167,7 +167,7 @@ def option_metavar(param: click.Parameter, ctx: click.Context) -> str:
     try:
         return param.make_metavar(ctx)
     except TypeError:  # click < 8.2: make_metavar() takes no context
-        return param.make_metavar()  # type: ignore[call-arg]
+        return param.make_metavar()  # type: ignore[call-arg]  # click < 8.2 takes no ctx
 
 
 _RICH_NAME_WIDTH = 28

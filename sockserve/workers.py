@@ -142,7 +142,7 @@ def _pidfd(pid: int) -> int:
 def _worker_main(
     server: Any, monitor: RunMonitor, serve_one: ServeOne, result_fd: int
 ) -> None:  # pragma: no cover - runs in a worker process
-    status = ExitStatus.ERROR
+    status: int = ExitStatus.ERROR
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -113,7 +113,8 @@ class WatchPart(TCPServer):
 
     def get_request(self) -> tuple[Any, Any]:
         """Accept or receive; hand the handler a watched (or kernel-counted) socket."""
-        request, client = super().get_request()
+        request: Any
+        request, client = super().get_request()  # (data, socket) on datagram servers
         reports = self.watch_data
         if self.socket_type == socket.SOCK_STREAM:
             if not reports:
