@@ -1202,6 +1202,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
+#: RESULTS.md from this line on is written by hand (what each optimisation buys), and kept.
+KEPT_MARKER = "<!-- kept by run.py: written by hand below this line -->"
+
+
+def kept_section(path: Path) -> str:
+    """The hand-written end of the results file `path` (from KEPT_MARKER on), or ''."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     if opts.list:
@@ -1231,7 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.write_text(text + "\n")
+    opts.output.write_text(text + "\n" + kept_section(opts.output))
     print(f"\nwritten to {opts.output}")
     return 0
 
