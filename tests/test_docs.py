@@ -720,11 +720,16 @@ def test_readme_development_commands() -> None:
     assert 'ruff" check .' in ci and 'ruff" format --check .' in ci
     version = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True)
     assert version.returncode == 0
+    # mypy && lint-imports: CI runs both, configured in pyproject.toml.
+    assert commands[2].startswith("mypy && lint-imports")
+    assert '"$venv/bin/mypy"' in ci and '"$venv/bin/lint-imports"' in ci
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "[tool.mypy]" in pyproject and "[tool.importlinter]" in pyproject
     # .ci/run: exists and is executable.
-    assert commands[2].startswith(".ci/run")
+    assert commands[3].startswith(".ci/run")
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
     # python benchmarks/run.py: the script runs (--list is its quick mode) and writes RESULTS.md.
-    assert commands[3].startswith("python benchmarks/run.py")
+    assert commands[4].startswith("python benchmarks/run.py")
     bench = ROOT / "benchmarks" / "run.py"
     listing = subprocess.run(
         [sys.executable, str(bench), "--list"], capture_output=True, text=True, timeout=30
