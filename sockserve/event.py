@@ -1,34 +1,13 @@
 """The event concurrency mode: every connection in one thread, on asyncio (uvloop when installed).
 
-Protocol-style handlers. With ``--concurrency event`` a user handler is an asyncio protocol class,
-not a request handler class:
-
-- tcp and unix: a subclass of ``asyncio.Protocol`` (or ``asyncio.BufferedProtocol``). One instance
-  per connection, made by calling the class with no arguments; asyncio then calls
-  ``connection_made(transport)``, ``data_received(data)`` for each chunk, ``eof_received()`` when
-  the client has finished sending (return True to keep writing), and ``connection_lost(exc)``.
-  Reply with ``transport.write(data)``; end with ``transport.close()``.
-- udp and unix-dgram: a subclass of ``asyncio.DatagramProtocol``. One instance for the socket;
-  ``datagram_received(data, addr)`` for each datagram, answered with
-  ``transport.sendto(data, addr)``.
-
-Callbacks run in the event loop and must never block: a slow reply is scheduled
-(``loop.call_later``, a task), not waited for. A callback that raises is reported with its
-traceback like a failing request handler; a stream connection is then aborted, a datagram socket
-keeps serving. A user protocol is watched (`sockserve.watch_asyncio`): what it receives and writes
-is counted for the summary and ``-v`` lines, and shown with ``-vv`` as for any other handler.
-``examples/event_echo.py`` is a complete handler::
-
-    import asyncio
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
-``sockserve tcp :9999 -c event -H examples/event_echo.py`` serves it.
+With ``--concurrency event`` a user handler is an asyncio protocol class (README, "Event mode:
+asyncio protocols"): an ``asyncio.Protocol`` or ``asyncio.BufferedProtocol`` made per stream
+connection by calling the class with no arguments, or one ``asyncio.DatagramProtocol`` for a
+datagram socket. Its callbacks run in the loop and must never block. A callback that raises is
+reported with its traceback like a failing request handler; a stream connection is then aborted,
+a datagram socket keeps serving. A user protocol is watched (`sockserve.watch_asyncio`): what it
+receives and writes is counted for the summary and ``-v`` lines, and shown with ``-vv`` as for
+any other handler.
 
 EventServer runs such protocols (or the builtins' protocol factories) on a socket the factory
 already bound; see its docstring for the stop sequence the lifecycle drives.
@@ -235,11 +214,11 @@ class EventServer:
     async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         sock = self.socket
         if not self.stream:
-            factory = self._datagram_factory()
-            transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
+            endpoint = self._new_endpoint
+            transport, _ = await loop.create_datagram_endpoint(endpoint, sock=sock)
             self._endpoint = transport
             return
-        factory = self._stream_factory()
+        factory = self._new_connection
         if sock.family == getattr(socket, "AF_UNIX", None):
             try:  # the runner removes the socket file itself, once, after every worker
                 coro = loop.create_unix_server(  # type: ignore[call-arg]  # new in Python 3.13
@@ -251,11 +230,11 @@ class EventServer:
         else:
             self._server = await loop.create_server(factory, sock=sock, backlog=self.backlog)
 
-    def _stream_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        return lambda: _Served(self, self._make()).protocol
+    def _new_connection(self) -> Any:
+        return _Served(self, self._make()).protocol
 
-    def _datagram_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        return lambda: _ServedEndpoint(self, self._make()).protocol
+    def _new_endpoint(self) -> Any:
+        return _ServedEndpoint(self, self._make()).protocol
 
     def _make(self) -> Any:
         """A new protocol; when the server counts, behind a watch (`sockserve.watch_asyncio`)."""
@@ -268,11 +247,7 @@ class EventServer:
             return protocol
         events = self.events
         watch = Watch(events, None, reports=events.wants_data)
-        return watched(protocol, watch, self._failed, records=True)
-
-    def _failed(self, client: Any, exc: Exception) -> None:
-        """A callback of a watched protocol raised (it is the server's to report)."""
-        self._report(_NO_CLIENT if client is None else client, exc)
+        return watched(protocol, watch, self._report, records=True)
 
     def _stop_now(self) -> None:
         self._refusing = True
@@ -347,9 +322,12 @@ class EventServer:
         if client is None and transport is not None:
             with contextlib.suppress(Exception):
                 client = transport.get_extra_info("peername")
-        self._report(_NO_CLIENT if client is None else client, exc)
+        self._report(client, exc)
 
     def _report(self, client: Any, exc: BaseException) -> None:
+        """Tell of a protocol's (or the loop's) exception; a None client is the loop's."""
+        if client is None:
+            client = _NO_CLIENT
         if self._log_errors:
             logger.error("error handling %s", client, exc_info=exc)
         else:
@@ -373,13 +351,13 @@ class EventServer:
         self._count_request()
         return True
 
-    def _closed(self, conn: _Served, received: int | None, sent: int) -> None:
+    def _closed(self, conn: _Served) -> None:
         self._conns.discard(conn)
         if conn.idle:
             timeout = self.idle_timeout
             self._report(conn.client, TimeoutError(f"no traffic for {timeout:g}s"))
-        if received is not None:  # the server counted (count_bytes): it reports the counts
-            self.events.record(conn.client, received, sent)
+        if self.count_bytes:  # a watched protocol (`_make`): the server records its counts
+            self.events.record(conn.client, conn.protocol.received, conn.protocol.sent)
         self._maybe_drained()
 
     def _count_request(self) -> None:
@@ -452,8 +430,7 @@ class _Served:
         transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        protocol = self.protocol
-        attrs = vars(protocol)
+        attrs = vars(self.protocol)
         attrs.pop("connection_made", None)
         attrs.pop("connection_lost", None)
         if self.refused:
@@ -461,10 +438,7 @@ class _Served:
         try:
             self.lost(exc)
         finally:
-            if self.server.count_bytes:  # a watched protocol: the server records it
-                self.server._closed(self, protocol.received, protocol.sent)
-            else:
-                self.server._closed(self, None, 0)
+            self.server._closed(self)
 
     def activity(self) -> tuple[int, int]:
         """What changes while the connection is busy: byte counts, the write buffer."""
