@@ -915,6 +915,35 @@ def test_a_user_protocol_shows_both_directions_with_vv(
     assert len({e["client"] for e in events if "client" in e}) == 1  # one client throughout
 
 
+@pytest.mark.parametrize("mode", ["thread", "event"])
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_a_builtin_shows_the_same_with_vv_in_event_mode(transport: str, mode: str) -> None:
+    """The real command, --json -vv: upper's chunks and counts, in event mode as with threads."""
+    child = spawn([transport, "127.0.0.1:0", "-H", "upper", "-c", mode, "--json", "-vv"])
+    seen = io.BytesIO()
+    child.logfile_read = seen
+    child.expect(rb'"url": "([\w-]+://[^"]+)"')
+    address = inet_address(child.match.group(1).decode())
+    if transport == "tcp":
+        assert tcp_exchange(address, b"abc") == b"ABC"
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(b"abc", address)
+            assert client.recv(100) == b"ABC"
+    child.expect(rb'"event": "(close|request)"')
+    child.sendintr()
+    status, _ = finish(child)
+    out = seen.getvalue().decode()
+    assert status == 0, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    data = [(e["direction"], e["hex"]) for e in events if e["event"] == "data"]
+    assert data == [("in", b"abc".hex()), ("out", b"ABC".hex())]
+    [end] = [e for e in events if e["event"] in ("close", "request")]
+    assert (end["bytes_in"], end["bytes_out"]) == (3, 3)
+    assert len({e["client"] for e in events if "client" in e}) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
