@@ -1,33 +1,13 @@
 """The event concurrency mode: every connection in one thread, on asyncio (uvloop when installed).
 
-Protocol-style handlers. With ``--concurrency event`` a user handler is an asyncio protocol class,
-not a request handler class:
-
-- tcp and unix: a subclass of ``asyncio.Protocol`` (or ``asyncio.BufferedProtocol``). One instance
-  per connection, made by calling the class with no arguments; asyncio then calls
-  ``connection_made(transport)``, ``data_received(data)`` for each chunk, ``eof_received()`` when
-  the client has finished sending (return True to keep writing), and ``connection_lost(exc)``.
-  Reply with ``transport.write(data)``; end with ``transport.close()``.
-- udp and unix-dgram: a subclass of ``asyncio.DatagramProtocol``. One instance for the socket;
-  ``datagram_received(data, addr)`` for each datagram, answered with
-  ``transport.sendto(data, addr)``.
-
-Callbacks run in the event loop and must never block: a slow reply is scheduled
-(``loop.call_later``, a task), not waited for. A callback that raises is reported with its
-traceback like a failing request handler; a stream connection is then aborted, a datagram socket
-keeps serving. The transport a user protocol gets counts the bytes it writes, so the summary and
-``-v`` lines are right. ``examples/event_echo.py`` is a complete handler::
-
-    import asyncio
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
-``sockserve tcp :9999 -c event -H examples/event_echo.py`` serves it.
+With ``--concurrency event`` a user handler is an asyncio protocol class (README, "Event mode:
+asyncio protocols"): an ``asyncio.Protocol`` or ``asyncio.BufferedProtocol`` made per stream
+connection by calling the class with no arguments, or one ``asyncio.DatagramProtocol`` for a
+datagram socket. Its callbacks run in the loop and must never block. A callback that raises is
+reported with its traceback like a failing request handler; a stream connection is then aborted,
+a datagram socket keeps serving. A user protocol is watched (`sockserve.watch_asyncio`): what it
+receives and writes is counted for the summary and ``-v`` lines, and shown with ``-vv`` as for
+any other handler.
 
 EventServer runs such protocols (or the builtins' protocol factories) on a socket the factory
 already bound; see its docstring for the stop sequence the lifecycle drives.
@@ -43,6 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .events import Events, NullEvents
+from .watch import Watch
+from .watch_asyncio import watched
 
 logger = logging.getLogger(__name__)  # routed to the reporter (`console.setup_logging`)
 
@@ -74,11 +56,12 @@ class EventServer:
             of protocol callbacks, and, when the server counts bytes, `record` for each ended
             connection and each datagram. None: errors are logged, the rest goes nowhere.
         on_stop: called with the reason when the server stops by itself (`request_limit`).
-        count_bytes: count what each protocol receives and writes through thin wrappers of the
-            protocol and its transport, and report it to `events.record`. False for protocols
-            that report their own counts (the builtins): they run unwrapped, and when
-            `idle_timeout` is set their ``received`` and ``sent`` attributes tell whether a
-            connection is busy.
+        count_bytes: put each protocol behind a watch (`sockserve.watch_asyncio`) that counts
+            what it receives and writes, reported to `events.record`, and every chunk to
+            `events.data` while `events.wants_data` (-vv). False for protocols that report
+            their own counts (the builtins, watched by their factory under -vv): they run
+            unwrapped, and when `idle_timeout` is set their ``received`` and ``sent``
+            attributes tell whether a connection is busy.
         backlog: the listen queue length (asyncio listens again on the socket).
         loop_factory: makes the event loop; default: `default_loop_factory()`.
 
@@ -116,7 +99,7 @@ class EventServer:
         self.stream = sock.type == socket.SOCK_STREAM
         self.requests_started = 0
         self.stop_reason: str | None = None
-        self._conns: set[_Connection] = set()
+        self._conns: set[_Served] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None  # asyncio.Server (streams)
         self._endpoint: Any = None  # the datagram transport, until it is lost
@@ -231,11 +214,11 @@ class EventServer:
     async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         sock = self.socket
         if not self.stream:
-            factory = self._datagram_factory()
-            transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
+            endpoint = self._new_endpoint
+            transport, _ = await loop.create_datagram_endpoint(endpoint, sock=sock)
             self._endpoint = transport
             return
-        factory = self._stream_factory()
+        factory = self._new_connection
         if sock.family == getattr(socket, "AF_UNIX", None):
             try:  # the runner removes the socket file itself, once, after every worker
                 coro = loop.create_unix_server(  # type: ignore[call-arg, unused-ignore]  # 3.13+ arg
@@ -247,35 +230,24 @@ class EventServer:
         else:
             self._server = await loop.create_server(factory, sock=sock, backlog=self.backlog)
 
-    def _stream_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        make = self.protocol_factory
-        if not self.count_bytes:
+    def _new_connection(self) -> Any:
+        return _Served(self, self._make()).protocol
 
-            def watched() -> asyncio.BaseProtocol:
-                return _Watched(self, self._make(make)).protocol
+    def _new_endpoint(self) -> Any:
+        return _ServedEndpoint(self, self._make()).protocol
 
-            return watched
-
-        def counted() -> asyncio.BaseProtocol:
-            protocol = self._make(make)
-            if isinstance(protocol, asyncio.BufferedProtocol):
-                return _CountedBuffered(self, protocol)
-            return _Counted(self, protocol)
-
-        return counted
-
-    def _datagram_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        make = self.protocol_factory
-        if self.count_bytes:
-            return lambda: _DatagramWrapper(self, self._make(make))
-        return lambda: _WatchedEndpoint(self, self._make(make)).protocol
-
-    def _make(self, make: Callable[[], Any]) -> Any:
+    def _make(self) -> Any:
+        """A new protocol; when the server counts, behind a watch (`sockserve.watch_asyncio`)."""
         try:
-            return make()
+            protocol = self.protocol_factory()
         except Exception as exc:
             self._report(_NO_CLIENT, exc)
             raise
+        if not self.count_bytes:
+            return protocol
+        events = self.events
+        watch = Watch(events, None, reports=events.wants_data)
+        return watched(protocol, watch, self._report, records=True)
 
     def _stop_now(self) -> None:
         self._refusing = True
@@ -350,9 +322,12 @@ class EventServer:
         if client is None and transport is not None:
             with contextlib.suppress(Exception):
                 client = transport.get_extra_info("peername")
-        self._report(_NO_CLIENT if client is None else client, exc)
+        self._report(client, exc)
 
     def _report(self, client: Any, exc: BaseException) -> None:
+        """Tell of a protocol's (or the loop's) exception; a None client is the loop's."""
+        if client is None:
+            client = _NO_CLIENT
         if self._log_errors:
             logger.error("error handling %s", client, exc_info=exc)
         else:
@@ -360,7 +335,7 @@ class EventServer:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _opened(self, conn: _Connection) -> bool:
+    def _opened(self, conn: _Served) -> bool:
         """Register a new connection; False when it must be refused (stopping, limit)."""
         if self._refusing:
             return False
@@ -376,13 +351,13 @@ class EventServer:
         self._count_request()
         return True
 
-    def _closed(self, conn: _Connection, received: int | None, sent: int) -> None:
+    def _closed(self, conn: _Served) -> None:
         self._conns.discard(conn)
         if conn.idle:
             timeout = self.idle_timeout
             self._report(conn.client, TimeoutError(f"no traffic for {timeout:g}s"))
-        if received is not None:  # the server counted (count_bytes): it reports the counts
-            self.events.record(conn.client, received, sent)
+        if self.count_bytes:  # a watched protocol (`_make`): the server records its counts
+            self.events.record(conn.client, conn.protocol.received, conn.protocol.sent)
         self._maybe_drained()
 
     def _count_request(self) -> None:
@@ -425,37 +400,17 @@ class EventServer:
             self._schedule_sweep()
 
 
-class _Connection:
-    """One stream connection's bookkeeping, shared by the two ways of watching it."""
+class _Served:
+    """One stream connection: the protocol's connection_made and connection_lost are hooked
+    on the instance, so data goes straight from the transport to the protocol; the hooks are
+    removed when the connection ends."""
 
-    server: EventServer
     transport: Any = None
     client: Any = None
     refused = False
     idle = False
     mark: Any = None
     since = 0.0
-
-    def begin(self, transport: Any) -> bool:
-        self.transport = transport
-        self.client = transport.get_extra_info("peername")
-        if self.server._opened(self):
-            return True
-        self.refused = True
-        transport.abort()
-        return False
-
-    def activity(self) -> tuple[int, int]:
-        """What changes while the connection is busy: byte counts, the write buffer."""
-        raise NotImplementedError
-
-
-class _Watched(_Connection):
-    """A protocol that counts for itself (a builtin): only its connection_made/lost are hooked.
-
-    The two are replaced on the instance, so data goes straight from the transport to the
-    protocol; the replacements are removed when the connection ends.
-    """
 
     def __init__(self, server: EventServer, protocol: Any) -> None:
         self.server = server
@@ -466,8 +421,13 @@ class _Watched(_Connection):
         protocol.connection_lost = self.connection_lost
 
     def connection_made(self, transport: Any) -> None:
-        if self.begin(transport):
+        self.transport = transport
+        self.client = transport.get_extra_info("peername")
+        if self.server._opened(self):
             self.made(transport)
+            return
+        self.refused = True
+        transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         attrs = vars(self.protocol)
@@ -478,167 +438,26 @@ class _Watched(_Connection):
         try:
             self.lost(exc)
         finally:
-            self.server._closed(self, None, 0)
+            self.server._closed(self)
 
     def activity(self) -> tuple[int, int]:
+        """What changes while the connection is busy: byte counts, the write buffer."""
         protocol = self.protocol
         moved = getattr(protocol, "received", 0) + getattr(protocol, "sent", 0)
         return moved, self.transport.get_write_buffer_size()
 
 
-class _CountedBase(_Connection):
-    """Stands between the transport and a user's protocol: counts bytes, reports its errors."""
-
-    def __init__(self, server: EventServer, protocol: Any) -> None:
-        self.server = server
-        self.protocol = protocol
-        self.received = 0
-        self.sent = 0
-
-    def connection_made(self, transport: Any) -> None:
-        if self.begin(transport):
-            self._call(self.protocol.connection_made, _CountingTransport(transport, self))
-
-    def eof_received(self) -> bool | None:
-        try:
-            return self.protocol.eof_received()
-        except Exception as exc:
-            self._failed(exc)
-            return None
-
-    def pause_writing(self) -> None:
-        self._call(self.protocol.pause_writing)
-
-    def resume_writing(self) -> None:
-        self._call(self.protocol.resume_writing)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.refused:
-            return
-        try:
-            self.protocol.connection_lost(exc)
-        except Exception as error:
-            self.server._report(self.client, error)
-        self.server._closed(self, self.received, self.sent)
-
-    def activity(self) -> tuple[int, int]:
-        return self.received + self.sent, self.transport.get_write_buffer_size()
-
-    def _call(self, method: Callable[..., Any], *args: Any) -> None:
-        try:
-            method(*args)
-        except Exception as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: Exception) -> None:
-        """As asyncio does with a failing callback: report it, end the connection at once."""
-        self.server._report(self.client, exc)
-        self.transport.abort()
-
-
-class _Counted(_CountedBase, asyncio.Protocol):
-    """For an asyncio.Protocol."""
-
-    def data_received(self, data: bytes) -> None:
-        self.received += len(data)
-        try:
-            self.protocol.data_received(data)
-        except Exception as exc:
-            self._failed(exc)
-
-
-class _CountedBuffered(_CountedBase, asyncio.BufferedProtocol):
-    """For an asyncio.BufferedProtocol (uvloop tells them apart by not being a Protocol)."""
-
-    def get_buffer(self, sizehint: int) -> Any:
-        return self.protocol.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.received += nbytes
-        try:
-            self.protocol.buffer_updated(nbytes)
-        except Exception as exc:
-            self._failed(exc)
-
-
-def _size(data: Any) -> int:
-    return data.nbytes if isinstance(data, memoryview) else len(data)
-
-
-class _TransportProxy:
-    """What the counting transports pass straight to the real transport; `_owner` is the
-    wrapper protocol that holds the user's protocol and the byte counts."""
-
-    def __init__(self, transport: Any, owner: Any) -> None:
-        super().__init__()
-        self._transport = transport
-        self._owner = owner
-
-    def abort(self) -> None:
-        self._transport.abort()
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._owner.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self._owner.protocol
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
-
-
-class _CountingTransport(_TransportProxy, asyncio.Transport):
-    """The transport a user's stream protocol sees: the real one, counting what is written."""
-
-    def write(self, data: Any) -> None:
-        self._transport.write(data)
-        self._owner.sent += _size(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def write_eof(self) -> None:
-        self._transport.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
-
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-
-class _WatchedEndpoint:
-    """A datagram protocol that counts for itself (a builtin), hooked on the instance as
-    `_Watched` is: connection_lost always, datagram_received only under a request limit."""
+class _ServedEndpoint:
+    """The datagram socket's protocol, hooked on the instance as `_Served` is:
+    connection_lost always, datagram_received to count requests (a watched protocol, or
+    under a request limit)."""
 
     def __init__(self, server: EventServer, protocol: Any) -> None:
         self.server = server
         self.protocol = protocol
         self.lost = protocol.connection_lost
         protocol.connection_lost = self.connection_lost
-        if server.request_limit is not None:
+        if server.request_limit is not None or server.count_bytes:
             self.received = protocol.datagram_received
             protocol.datagram_received = self.datagram_received
 
@@ -658,58 +477,3 @@ class _WatchedEndpoint:
             self.lost(exc)
         finally:
             self.server._endpoint_lost()
-
-
-class _DatagramWrapper(asyncio.DatagramProtocol):
-    """Stands between a datagram transport and a user's protocol: counts datagrams and bytes,
-    reports each datagram and the errors of the protocol's callbacks."""
-
-    def __init__(self, server: EventServer, protocol: Any) -> None:
-        self.server = server
-        self.protocol = protocol
-        self.sent = 0  # by the protocol since the last datagram was reported
-
-    def connection_made(self, transport: Any) -> None:
-        self._call(None, self.protocol.connection_made, _CountingDatagramTransport(transport, self))
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        server = self.server
-        if server._refusing:
-            return
-        server.requests_started += 1
-        server._count_request()
-        self._call(addr, self.protocol.datagram_received, data, addr)
-        sent, self.sent = self.sent, 0  # replies sent meanwhile, or since the last datagram
-        server.events.record(addr, len(data), sent)
-
-    def error_received(self, exc: Exception) -> None:
-        self._call(None, self.protocol.error_received, exc)
-
-    def pause_writing(self) -> None:
-        self._call(None, self.protocol.pause_writing)
-
-    def resume_writing(self) -> None:
-        self._call(None, self.protocol.resume_writing)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._call(None, self.protocol.connection_lost, exc)
-            if self.sent:  # replies sent after the last datagram was reported
-                sent, self.sent = self.sent, 0
-                self.server.events.record(None, 0, sent)
-        finally:
-            self.server._endpoint_lost()
-
-    def _call(self, client: Any, method: Callable[..., Any], *args: Any) -> None:
-        try:
-            method(*args)
-        except Exception as exc:
-            self.server._report(_NO_CLIENT if client is None else client, exc)
-
-
-class _CountingDatagramTransport(_TransportProxy, asyncio.DatagramTransport):
-    """The transport a user's datagram protocol sees: the real one, counting what is sent."""
-
-    def sendto(self, data: Any, addr: Any = None) -> None:
-        self._transport.sendto(data, addr)
-        self._owner.sent += _size(data)

@@ -71,6 +71,29 @@ def test_event_echo_with_and_without_a_watcher(
     )
 
 
+@pytest.mark.parametrize("watched", [False, True])
+@pytest.mark.parametrize("name", ["echo", "upper", "reply"])
+@pytest.mark.parametrize("transport", ["udp", "unix-dgram"])
+def test_event_datagram_builtins_with_and_without_a_watcher(
+    transport: str, name: str, watched: bool, sock_dir: str
+) -> None:
+    """Watched (-vv), each datagram and its answer are shown; both record alike."""
+    observer = RecordingObserver(wants_data=watched)
+    options = bh.HandlerOptions(reply=b"ok", observer=observer)
+    proto = bh.protocol_factory(name, "dgram", options)()
+    assert isinstance(proto, protocols.EventDatagram) is not watched
+    answer = bh.respond_datagram(name, b"abc", reply=b"ok")
+    ctx = Ctx(transport, sock_dir, observer)
+
+    def check(address: Any) -> None:
+        assert dgram_exchange(ctx, address, b"abc") == answer
+        observer.wait_records(1)
+
+    asyncio.run(serve_event(name, transport, options, sock_dir, check))
+    assert observer.records[0][1:] == (3, len(answer))
+    assert observer.chunks == ([("in", b"abc"), ("out", answer)] if watched else [])
+
+
 def test_event_bulk_echo_and_reply_file(sock_dir: str) -> None:
     payload = os.urandom(1 << 20) * 4
     path = os.path.join(sock_dir, "reply")

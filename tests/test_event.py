@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import os
 import re
 import signal
@@ -822,6 +824,124 @@ def test_user_datagram_protocol_through_the_command(tmp_path: Path) -> None:
     child.expect(r"2 datagrams, 7 B in, 6 B out, 1 error")
     status, _ = finish(child)
     assert status == 0
+
+
+USER_PROTOCOLS = """\
+import asyncio
+
+
+class Reverse(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.writelines([data[::-1], b"!"])
+
+
+class Upper(asyncio.BufferedProtocol):
+    def __init__(self):
+        self.buf = bytearray(64)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.transport.write(bytes(self.buf[:nbytes]).upper())
+
+
+class Twice(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data * 2, addr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("transport", "name", "payload", "replies"),
+    [
+        ("tcp", "Reverse", b"hello\x00\xff", [b"\xff\x00olleh", b"!"]),  # write per line
+        ("unix", "Reverse", b"abc", [b"cba", b"!"]),
+        ("tcp", "Upper", b"shout\x01", [b"SHOUT\x01"]),  # get_buffer and buffer_updated
+        ("unix", "Upper", b"quiet", [b"QUIET"]),
+        ("udp", "Twice", b"dgram\x02", [b"dgram\x02dgram\x02"]),  # the datagram, and sendto
+    ],
+)
+def test_a_user_protocol_shows_both_directions_with_vv(
+    tmp_path: Path, sock_dir: str, transport: str, name: str, payload: bytes, replies: list[bytes]
+) -> None:
+    """The real command, --json -vv: a user's protocol gets the hex dump every handler gets,
+    and its byte counts."""
+    module = tmp_path / "protocols.py"
+    module.write_text(USER_PROTOCOLS)
+    path = os.path.join(sock_dir, "vv.sock")
+    where = path if transport == "unix" else "127.0.0.1:0"
+    child = spawn([transport, where, "-c", "event", "-H", f"{module}:{name}", "--json", "-vv"])
+    seen = io.BytesIO()
+    child.logfile_read = seen
+    child.expect(rb'"url": "([\w-]+://[^"]+)"')
+    url = child.match.group(1).decode()
+    address = path if transport == "unix" else inet_address(url)
+    reply = b"".join(replies)
+    if transport == "tcp":
+        assert tcp_exchange(address, payload) == reply
+    else:
+        family = socket.AF_UNIX if transport == "unix" else socket.AF_INET
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        with socket.socket(family, kind) as client:
+            client.settimeout(10)
+            client.connect(address)
+            client.sendall(payload)
+            if transport == "unix":
+                client.shutdown(socket.SHUT_WR)
+                assert read_all(client) == reply
+            else:
+                assert client.recv(100) == reply
+    child.expect(rb'"event": "(close|request)"')
+    child.sendintr()
+    status, _ = finish(child)
+    out = seen.getvalue().decode()
+    assert status == 0, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    data = [(e["direction"], e["hex"]) for e in events if e["event"] == "data"]
+    assert data == [("in", payload.hex())] + [("out", r.hex()) for r in replies]
+    [end] = [e for e in events if e["event"] in ("close", "request")]
+    assert end["event"] == ("request" if transport == "udp" else "close")
+    assert (end["bytes_in"], end["bytes_out"]) == (len(payload), len(reply))
+    assert len({e["client"] for e in events if "client" in e}) == 1  # one client throughout
+
+
+@pytest.mark.parametrize("mode", ["thread", "event"])
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_a_builtin_shows_the_same_with_vv_in_event_mode(transport: str, mode: str) -> None:
+    """The real command, --json -vv: upper's chunks and counts, in event mode as with threads."""
+    child = spawn([transport, "127.0.0.1:0", "-H", "upper", "-c", mode, "--json", "-vv"])
+    seen = io.BytesIO()
+    child.logfile_read = seen
+    child.expect(rb'"url": "([\w-]+://[^"]+)"')
+    address = inet_address(child.match.group(1).decode())
+    if transport == "tcp":
+        assert tcp_exchange(address, b"abc") == b"ABC"
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(b"abc", address)
+            assert client.recv(100) == b"ABC"
+    child.expect(rb'"event": "(close|request)"')
+    child.sendintr()
+    status, _ = finish(child)
+    out = seen.getvalue().decode()
+    assert status == 0, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    data = [(e["direction"], e["hex"]) for e in events if e["event"] == "data"]
+    assert data == [("in", b"abc".hex()), ("out", b"ABC".hex())]
+    [end] = [e for e in events if e["event"] in ("close", "request")]
+    assert (end["bytes_in"], end["bytes_out"]) == (3, 3)
+    assert len({e["client"] for e in events if "client" in e}) == 1
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ adapters put it on the wire, each with the fast paths it uses:
 class gets its `HandlerOptions` bound as a class attribute. The observer (`sockserve.events.
 Events`) hears about each connection once when it ends (or each datagram) with its byte
 counts. Every chunk (-vv) is reported by the watched socket the server hands the stream and
-datagram adapters (`sockserve.watch`), and by the asyncio protocols themselves.
+datagram adapters (`sockserve.watch`), and by the watched transport of the asyncio protocols.
 
 Rules every adapter keeps:
 

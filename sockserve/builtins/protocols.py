@@ -4,7 +4,9 @@
 never import asyncio. An exception in a protocol callback (OutputClosed from stdout/stdio)
 reaches the loop's exception handler as asyncio reports it, with the transport closed.
 echo and upper pause reading while the client does not read the replies; chargen keeps the
-transport's buffer filled; stdio reads stdin in the loop (`stdin.EventStdin`).
+transport's buffer filled; stdio reads stdin in the loop (`stdin.EventStdin`). With -vv
+each protocol is watched (`sockserve.watch_asyncio`): every chunk received and written is
+reported on its way; otherwise the protocols run unwrapped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
-from ..events import Events
 from .cores import (
     LINGER_SECONDS,
     OneAnswer,
@@ -40,7 +41,6 @@ class EventStream(asyncio.Protocol):
         self.stdin = stdin
         self.received = 0
         self.sent = 0
-        self.watch: Events | None = shared.watcher()
         self.client: Any = None
         self.transport = None
 
@@ -61,14 +61,10 @@ class EventStream(asyncio.Protocol):
 
     def saw(self, data: bytes) -> None:
         self.received += len(data)
-        if self.watch is not None:
-            self.watch.data(self.client, "in", data)
 
     def send(self, data: bytes) -> None:
         self.transport.write(data)
         self.sent += len(data)
-        if self.watch is not None:
-            self.watch.data(self.client, "out", data)
 
     def pause_writing(self) -> None:
         pass
@@ -85,15 +81,9 @@ class EventTransform(EventStream):
         self.transform = chunk_transform(shared.name)
 
     def data_received(self, data: bytes) -> None:
-        watch = self.watch
-        if watch is not None:
-            watch.data(self.client, "in", data)
         transform = self.transform
-        out = data if transform is None else transform(data)
-        self.transport.write(out)
+        self.transport.write(data if transform is None else transform(data))
         self.received += len(data)  # upper keeps the length: received == sent
-        if watch is not None:
-            watch.data(self.client, "out", out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sent = self.received
@@ -107,7 +97,7 @@ class EventTransform(EventStream):
 
 
 class EventEcho(EventTransform):
-    """echo when nobody watches the data (the usual case): write it back, count it."""
+    """echo: write the data back as it came, count it."""
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -290,8 +280,8 @@ def _no_record(client: Any, received: int, sent: int) -> None:
 class EventDatagram(asyncio.DatagramProtocol):
     """Datagram protocol for every builtin: one reply datagram per datagram.
 
-    With no output and no -vv, `datagram_received` is one of the lean methods below, chosen
-    once per protocol.
+    With no output, `datagram_received` is one of the lean methods below, chosen once per
+    protocol.
     """
 
     def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
@@ -302,7 +292,7 @@ class EventDatagram(asyncio.DatagramProtocol):
         self.answer = datagram_answer(shared.name, self.reply)
         self.last_sender: Any = None
         self.stdin_limit = shared.chunk_size
-        if shared.writer is None and shared.watcher() is None:
+        if shared.writer is None:
             recorder = shared.recorder
             self.record = _no_record if recorder is None else recorder.record
             if shared.name != "echo":
@@ -319,11 +309,8 @@ class EventDatagram(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         shared = self.shared
-        watch = shared.watcher()
         sent = 0
         try:
-            if watch is not None:
-                watch.data(addr, "in", data)
             if shared.writer is not None:
                 if self.stdin is not None and addr:
                     self.last_sender = addr
@@ -336,14 +323,12 @@ class EventDatagram(asyncio.DatagramProtocol):
                 return
             self.transport.sendto(reply, addr)
             sent = len(reply)
-            if watch is not None:
-                watch.data(addr, "out", reply)
         finally:
             if shared.recorder is not None:
                 shared.recorder.record(addr, len(data), sent)
 
     def answer_only(self, data: bytes, addr: Any) -> None:
-        """`datagram_received` with no output and no -vv: only the answer and the record."""
+        """`datagram_received` with no output: only the answer and the record."""
         sent = 0
         try:
             reply = self.answer(data)
@@ -386,7 +371,7 @@ class EventDatagram(asyncio.DatagramProtocol):
 
 
 EVENT_STREAM_CLASSES: dict[str, type[EventStream]] = {
-    "echo": EventTransform,
+    "echo": EventEcho,
     "upper": EventTransform,
     "discard": EventStream,
     "stdout": EventStdout,
@@ -401,13 +386,17 @@ EVENT_STREAM_CLASSES: dict[str, type[EventStream]] = {
 def make_protocol_factory(
     shared: Shared, socktype: Literal["stream", "dgram"], stdin_source: BinaryIO | None
 ) -> Callable[[], asyncio.BaseProtocol]:
-    """The protocol factory for a checked builtin name and socktype (see `protocol_factory`)."""
+    """The protocol factory for a checked builtin name and socktype (see `protocol_factory`);
+    its protocols are watched when the observer wants every chunk (-vv)."""
     stdin = EventStdin(stdin_source, shared.chunk_size) if stdin_source is not None else None
     cls: type[EventStream] | type[EventDatagram]
     if socktype == "dgram":
         cls = EventDatagram
     else:
         cls = EVENT_STREAM_CLASSES[shared.name]
-        if shared.name == "echo" and shared.watcher() is None:
-            cls = EventEcho
-    return functools.partial(cls, shared, stdin)
+    observer = shared.observer
+    if observer is None or not observer.wants_data:
+        return functools.partial(cls, shared, stdin)
+    from ..watch_asyncio import watching_factory
+
+    return watching_factory(functools.partial(cls, shared, stdin), observer)

@@ -78,13 +78,6 @@ class Shared:
         self.reply = options.reply if options.reply is not None else b""
         self.chargen_block = chargen_block(options.chunk_size) if name == "chargen" else b""
 
-    def watcher(self) -> Events | None:
-        """The observer when it wants every chunk (-vv), else None: for the asyncio
-        protocols, which report their chunks themselves (the stream and datagram adapters
-        get a watched socket instead, `sockserve.watch`)."""
-        obs = self.observer
-        return obs if obs is not None and obs.wants_data else None
-
     def datagram_reply_bytes(self) -> bytes:
         """The reply a datagram gets: the reply file's contents (read now) or the reply bytes.
 
