@@ -10,7 +10,8 @@ layer imports only the ones below it; ARCHITECTURE.md is the map):
   events), `workers` (--workers)
 - `compose`: a server from the parts a config needs (`parts/`: one concern each)
 - `builtins/`: the builtin handlers, a pure core each; `event`: the asyncio event mode
-- `watch`: the watched connection every handler's socket can go through (-vv, later faults)
+- `watch`, `watch_asyncio`: the watched connection every handler's socket or transport can
+  go through (-vv, later faults)
 - `events` (the one events interface), `console` (its reporters), `errors`
 - `socketserver/`: the framework, a drop-in for the stdlib's
 """
