@@ -10,7 +10,6 @@ are called from several threads; each line is written whole under a lock.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import threading
@@ -30,7 +29,6 @@ __all__ = [
     "format_client",
     "hexdump",
     "make_reporter",
-    "setup_logging",
     "silence",
     "summary_text",
 ]
@@ -343,27 +341,6 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-class ReporterLogHandler(logging.Handler):
-    """Route log records (framework, event loop) to the reporter as error, warning or info."""
-
-    def __init__(self, reporter: PlainReporter) -> None:
-        super().__init__()
-        self.reporter = reporter
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Pass the record on as the reporter's event."""
-        try:
-            message = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                self.reporter.handler_error(None, record.exc_info[1])
-            elif record.levelno >= logging.WARNING:
-                self.reporter.warning(message)
-            else:
-                self.reporter.info(message)
-        except Exception:  # pragma: no cover - never let logging break serving
-            self.handleError(record)
-
-
 def silence(*streams: IO[str]) -> None:
     """Point the streams' descriptors at /dev/null, so that a reader gone away cannot fail
     Python's flush at exit."""
@@ -374,14 +351,3 @@ def silence(*streams: IO[str]) -> None:
         os.close(devnull)
     except (OSError, ValueError):
         pass
-
-
-def setup_logging(reporter: PlainReporter, verbosity: int) -> None:
-    """Send the `sockserve` loggers to the reporter; -vv shows debug records."""
-    root = logging.getLogger("sockserve")
-    for handler in list(root.handlers):
-        if isinstance(handler, ReporterLogHandler):
-            root.removeHandler(handler)
-    root.addHandler(ReporterLogHandler(reporter))
-    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    root.propagate = False
