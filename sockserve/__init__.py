@@ -11,7 +11,8 @@ layer imports only the ones below it; ARCHITECTURE.md is the map):
 - `compose`: a server from the parts a config needs (`parts/`: one concern each)
 - `builtins/`: the builtin handlers, a pure core each; `event`: the asyncio event mode
 - `watch`: the watched connection every handler's socket can go through (-vv, later faults)
-- `events` (the one events interface), `console` (its reporters), `errors`
+- `events` (the one events interface), `console` (its reporters), `errors`; `logs` sends
+  the event loop's log records to the reporter (nothing else in a run logs)
 - `socketserver/`: the framework, a drop-in for the stdlib's
 """
 
