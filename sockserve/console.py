@@ -9,7 +9,6 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -242,7 +241,7 @@ class RichReporter(PlainReporter):
 
 
 class JsonReporter(PlainReporter):
-    """One JSON object per event and line (`--json`), for scripts.
+    """One JSON object per event and line (`--json`), for scripts (json is imported only here).
 
     Every object carries `event` and `time`; what is about one connection, its `client`.
     """
@@ -254,13 +253,16 @@ class JsonReporter(PlainReporter):
         quiet: bool = False,
         socktype: str = "stream",
     ) -> None:
+        import json  # only --json writes JSON: the other reporters never load it
+
         super().__init__(stream, verbosity, quiet, socktype)
+        self._encode = json.JSONEncoder(default=str).encode
         self.wants_data = verbosity >= 2  # `data` events at -vv
         self.wants_counts = True  # `close` and `request` events carry the counts
 
     def _event(self, event: str, **fields: Any) -> None:
         record = {"event": event, "time": round(time.time(), 6), **fields}
-        self._emit(json.dumps(record, default=str))
+        self._emit(self._encode(record))
 
     @staticmethod
     def _client(client: Any) -> Any:
