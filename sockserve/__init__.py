@@ -12,7 +12,8 @@ layer imports only the ones below it; ARCHITECTURE.md is the map):
 - `builtins/`: the builtin handlers, a pure core each; `event`: the asyncio event mode
 - `watch`, `watch_asyncio`: the watched connection every handler's socket or transport can
   go through (-vv, later faults)
-- `events` (the one events interface), `console` (its reporters), `errors`
+- `events` (the one events interface), `console` (its reporters), `errors`; `logs` sends
+  the event loop's log records to the reporter (nothing else in a run logs)
 - `socketserver/`: the framework, a drop-in for the stdlib's
 """
 

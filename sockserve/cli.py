@@ -21,7 +21,7 @@ from click.core import ParameterSource
 
 from . import __version__, config, runner
 from .config import ServeConfig
-from .console import PlainReporter, make_reporter, setup_logging
+from .console import PlainReporter, make_reporter
 from .errors import ExitStatus, HandlerLoadError, SockserveError, UsageError
 from .helptext import SockserveCommand, completion_source
 from .options import (
@@ -245,7 +245,10 @@ def _serve(config: ServeConfig, quiet: bool) -> int:
     """Run the server; return the exit status, or exit with a SockserveError's."""
     try:
         reporter = _reporter(config, quiet)
-        setup_logging(reporter, config.verbosity)
+        if config.concurrency == "event":
+            from .logs import setup_logging  # only the event loop logs: the rest never loads it
+
+            setup_logging(reporter, config.verbosity)
         return runner.serve(config, reporter)
     except KeyboardInterrupt:
         # Ctrl-C after the run restored the default handler (while the summary is printed):

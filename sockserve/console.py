@@ -9,8 +9,6 @@ are called from several threads; each line is written whole under a lock.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
 import threading
@@ -30,7 +28,6 @@ __all__ = [
     "format_client",
     "hexdump",
     "make_reporter",
-    "setup_logging",
     "silence",
     "summary_text",
 ]
@@ -244,7 +241,7 @@ class RichReporter(PlainReporter):
 
 
 class JsonReporter(PlainReporter):
-    """One JSON object per event and line (`--json`), for scripts.
+    """One JSON object per event and line (`--json`), for scripts (json is imported only here).
 
     Every object carries `event` and `time`; what is about one connection, its `client`.
     """
@@ -256,13 +253,16 @@ class JsonReporter(PlainReporter):
         quiet: bool = False,
         socktype: str = "stream",
     ) -> None:
+        import json  # only --json writes JSON: the other reporters never load it
+
         super().__init__(stream, verbosity, quiet, socktype)
+        self._encode = json.JSONEncoder(default=str).encode
         self.wants_data = verbosity >= 2  # `data` events at -vv
         self.wants_counts = True  # `close` and `request` events carry the counts
 
     def _event(self, event: str, **fields: Any) -> None:
         record = {"event": event, "time": round(time.time(), 6), **fields}
-        self._emit(json.dumps(record, default=str))
+        self._emit(self._encode(record))
 
     @staticmethod
     def _client(client: Any) -> Any:
@@ -343,27 +343,6 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-class ReporterLogHandler(logging.Handler):
-    """Route log records (framework, event loop) to the reporter as error, warning or info."""
-
-    def __init__(self, reporter: PlainReporter) -> None:
-        super().__init__()
-        self.reporter = reporter
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Pass the record on as the reporter's event."""
-        try:
-            message = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                self.reporter.handler_error(None, record.exc_info[1])
-            elif record.levelno >= logging.WARNING:
-                self.reporter.warning(message)
-            else:
-                self.reporter.info(message)
-        except Exception:  # pragma: no cover - never let logging break serving
-            self.handleError(record)
-
-
 def silence(*streams: IO[str]) -> None:
     """Point the streams' descriptors at /dev/null, so that a reader gone away cannot fail
     Python's flush at exit."""
@@ -374,14 +353,3 @@ def silence(*streams: IO[str]) -> None:
         os.close(devnull)
     except (OSError, ValueError):
         pass
-
-
-def setup_logging(reporter: PlainReporter, verbosity: int) -> None:
-    """Send the `sockserve` loggers to the reporter; -vv shows debug records."""
-    root = logging.getLogger("sockserve")
-    for handler in list(root.handlers):
-        if isinstance(handler, ReporterLogHandler):
-            root.removeHandler(handler)
-    root.addHandler(ReporterLogHandler(reporter))
-    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    root.propagate = False

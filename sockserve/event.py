@@ -26,7 +26,7 @@ from .events import Events, NullEvents
 from .watch import Watch
 from .watch_asyncio import watched
 
-logger = logging.getLogger(__name__)  # routed to the reporter (`console.setup_logging`)
+logger = logging.getLogger(__name__)  # routed to the reporter (`logs.setup_logging`)
 
 #: How long an abort waits for the loop to report every aborted connection lost.
 _ABORT_WAIT = 2.0

@@ -2,12 +2,12 @@
 
 `RunMonitor` implements `events.Events`. In a forked request child (fork mode) an event
 cannot reach the reporter of the parent: it travels as one JSON line on a pipe (one atomic
-write each), and the parent reports it from `poll()`, which the serve loop calls.
+write each), and the parent reports it from `poll()`, which the serve loop calls. The
+pipe's two ends are the only users of json here: other runs never load it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import traceback
@@ -104,6 +104,8 @@ class RunMonitor:
         return _forks != self._forks
 
     def _forward(self, record: dict[str, Any]) -> None:
+        import json  # the child pipe's lines (fork mode only): other runs never load it
+
         line = json.dumps(record, default=str).encode() + b"\n"
         if len(line) > CHILD_RECORD_MAX:
             record.pop("tb", None)
@@ -199,6 +201,8 @@ class RunMonitor:
         assert self._pipe_poll is not None
         if not self._pipe_poll.poll(0):
             return
+        import json  # the child pipe's lines (fork mode only): other runs never load it
+
         chunks = [self._partial]
         while True:
             try:

@@ -14,9 +14,9 @@ from sockserve.console import (
     format_client,
     hexdump,
     make_reporter,
-    setup_logging,
     summary_text,
 )
+from sockserve.logs import setup_logging
 
 
 def test_format_client() -> None:

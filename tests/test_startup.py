@@ -207,7 +207,8 @@ def test_logging_goes_to_the_reporter() -> None:
     code = textwrap.dedent(
         """
         import io, logging
-        from sockserve.console import PlainReporter, setup_logging
+        from sockserve.console import PlainReporter
+        from sockserve.logs import setup_logging
         out = io.StringIO()
         setup_logging(PlainReporter(out), 0)
         logging.getLogger("sockserve.factory").warning("careful")

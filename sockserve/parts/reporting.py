@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
 from typing import Any
@@ -10,13 +9,13 @@ from typing import Any
 from ..events import Events
 from ..socketserver import TCPServer
 
-logger = logging.getLogger(__name__)
-
 
 def tell(monitor: Events | None, message: str, warning: bool = False) -> None:
-    """Give `message` to the monitor, or to the log when there is none."""
+    """Give `message` to the monitor; with none, print a warning on stderr (as the framework's
+    handle_error prints) and drop the rest."""
     if monitor is None:
-        (logger.warning if warning else logger.info)(message)
+        if warning:
+            print(message, file=sys.stderr)
     elif warning:
         monitor.warning(message)
     else:

@@ -6,7 +6,6 @@ A mixin goes first in the bases, because it overrides `process_request` (and ext
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import selectors
@@ -19,8 +18,6 @@ from typing import Any
 from .servers import TCPServer, UDPServer, _RequestType, _RetAddress, _Waker
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
-
-logger = logging.getLogger(__name__)
 
 #: A wait for requests to end (server_close, a full max_children) wakes this often (seconds).
 #: A signal that arrives just before such a wait begins does not interrupt it: its Python
@@ -80,24 +77,21 @@ if hasattr(os, "fork"):
             assert self.active_children is not None
             for pid in list(self.active_children):
                 try:
-                    done, status = os.waitpid(pid, os.WNOHANG)
+                    done, _ = os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
-                    done, status = pid, 0  # already reaped elsewhere
+                    done = pid  # already reaped elsewhere
                 except OSError:
                     continue
                 if done:
-                    self._forget_child(pid, status)
+                    self._forget_child(pid)
 
-        def _forget_child(self, pid: int, status: int) -> None:
+        def _forget_child(self, pid: int) -> None:
             assert self.active_children is not None
             self.active_children.discard(pid)
             if self._pidfds is not None:
                 fd = self._pidfds.pop(pid, None)
                 if fd is not None:
                     os.close(fd)
-            code = os.waitstatus_to_exitcode(status)
-            if code:
-                logger.debug("child %d exited with status %d", pid, code)
 
         def _wait_for_any_child(self) -> None:
             """Wait until one of our children exits (pidfds), without reaping others'; or
@@ -116,13 +110,13 @@ if hasattr(os, "fork"):
             # A child without a pidfd (no kernel support, or pidfd_open failed): look at any
             # child, as the stdlib waits for any, rather than only at the children with one.
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:  # no children at all: someone else reaped ours
                 for pid in list(self.active_children):
-                    self._forget_child(pid, 0)
+                    self._forget_child(pid)
                 return
             if pid in self.active_children:
-                self._forget_child(pid, status)
+                self._forget_child(pid)
             elif not pid:  # none has exited: no event to wait on without a pidfd
                 time.sleep(_SIGNAL_CHECK)
 
