@@ -9,6 +9,8 @@ they cannot join a port another process serves.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,10 +44,22 @@ def serving(*args: str) -> Iterator[int]:
 
 def refused(*args: str) -> str:
     """Run `sockserve ARGS`, which must stop at once with exit 1; return its stderr."""
-    out = subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    return out.stderr
+    proc = subprocess.Popen(
+        [*COMMAND, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a server that started after all goes, workers and all
+    )
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"sockserve {' '.join(args)} started on a busy port:\n{err}")
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    return err
 
 
 def udp_ask(port: int, payload: bytes) -> bytes:
