@@ -133,7 +133,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     default=1,
     show_default=True,
     metavar="N",
-    help="Processes serving the same socket (SO_REUSEPORT / shared listener).",
+    help="Processes serving the same socket: bound once, inherited by each forked worker.",
 )
 @click.option(
     "--daemon-threads/--no-daemon-threads",
@@ -159,13 +159,16 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--reuse-address/--no-reuse-address",
     default=True,
     show_default=True,
-    help="Set SO_REUSEADDR, so a restart does not wait for TIME_WAIT.",
+    help="TCP: set SO_REUSEADDR, so a restart does not wait for TIME_WAIT (a port another "
+    "server listens on is still refused). Never on datagram sockets, where it would let a "
+    "second server take the port.",
 )
 @click.option(
     "--reuse-port",
     is_flag=True,
     default=False,
-    help="Set SO_REUSEPORT, so several servers can share the port.",
+    help="Set SO_REUSEPORT: share the port with other servers that set it too (the kernel "
+    "spreads the traffic among them). Without it a port in use is an error (exit 1).",
 )
 @click.option(
     "--timeout",

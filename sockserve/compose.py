@@ -188,8 +188,12 @@ def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None
     settings.update(
         request_limit=config.request_limit,
         request_queue_size=config.backlog,
-        allow_reuse_address=config.reuse_address,
-        allow_reuse_port=config.reuse_port or config.workers > 1,
+        # SO_REUSEADDR lets a TCP listener restart over TIME_WAIT; on a datagram socket it
+        # lets a second server bind the same port and take its traffic (the stdlib's
+        # UDPServer leaves it off). --workers share the one listener they inherit, so only
+        # --reuse-port lets another process join the port.
+        allow_reuse_address=config.reuse_address and config.socktype == "stream",
+        allow_reuse_port=config.reuse_port,
         dualstack_ipv6=family == "inet6" and config.address.all_interfaces,
     )
     if family == "unix":

@@ -13,8 +13,10 @@ README: every fenced block carries a `<!-- test: KIND -->` comment saying how it
 
 Blocks run on loopback: port 9999 becomes a free port and `/tmp/` a fresh directory, with
 `sockserve` (this checkout) first on PATH and HOME in a temporary directory. The clients use
-`nc` (OpenBSD netcat); where it is not installed, a small stand-in with the same flags
-(-N, -u, -U, -w) is put on PATH instead, so the README's sockserve commands are still run.
+`nc` as OpenBSD netcat; where `nc` is another netcat (ncat, busybox, the traditional one) or
+none, a small stand-in with the same flags (-N, -u, -U, -w) comes first on PATH instead, so
+the README's sockserve commands are still run. A block that needs a GNU tool the machine lacks
+(`install -D`, `od --endian`, `date -d`, as on macOS) is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import concurrent.futures
 import contextlib
 import importlib.util
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -447,21 +450,48 @@ finally:
 '''
 
 
-@pytest.fixture(scope="module")
-def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """PATH with this checkout's sockserve (and nc, or its stand-in); HOME in a temp dir."""
-    base = tmp_path_factory.mktemp("readme")
+#: What `nc -h` prints first, for each netcat: OpenBSD's is the one the README's clients use.
+NC_FLAVOURS = {
+    "OpenBSD netcat": "openbsd",
+    "Ncat": "ncat",
+    "BusyBox": "busybox",
+    "[v1.": "traditional",
+}
+
+
+def nc_flavour(path: str) -> str:
+    """Which netcat `nc` is on `path`: openbsd, ncat, busybox, traditional, unknown or none."""
+    nc = shutil.which("nc", path=path)
+    if nc is None:
+        return "none"
+    try:
+        result = subprocess.run(
+            [nc, "-h"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    said = (result.stdout + result.stderr).decode(errors="replace")
+    for line in said.splitlines():
+        for start, flavour in NC_FLAVOURS.items():
+            if line.startswith(start) or (flavour == "traditional" and start in line):
+                return flavour
+    return "unknown"
+
+
+def make_shell_env(base: Path, path: str) -> dict[str, str]:
+    """The environment of the README's commands: before `path`, this checkout's sockserve
+    (and the nc stand-in unless `path` has OpenBSD's nc); HOME in `base`."""
     bin_dir = base / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     write_sockserve_wrapper(bin_dir)
-    if shutil.which("nc") is None:
+    if nc_flavour(path) != "openbsd":
         standin = bin_dir / "nc"
         standin.write_text(f"#!{sys.executable}\n{NC_STANDIN}")
         standin.chmod(0o755)
     (base / "home").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "BASH_"))}
     env.update(
-        PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        PATH=f"{bin_dir}{os.pathsep}{path}",
         HOME=str(base / "home"),
         NO_COLOR="1",
         TERM="dumb",
@@ -470,6 +500,60 @@ def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         PAGER="cat",
     )
     return env
+
+
+@pytest.fixture(scope="module")
+def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PATH with this checkout's sockserve (and nc, or its stand-in); HOME in a temp dir."""
+    base = tmp_path_factory.mktemp("readme")
+    return make_shell_env(base, os.environ.get("PATH", "/usr/bin:/bin"))
+
+
+#: GNU tools' options some README blocks use: (the tool and option, a pattern that finds it
+#: in a block, a bash script that prints "ok" where the machine's tool has it).
+GNU_ONLY = (
+    (
+        "install -D",
+        r"\binstall -D",
+        'install -Dm644 /dev/null "$tmp/a/b" && test -f "$tmp/a/b" && echo ok',
+    ),
+    (
+        "od --endian",
+        r"\bod [^|]*--endian",
+        "printf '\\0\\0\\0\\1' | od -An -tu4 --endian=big | grep -qx ' *1' && echo ok",
+    ),
+    ("date -d", r"\bdate [^|]*-d\b", 'test "$(date -u -d @0 +%Y)" = 1970 && echo ok'),
+)
+_GNU_CHECKED: dict[tuple[str, str], bool] = {}
+
+
+def missing_gnu_tools(text: str, env: dict[str, str]) -> list[str]:
+    """The GNU-only options in `text` that the tools on env's PATH do not have."""
+    missing = []
+    for name, pattern, check in GNU_ONLY:
+        if not re.search(pattern, text):
+            continue
+        key = (name, env["PATH"])
+        if key not in _GNU_CHECKED:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = subprocess.run(
+                    ["bash", "-c", check],
+                    env=dict(env, tmp=tmp),
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
+            _GNU_CHECKED[key] = result.stdout.strip() == "ok"
+        if not _GNU_CHECKED[key]:
+            missing.append(name)
+    return missing
+
+
+def skip_without_gnu_tools(text: str, env: dict[str, str]) -> None:
+    """Skip the test, with the reason, when `text` needs GNU tools the machine lacks."""
+    missing = missing_gnu_tools(text, env)
+    if missing:
+        pytest.skip(f"needs GNU tools ({', '.join(missing)}), as on Linux")
 
 
 MARKER = re.compile(r"(?:^|\s)# → (.*)$")
@@ -646,6 +730,8 @@ def session_outcomes(shell_env: dict[str, str]) -> dict[str, BaseException | Non
     """Run every README session group at once (each on its own port and directory)."""
 
     def outcome(group: str, where: str) -> BaseException | None:
+        if missing_gnu_tools(group, shell_env):  # its test skips
+            return None
         try:
             run_session(group, shell_env, where)
         except BaseException as exc:  # re-raised by the group's own test
@@ -658,7 +744,10 @@ def session_outcomes(shell_env: dict[str, str]) -> dict[str, BaseException | Non
 
 
 @pytest.mark.parametrize("where", [w for _, w in SESSION_GROUPS])
-def test_readme_session(where: str, session_outcomes: dict[str, BaseException | None]) -> None:
+def test_readme_session(
+    where: str, session_outcomes: dict[str, BaseException | None], shell_env: dict[str, str]
+) -> None:
+    skip_without_gnu_tools(dict((w, g) for g, w in SESSION_GROUPS)[where], shell_env)
     exc = session_outcomes[where]
     if exc is not None:
         raise exc
@@ -666,6 +755,7 @@ def test_readme_session(where: str, session_outcomes: dict[str, BaseException | 
 
 @pytest.mark.parametrize("block", _blocks("script"), ids=str)
 def test_readme_script(block: Block, shell_env: dict[str, str]) -> None:
+    skip_without_gnu_tools(block.text, shell_env)
     run_script(block.text, shell_env, str(block))
     if "install -Dm644" in block.text:
         _check_installed(Path(shell_env["HOME"]), shell_env)
@@ -692,6 +782,81 @@ def _check_installed(home: Path, env: dict[str, str]) -> None:
             timeout=15,
         )
         assert result.stdout.startswith("tcp\t"), result.stdout + result.stderr
+
+
+# The helpers above, on machines unlike this one --------------------------------------------
+
+
+def _tool(directory: Path, name: str, script: str) -> None:
+    tool = directory / name
+    tool.write_text("#!/bin/sh\n" + script)
+    tool.chmod(0o755)
+
+
+#: A fake ncat (Fedora's nc): it says what it is and refuses OpenBSD's -N, as ncat does.
+FAKE_NCAT = """\
+case "$1" in -h) echo 'Ncat 7.93 ( https://nmap.org/ncat )'; exit 0;; esac
+echo "ncat: invalid option -- 'N'" >&2
+exit 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("first_line", "flavour"),
+    [
+        ("OpenBSD netcat (Debian patchlevel 1.219-1)", "openbsd"),
+        ("Ncat 7.93 ( https://nmap.org/ncat )", "ncat"),
+        ("BusyBox v1.35.0 (Debian 1:1.35.0-4) multi-call binary.", "busybox"),
+        ("[v1.10-47]", "traditional"),
+        ("usage: nc [-46AacCDdFhklMnOortUuvz] [-K tc] [-b boundif]", "unknown"),
+    ],
+)
+def test_nc_flavour_tells_the_netcats_apart(tmp_path: Path, first_line: str, flavour: str) -> None:
+    _tool(tmp_path, "nc", f"echo '{first_line}' >&2\necho 'usage: nc ...' >&2\nexit 1\n")
+    assert nc_flavour(str(tmp_path)) == flavour
+    assert nc_flavour(str(tmp_path / "empty")) == "none"
+
+
+@pytest.mark.parametrize("nc", ["ncat", "none", "this machine's"])
+def test_readme_clients_run_whatever_the_nc(tmp_path: Path, nc: str) -> None:
+    """With ncat as nc, or no nc at all, the README's `nc -N` clients still run (the stand-in
+    comes first on PATH); OpenBSD's nc is used as it is."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    if nc == "ncat":
+        _tool(tools, "nc", FAKE_NCAT)
+        path = f"{tools}{os.pathsep}{os.environ['PATH']}"
+    elif nc == "none":  # only bash: the stand-in and the sockserve wrapper name their programs
+        (tools / "bash").symlink_to(shutil.which("bash") or "/bin/bash")
+        path = str(tools)
+    else:
+        path = os.environ["PATH"]
+    flavour = nc_flavour(path)
+    assert flavour == {"ncat": "ncat", "none": "none"}.get(nc, flavour)
+    env = make_shell_env(tmp_path / "env", path)
+    assert (tmp_path / "env" / "bin" / "nc").exists() == (flavour != "openbsd")
+    for group in (
+        "sockserve tcp :9999 -H upper\necho hello | nc -N 127.0.0.1 9999  # → HELLO",
+        "sockserve udp :9999 -H upper\necho hello | nc -u -w1 127.0.0.1 9999  # → HELLO",
+        "sockserve unix /tmp/u.sock -H upper\necho hello | nc -N -U /tmp/u.sock  # → HELLO",
+    ):
+        run_session(group, env, f"{nc} nc: {group.splitlines()[1]}")
+
+
+def test_gnu_only_blocks_skip_where_the_tools_are_not_gnu(tmp_path: Path) -> None:
+    """BSD tools (macOS) refuse the GNU options: their blocks are named, to be skipped."""
+    for name in ("install", "od", "date"):
+        _tool(tmp_path, name, f"echo '{name}: illegal option' >&2\nexit 64\n")
+    (tmp_path / "bash").symlink_to(shutil.which("bash") or "/bin/bash")
+    texts = [b.text for b in _blocks("script")] + [g for g, _ in SESSION_GROUPS]
+    names = [name for name, _, _ in GNU_ONLY]
+    needing = [t for t in texts if any(re.search(pattern, t) for _, pattern, _ in GNU_ONLY)]
+    assert len(needing) == 2  # the install block; the RFC 868 time group
+    bsd = {"PATH": str(tmp_path)}
+    assert sorted(name for t in needing for name in missing_gnu_tools(t, bsd)) == sorted(names)
+    if platform.libc_ver()[0] == "glibc":  # GNU coreutils: nothing is skipped
+        gnu = {"PATH": "/usr/bin:/bin"}
+        assert [name for t in needing for name in missing_gnu_tools(t, gnu)] == []
 
 
 def test_readme_setup_block(shell_env: dict[str, str]) -> None:
