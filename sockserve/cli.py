@@ -21,7 +21,7 @@ from click.core import ParameterSource
 
 from . import __version__, config, runner
 from .config import ServeConfig
-from .console import PlainReporter, make_reporter, setup_logging
+from .console import PlainReporter, format_user_traceback, make_reporter, setup_logging
 from .errors import ExitStatus, HandlerLoadError, SockserveError, UsageError
 from .helptext import SockserveCommand, completion_source
 from .options import (
@@ -54,6 +54,18 @@ class Command(SockserveCommand):
     def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
         extra.setdefault("obj", Invocation(as_program=args is None))
         return super().main(args, *rest, **extra)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse; with --traceback (an eager flag: known before -H is loaded), a handler
+        module that failed to import shows its traceback, from the user's frames on."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as exc:
+            load_error = exc.__context__
+            cause = load_error.__cause__ if isinstance(load_error, HandlerLoadError) else None
+            if cause is not None and ctx.params.get("traceback"):
+                click.echo(format_user_traceback(cause, keep_all=False).rstrip(), err=True)
+            raise
 
 
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -206,7 +218,12 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("-v", "--verbose", count=True, help="-v: byte counts; -vv: hex dump of traffic.")
 @click.option("--color/--no-color", default=None, help="Force colours on or off. [default: auto]")
-@click.option("--traceback", is_flag=True, help="Show the full traceback of a fatal error.")
+@click.option(
+    "--traceback",
+    is_flag=True,
+    is_eager=True,  # known before -H loads the handler: a failed import shows its traceback
+    help="Show the full traceback of a fatal error.",
+)
 @click.option(
     "--completion",
     type=click.Choice(["bash", "zsh", "fish"]),

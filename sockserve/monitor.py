@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import select
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .builtins import OutputClosed
 from .config import ServeConfig
-from .console import PlainReporter, format_client
+from .console import PlainReporter, format_client, format_user_traceback
 from .events import Direction, Stats, remote_error
 
 #: The longest line a child writes on the pipe: one write of at most PIPE_BUF bytes is atomic.
@@ -158,7 +157,7 @@ class RunMonitor:
                     "c": _jsonable(client),
                     "t": type(exc).__name__,
                     "m": str(exc),
-                    "tb": "".join(traceback.format_exception(exc)),
+                    "tb": format_user_traceback(exc),
                 }
             )
             return

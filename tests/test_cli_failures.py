@@ -1,0 +1,133 @@
+"""The real command when its surroundings fail: a handler that fails to import or raises
+(issue 15, item 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+from clitools import finish, inet_address, spawn, tcp_exchange, wait_listening
+
+SOCKSERVE = [sys.executable, "-m", "sockserve"]
+ENV = dict(os.environ, NO_COLOR="1", COLUMNS="200", TERM="dumb")
+
+
+def in_shell(redirect: str, *args: str) -> list[str]:
+    """`sockserve ARGS REDIRECT` as a shell runs it (`>&-` closes stdout, `2>&-` stderr)."""
+    return ["sh", "-c", f'exec "$@" {redirect}', "sh", *SOCKSERVE, *args]
+
+
+def spawn_in_shell(redirect: str, *args: str) -> pexpect.spawn:
+    """The command in a pty, through a shell that applies `redirect`."""
+    cmd = in_shell(redirect, *args)
+    return pexpect.spawn(cmd[0], cmd[1:], timeout=15, env=ENV, dimensions=(50, 200))
+
+
+# -- item 10: tracebacks start at the user's code ------------------------------------------------
+def test_traceback_shows_the_import_chain_of_a_handler(tmp_path: Path) -> None:
+    (tmp_path / "helper_mod.py").write_text("def fail():\n    raise RuntimeError('no config')\n")
+    (tmp_path / "chain.py").write_text("import helper_mod\nhelper_mod.fail()\nimport sockserve\n")
+    run = subprocess.run(
+        [*SOCKSERVE, "tcp", ":0", "-H", str(tmp_path / "chain.py"), "--traceback"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+    )
+    assert run.returncode == 2
+    tb = run.stderr[: run.stderr.index("Usage:")].splitlines()
+    assert tb == [
+        "Traceback (most recent call last):",
+        f'  File "{tmp_path}/chain.py", line 2, in <module>',
+        "    helper_mod.fail()",
+        f'  File "{tmp_path}/helper_mod.py", line 2, in fail',
+        "    raise RuntimeError('no config')",
+        "RuntimeError: no config",
+    ]
+    assert "--traceback shows where it was raised" in run.stderr
+    assert "nothing more here" not in run.stderr
+
+
+def test_traceback_of_a_syntax_error_shows_the_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("def f(:\n    pass\n")
+    run = subprocess.run(
+        [*SOCKSERVE, "tcp", ":0", "--traceback", "-H", str(tmp_path / "bad.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+    )
+    assert run.returncode == 2
+    tb = run.stderr[: run.stderr.index("Usage:")]
+    assert tb.startswith(f'  File "{tmp_path}/bad.py", line 1\n    def f(:\n')
+    assert tb.rstrip().endswith("SyntaxError: invalid syntax")
+    assert "sockserve" not in tb.replace(str(tmp_path), "")
+
+
+BOOM_HANDLER = (
+    "import {base}\n"
+    "class Boom({base}.BaseRequestHandler):\n"
+    "    def handle(self):\n"
+    "        self.request.recv(100)\n"
+    "        raise ValueError('kaboom')\n"
+)
+BOOM_PROTOCOL = (
+    "import asyncio\n"
+    "class Boom(asyncio.Protocol):\n"
+    "    def data_received(self, data):\n"
+    "        raise ValueError('kaboom')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "base"),
+    [
+        ("thread", "sockserve"),
+        ("thread", "socketserver"),
+        ("sync", "sockserve"),
+        ("fork", "socketserver"),
+        ("event", None),
+    ],
+)
+def test_handler_error_traceback_starts_in_the_handler(
+    tmp_path: Path, mode: str, base: str | None
+) -> None:
+    handler = tmp_path / "boom.py"
+    handler.write_text(BOOM_PROTOCOL if base is None else BOOM_HANDLER.format(base=base))
+    line, function = (4, "data_received") if base is None else (5, "handle")
+    child = spawn(["tcp", "127.0.0.1:0", "-H", f"{handler}:Boom", "-c", mode, "--once"])
+    addr = inet_address(wait_listening(child))
+    tcp_exchange(addr, b"boom")
+    child.expect(r"error handling [^\r\n]*ValueError: kaboom\r\n")
+    child.expect("ValueError: kaboom\r\n")
+    tb = child.before.decode().splitlines()
+    assert tb == [
+        "Traceback (most recent call last):",
+        f'  File "{handler}", line {line}, in {function}',
+        "    raise ValueError('kaboom')",
+    ]
+    child.sendintr()
+    finish(child)
+
+
+@pytest.mark.parametrize("mode", ["thread", "fork"])
+def test_json_error_traceback_starts_in_the_handler(tmp_path: Path, mode: str) -> None:
+    handler = tmp_path / "boom.py"
+    handler.write_text(BOOM_HANDLER.format(base="sockserve"))
+    child = spawn(["tcp", "127.0.0.1:0", "-H", f"{handler}:Boom", "-c", mode, "--json"])
+    child.expect(rb'"url": "tcp://127.0.0.1:(\d+)"')
+    tcp_exchange(("127.0.0.1", int(child.match.group(1))), b"boom")
+    child.expect(rb'\{"event": "error"[^\r\n]*\}\r\n')
+    event = json.loads(child.match.group(0))
+    assert event["traceback"].splitlines()[:2] == [
+        "Traceback (most recent call last):",
+        f'  File "{handler}", line 5, in handle',
+    ]
+    child.sendintr()
+    status, out = finish(child)
+    assert status == 0, out
