@@ -1,10 +1,11 @@
-"""The real command when its surroundings fail: a handler that fails to import or raises
-(issue 15, item 10)."""
+"""The real command when its surroundings fail: a full disk, a handler that fails to import or
+raises (issue 15, items 7 and 10)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,63 @@ def spawn_in_shell(redirect: str, *args: str) -> pexpect.spawn:
     """The command in a pty, through a shell that applies `redirect`."""
     cmd = in_shell(redirect, *args)
     return pexpect.spawn(cmd[0], cmd[1:], timeout=15, env=ENV, dimensions=(50, 200))
+
+
+# -- item 7: a full disk -------------------------------------------------------------------------
+full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+
+
+def _send(transport: str, addr: tuple[str, int], payload: bytes) -> None:
+    if transport == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(payload, addr)
+    else:
+        tcp_exchange(addr, payload)
+
+
+@full
+@pytest.mark.parametrize(
+    ("transport", "mode"),
+    [("tcp", "thread"), ("tcp", "fork"), ("tcp", "sync"), ("tcp", "event"), ("udp", "sync")],
+)
+def test_full_disk_is_one_error_and_exit_1(transport: str, mode: str) -> None:
+    child = spawn_in_shell(">/dev/full", transport, "127.0.0.1:0", "-H", "stdout", "-c", mode)
+    addr = inet_address(wait_listening(child))
+    _send(transport, addr, b"lost on a full disk\n")
+    status, out = finish(child)
+    assert status == 1, out
+    assert "Traceback" not in out
+    assert "(stdout failed)" in out
+    assert out.count("sockserve: error:") == 1
+    assert "sockserve: error: cannot write to stdout: no space left on device\r\n" in out
+    assert "hint: free some space where stdout goes, or redirect it elsewhere" in out
+
+
+@full
+def test_full_disk_in_a_worker_stops_all_with_exit_1() -> None:
+    child = spawn_in_shell(">/dev/full", "tcp", "127.0.0.1:0", "-H", "stdout", "--workers", "2")
+    addr = inet_address(wait_listening(child))
+    _send("tcp", addr, b"lost on a full disk\n")
+    status, out = finish(child)
+    assert status == 1, out
+    assert "warning: cannot write to stdout: no space left on device" in out
+    assert "Traceback" not in out
+
+
+@full
+def test_full_disk_is_a_fatal_json_event() -> None:
+    child = spawn_in_shell(">/dev/full", "tcp", "127.0.0.1:0", "-H", "stdout", "--json")
+    child.expect(rb'"url": "tcp://127.0.0.1:(\d+)"')
+    _send("tcp", ("127.0.0.1", int(child.match.group(1))), b"lost\n")
+    status, out = finish(child)
+    assert status == 1, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events if e["event"] in ("shutdown", "fatal")] == [
+        "shutdown",
+        "fatal",
+    ]
+    assert events[-1]["message"] == "cannot write to stdout: no space left on device"
+    assert not [e for e in events if e["event"] == "error"]
 
 
 # -- item 10: tracebacks start at the user's code ------------------------------------------------
