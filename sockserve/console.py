@@ -32,6 +32,7 @@ __all__ = [
     "hexdump",
     "format_user_traceback",
     "make_reporter",
+    "open_closed_streams",
     "setup_logging",
     "silence",
     "summary_text",
@@ -412,6 +413,33 @@ class ReporterLogHandler(logging.Handler):
                 self.reporter.info(message)
         except Exception:  # pragma: no cover - never let logging break serving
             self.handleError(record)
+
+
+#: The standard streams by descriptor.
+STD_STREAMS = ((0, "stdin"), (1, "stdout"), (2, "stderr"))
+
+
+def open_closed_streams() -> frozenset[str]:
+    """Open /dev/null on each standard descriptor the shell left closed (`>&-`, `2>&-`).
+
+    Else the first socket or file the run opens takes that number, and what is written to
+    stdout or stderr goes into it. The stream (`sys.stdout`...) is made again on it. Return the
+    names of the streams that were closed.
+    """
+    closed = set()
+    for fd, name in STD_STREAMS:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        devnull = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+        closed.add(name)
+    return frozenset(closed)
 
 
 def silence(*streams: IO[str]) -> None:

@@ -1,10 +1,11 @@
-"""The real command when its surroundings fail: a full disk, a handler that fails to import or
-raises (issue 15, items 7 and 10)."""
+"""The real command when its surroundings fail: a closed stdout or stderr, a full disk, a
+handler that fails to import or raises (issue 15, items 6, 7 and 10)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,66 @@ def spawn_in_shell(redirect: str, *args: str) -> pexpect.spawn:
     """The command in a pty, through a shell that applies `redirect`."""
     cmd = in_shell(redirect, *args)
     return pexpect.spawn(cmd[0], cmd[1:], timeout=15, env=ENV, dimensions=(50, 200))
+
+
+# -- item 6: closed stdout or stderr -------------------------------------------------------------
+@pytest.mark.parametrize("handler", ["stdout", "stdio"])
+def test_closed_stdout_refuses_a_handler_that_writes_to_it(handler: str) -> None:
+    run = subprocess.run(
+        in_shell(">&-", "tcp", "127.0.0.1:0", "-H", handler),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+    )
+    assert run.returncode == 1, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines[0] == (
+        f"sockserve: error: -H {handler} writes what clients send to stdout, but stdout is closed"
+    )
+    assert lines[1].startswith("hint: redirect stdout") and len(lines) == 2
+
+
+def test_closed_stdout_with_print_address_serves_and_warns() -> None:
+    child = spawn_in_shell(">&-", "tcp", "127.0.0.1:0", "--print-address", "-H", "upper")
+    child.expect("warning: stdout is closed: --print-address has nowhere to print the address")
+    addr = inet_address(wait_listening(child))
+    assert tcp_exchange(addr, b"still served") == b"STILL SERVED"
+    child.sendintr()
+    status, out = finish(child)
+    assert status == 0, out
+    assert "Traceback" not in out
+
+
+def test_closed_stderr_serves_and_nothing_lands_on_stdout(tmp_path: Path) -> None:
+    """Run without stderr: its lines go nowhere (not into stdout, nor into a socket that took
+    descriptor 2), even a handler's error."""
+    handler = tmp_path / "boom.py"
+    handler.write_text(
+        "import sockserve\n"
+        "class Boom(sockserve.BaseRequestHandler):\n"
+        "    def handle(self):\n"
+        "        data = self.request.recv(100)\n"
+        "        self.request.sendall(data)\n"
+        "        raise ValueError('kaboom')\n"
+    )
+    proc = subprocess.Popen(
+        in_shell("2>&-", "tcp", "127.0.0.1:0", "--print-address", "-H", str(handler)),
+        stdout=subprocess.PIPE,
+        env=ENV,
+    )
+    try:
+        assert proc.stdout is not None
+        host, port = proc.stdout.readline().decode().strip().rsplit(":", 1)
+        assert tcp_exchange((host, int(port)), b"first") == b"first"
+        assert tcp_exchange((host, int(port)), b"second") == b"second"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stdout.read() == b""  # the error's lines went to no stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- item 7: a full disk -------------------------------------------------------------------------
