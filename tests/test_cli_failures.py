@@ -1,5 +1,5 @@
-"""The real command when its surroundings fail: a closed stdout or stderr, a full disk, a
-handler that fails to import or raises (issue 15, items 6, 7 and 10)."""
+"""The real command when its surroundings fail: a closed stdout or stderr, a full disk, a reply
+too big for one datagram, a handler that fails to import or raises (issue 15, items 6-8, 10)."""
 
 from __future__ import annotations
 
@@ -145,6 +145,62 @@ def test_full_disk_is_a_fatal_json_event() -> None:
     ]
     assert events[-1]["message"] == "cannot write to stdout: no space left on device"
     assert not [e for e in events if e["event"] == "error"]
+
+
+# -- item 8: a reply too big for one datagram ----------------------------------------------------
+def _refusal(tmp_path: Path, size: int, *args: str) -> str:
+    big = tmp_path / "big.file"
+    big.write_bytes(bytes(size))
+    run = subprocess.run(
+        [*SOCKSERVE, *args, "--reply-file", str(big)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    return " ".join(run.stderr.split())
+
+
+def test_udp_reply_file_over_the_ipv4_limit_is_refused(tmp_path: Path) -> None:
+    message = _refusal(tmp_path, 200_000, "udp", "127.0.0.1:0")
+    assert f"--reply-file {tmp_path}/big.file is 200000 bytes" in message
+    assert "more than one UDP datagram over IPv4 carries (at most 65507 bytes)" in message
+
+
+def test_udp_reply_file_over_the_ipv6_limit_is_refused(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    message = _refusal(tmp_path, 65_528, "udp", "[::1]:0")
+    assert "more than one UDP datagram over IPv6 carries (at most 65527 bytes)" in message
+
+
+def test_udp_reply_file_at_the_limit_is_sent_whole(tmp_path: Path) -> None:
+    reply = tmp_path / "max.file"
+    reply.write_bytes(b"r" * 65507)
+    child = spawn(["udp", "127.0.0.1:0", "--reply-file", str(reply), "--once"])
+    addr = inet_address(wait_listening(child))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.sendto(b"?", addr)
+        assert s.recv(70000) == b"r" * 65507
+    status, out = finish(child)
+    assert status == 0, out
+
+
+def test_unix_dgram_reply_over_the_send_buffer_is_refused(tmp_path: Path, sock_dir: str) -> None:
+    from sockserve.config import unix_datagram_limit
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with probe:
+        size = 2 * probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + 1
+    limit = unix_datagram_limit(size)
+    assert limit is not None and unix_datagram_limit(limit) is None
+    message = _refusal(tmp_path, size, "unix-dgram", f"{sock_dir}/s")
+    assert f"is {size} bytes: more than one unix datagram here carries" in message
+    assert f"(at most {limit} bytes: the socket's send buffer, SO_SNDBUF, decides)" in message
+    assert not os.path.exists(f"{sock_dir}/s")
 
 
 # -- item 10: tracebacks start at the user's code ------------------------------------------------
