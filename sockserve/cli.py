@@ -21,8 +21,8 @@ from click.core import ParameterSource
 
 from . import __version__, config, runner
 from .config import ServeConfig
-from .console import PlainReporter, make_reporter
-from .errors import ExitStatus, HandlerLoadError, SockserveError, UsageError
+from .console import PlainReporter, format_user_traceback, make_reporter, open_closed_streams
+from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveError, UsageError
 from .helptext import SockserveCommand, completion_source
 from .options import (
     ADDRESS,
@@ -43,17 +43,34 @@ VERSION_MESSAGE = (
 class Invocation:
     """How the command was started (its context's `obj`)."""
 
-    def __init__(self, *, as_program: bool) -> None:
+    def __init__(self, *, as_program: bool, closed: frozenset[str] = frozenset()) -> None:
         self.as_program = as_program  # the process's own program (sys.argv), not other code
+        self.closed = closed  # the standard streams the shell left closed (now on /dev/null)
 
 
 class Command(SockserveCommand):
     """The sockserve command; run without `args` (the program, reading sys.argv), it owns the
-    process's exit (see `exit_command`)."""
+    process's exit (see `exit_command`) and its standard streams (see
+    `console.open_closed_streams`)."""
 
     def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
-        extra.setdefault("obj", Invocation(as_program=args is None))
+        if "obj" not in extra:
+            as_program = args is None
+            closed = open_closed_streams() if as_program else frozenset()
+            extra["obj"] = Invocation(as_program=as_program, closed=closed)
         return super().main(args, *rest, **extra)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse; with --traceback (an eager flag: known before -H is loaded), a handler
+        module that failed to import shows its traceback, from the user's frames on."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as exc:
+            load_error = exc.__context__
+            cause = load_error.__cause__ if isinstance(load_error, HandlerLoadError) else None
+            if cause is not None and ctx.params.get("traceback"):
+                click.echo(format_user_traceback(cause, keep_all=False).rstrip(), err=True)
+            raise
 
 
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -209,7 +226,12 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("-v", "--verbose", count=True, help="-v: byte counts; -vv: hex dump of traffic.")
 @click.option("--color/--no-color", default=None, help="Force colours on or off. [default: auto]")
-@click.option("--traceback", is_flag=True, help="Show the full traceback of a fatal error.")
+@click.option(
+    "--traceback",
+    is_flag=True,
+    is_eager=True,  # known before -H loads the handler: a failed import shows its traceback
+    help="Show the full traceback of a fatal error.",
+)
 @click.option(
     "--completion",
     type=click.Choice(["bash", "zsh", "fish"]),
@@ -252,6 +274,7 @@ def _serve(config: ServeConfig, quiet: bool) -> int:
             from .logs import setup_logging  # only the event loop logs: the rest never loads it
 
             setup_logging(reporter, config.verbosity)
+        _check_closed_stdout(config, reporter)
         return runner.serve(config, reporter)
     except KeyboardInterrupt:
         # Ctrl-C after the run restored the default handler (while the summary is printed):
@@ -262,6 +285,21 @@ def _serve(config: ServeConfig, quiet: bool) -> int:
             raise
         _reporter(config, quiet).fatal(exc.message, exc.hint)
         sys.exit(int(exc.exit_status))
+
+
+def _check_closed_stdout(config: ServeConfig, reporter: PlainReporter) -> None:
+    """A closed stdout (`>&-`): refuse the handlers that write to it; --print-address runs,
+    with a warning (the address is in the listening line too)."""
+    invocation = click.get_current_context().find_object(Invocation)
+    if invocation is None or "stdout" not in invocation.closed:
+        return
+    if config.handler.builtin in ("stdout", "stdio"):
+        raise EnvironmentProblem(
+            f"-H {config.handler.builtin} writes what clients send to stdout, but stdout is closed",
+            hint="redirect stdout (>/dev/null drops the data), or use -H discard",
+        )
+    if config.print_address:
+        reporter.warning("stdout is closed: --print-address has nowhere to print the address")
 
 
 def _reporter(config: ServeConfig, quiet: bool) -> PlainReporter:

@@ -1,13 +1,16 @@
-"""ServeConfig: the validated values one `sockserve` run needs. No sockets, no printing.
+"""ServeConfig: the validated values one `sockserve` run needs. No printing.
 
 `build_config` is the one way in: its keywords are the command's long options with dashes as
 underscores (`--max-threads` → `max_threads=`), so the command line and Python callers build
 the same ServeConfig. Every rule a value breaks raises `errors.UsageError(message, hint)`,
-worded for the user; this module knows nothing of click.
+worded for the user; this module knows nothing of click. It opens no socket, but one: a
+unix datagram pair, to learn how big a datagram the system sends (`unix_datagram_limit`).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,6 +25,8 @@ CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
 
 #: The largest datagram the tool reads: 64 KiB, so no UDP or unix datagram is ever truncated.
 MAX_DATAGRAM = 65536
+#: The largest UDP payload: 65535 bytes less the headers (IPv4: 20 + 8; IPv6: the UDP 8).
+MAX_UDP_PAYLOAD = {"inet": 65507, "inet6": 65527}
 
 
 def default_concurrency(socktype: SockType) -> Concurrency:
@@ -191,6 +196,8 @@ def build_config(
     if loaded.builtin != "reply" and replies:
         raise UsageError(f"--reply/--reply-file only apply to -H reply, not -H {loaded.name}")
     check_compatible(loaded, socktype, concurrency)
+    if socktype == "dgram" and loaded.builtin == "reply":
+        _check_reply_fits(reply, reply_file, address)
     if once and max_requests:
         raise UsageError("cannot combine --once and --max-requests (--once is --max-requests 1)")
 
@@ -244,3 +251,60 @@ def _address(address: str | Address, family: Family | None, proto: str) -> Addre
             hint="check PROTO, --family and ADDRESS",
         )
     return address
+
+
+def unix_datagram_limit(size: int) -> int | None:
+    """None if a unix datagram of `size` bytes can be sent here, else the largest that can.
+
+    The socket's send buffer (SO_SNDBUF, its system default) decides, less what the kernel
+    keeps of it: measured on a socket pair, which the server's socket is like.
+    """
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+
+        def fits(n: int) -> bool:
+            try:
+                a.send(bytes(n), socket.MSG_DONTWAIT)
+            except OSError:  # EMSGSIZE, or ENOBUFS on some systems
+                return False
+            b.recv(n or 1)
+            return True
+
+        if fits(size):
+            return None
+        low, high = 0, size  # low fits, high does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
+
+
+def _check_reply_fits(reply: bytes | None, reply_file: str | None, address: Address) -> None:
+    """Refuse a reply that no one datagram of the transport carries (it would fail each time)."""
+    if reply_file is not None:
+        try:
+            size = os.stat(reply_file).st_size
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --reply-file {reply_file}: {exc.strerror}", hint="check the path"
+            ) from None
+        what = f"--reply-file {reply_file} is {size} bytes"
+    else:
+        size = len(reply or b"")
+        what = f"--reply is {size} bytes"
+    if address.family == "unix":
+        limit = unix_datagram_limit(size)
+        if limit is None:
+            return
+        carrier, why = "unix datagram here", ": the socket's send buffer, SO_SNDBUF, decides"
+    else:
+        # A dual-stack socket ([::]) answers IPv4 clients too: the IPv4 limit holds.
+        ipv4 = address.family == "inet" or address.all_interfaces
+        limit = MAX_UDP_PAYLOAD["inet" if ipv4 else "inet6"]
+        if size <= limit:
+            return
+        carrier, why = f"UDP datagram over {'IPv4' if ipv4 else 'IPv6'}", ""
+    raise UsageError(
+        f"{what}: more than one {carrier} carries (at most {limit} bytes{why})",
+        hint="use a smaller reply, or serve it over tcp or unix (streams have no limit)",
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -27,7 +28,9 @@ __all__ = [
     "format_bytes",
     "format_client",
     "hexdump",
+    "format_user_traceback",
     "make_reporter",
+    "open_closed_streams",
     "silence",
     "summary_text",
 ]
@@ -83,10 +86,58 @@ def summary_text(stats: Stats, socktype: str) -> str:
     )
 
 
+#: Where sockserve's own code lives: its frames lead into a user's handler.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: Where the standard library lives (its site-packages excepted).
+_STDLIB_DIRS = tuple(
+    {os.path.abspath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")}
+)
+
+
+def _is_user_frame(filename: str) -> bool:
+    """True for a frame of the user's code: neither sockserve's, the stdlib's nor importlib's."""
+    if filename.startswith("<frozen importlib"):
+        return False
+    path = os.path.abspath(filename)
+    if path.startswith(_PACKAGE_DIR):
+        return False
+    in_stdlib = path.startswith(_STDLIB_DIRS)
+    return not in_stdlib or "site-packages" in path or "dist-packages" in path
+
+
+def _trim(te: traceback.TracebackException, keep_all: bool, seen: set[int]) -> None:
+    """Drop the frames before the first user frame, and importlib's frames, as Python does."""
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    frames = list(te.stack)
+    first = next((i for i, f in enumerate(frames) if _is_user_frame(f.filename)), None)
+    if first is not None or not keep_all:
+        kept = [] if first is None else frames[first:]
+        kept = [f for f in kept if not f.filename.startswith("<frozen importlib")]
+        te.stack = traceback.StackSummary.from_list(kept)
+    for chained in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
+        if chained is not None:
+            _trim(chained, keep_all, seen)
+
+
+def format_user_traceback(exc: BaseException, keep_all: bool = True) -> str:
+    """The traceback of `exc` from the user's first frame on.
+
+    The frames of sockserve, the stdlib and importlib that lead into a user's handler (or
+    into the import of the user's module) tell the user nothing: they go. A traceback with no
+    user frame (an error in a builtin) stays whole, or, with `keep_all` False, is left out
+    (a syntax error in the handler's file: the error itself shows where).
+    """
+    te = traceback.TracebackException.from_exception(exc)
+    _trim(te, keep_all, set())
+    return "".join(te.format())
+
+
 def _traceback_text(exc: BaseException) -> str | None:
     """The traceback of `exc` as text: formatted here, or as a forked child sent it."""
     if exc.__traceback__ is not None:
-        return "".join(traceback.format_exception(exc))
+        return format_user_traceback(exc)
     if isinstance(exc, RemoteError):
         return exc.tb
     return None
@@ -341,6 +392,33 @@ def _isatty(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+#: The standard streams by descriptor.
+STD_STREAMS = ((0, "stdin"), (1, "stdout"), (2, "stderr"))
+
+
+def open_closed_streams() -> frozenset[str]:
+    """Open /dev/null on each standard descriptor the shell left closed (`>&-`, `2>&-`).
+
+    Else the first socket or file the run opens takes that number, and what is written to
+    stdout or stderr goes into it. The stream (`sys.stdout`...) is made again on it. Return the
+    names of the streams that were closed.
+    """
+    closed = set()
+    for fd, name in STD_STREAMS:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        devnull = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+        closed.add(name)
+    return frozenset(closed)
 
 
 def silence(*streams: IO[str]) -> None:

@@ -4,7 +4,8 @@ A handler is a request handler class (a subclass of sockserve's or the stdlib's
 `BaseRequestHandler`) for sync/thread/fork, or an asyncio protocol class for `--concurrency
 event`; `load_handler` returns it as a LoadedHandler. Every failure is a HandlerLoadError with
 one line to show the user; an exception raised while the user's module runs is reported with
-its file and line, not re-raised.
+its file and line, not re-raised (it is the HandlerLoadError's `__cause__`: `--traceback`
+shows it).
 """
 
 from __future__ import annotations
@@ -123,9 +124,9 @@ def _import_module(name: str) -> Any:
                 f"no module named {exc.name!r}",
                 hint="check the spelling, install the package, or run from its directory",
             ) from None
-        raise _raised_by_user_code(name, exc) from None
+        raise _raised_by_user_code(name, exc) from exc
     except Exception as exc:
-        raise _raised_by_user_code(name, exc) from None
+        raise _raised_by_user_code(name, exc) from exc
 
 
 def _import_file(path: str) -> Any:
@@ -149,7 +150,7 @@ def _import_file(path: str) -> Any:
         del sys.modules[modname]
         if not isinstance(exc, Exception):
             raise
-        raise _raised_by_user_code(path, exc) from None
+        raise _raised_by_user_code(path, exc) from exc
     return module
 
 
@@ -166,7 +167,7 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
     location = f" ({user[-1].filename}, line {user[-1].lineno})" if user else ""
     return HandlerLoadError(
         _one_line(f"importing {where} failed: {type(exc).__name__}: {exc}{location}"),
-        hint="fix the error in the handler's code (--traceback shows nothing more here)",
+        hint="fix the error in the handler's code (--traceback shows where it was raised)",
     )
 
 

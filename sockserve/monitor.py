@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import select
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .builtins import OutputClosed
+from .builtins.output import OutputFailed
 from .config import ServeConfig
-from .console import PlainReporter, format_client
+from .console import PlainReporter, format_client, format_user_traceback
+from .errors import EnvironmentProblem
 from .events import Direction, Stats, remote_error
 
 #: The longest line a child writes on the pipe: one write of at most PIPE_BUF bytes is atomic.
@@ -43,7 +44,9 @@ class RunMonitor:
     """Count and report the events of one run; forward them from forked children.
 
     `on_stop(reason)`, set by the lifecycle, is called when the run must stop by itself (the
-    reporter's stdout closed); `stop_reason` keeps the first reason the run stopped for.
+    builtins' stdout closed or failed); `stop_reason` keeps the first reason the run stopped
+    for. `output_closed` tells that stdout takes no more; `fatal`, the error the run must end
+    with (exit 1) once stopped: stdout failed, and data was lost.
     """
 
     def __init__(self, reporter: PlainReporter, config: ServeConfig) -> None:
@@ -56,6 +59,7 @@ class RunMonitor:
         self.stop_reason: str | None = None
         self.on_stop: Callable[[str], None] | None = None
         self.output_closed = False
+        self.fatal: EnvironmentProblem | None = None
         self._forks = _forks
         self._pipe: tuple[int, int] | None = None
         self._pipe_poll: select.poll | None = None
@@ -137,9 +141,16 @@ class RunMonitor:
     def handler_error(self, client: Any, exc: BaseException) -> None:
         """Report a handler's error; what is no bug of the handler's is one line of info.
 
-        OutputClosed (the builtins' stdout went away) stops the run instead; an idle
-        timeout and a client gone away are reported as info.
+        OutputClosed (the builtins' stdout went away) stops the run instead; OutputFailed (a
+        full disk) stops it with a fatal error; an idle timeout and a client gone away are
+        reported as info.
         """
+        if isinstance(exc, OutputFailed):
+            if self.in_child:
+                self._forward({"k": "output-failed", "m": exc.message, "h": exc.hint})
+            else:
+                self._output_failed(exc.message, exc.hint)
+            return
         if isinstance(exc, OutputClosed):
             if self.in_child:
                 self._forward({"k": "output-closed"})
@@ -160,7 +171,7 @@ class RunMonitor:
                     "c": _jsonable(client),
                     "t": type(exc).__name__,
                     "m": str(exc),
-                    "tb": "".join(traceback.format_exception(exc)),
+                    "tb": format_user_traceback(exc),
                 }
             )
             return
@@ -185,6 +196,14 @@ class RunMonitor:
         if not self.output_closed:
             self.output_closed = True
             self.request_stop("stdout closed")
+
+    def _output_failed(self, message: str, hint: str | None) -> None:
+        """Stop the run; it ends with `message` (the first failure's) and exit 1."""
+        if self.fatal is None:
+            self.fatal = EnvironmentProblem(message, hint)
+            self.stats.add_error()
+            self.output_closed = True  # nothing more goes to it, not even Python's last flush
+            self.request_stop("stdout failed")
 
     def request_stop(self, reason: str) -> None:
         """Stop the run for `reason` (the first reason given is kept)."""
@@ -231,6 +250,8 @@ class RunMonitor:
             self.reporter.handler_error(_from_json(rec.get("c")), exc)
         elif kind == "output-closed":
             self._output_closed()
+        elif kind == "output-failed":
+            self._output_failed(str(rec.get("m")), rec.get("h"))
         elif kind == "info":
             self.reporter.info(str(rec.get("m")))
 

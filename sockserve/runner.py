@@ -18,6 +18,7 @@ from .addresses import format_bound, format_plain
 from .compose import make_server
 from .config import ServeConfig
 from .console import PlainReporter, silence
+from .errors import ExitStatus
 from .lifecycle import run_loop
 from .monitor import RunMonitor
 
@@ -68,7 +69,10 @@ def print_address(text: str) -> None:
 
 
 def serve(config: ServeConfig, reporter: PlainReporter) -> int:
-    """Serve until stopped; return the exit status. Raises SockserveError before serving."""
+    """Serve until stopped; return the exit status.
+
+    Raises SockserveError before serving, or after it when stdout failed (data was lost).
+    """
     monitor = RunMonitor(reporter, config)
     try:
         handler = build_handler(config, monitor)
@@ -108,7 +112,11 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
 
             def serve_one(signals: tuple[int, ...]) -> int:
                 loop_server = make_loop_server(config, server, handler, monitor)
-                return run_loop(config, server, loop_server, monitor, signals)
+                status = run_loop(config, server, loop_server, monitor, signals)
+                if monitor.fatal is not None:  # the supervisor sees only the worker's status
+                    monitor.warning(monitor.fatal.message)
+                    return ExitStatus.ERROR
+                return status
 
             status = serve_workers(config, server, monitor, serve_one, announce=announce)
         else:
@@ -123,6 +131,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
     reporter.summary(monitor.stats, config.socktype, monitor.stop_reason)
     if monitor.output_closed:
         silence(sys.stdout)
+    if monitor.fatal is not None:
+        raise monitor.fatal  # stdout failed: data was lost
     return status
 
 

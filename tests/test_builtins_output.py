@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 
 import pytest
 
 from sockserve import builtins as bh
-from sockserve.builtins.output import OutputWriter
+from sockserve.builtins.output import OutputFailed, OutputWriter
 from sockserve.builtins.shared import Buffers
 
 
@@ -18,6 +19,16 @@ def test_output_closed_without_file_descriptor() -> None:
     writer = OutputWriter(out)
     with pytest.raises(bh.OutputClosed):
         writer.write(b"x")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_raises_output_failed() -> None:
+    with open("/dev/full", "wb") as full:
+        writer = OutputWriter(full)
+        with pytest.raises(OutputFailed) as info:
+            writer.write(b"lost")
+    assert str(info.value) == "cannot write to stdout: no space left on device"
+    assert info.value.hint == "free some space where stdout goes, or redirect it elsewhere"
 
 
 def test_a_buffer_is_ready_before_the_first_connection() -> None:

@@ -301,6 +301,44 @@ def test_handler_errors_are_handler_load_errors(tmp_path: Path) -> None:
     assert info.value.hint == "use it with tcp or unix"
 
 
+@pytest.mark.parametrize(
+    ("address", "size", "limit", "carrier"),
+    [
+        ("127.0.0.1:0", 65508, 65507, "UDP datagram over IPv4"),
+        ("[::1]:0", 65528, 65527, "UDP datagram over IPv6"),
+        ("[::]:0", 65508, 65507, "UDP datagram over IPv4"),  # dual stack: IPv4 clients too
+    ],
+)
+def test_a_udp_reply_over_one_datagram_is_refused(
+    tmp_path: Path, address: str, size: int, limit: int, carrier: str
+) -> None:
+    reply = tmp_path / "reply.bin"
+    reply.write_bytes(bytes(size - 1))
+    build_config(proto="udp", address=address, reply_file=str(reply))  # it fits, just
+    build_config(proto="tcp", address=address, reply=bytes(size))  # streams have no limit
+    reply.write_bytes(bytes(size))
+    message, hint = usage_error(proto="udp", address=address, reply_file=str(reply))
+    assert message == (
+        f"--reply-file {reply} is {size} bytes: more than one {carrier} carries "
+        f"(at most {limit} bytes)"
+    )
+    assert hint == "use a smaller reply, or serve it over tcp or unix (streams have no limit)"
+    message, _ = usage_error(proto="udp", address=address, reply=bytes(size))
+    assert message.startswith(f"--reply is {size} bytes: more than one {carrier}")
+
+
+def test_unix_datagram_limit_is_what_one_send_carries() -> None:
+    import socket
+
+    from sockserve.config import unix_datagram_limit
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        big = 2 * probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + 1
+    limit = unix_datagram_limit(big)
+    assert limit is not None and 0 < limit < big
+    assert unix_datagram_limit(limit) is None and unix_datagram_limit(limit + 1) == limit
+
+
 def test_serve_config_checks_itself() -> None:
     """ServeConfig's own rules hold for a config made without build_config, too."""
     echo = LoadedHandler(name="echo", builtin="echo")

@@ -12,6 +12,7 @@ from sockserve.console import (
     Stats,
     format_bytes,
     format_client,
+    format_user_traceback,
     hexdump,
     make_reporter,
     summary_text,
@@ -122,3 +123,36 @@ def test_logging_goes_to_the_reporter() -> None:
     finally:
         root.handlers[:], root.propagate, root.level = saved
     assert out.getvalue() == "warning: careful\n"
+
+
+def test_user_traceback_starts_at_the_users_frame() -> None:
+    from sockserve.socketserver import BaseRequestHandler
+
+    class Handler(BaseRequestHandler):
+        def handle(self) -> None:
+            raise ValueError("in handle")
+
+    try:
+        Handler(None, None, None)
+    except ValueError as exc:
+        assert exc.__traceback__ is not None
+        exc.__traceback__ = exc.__traceback__.tb_next  # caught in the framework, as a server does
+        lines = format_user_traceback(exc).splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1].startswith(f'  File "{__file__}", line ') and lines[1].endswith(", in handle")
+    assert lines[-1] == "ValueError: in handle" and "socketserver" not in "".join(lines)
+
+
+def test_user_traceback_without_a_user_frame() -> None:
+    from sockserve.addresses import parse_address
+    from sockserve.errors import UsageError
+
+    try:
+        parse_address("127.0.0.1:x", None)
+    except UsageError as exc:
+        assert exc.__traceback__ is not None
+        exc.__traceback__ = exc.__traceback__.tb_next  # sockserve's frames only
+        whole = format_user_traceback(exc)
+        bare = format_user_traceback(exc, keep_all=False)
+    assert "sockserve/addresses.py" in whole  # an error in sockserve itself: all of it
+    assert bare == "sockserve.errors.UsageError: bad port 'x' in '127.0.0.1:x'\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 
 from sockserve.addresses import parse_address
 from sockserve.builtins import OutputClosed
+from sockserve.builtins.output import OutputFailed
 from sockserve.config import ServeConfig
 from sockserve.console import JsonReporter, PlainReporter
 from sockserve.events import Events, RemoteError
@@ -109,6 +111,25 @@ def test_output_closed_stops_the_run_once() -> None:
     assert out.getvalue() == ""
 
 
+def test_failed_output_stops_the_run_with_one_fatal_error() -> None:
+    """A full disk: the run stops, and ends with the first failure's error (exit 1)."""
+    monitor, out = make_monitor()
+    reasons: list[str] = []
+    monitor.on_stop = reasons.append
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monitor.handler_error(CLIENT, OutputFailed(full))
+    monitor.handler_error(CLIENT, OutputFailed(OSError(errno.EIO, "Input/output error")))
+    assert monitor.fatal is not None and monitor.output_closed
+    assert monitor.fatal.message == "cannot write to stdout: no space left on device"
+    assert monitor.fatal.hint == "free some space where stdout goes, or redirect it elsewhere"
+    assert (monitor.stop_reason, reasons, monitor.stats.errors) == (
+        "stdout failed",
+        ["stdout failed"],
+        1,
+    )
+    assert out.getvalue() == ""  # the command prints the error, once
+
+
 def in_a_child(monitor: RunMonitor, *events: tuple[str, Any]) -> None:
     """Fork; the child calls the monitor's methods, then leaves; the parent polls."""
     pid = os.fork()
@@ -157,6 +178,18 @@ def test_a_childs_info_and_closed_output_reach_the_parent() -> None:
         monitor.close()
     assert out.getvalue() == "closed idle connection 127.0.0.1:4000\n"
     assert reasons == ["stdout closed"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_childs_failed_output_reaches_the_parent() -> None:
+    monitor, _ = make_monitor("fork")
+    full = OutputFailed(OSError(errno.ENOSPC, "No space left on device"))
+    try:
+        in_a_child(monitor, ("handler_error", (CLIENT, full)))
+    finally:
+        monitor.close()
+    assert monitor.fatal is not None and monitor.stop_reason == "stdout failed"
+    assert (monitor.fatal.message, monitor.fatal.hint) == (full.message, full.hint)
 
 
 def test_a_remote_error_bears_the_childs_type_name() -> None:

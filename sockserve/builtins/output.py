@@ -6,7 +6,8 @@ child, or a `--workers` process) writing to a pipe, chunks are read at most `sel
 bytes at a time (`chunk_limit`), because only writes of that size are atomic on a pipe shared
 between processes; a larger datagram is written in `PIPE_BUF` pieces, which then stay whole.
 Bulk data may arrive through `splice_from` (the stream adapter's splice fast path). A closed
-output (EPIPE, e.g. `| head -c 10`) raises `OutputClosed`.
+output (EPIPE, e.g. `| head -c 10`) raises `OutputClosed`; an output that fails otherwise (a
+full disk, an I/O error) raises `OutputFailed`: the data is lost.
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ _OUTPUT_GONE_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.EBADF}
 
 class OutputClosed(Exception):
     """Raised by stdout and stdio when our output is gone (EPIPE: the reader exited)."""
+
+
+class OutputFailed(Exception):
+    """Raised by stdout and stdio when writing fails otherwise (ENOSPC, EIO): data was lost.
+
+    `message` and `hint` are worded for the user; `errno` is the write's.
+    """
+
+    def __init__(self, exc: OSError) -> None:
+        reason = (exc.strerror or str(exc)).lower()
+        super().__init__(f"cannot write to stdout: {reason}")
+        self.message = str(self)
+        self.errno = exc.errno
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            self.hint = "free some space where stdout goes, or redirect it elsewhere"
+        else:
+            self.hint = "check the file or device stdout goes to"
+
+
+def _output_error(exc: OSError) -> Exception:
+    """OutputClosed when the reader is gone, else OutputFailed."""
+    if exc.errno in _OUTPUT_GONE_ERRNOS:
+        return OutputClosed(f"output closed: {exc.strerror}")
+    return OutputFailed(exc)
 
 
 def fileno(stream: Any) -> int | None:
@@ -72,7 +97,8 @@ class OutputWriter:
         return chunk_size
 
     def write(self, data: Any) -> None:
-        """Write all of `data`; raise OutputClosed when the output is gone."""
+        """Write all of `data`; raise OutputClosed when the output is gone, OutputFailed when
+        it fails otherwise."""
         try:
             with self.lock:
                 if self.fd is None:
@@ -83,16 +109,14 @@ class OutputWriter:
                 else:
                     self._write_pieces(data, len(data) or 1)
         except OSError as exc:
-            if exc.errno in _OUTPUT_GONE_ERRNOS:
-                raise OutputClosed(f"output closed: {exc.strerror}") from exc
-            raise
+            raise _output_error(exc) from exc
         except ValueError as exc:  # the stream object itself was closed
             raise OutputClosed("output closed") from exc
 
     def splice_from(self, pipe: int, n: int) -> None:
         """Move the `n` bytes waiting in `pipe` (the caller's) to the output as one chunk.
 
-        No copy through Python; raise OutputClosed when the output is gone. An output that
+        No copy through Python; raise OutputClosed or OutputFailed as `write` does. An output that
         refuses splice (EINVAL: a file opened for appending, on some kernels) gets them
         copied, and every chunk after them.
         """
@@ -117,9 +141,7 @@ class OutputWriter:
                             raise
                         self.can_splice = False
         except OSError as exc:
-            if exc.errno in _OUTPUT_GONE_ERRNOS:
-                raise OutputClosed(f"output closed: {exc.strerror}") from exc
-            raise
+            raise _output_error(exc) from exc
 
     def _write_pieces(self, data: Any, piece: int) -> None:
         fd = self.fd
