@@ -24,6 +24,7 @@ from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
+from .parts.reply_source import ReplySourcePart, replies_from_arrival
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
@@ -67,6 +68,7 @@ PART_ORDER: tuple[type, ...] = (
     RequestsPart,
     IdleTimeoutPart,
     WatchPart,
+    ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
 )
@@ -141,6 +143,9 @@ def choose_parts(
         parts.append(WatchPart)
         settings["watch_data"] = watching
         settings["record_counts"] = counting
+    if replies_need_source(config):
+        parts.append(ReplySourcePart)
+        settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout
@@ -149,6 +154,15 @@ def choose_parts(
     if stream and concurrency == "fork":
         parts.append(ChildClosesListenerPart)
     return parts, settings
+
+
+def replies_need_source(config: ServeConfig) -> bool:
+    """True for a UDP socket bound to 0.0.0.0 or [::] where the platform tells each
+    datagram's destination: its replies must leave from it (`ReplySourcePart`)."""
+    if config.socktype != "dgram" or not config.address.all_interfaces:
+        return False
+    family = socket.AF_INET6 if config.family == "inet6" else socket.AF_INET
+    return replies_from_arrival(family)
 
 
 def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
