@@ -20,6 +20,7 @@ from .events import Events
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
+from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
@@ -64,6 +65,7 @@ PART_ORDER: tuple[type, ...] = (
     AcceptBatchPart,
     ChildClosesListenerPart,
     NodelayListenerPart,
+    BannerPart,
     DispatchRefusalPart,
     RequestsPart,
     IdleTimeoutPart,
@@ -153,6 +155,11 @@ def choose_parts(
         parts.append(NodelayListenerPart)
     if stream and concurrency == "fork":
         parts.append(ChildClosesListenerPart)
+    # ServeConfig refuses a banner on datagrams; the event loop sends its own (`event.py`).
+    banner = config.banner_bytes() if stream and config.concurrency != "event" else b""
+    if banner:
+        parts.append(BannerPart)
+        settings["banner"] = banner
     return parts, settings
 
 
@@ -199,6 +206,8 @@ def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None
     concurrency = "sync" if config.concurrency == "event" else config.concurrency  # event binds
     parts, settings = choose_parts(config, concurrency, monitor)
     cls = server_class(family, config.socktype, concurrency, parts)
+    if BannerPart in parts and config.handler.builtin is not None:
+        handler = counting_banner(handler, len(settings["banner"]))  # they count their own
     settings.update(
         request_limit=config.request_limit,
         request_queue_size=config.backlog,

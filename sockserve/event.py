@@ -63,6 +63,8 @@ class EventServer:
             unwrapped, and when `idle_timeout` is set their ``received`` and ``sent``
             attributes tell whether a connection is busy.
         backlog: the listen queue length (asyncio listens again on the socket).
+        banner: written to each stream connection as it is made, before the protocol's
+            connection_made (--banner): counted and shown (-vv) as the connection's own.
         loop_factory: makes the event loop; default: `default_loop_factory()`.
 
     For the caller, in this order: `serve_forever()` until `request_stop()` (or the
@@ -85,6 +87,7 @@ class EventServer:
         on_stop: Callable[[str], None] | None = None,
         count_bytes: bool = True,
         backlog: int = 128,
+        banner: bytes = b"",
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
     ) -> None:
         self.socket = sock
@@ -95,6 +98,7 @@ class EventServer:
         self.on_stop = on_stop
         self.count_bytes = count_bytes
         self.backlog = backlog
+        self.banner = banner
         self.loop_factory = loop_factory or default_loop_factory()
         self.stream = sock.type == socket.SOCK_STREAM
         self.requests_started = 0
@@ -357,7 +361,8 @@ class EventServer:
             timeout = self.idle_timeout
             self._report(conn.client, TimeoutError(f"no traffic for {timeout:g}s"))
         if self.count_bytes:  # a watched protocol (`_make`): the server records its counts
-            self.events.record(conn.client, conn.protocol.received, conn.protocol.sent)
+            sent = conn.protocol.sent + conn.banner_sent
+            self.events.record(conn.client, conn.protocol.received, sent)
         self._maybe_drained()
 
     def _count_request(self) -> None:
@@ -411,6 +416,7 @@ class _Served:
     idle = False
     mark: Any = None
     since = 0.0
+    banner_sent = 0
 
     def __init__(self, server: EventServer, protocol: Any) -> None:
         self.server = server
@@ -424,10 +430,26 @@ class _Served:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
         if self.server._opened(self):
+            if self.server.banner:
+                self.greet(transport)
             self.made(transport)
             return
         self.refused = True
         transport.abort()
+
+    def greet(self, transport: Any) -> None:
+        """Write the banner before the protocol hears of the connection; count it as sent
+        (the builtins count their own: theirs `sent`, a watched protocol's the server's)."""
+        banner = self.server.banner
+        transport.write(banner)
+        events = self.server.events
+        if events.wants_data:
+            events.data(self.client, "out", banner)
+        if self.server.count_bytes:
+            self.banner_sent = len(banner)
+        else:
+            with contextlib.suppress(AttributeError):  # a builtin watched by its factory (-vv)
+                self.protocol.sent += len(banner)
 
     def connection_lost(self, exc: Exception | None) -> None:
         attrs = vars(self.protocol)
