@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import socketserver as ss
+from .arrival import replies_from_arrival
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
@@ -25,7 +26,7 @@ from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
-from .parts.reply_source import ReplySourcePart, replies_from_arrival
+from .parts.reply_source import ReplySourcePart
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path

@@ -14,7 +14,7 @@ import socket
 import pytest
 from clitools import finish, inet_address, spawn, wait_listening
 
-from sockserve.parts.reply_source import replies_from_arrival
+from sockserve.arrival import replies_from_arrival
 
 needs_pktinfo = pytest.mark.skipif(
     not replies_from_arrival(socket.AF_INET),
@@ -36,6 +36,14 @@ needs_ipv6_pktinfo = pytest.mark.skipif(
     reason="no IPv6 loopback, or no IPV6_RECVPKTINFO here",
 )
 
+USER_PROTOCOL = (
+    "import asyncio\n"
+    "class Rev(asyncio.DatagramProtocol):\n"
+    "    def connection_made(self, transport):\n"
+    "        self.transport = transport\n"
+    "    def datagram_received(self, data, addr):\n"
+    "        self.transport.sendto(data[::-1], addr)\n"
+)
 USER_HANDLERS = {
     "sendto": (
         "import socketserver\n"
@@ -83,7 +91,7 @@ def _serve(args: list[str], hosts: list[str], answer, cwd: str | None = None) ->
 
 
 @needs_pktinfo
-@pytest.mark.parametrize("mode", ["sync", "thread", "fork"])
+@pytest.mark.parametrize("mode", ["sync", "thread", "fork", "event"])
 @pytest.mark.parametrize("handler", ["echo", "upper"])
 def test_builtins_reply_from_the_address_each_datagram_arrived_on(mode: str, handler: str) -> None:
     answer = bytes.upper if handler == "upper" else bytes
@@ -94,8 +102,10 @@ def test_builtins_reply_from_the_address_each_datagram_arrived_on(mode: str, han
 
 
 @needs_pktinfo
-def test_a_watched_builtin_replies_from_the_arrival_address_too() -> None:
-    out = _serve(["0.0.0.0:0", "-H", "upper", "-vv"], ["127.0.0.2", "127.0.0.3"], bytes.upper)
+@pytest.mark.parametrize("mode", ["sync", "event"])
+def test_a_watched_builtin_replies_from_the_arrival_address_too(mode: str) -> None:
+    args = ["0.0.0.0:0", "-H", "upper", "-vv", "-c", mode]
+    out = _serve(args, ["127.0.0.2", "127.0.0.3"], bytes.upper)
     assert "TO 127.0.0.2 #0" in out  # the hex dump's text column
 
 
@@ -122,9 +132,27 @@ def test_user_datagram_handler_replies_from_the_arrival_address(
 
 
 @needs_ipv6_pktinfo
-@pytest.mark.parametrize("mode", ["sync", "thread", "fork"])
+@pytest.mark.parametrize("mode", ["sync", "thread", "fork", "event"])
 def test_dual_stack_replies_from_the_arrival_address(mode: str) -> None:
     _serve(["[::]:0", "-H", "echo", "-c", mode], ["::1", "127.0.0.2", "127.0.0.3"], bytes)
+
+
+@needs_pktinfo
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "[::]:0"])
+def test_user_protocol_in_event_mode_replies_from_the_arrival_address(
+    sock_dir: str, address: str
+) -> None:
+    if address.startswith("[") and not replies_from_arrival(socket.AF_INET6):
+        pytest.skip("no IPV6_RECVPKTINFO here")
+    path = os.path.join(sock_dir, "rev_protocol.py")
+    with open(path, "w") as f:
+        f.write(USER_PROTOCOL)
+    out = _serve(
+        [address, "-H", path, "-c", "event", "-v"],
+        ["127.0.0.2", "127.0.0.3"],
+        lambda payload: payload[::-1],
+    )
+    assert "2 datagrams" in out
 
 
 @needs_ipv6_pktinfo

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..socketserver import TCPServer
+from ..socketserver import BaseRequestHandler, TCPServer
 
 
 class BannerPart(TCPServer):
@@ -31,7 +31,7 @@ class BannerPart(TCPServer):
         super().finish_request(request, client_address)
 
 
-def counting_banner(handler: type, size: int) -> type:
+def counting_banner(handler: type[BaseRequestHandler], size: int) -> type[BaseRequestHandler]:
     """A subclass of a builtin stream handler whose byte counts start with the banner's
     `size` bytes, which `BannerPart` sent before it ran."""
 
