@@ -123,13 +123,16 @@ def test_unix_stream_clients_are_greeted(sock_dir: str) -> None:
     ("args", "message"),
     [
         (["udp", ":0", "--banner", "hi"], "--banner only applies to tcp and unix"),
-        (["unix-dgram", "/tmp/x.sock", "--banner-file", __file__], "--banner-file only applies"),
+        (["unix-dgram", "{dir}/x.sock", "--banner-file", __file__], "--banner-file only applies"),
         (["tcp", ":0", "--banner", "hi", "--banner-file", __file__], "cannot be combined"),
     ],
 )
-def test_banner_is_refused_where_it_cannot_apply(args: list[str], message: str) -> None:
-    child = spawn(args)
+def test_banner_is_refused_where_it_cannot_apply(
+    sock_dir: str, args: list[str], message: str
+) -> None:
+    child = spawn([arg.format(dir=sock_dir) for arg in args])
     status, out = finish(child)
     assert status == 2
     errors = [line for line in out.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], out
+    assert os.listdir(sock_dir) == []  # refused before any bind

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 
 import pytest
 from clitools import finish, inet_address, spawn, wait_listening
 
-from sockserve.arrival import replies_from_arrival
+from sockserve.arrival import IP_PKTINFO, replies_from_arrival, reply_ancillary
 
 needs_pktinfo = pytest.mark.skipif(
     not replies_from_arrival(socket.AF_INET),
@@ -183,3 +184,22 @@ def test_the_part_is_chosen_only_for_a_datagram_socket_on_all_interfaces(
     config = config_for(captured, *args)
     parts, _ = choose_parts(config, config.concurrency, None)
     assert (ReplySourcePart in parts) is (chosen and replies_from_arrival(socket.AF_INET))
+
+
+@needs_pktinfo
+def test_reply_source_is_the_local_address_of_an_ipv4_datagram() -> None:
+    # ipi_spec_dst (the local address) is the source, also for a datagram sent to a
+    # broadcast address (ipi_addr); any interface (0) may carry the reply.
+    got = struct.pack(
+        "I4s4s", 1, socket.inet_aton("127.0.0.2"), socket.inet_aton("127.255.255.255")
+    )
+    local = socket.inet_aton("127.0.0.2")
+    assert reply_ancillary([(socket.IPPROTO_IP, IP_PKTINFO, got)]) == [
+        (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("I4s4s", 0, local, local))
+    ]
+
+
+def test_no_reply_source_from_an_ipv6_multicast_group_or_without_pktinfo() -> None:
+    group = socket.inet_pton(socket.AF_INET6, "ff02::1") + struct.pack("I", 1)
+    assert reply_ancillary([(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, group)]) == []
+    assert reply_ancillary([]) == []  # the kernel picks the source, as before
