@@ -111,9 +111,9 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     type=ESCAPED_TEXT,
     metavar="TEXT",
     help="Bytes the reply handler answers with (implies -H reply); \\n, \\r\\n, \\xNN "
-    "(a byte) and \\uNNNN (a character, as UTF-8) escapes are decoded. Sent once the client "
-    "has sent something (or closed its side), then the connection closes; to speak first, "
-    "use --banner.",
+    "(a byte) and \\uNNNN (a character, as UTF-8) escapes are decoded. A stream client gets it "
+    "once it has sent something (or closed its side), then the connection closes (to speak "
+    "first, use --banner); each datagram gets it as its answer.",
 )
 @click.option(
     "--reply-file",
