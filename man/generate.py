@@ -34,6 +34,8 @@ IMPLIED_DEFAULTS = {
     "type": "",
     "reply": "none",
     "reply_file": "none",
+    "banner": "none",
+    "banner_file": "none",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

@@ -111,12 +111,26 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     type=ESCAPED_TEXT,
     metavar="TEXT",
     help="Bytes the reply handler answers with (implies -H reply); \\n, \\r\\n, \\xNN "
-    "(a byte) and \\uNNNN (a character, as UTF-8) escapes are decoded.",
+    "(a byte) and \\uNNNN (a character, as UTF-8) escapes are decoded. A stream client gets it "
+    "once it has sent something (or closed its side), then the connection closes (to speak "
+    "first, use --banner); each datagram gets it as its answer.",
 )
 @click.option(
     "--reply-file",
     type=click.Path(exists=True, dir_okay=False, readable=True),
-    help="File the reply handler answers with (implies -H reply).",
+    help="File the reply handler answers with (implies -H reply), sent as --reply's TEXT.",
+)
+@click.option(
+    "--banner",
+    type=ESCAPED_TEXT,
+    metavar="TEXT",
+    help="Bytes sent to each stream client as soon as it connects, before the handler runs "
+    "(an SMTP, FTP or POP3 greeting: '220 ready\\r\\n'); escapes as --reply. tcp and unix only.",
+)
+@click.option(
+    "--banner-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="File sent to each stream client as soon as it connects, as --banner's TEXT.",
 )
 @click.option(
     "-c",

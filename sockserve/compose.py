@@ -14,16 +14,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import socketserver as ss
+from .arrival import replies_from_arrival
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
+from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
+from .parts.reply_source import ReplySourcePart
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
@@ -63,10 +66,12 @@ PART_ORDER: tuple[type, ...] = (
     AcceptBatchPart,
     ChildClosesListenerPart,
     NodelayListenerPart,
+    BannerPart,
     DispatchRefusalPart,
     RequestsPart,
     IdleTimeoutPart,
     WatchPart,
+    ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
 )
@@ -141,6 +146,9 @@ def choose_parts(
         parts.append(WatchPart)
         settings["watch_data"] = watching
         settings["record_counts"] = counting
+    if replies_need_source(config):
+        parts.append(ReplySourcePart)
+        settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout
@@ -148,7 +156,21 @@ def choose_parts(
         parts.append(NodelayListenerPart)
     if stream and concurrency == "fork":
         parts.append(ChildClosesListenerPart)
+    # ServeConfig refuses a banner on datagrams; the event loop sends its own (`event.py`).
+    banner = config.banner_bytes() if stream and config.concurrency != "event" else b""
+    if banner:
+        parts.append(BannerPart)
+        settings["banner"] = banner
     return parts, settings
+
+
+def replies_need_source(config: ServeConfig) -> bool:
+    """True for a UDP socket bound to 0.0.0.0 or [::] where the platform tells each
+    datagram's destination: its replies must leave from it (`ReplySourcePart`)."""
+    if config.socktype != "dgram" or not config.address.all_interfaces:
+        return False
+    family = socket.AF_INET6 if config.family == "inet6" else socket.AF_INET
+    return replies_from_arrival(family)
 
 
 def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
@@ -185,6 +207,8 @@ def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None
     concurrency = "sync" if config.concurrency == "event" else config.concurrency  # event binds
     parts, settings = choose_parts(config, concurrency, monitor)
     cls = server_class(family, config.socktype, concurrency, parts)
+    if BannerPart in parts and config.handler.builtin is not None:
+        handler = counting_banner(handler, len(settings["banner"]))  # they count their own
     settings.update(
         request_limit=config.request_limit,
         request_queue_size=config.backlog,

@@ -56,6 +56,8 @@ class ServeConfig:
     mode: int | None = None
     reply: bytes | None = None
     reply_file: str | None = None
+    banner: bytes | None = None
+    banner_file: str | None = None
     once: bool = False
     max_requests: int | None = None
     grace: float = 5.0
@@ -129,6 +131,17 @@ class ServeConfig:
             raise UsageError(
                 "--reply and --reply-file cannot be combined", hint="give only one of them"
             )
+        if self.banner is not None and self.banner_file is not None:
+            raise UsageError(
+                "--banner and --banner-file cannot be combined", hint="give only one of them"
+            )
+        if self.socktype == "dgram" and (self.banner is not None or self.banner_file is not None):
+            option = "--banner" if self.banner is not None else "--banner-file"
+            raise UsageError(
+                f"{option} only applies to tcp and unix: a {self.transport} server cannot "
+                "speak first",
+                hint=f"drop {option}",
+            )
 
     @property
     def transport(self) -> str:
@@ -136,6 +149,20 @@ class ServeConfig:
         if self.family == "unix":
             return "unix" if self.socktype == "stream" else "unix-dgram"
         return "tcp" if self.socktype == "stream" else "udp"
+
+    def banner_bytes(self) -> bytes:
+        """What each stream client is sent on connect: --banner, or --banner-file read now
+        (b"": nothing). Raises UsageError when the file cannot be read."""
+        if self.banner_file is None:
+            return self.banner or b""
+        try:
+            with open(self.banner_file, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --banner-file {self.banner_file}: {exc.strerror}",
+                hint="check the path",
+            ) from None
 
     @property
     def request_limit(self) -> int | None:
@@ -152,6 +179,8 @@ def build_config(
     handler: str | LoadedHandler | None = None,
     reply: bytes | None = None,
     reply_file: str | None = None,
+    banner: bytes | None = None,
+    banner_file: str | None = None,
     family: Family | None = None,
     type: SockType | None = None,  # --type: shadows the builtin in this function only
     concurrency: Concurrency | None = None,
@@ -219,6 +248,8 @@ def build_config(
         mode=mode,
         reply=reply,
         reply_file=reply_file,
+        banner=banner,
+        banner_file=banner_file,
         once=once,
         max_requests=max_requests,
         grace=grace,

@@ -56,6 +56,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         on_stop=monitor.request_stop,
         count_bytes=config.handler.builtin is None,
         backlog=config.backlog,
+        banner=config.banner_bytes() if config.socktype == "stream" else b"",
     )
 
 

@@ -94,6 +94,8 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "handler": ("upper", "handler", LoadedHandler(name="upper", builtin="upper")),
     "reply": (None, "reply", None),  # reply only with -H reply: see the test below
     "reply_file": (None, "reply_file", None),
+    "banner": (b"220 hi\r\n", "banner", b"220 hi\r\n"),
+    "banner_file": (None, "banner_file", None),  # not with --banner: see tests/test_banner.py
     "family": ("unix", "family", "unix"),
     "type": ("stream", "socktype", "stream"),
     "concurrency": ("fork", "concurrency", "fork"),

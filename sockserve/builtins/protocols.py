@@ -86,7 +86,7 @@ class EventTransform(EventStream):
         self.received += len(data)  # upper keeps the length: received == sent
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.sent = self.received
+        self.sent += self.received  # after a --banner the loop counted
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -12,10 +12,12 @@ builds the class with `type()`, in this order (the first part sees a step first)
     AcceptBatchPart         accept_batch.py  several waiting connections per loop wake-up
     ChildClosesListenerPart listener.py      a forked child closes its copy of the listener
     NodelayListenerPart     listener.py      TCP_NODELAY once on the listener, for the builtins
+    BannerPart              banner.py        --banner sent on connect, before the handler
     DispatchRefusalPart     backoff.py       a thread or child that cannot start: refuse, go on
     RequestsPart            requests.py      counted, limited (--once, --max-requests), stoppable
     IdleTimeoutPart         idle.py          --timeout on every connection
     WatchPart               watching.py      each request's socket watched (-vv) or counted
+    ReplySourcePart         reply_source.py  on 0.0.0.0 or [::], replies from the arrival address
     AcceptBackoffPart       backoff.py       out of descriptors: pause accepts, then go on
     UnixFilePart            unix_file.py     the socket file: stale check, --mode, removal
 

@@ -30,6 +30,9 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     monitor: Events | None = None
     #: Report every chunk of every datagram (-vv), as `WatchPart` does.
     watch_data = False
+    #: Receive with `ReplySourcePart.receive_datagram`: each reply leaves from the address its
+    #: datagram arrived on (a socket on 0.0.0.0 or [::]).
+    reply_from_arrival = False
 
     def handle_ready(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -42,10 +45,15 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         if self.watch_data:
             serve = self.serve_watched
         size = self.max_packet_size
+        receive = self.receive_datagram if self.reply_from_arrival else None  # type: ignore[attr-defined]  # ReplySourcePart's
+        reply = sock
         flags = 0  # the first datagram is known to be there; the others may not be
         for _ in range(self.datagram_batch):
             try:
-                data, client = recvfrom(size, flags)
+                if receive is None:
+                    data, client = recvfrom(size, flags)
+                else:
+                    data, reply, client = receive(flags)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -58,9 +66,9 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
             if not self.count_request():
                 return
             try:
-                serve(data, sock, client)
+                serve(data, reply, client)
             except Exception:
-                self.handle_error((data, sock), client)
+                self.handle_error((data, reply), client)
             if self.stop_reason is not None:
                 return
 
