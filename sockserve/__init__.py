@@ -14,6 +14,7 @@ layer imports only the ones below it; ARCHITECTURE.md is the map):
   go through (-vv, later faults)
 - `events` (the one events interface), `console` (its reporters), `errors`; `logs` sends
   the event loop's log records to the reporter (nothing else in a run logs)
+- `arrival`, `arrival_asyncio`: replies from a datagram's arrival address (0.0.0.0, [::])
 - `socketserver/`: the framework, a drop-in for the stdlib's
 """
 
