@@ -156,7 +156,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--daemon-threads/--no-daemon-threads",
     default=False,
     show_default=True,
-    help="Thread mode: handler threads do not hold up the exit.",
+    help="Thread mode: on stop, do not wait for the handler threads: requests still running "
+    "end with the process.",
 )
 @click.option(
     "--block-on-close/--no-block-on-close",
@@ -167,10 +168,9 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "--backlog",
     type=click.IntRange(min=0),
-    default=128,
-    show_default=True,
     metavar="N",
-    help="Listen queue length (request_queue_size).",
+    help="Streams: listen queue length (request_queue_size); the kernel caps it at "
+    "net.core.somaxconn.  [default: 2048]",
 )
 @click.option(
     "--reuse-address/--no-reuse-address",
@@ -191,7 +191,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--timeout",
     type=POSITIVE_SECONDS,
     metavar="SECONDS",
-    help="Close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  [default: never]",
+    help="Streams: close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  "
+    "[default: never]",
 )
 @click.option(
     "--mode",
@@ -254,6 +255,12 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
     """The ServeConfig of the command's parsed parameters (`ctx.params`), checked by
     `config.build_config`; a rule they break is click's usage error (exit 2)."""
     ctx = click.get_current_context()
+    if params["quiet"] and params["verbose"]:
+        raise click.UsageError(
+            "-q/--quiet and -v/--verbose cannot be combined (one shows less, the other more); "
+            "give only one of them",
+            ctx,
+        )
     options = {name: value for name, value in params.items() if name != "quiet"}
     if ctx.get_parameter_source("handler") is ParameterSource.DEFAULT:
         options["handler"] = None  # echo, or reply when --reply or --reply-file is given

@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert config.address == Address("inet", "127.0.0.1", 9999)
     assert config.handler == LoadedHandler(name="echo", builtin="echo")
     assert config.concurrency == "thread"
-    assert (config.reuse_address, config.backlog, config.grace) == (True, 128, 5.0)
+    assert (config.reuse_address, config.backlog, config.grace) == (True, 2048, 5.0)
     assert (config.output, config.verbosity, config.request_limit) == ("rich", 0, None)
 
 
@@ -101,7 +101,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "pin": (False, "pin", False),
     "max_children": (3, "max_children", 3),
     "workers": (1, "workers", 1),  # not with --once: see the test below
-    "daemon_threads": (True, "daemon_threads", True),
+    "daemon_threads": (False, "daemon_threads", False),  # thread mode only: see the test below
     "block_on_close": (False, "block_on_close", False),
     "backlog": (7, "backlog", 7),
     "reuse_address": (False, "reuse_address", False),
@@ -125,8 +125,10 @@ def test_every_keyword_reaches_its_field() -> None:
     config = build_config(**{name: value for name, (value, _, _) in NOT_DEFAULT.items()})
     for name, (_, field, expected) in NOT_DEFAULT.items():
         assert getattr(config, field) == expected, name
-    others = build_config(proto="tcp", address=":0", reply=b"x", max_threads=4, max_requests=9)
-    assert (others.reply, others.max_threads) == (b"x", 4)
+    others = build_config(
+        proto="tcp", address=":0", reply=b"x", max_threads=4, max_requests=9, daemon_threads=True
+    )
+    assert (others.reply, others.max_threads, others.daemon_threads) == (b"x", 4, True)
     assert (others.max_requests, others.request_limit) == (9, 9)
     assert build_config(proto="tcp", address=":0", workers=2).workers == 2
     assert build_config(proto="tcp", address=":0", reply_file="r").reply_file == "r"
@@ -256,6 +258,21 @@ def test_config_knows_nothing_of_click() -> None:
             {"proto": "tcp", "address": ":0", "backlog": -1},
             "--backlog cannot be negative",
             "use --backlog 0 or more",
+        ),
+        (
+            {"proto": "udp", "address": ":0", "backlog": 128},
+            "--backlog is the listen queue of a stream socket: a datagram socket does not listen",
+            "drop --backlog",
+        ),
+        (
+            {"proto": "udp", "address": ":0", "timeout": 1.0},
+            "--timeout closes idle connections: a datagram socket has none",
+            "drop --timeout",
+        ),
+        (
+            {"proto": "tcp", "address": ":0", "concurrency": "fork", "daemon_threads": True},
+            "--daemon-threads only applies to --concurrency thread",
+            "add --concurrency thread, or drop --daemon-threads",
         ),
         (
             {"proto": "tcp", "address": ":0", "timeout": 0},
