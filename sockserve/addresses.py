@@ -216,6 +216,11 @@ def _parse_inet(text: str, family: Family | None) -> Address:
             )
         if ":" in host:
             raise UsageError(f"bad address {text!r}", hint="write IPv6 in brackets: [::1]:PORT")
+        if family == "inet6" and _is_ipv4(host):
+            raise UsageError(
+                f"{text!r} is IPv4 but --family is inet6",
+                hint=f"drop --family, or give an IPv6 address such as [::1]:{port_text}",
+            )
     port = _parse_port(port_text, text)
     if host in _ALL_V4:
         host = "::" if family == "inet6" else "0.0.0.0"

@@ -191,8 +191,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--timeout",
     type=POSITIVE_SECONDS,
     metavar="SECONDS",
-    help="Streams: close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  "
-    "[default: never]",
+    help="Streams: close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  [default: never]",
 )
 @click.option(
     "--mode",

@@ -99,6 +99,8 @@ def test_all_interfaces_and_sockaddr() -> None:
         ("[::1]80", None, r"\[::1\]:PORT"),
         ("[zz]:80", None, "not an IPv6 address"),
         ("[::1]:80", "inet", "--family is inet"),
+        ("127.0.0.1:80", "inet6", r"'127\.0\.0\.1:80' is IPv4 but --family is inet6"),
+        ("10.0.0.1:80", "inet6", r"an IPv6 address such as \[::1\]:80"),
         ("bad_host!:80", None, "neither an IPv4 address nor a host name"),
         ("/tmp/x.sock", None, "looks like a path"),
         ("127.0.0.1:80", "unix", "internet address"),

@@ -122,6 +122,8 @@ def test_reply_implies_reply_handler(captured: list[Any]) -> None:
         (["tcp", ":0", "--once", "--max-requests", "2"], "cannot combine"),
         (["tcp", ":0", "--workers", "2", "--once"], "--workers"),
         (["tcp", ":0", "--timeout", "0"], "--timeout"),
+        (["tcp", "127.0.0.1:9999", "--family", "inet6"], "is IPv4 but --family is inet6"),
+        (["--family", "inet6", "udp", "127.0.0.1:0"], "is IPv4 but --family is inet6"),
         # Options that would do nothing (issue 15 item 14): refused, with the reason.
         (["udp", ":0", "--timeout", "1"], "--timeout closes idle connections: a datagram"),
         (["unix-dgram", "@x", "--timeout", "1"], "--timeout closes idle connections"),
