@@ -281,6 +281,11 @@ def format_plain(family: str, socktype: str, sockaddr: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def format_host_port(sockaddr: Any) -> str:
+    """The bound internet address as two words, HOST PORT (no brackets): ::1 43125."""
+    return f"{sockaddr[0]} {sockaddr[1]}"
+
+
 def format_bound(family: str, socktype: str, sockaddr: Any) -> str:
     """The bound address as a URL: tcp://127.0.0.1:43125, unix:///tmp/a.sock, unix://@name."""
     return f"{_scheme(family, socktype)}://{format_plain(family, socktype, sockaddr)}"

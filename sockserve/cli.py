@@ -219,6 +219,12 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",
 )
 @click.option(
+    "--print-host-port",
+    is_flag=True,
+    help="Print the bound host and port as two words (e.g. ::1 43125: no brackets) on stdout "
+    "once listening, for `read -r host port`.",
+)
+@click.option(
     "--json",
     is_flag=True,
     help="Log events as JSON lines on stderr (listening, connect, close, ...).",
@@ -294,8 +300,8 @@ def _serve(config: ServeConfig, quiet: bool) -> int:
 
 
 def _check_closed_stdout(config: ServeConfig, reporter: PlainReporter) -> None:
-    """A closed stdout (`>&-`): refuse the handlers that write to it; --print-address runs,
-    with a warning (the address is in the listening line too)."""
+    """A closed stdout (`>&-`): refuse the handlers that write to it; --print-address and
+    --print-host-port run, with a warning (the address is in the listening line too)."""
     invocation = click.get_current_context().find_object(Invocation)
     if invocation is None or "stdout" not in invocation.closed:
         return
@@ -304,8 +310,12 @@ def _check_closed_stdout(config: ServeConfig, reporter: PlainReporter) -> None:
             f"-H {config.handler.builtin} writes what clients send to stdout, but stdout is closed",
             hint="redirect stdout (>/dev/null drops the data), or use -H discard",
         )
-    if config.print_address:
-        reporter.warning("stdout is closed: --print-address has nowhere to print the address")
+    printing = {
+        "--print-address": config.print_address,
+        "--print-host-port": config.print_host_port,
+    }
+    for option in (name for name, given in printing.items() if given):
+        reporter.warning(f"stdout is closed: {option} has nowhere to print the address")
 
 
 def _reporter(config: ServeConfig, quiet: bool) -> PlainReporter:

@@ -64,6 +64,7 @@ class ServeConfig:
     grace: float = 5.0
     workers: int = 1
     print_address: bool = False
+    print_host_port: bool = False
     output: OutputMode = "rich"
     verbosity: int = 0
     color: bool | None = None
@@ -126,6 +127,11 @@ class ServeConfig:
                 "--timeout closes idle connections: a datagram socket has none",
                 hint="drop --timeout",
             )
+        if self.print_host_port and self.family == "unix":
+            raise UsageError(
+                "--print-host-port prints HOST PORT: a unix socket has a path instead",
+                hint="use --print-address, which prints the path",
+            )
         if self.mode is not None and self.family != "unix":
             raise UsageError("--mode only applies to unix sockets", hint="drop --mode")
         if self.mode is not None and self.address.abstract:
@@ -183,6 +189,7 @@ def build_config(
     max_requests: int | None = None,
     grace: float = 5.0,
     print_address: bool = False,
+    print_host_port: bool = False,
     json: bool = False,
     verbose: int = 0,
     color: bool | None = None,
@@ -243,6 +250,7 @@ def build_config(
         grace=grace,
         workers=workers,
         print_address=print_address,
+        print_host_port=print_host_port,
         output="json" if json else "rich",
         verbosity=verbose,
         color=color,

@@ -13,6 +13,7 @@ from sockserve import addresses
 from sockserve.addresses import (
     Address,
     format_bound,
+    format_host_port,
     format_plain,
     parse_address,
     resolve_transport,
@@ -123,6 +124,8 @@ def test_formatting() -> None:
     assert format_bound("unix", "dgram", b"\0name") == "unix-dgram://@name"
     assert format_plain("inet", "stream", ("127.0.0.1", 4)) == "127.0.0.1:4"
     assert format_plain("inet6", "stream", ("::1", 4, 0, 0)) == "[::1]:4"
+    assert format_host_port(("::1", 4, 0, 0)) == "::1 4"  # no brackets: `read -r host port`
+    assert format_host_port(("127.0.0.1", 4)) == "127.0.0.1 4"
     assert format_plain("unix", "stream", b"/tmp/b") == "/tmp/b"
 
 

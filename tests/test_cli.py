@@ -124,6 +124,7 @@ def test_reply_implies_reply_handler(captured: list[Any]) -> None:
         (["tcp", ":0", "--timeout", "0"], "--timeout"),
         (["tcp", "127.0.0.1:9999", "--family", "inet6"], "is IPv4 but --family is inet6"),
         (["--family", "inet6", "udp", "127.0.0.1:0"], "is IPv4 but --family is inet6"),
+        (["unix", "/tmp/x.sock", "--print-host-port"], "a unix socket has a path instead"),
         # Options that would do nothing (issue 15 item 14): refused, with the reason.
         (["udp", ":0", "--timeout", "1"], "--timeout closes idle connections: a datagram"),
         (["unix-dgram", "@x", "--timeout", "1"], "--timeout closes idle connections"),

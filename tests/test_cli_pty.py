@@ -248,6 +248,28 @@ def test_print_address_in_a_shell_pipeline() -> None:
     assert out.stdout.strip() == "PIPED"
 
 
+def test_print_host_port_reads_into_two_words_without_brackets() -> None:
+    """--print-host-port: `read -r host port` gets ::1 and the port, which a client that
+    refuses [::1] takes (the `${addr%:*}` of --print-address would keep the brackets)."""
+    script = (
+        f"exec 3< <({sys.executable} -m sockserve tcp [::1]:0 --print-host-port --once -q"
+        " -H upper)\n"
+        "read -r host port <&3\n"
+        'echo "host=$host port=$port"\n'
+        f'{sys.executable} -c "import socket,sys; '
+        "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=10); "
+        "s.sendall(b'piped'); "
+        's.shutdown(1); print(s.recv(99).decode())" "$host" "$port"\n'
+        "wait\n"
+    )
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    first, second = out.stdout.splitlines()
+    assert re.fullmatch(r"host=::1 port=\d+", first), out.stdout
+    assert second == "PIPED"
+
+
 def test_stdout_handler_pipes_into_another_process(tmp_path) -> None:
     out_file = tmp_path / "out.txt"
     cmd = (

@@ -112,6 +112,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "max_requests": (None, "max_requests", None),  # not with --once
     "grace": (0.5, "grace", 0.5),
     "print_address": (True, "print_address", True),
+    "print_host_port": (False, "print_host_port", False),  # not for unix: see the test below
     "json": (True, "output", "json"),
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
@@ -131,6 +132,7 @@ def test_every_keyword_reaches_its_field() -> None:
     assert (others.reply, others.max_threads, others.daemon_threads) == (b"x", 4, True)
     assert (others.max_requests, others.request_limit) == (9, 9)
     assert build_config(proto="tcp", address=":0", workers=2).workers == 2
+    assert build_config(proto="tcp", address=":0", print_host_port=True).print_host_port
     assert build_config(proto="tcp", address=":0", reply_file="r").reply_file == "r"
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     assert fields - {field for _, field, _ in NOT_DEFAULT.values()} == {"extra"}
