@@ -10,7 +10,7 @@ ThreadingTCPServer, ForkingTCPServer and their UDP and unix equivalents).
 Each prints its bound address on stdout once listening and serves until SIGTERM. The handlers
 do what sockserve's builtins do, the way a careful stdlib user would write them: read into one
 preallocated buffer, send back with sendall, set TCP_NODELAY, end quietly when the client
-resets; the listen backlog is sockserve's default (128). Only loopback addresses are accepted.
+resets; the listen backlog is sockserve's default (2048). Only loopback addresses are accepted.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import socket
 import sys
 from typing import Any
 
-BACKLOG = 128
+BACKLOG = 2048
 CHUNK = 65536
 
 

@@ -216,6 +216,11 @@ def _parse_inet(text: str, family: Family | None) -> Address:
             )
         if ":" in host:
             raise UsageError(f"bad address {text!r}", hint="write IPv6 in brackets: [::1]:PORT")
+        if family == "inet6" and _is_ipv4(host):
+            raise UsageError(
+                f"{text!r} is IPv4 but --family is inet6",
+                hint=f"drop --family, or give an IPv6 address such as [::1]:{port_text}",
+            )
     port = _parse_port(port_text, text)
     if host in _ALL_V4:
         host = "::" if family == "inet6" else "0.0.0.0"
@@ -274,6 +279,11 @@ def format_plain(family: str, socktype: str, sockaddr: Any) -> str:
         return str(sockaddr)
     host, port = sockaddr[0], sockaddr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_host_port(sockaddr: Any) -> str:
+    """The bound internet address as two words, HOST PORT (no brackets): ::1 43125."""
+    return f"{sockaddr[0]} {sockaddr[1]}"
 
 
 def format_bound(family: str, socktype: str, sockaddr: Any) -> str:

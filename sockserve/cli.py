@@ -170,7 +170,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--daemon-threads/--no-daemon-threads",
     default=False,
     show_default=True,
-    help="Thread mode: handler threads do not hold up the exit.",
+    help="Thread mode: on stop, do not wait for the handler threads: requests still running "
+    "end with the process.",
 )
 @click.option(
     "--block-on-close/--no-block-on-close",
@@ -181,10 +182,9 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "--backlog",
     type=click.IntRange(min=0),
-    default=128,
-    show_default=True,
     metavar="N",
-    help="Listen queue length (request_queue_size).",
+    help="Streams: listen queue length (request_queue_size); the kernel caps it at "
+    "net.core.somaxconn.  [default: 2048]",
 )
 @click.option(
     "--reuse-address/--no-reuse-address",
@@ -205,7 +205,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--timeout",
     type=POSITIVE_SECONDS,
     metavar="SECONDS",
-    help="Close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  [default: never]",
+    help="Streams: close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  [default: never]",
 )
 @click.option(
     "--mode",
@@ -231,6 +231,12 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",
+)
+@click.option(
+    "--print-host-port",
+    is_flag=True,
+    help="Print the bound host and port as two words (e.g. ::1 43125: no brackets) on stdout "
+    "once listening, for `read -r host port`.",
 )
 @click.option(
     "--json",
@@ -268,6 +274,12 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
     """The ServeConfig of the command's parsed parameters (`ctx.params`), checked by
     `config.build_config`; a rule they break is click's usage error (exit 2)."""
     ctx = click.get_current_context()
+    if params["quiet"] and params["verbose"]:
+        raise click.UsageError(
+            "-q/--quiet and -v/--verbose cannot be combined (one shows less, the other more); "
+            "give only one of them",
+            ctx,
+        )
     options = {name: value for name, value in params.items() if name != "quiet"}
     if ctx.get_parameter_source("handler") is ParameterSource.DEFAULT:
         options["handler"] = None  # echo, or reply when --reply or --reply-file is given
@@ -302,8 +314,8 @@ def _serve(config: ServeConfig, quiet: bool) -> int:
 
 
 def _check_closed_stdout(config: ServeConfig, reporter: PlainReporter) -> None:
-    """A closed stdout (`>&-`): refuse the handlers that write to it; --print-address runs,
-    with a warning (the address is in the listening line too)."""
+    """A closed stdout (`>&-`): refuse the handlers that write to it; --print-address and
+    --print-host-port run, with a warning (the address is in the listening line too)."""
     invocation = click.get_current_context().find_object(Invocation)
     if invocation is None or "stdout" not in invocation.closed:
         return
@@ -312,8 +324,12 @@ def _check_closed_stdout(config: ServeConfig, reporter: PlainReporter) -> None:
             f"-H {config.handler.builtin} writes what clients send to stdout, but stdout is closed",
             hint="redirect stdout (>/dev/null drops the data), or use -H discard",
         )
-    if config.print_address:
-        reporter.warning("stdout is closed: --print-address has nowhere to print the address")
+    printing = {
+        "--print-address": config.print_address,
+        "--print-host-port": config.print_host_port,
+    }
+    for option in (name for name, given in printing.items() if given):
+        reporter.warning(f"stdout is closed: {option} has nowhere to print the address")
 
 
 def _reporter(config: ServeConfig, quiet: bool) -> PlainReporter:

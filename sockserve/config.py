@@ -23,6 +23,9 @@ OutputMode = Literal["rich", "json"]
 
 CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
 
+#: The listen queue of a stream socket, as uvicorn's and gunicorn's (the kernel caps it at
+#: net.core.somaxconn): a burst of connects waits there, not for a SYN retry a second later.
+DEFAULT_BACKLOG = 2048
 #: The largest datagram the tool reads: 64 KiB, so no UDP or unix datagram is ever truncated.
 MAX_DATAGRAM = 65536
 #: The largest UDP payload: 65535 bytes less the headers (IPv4: 20 + 8; IPv6: the UDP 8).
@@ -49,7 +52,7 @@ class ServeConfig:
     pin: bool | None = None  # thread mode: threads on one CPU; None: for the builtins only
     daemon_threads: bool = False
     block_on_close: bool = True
-    backlog: int = 128
+    backlog: int = DEFAULT_BACKLOG
     reuse_address: bool = True
     reuse_port: bool = False
     timeout: float | None = None
@@ -63,6 +66,7 @@ class ServeConfig:
     grace: float = 5.0
     workers: int = 1
     print_address: bool = False
+    print_host_port: bool = False
     output: OutputMode = "rich"
     verbosity: int = 0
     color: bool | None = None
@@ -114,6 +118,21 @@ class ServeConfig:
             raise UsageError(
                 "--pin keeps one process's threads on one CPU: not with --workers",
                 hint="drop --pin, or --workers",
+            )
+        if self.daemon_threads and self.concurrency != "thread":
+            raise UsageError(
+                "--daemon-threads only applies to --concurrency thread",
+                hint="add --concurrency thread, or drop --daemon-threads",
+            )
+        if self.timeout is not None and self.socktype == "dgram":
+            raise UsageError(
+                "--timeout closes idle connections: a datagram socket has none",
+                hint="drop --timeout",
+            )
+        if self.print_host_port and self.family == "unix":
+            raise UsageError(
+                "--print-host-port prints HOST PORT: a unix socket has a path instead",
+                hint="use --print-address, which prints the path",
             )
         if self.mode is not None and self.family != "unix":
             raise UsageError("--mode only applies to unix sockets", hint="drop --mode")
@@ -190,7 +209,7 @@ def build_config(
     workers: int = 1,
     daemon_threads: bool = False,
     block_on_close: bool = True,
-    backlog: int = 128,
+    backlog: int | None = None,
     reuse_address: bool = True,
     reuse_port: bool = False,
     timeout: float | None = None,
@@ -199,6 +218,7 @@ def build_config(
     max_requests: int | None = None,
     grace: float = 5.0,
     print_address: bool = False,
+    print_host_port: bool = False,
     json: bool = False,
     verbose: int = 0,
     color: bool | None = None,
@@ -207,7 +227,8 @@ def build_config(
     """Check the options of one run and combine them into a ServeConfig.
 
     `address` and `handler` are the command line's text or their parsed forms (an Address,
-    a LoadedHandler). `handler` None is echo, or reply when `reply` or `reply_file` is given.
+    a LoadedHandler). `handler` None is echo, or reply when `reply` or `reply_file` is given;
+    `backlog` None is `DEFAULT_BACKLOG` (a number given is refused for datagrams).
     Raises UsageError (HandlerLoadError for the handler) naming the option to change.
     """
     if proto not in TRANSPORTS:
@@ -227,6 +248,11 @@ def build_config(
     check_compatible(loaded, socktype, concurrency)
     if socktype == "dgram" and loaded.builtin == "reply":
         _check_reply_fits(reply, reply_file, address)
+    if backlog is not None and socktype == "dgram":
+        raise UsageError(
+            "--backlog is the listen queue of a stream socket: a datagram socket does not listen",
+            hint="drop --backlog",
+        )
     if once and max_requests:
         raise UsageError("cannot combine --once and --max-requests (--once is --max-requests 1)")
 
@@ -241,7 +267,7 @@ def build_config(
         pin=pin,
         daemon_threads=daemon_threads,
         block_on_close=block_on_close,
-        backlog=backlog,
+        backlog=DEFAULT_BACKLOG if backlog is None else backlog,
         reuse_address=reuse_address,
         reuse_port=reuse_port,
         timeout=timeout,
@@ -255,6 +281,7 @@ def build_config(
         grace=grace,
         workers=workers,
         print_address=print_address,
+        print_host_port=print_host_port,
         output="json" if json else "rich",
         verbosity=verbose,
         color=color,

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import enum
 
+#: What a handler (or an asyncio protocol) may raise that the command reports as the handler's
+#: error, counts, and survives: any Exception, and SystemExit or KeyboardInterrupt too (the
+#: command's rule: a handler cannot stop the server). The framework lets those two through, as
+#: the stdlib's socketserver does; the tool's server parts and the event loop's watch catch them.
+HANDLER_EXITS: tuple[type[BaseException], ...] = (SystemExit, KeyboardInterrupt)
+HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, *HANDLER_EXITS)
+
 
 class ExitStatus(enum.IntEnum):
     """Exit codes of the `sockserve` command."""

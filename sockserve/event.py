@@ -3,9 +3,10 @@
 With ``--concurrency event`` a user handler is an asyncio protocol class (README, "Event mode:
 asyncio protocols"): an ``asyncio.Protocol`` or ``asyncio.BufferedProtocol`` made per stream
 connection by calling the class with no arguments, or one ``asyncio.DatagramProtocol`` for a
-datagram socket. Its callbacks run in the loop and must never block. A callback that raises is
-reported with its traceback like a failing request handler; a stream connection is then aborted,
-a datagram socket keeps serving. A user protocol is watched (`sockserve.watch_asyncio`): what it
+datagram socket. Its callbacks run in the loop and must never block. A callback that raises
+(SystemExit and KeyboardInterrupt too: a handler cannot stop the server) is reported with its
+traceback like a failing request handler; a stream connection is then aborted, a datagram
+socket keeps serving. A user protocol is watched (`sockserve.watch_asyncio`): what it
 receives and writes is counted for the summary and ``-v`` lines, and shown with ``-vv`` as for
 any other handler.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
+from .errors import HANDLER_ERRORS
 from .events import Events, NullEvents
 from .watch import Watch
 from .watch_asyncio import watched
@@ -240,7 +242,11 @@ class EventServer:
             self._server = await loop.create_server(factory, sock=sock, backlog=self.backlog)
 
     def _new_connection(self) -> Any:
-        return _Served(self, self._make()).protocol
+        try:
+            protocol = self._make()
+        except HANDLER_ERRORS:  # reported: the loop must not see it (uvloop's listener would
+            return _Unserved()  # stop accepting, a SystemExit would stop the loop)
+        return _Served(self, protocol).protocol
 
     def _new_endpoint(self) -> Any:
         return _ServedEndpoint(self, self._make()).protocol
@@ -249,7 +255,7 @@ class EventServer:
         """A new protocol; when the server counts, behind a watch (`sockserve.watch_asyncio`)."""
         try:
             protocol = self.protocol_factory()
-        except Exception as exc:
+        except HANDLER_ERRORS as exc:
             self._report(_NO_CLIENT, exc)
             raise
         if not self.count_bytes:
@@ -472,6 +478,13 @@ class _Served:
         protocol = self.protocol
         moved = getattr(protocol, "received", 0) + getattr(protocol, "sent", 0)
         return moved, self.transport.get_write_buffer_size()
+
+
+class _Unserved(asyncio.Protocol):
+    """A stream connection whose protocol could not be made: aborted at once."""
+
+    def connection_made(self, transport: Any) -> None:
+        transport.abort()
 
 
 class _ServedEndpoint:

@@ -46,7 +46,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_on_close",
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
-    "Output": ("print_address", "json", "quiet", "verbose", "color", "traceback"),
+    "Output": (
+        "print_address",
+        "print_host_port",
+        "json",
+        "quiet",
+        "verbose",
+        "color",
+        "traceback",
+    ),
     "Other": ("completion", "version", "help"),
 }
 

@@ -353,10 +353,17 @@ class Lifecycle:
         pending = self.in_flight()
         if pending:
             plural = "s" if pending != 1 else ""
-            self.monitor.info(
-                f"stopping: waiting up to {self.grace:g}s for {pending} request{plural}"
-                " (Ctrl-C again to force)"
-            )
+            if self.config.daemon_threads:  # server_close does not wait for daemon threads
+                it = "they end" if plural else "it ends"
+                self.monitor.info(
+                    f"stopping: not waiting for {pending} request{plural} (--daemon-threads):"
+                    f" {it} with the process"
+                )
+            else:
+                self.monitor.info(
+                    f"stopping: waiting up to {self.grace:g}s for {pending} request{plural}"
+                    " (Ctrl-C again to force)"
+                )
         if self.event_loop:
             ended = self.loop_server.drain(self._remaining())
             self.dispatch()

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from . import builtins as bh
-from .addresses import format_bound, format_plain
+from .addresses import format_bound, format_host_port, format_plain
 from .compose import make_server
 from .config import ServeConfig
 from .console import PlainReporter, silence
@@ -88,6 +88,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
         def announce() -> None:
             if config.print_address:
                 print_address(format_plain(family, config.socktype, sockaddr))
+            if config.print_host_port:
+                print_address(format_host_port(sockaddr))
             details: dict[str, Any] = {
                 "concurrency": config.concurrency,
                 "handler": config.handler.name,

@@ -6,7 +6,8 @@ a BufferedProtocol or a DatagramProtocol): each chunk received goes through the 
 chain before the protocol gets it, and the protocol gets a watched transport whose write,
 writelines (streams) and sendto (datagrams) go through the "out" chain to the real transport.
 
-Errors of the protocol's callbacks go to `on_error(client, exc)` when one is given (a
+Errors of the protocol's callbacks (SystemExit and KeyboardInterrupt too: see
+`errors.HANDLER_ERRORS`) go to `on_error(client, exc)` when one is given (a
 stream connection is then aborted, as asyncio does; a datagram socket goes on), otherwise
 to asyncio, as if the protocol ran unwrapped. A datagram socket has one watch: its `client`
 is the sender of the latest datagram, or the address a reply is sent to; with `records`,
@@ -19,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from .errors import HANDLER_ERRORS
 from .events import Events
 from .watch import Watch
 
@@ -34,7 +36,7 @@ __all__ = [
 
 #: Told of an exception raised by a protocol's callback, with the client it served (None:
 #: none, for a datagram socket's own callbacks).
-OnError = Callable[[Any, Exception], None]
+OnError = Callable[[Any, BaseException], None]
 
 
 def _through(watch: Watch, data: Any, sink: Callable[[memoryview], int]) -> int:
@@ -166,7 +168,7 @@ class _Watched:
             return self.protocol.eof_received()
         try:
             return self.protocol.eof_received()
-        except Exception as exc:
+        except HANDLER_ERRORS as exc:
             self._failed(exc)
             return None
 
@@ -182,7 +184,7 @@ class _Watched:
             return
         try:
             self.protocol.connection_lost(exc)
-        except Exception as error:
+        except HANDLER_ERRORS as error:
             self.on_error(self.client, error)
 
     def _call(self, method: Callable[..., Any], *args: Any) -> None:
@@ -191,10 +193,10 @@ class _Watched:
             return
         try:
             method(*args)
-        except Exception as exc:
+        except HANDLER_ERRORS as exc:
             self._failed(exc)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
         """Report to `on_error` and end the connection at once, as asyncio does with a
         failing callback."""
         assert self.on_error is not None
@@ -293,7 +295,7 @@ class WatchedDatagramProtocol(asyncio.DatagramProtocol):
             return
         try:
             method(*args)
-        except Exception as exc:
+        except HANDLER_ERRORS as exc:
             self.on_error(client, exc)
 
 

@@ -13,6 +13,7 @@ from sockserve import addresses
 from sockserve.addresses import (
     Address,
     format_bound,
+    format_host_port,
     format_plain,
     parse_address,
     resolve_transport,
@@ -99,6 +100,8 @@ def test_all_interfaces_and_sockaddr() -> None:
         ("[::1]80", None, r"\[::1\]:PORT"),
         ("[zz]:80", None, "not an IPv6 address"),
         ("[::1]:80", "inet", "--family is inet"),
+        ("127.0.0.1:80", "inet6", r"'127\.0\.0\.1:80' is IPv4 but --family is inet6"),
+        ("10.0.0.1:80", "inet6", r"an IPv6 address such as \[::1\]:80"),
         ("bad_host!:80", None, "neither an IPv4 address nor a host name"),
         ("/tmp/x.sock", None, "looks like a path"),
         ("127.0.0.1:80", "unix", "internet address"),
@@ -121,6 +124,8 @@ def test_formatting() -> None:
     assert format_bound("unix", "dgram", b"\0name") == "unix-dgram://@name"
     assert format_plain("inet", "stream", ("127.0.0.1", 4)) == "127.0.0.1:4"
     assert format_plain("inet6", "stream", ("::1", 4, 0, 0)) == "[::1]:4"
+    assert format_host_port(("::1", 4, 0, 0)) == "::1 4"  # no brackets: `read -r host port`
+    assert format_host_port(("127.0.0.1", 4)) == "127.0.0.1 4"
     assert format_plain("unix", "stream", b"/tmp/b") == "/tmp/b"
 
 

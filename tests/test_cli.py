@@ -41,7 +41,7 @@ def test_defaults_map_to_config(captured: list[Any]) -> None:
     assert config.concurrency == "thread"
     assert config.handler.builtin == "echo"
     assert config.reuse_address is True
-    assert config.backlog == 128
+    assert config.backlog == 2048
     assert config.grace == 5.0
 
 
@@ -122,6 +122,19 @@ def test_reply_implies_reply_handler(captured: list[Any]) -> None:
         (["tcp", ":0", "--once", "--max-requests", "2"], "cannot combine"),
         (["tcp", ":0", "--workers", "2", "--once"], "--workers"),
         (["tcp", ":0", "--timeout", "0"], "--timeout"),
+        (["tcp", "127.0.0.1:9999", "--family", "inet6"], "is IPv4 but --family is inet6"),
+        (["--family", "inet6", "udp", "127.0.0.1:0"], "is IPv4 but --family is inet6"),
+        (["unix", "/tmp/x.sock", "--print-host-port"], "a unix socket has a path instead"),
+        # Options that would do nothing (issue 15 item 14): refused, with the reason.
+        (["udp", ":0", "--timeout", "1"], "--timeout closes idle connections: a datagram"),
+        (["unix-dgram", "@x", "--timeout", "1"], "--timeout closes idle connections"),
+        (["udp", ":0", "--backlog", "5"], "--backlog is the listen queue of a stream socket"),
+        (["udp", ":0", "--backlog", "2048"], "a datagram socket does not listen"),
+        (["tcp", ":0", "-c", "fork", "--daemon-threads"], "--daemon-threads only applies"),
+        (["tcp", ":0", "-c", "sync", "--daemon-threads"], "--concurrency thread"),
+        (["tcp", ":0", "-c", "event", "--daemon-threads"], "--daemon-threads only applies"),
+        (["tcp", ":0", "-q", "-v"], "-q/--quiet and -v/--verbose cannot be combined"),
+        (["tcp", ":0", "-qvv"], "give only one of them"),
     ],
 )
 def test_usage_errors_exit_2(captured: list[Any], args: list[str], message: str) -> None:
@@ -198,7 +211,12 @@ ACCEPTED = [
     ["--family", "inet6", "tcp", ":0"],
     ["tcp", "localhost:8080", "--type", "stream"],
     ["tcp", "9999", "-v"],
-    ["tcp", ":0", "-qv", "--color"],
+    ["tcp", ":0", "-q", "--color"],
+    # Refused only when given: their defaults apply to every transport and mode.
+    ["udp", ":0", "-q"],
+    ["udp", ":0", "-vv", "-c", "thread", "--daemon-threads"],
+    ["tcp", ":0", "-c", "fork", "--no-daemon-threads", "--backlog", "5", "--timeout", "1"],
+    ["unix-dgram", "@sockserve-cli", "-c", "sync"],
     ["tcp", ":0", "--max-requests", "3", "--grace", "0"],
     ["tcp", ":0", "--timeout", "1.5", "--grace", "2."],
     ["tcp", ":0", "-c", "sync", "--workers", "2", "--reuse-port"],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -111,6 +113,76 @@ def test_grace_period_aborts_a_hung_handler(tmp_path) -> None:
     assert "grace period of 0.5s over" in out
 
 
+def test_daemon_threads_says_it_does_not_wait(tmp_path) -> None:
+    """--daemon-threads: the stop does not wait for a running request, and says so (not
+    "waiting up to 60s")."""
+    handler = tmp_path / "hang.py"
+    handler.write_text(
+        "import sockserve\n"
+        "class Hang(sockserve.BaseRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.request.sendall(b'in')\n"
+        "        self.request.recv(1)\n"
+    )
+    child = spawn(["tcp", ":0", "-H", str(handler), "--daemon-threads", "--grace", "60"])
+    addr = inet_address(wait_listening(child))
+    with socket.create_connection(addr, timeout=10) as s:
+        assert s.recv(2) == b"in"
+        started = time.monotonic()
+        child.sendintr()
+        status, out = finish(child)
+        assert time.monotonic() - started < 10
+    assert status == 0
+    assert "stopping: not waiting for 1 request (--daemon-threads): it ends with the process" in out
+    assert "waiting up to" not in out
+    assert "Traceback" not in out
+
+
+def _somaxconn() -> int:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except OSError:
+        return 0
+
+
+@pytest.mark.skipif(_somaxconn() < 400, reason="needs net.core.somaxconn of 400 or more")
+def test_a_burst_of_300_connects_waits_in_the_backlog() -> None:
+    """Thread mode's default backlog (2048, capped by somaxconn) holds a burst of 300 connects
+    while the server cannot accept (stopped here): none waits a SYN retry, a second later."""
+    child = spawn(["tcp", ":0", "-H", "echo", "-q", "--print-address"])  # -q: no line per client
+    child.expect(r"127\.0\.0\.1:(\d+)")
+    addr = ("127.0.0.1", int(child.match.group(1)))
+    os.kill(child.pid, signal.SIGSTOP)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            client = socket.socket()
+            clients.append(client)
+            client.setblocking(False)
+            assert client.connect_ex(addr) in (0, errno.EINPROGRESS)
+        pending = set(clients)
+        deadline = time.monotonic() + 0.5  # a SYN dropped on a full queue is resent after 1 s
+        while pending and (left := deadline - time.monotonic()) > 0:
+            _, writable, _ = select.select([], list(pending), [], left)
+            pending -= set(writable)
+        assert not pending, f"{len(pending)} of 300 connects still waiting after 0.5s"
+        assert all(c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for c in clients)
+        os.kill(child.pid, signal.SIGCONT)
+        for client in clients:
+            client.setblocking(True)
+            client.settimeout(10)
+            client.sendall(b"x")
+        assert all(client.recv(1) == b"x" for client in clients)  # each one served
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        for client in clients:
+            client.close()
+    child.sendintr()
+    status, out = finish(child)
+    assert status == 0, out
+
+
 def test_once_in_fork_mode_waits_for_the_child() -> None:
     child = spawn(["tcp", ":0", "--once", "-c", "fork", "-H", "upper", "-v"])
     addr = inet_address(wait_listening(child))
@@ -174,6 +246,28 @@ def test_print_address_in_a_shell_pipeline() -> None:
         ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True
     )
     assert out.stdout.strip() == "PIPED"
+
+
+def test_print_host_port_reads_into_two_words_without_brackets() -> None:
+    """--print-host-port: `read -r host port` gets ::1 and the port, which a client that
+    refuses [::1] takes (the `${addr%:*}` of --print-address would keep the brackets)."""
+    script = (
+        f"exec 3< <({sys.executable} -m sockserve tcp [::1]:0 --print-host-port --once -q"
+        " -H upper)\n"
+        "read -r host port <&3\n"
+        'echo "host=$host port=$port"\n'
+        f'{sys.executable} -c "import socket,sys; '
+        "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=10); "
+        "s.sendall(b'piped'); "
+        's.shutdown(1); print(s.recv(99).decode())" "$host" "$port"\n'
+        "wait\n"
+    )
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    first, second = out.stdout.splitlines()
+    assert re.fullmatch(r"host=::1 port=\d+", first), out.stdout
+    assert second == "PIPED"
 
 
 def test_stdout_handler_pipes_into_another_process(tmp_path) -> None:

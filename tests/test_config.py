@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert config.address == Address("inet", "127.0.0.1", 9999)
     assert config.handler == LoadedHandler(name="echo", builtin="echo")
     assert config.concurrency == "thread"
-    assert (config.reuse_address, config.backlog, config.grace) == (True, 128, 5.0)
+    assert (config.reuse_address, config.backlog, config.grace) == (True, 2048, 5.0)
     assert (config.output, config.verbosity, config.request_limit) == ("rich", 0, None)
 
 
@@ -103,7 +103,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "pin": (False, "pin", False),
     "max_children": (3, "max_children", 3),
     "workers": (1, "workers", 1),  # not with --once: see the test below
-    "daemon_threads": (True, "daemon_threads", True),
+    "daemon_threads": (False, "daemon_threads", False),  # thread mode only: see the test below
     "block_on_close": (False, "block_on_close", False),
     "backlog": (7, "backlog", 7),
     "reuse_address": (False, "reuse_address", False),
@@ -114,6 +114,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "max_requests": (None, "max_requests", None),  # not with --once
     "grace": (0.5, "grace", 0.5),
     "print_address": (True, "print_address", True),
+    "print_host_port": (False, "print_host_port", False),  # not for unix: see the test below
     "json": (True, "output", "json"),
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
@@ -127,10 +128,13 @@ def test_every_keyword_reaches_its_field() -> None:
     config = build_config(**{name: value for name, (value, _, _) in NOT_DEFAULT.items()})
     for name, (_, field, expected) in NOT_DEFAULT.items():
         assert getattr(config, field) == expected, name
-    others = build_config(proto="tcp", address=":0", reply=b"x", max_threads=4, max_requests=9)
-    assert (others.reply, others.max_threads) == (b"x", 4)
+    others = build_config(
+        proto="tcp", address=":0", reply=b"x", max_threads=4, max_requests=9, daemon_threads=True
+    )
+    assert (others.reply, others.max_threads, others.daemon_threads) == (b"x", 4, True)
     assert (others.max_requests, others.request_limit) == (9, 9)
     assert build_config(proto="tcp", address=":0", workers=2).workers == 2
+    assert build_config(proto="tcp", address=":0", print_host_port=True).print_host_port
     assert build_config(proto="tcp", address=":0", reply_file="r").reply_file == "r"
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     assert fields - {field for _, field, _ in NOT_DEFAULT.values()} == {"extra"}
@@ -258,6 +262,21 @@ def test_config_knows_nothing_of_click() -> None:
             {"proto": "tcp", "address": ":0", "backlog": -1},
             "--backlog cannot be negative",
             "use --backlog 0 or more",
+        ),
+        (
+            {"proto": "udp", "address": ":0", "backlog": 128},
+            "--backlog is the listen queue of a stream socket: a datagram socket does not listen",
+            "drop --backlog",
+        ),
+        (
+            {"proto": "udp", "address": ":0", "timeout": 1.0},
+            "--timeout closes idle connections: a datagram socket has none",
+            "drop --timeout",
+        ),
+        (
+            {"proto": "tcp", "address": ":0", "concurrency": "fork", "daemon_threads": True},
+            "--daemon-threads only applies to --concurrency thread",
+            "add --concurrency thread, or drop --daemon-threads",
         ),
         (
             {"proto": "tcp", "address": ":0", "timeout": 0},

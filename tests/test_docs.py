@@ -24,6 +24,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import importlib.util
+import io
+import json
 import os
 import platform
 import re
@@ -48,6 +50,8 @@ from clitools import write_sockserve_wrapper
 
 from sockserve import __version__, cli
 from sockserve.builtins import BUILTINS
+from sockserve.console import JsonReporter
+from sockserve.events import Stats
 from sockserve.helptext import EXAMPLES, EXIT_CODES, SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,6 +364,33 @@ def test_readme_examples_use_only_loopback_and_tmp() -> None:
         for path in re.findall(r"(?<![\w.~])/[\w.-]+/[\w./-]*", block.text):
             assert path.startswith("/tmp/") or path == "/dev/null", f"{block}: {path}"
     assert "0.0.0.0:9999" in text  # named in prose only, as what not to type by accident
+
+
+def test_readme_lists_every_json_event() -> None:
+    """The README's table of `--json` events names each event the JSON reporter writes."""
+    out = io.StringIO()
+    reporter = JsonReporter(out, verbosity=2)
+    client = ("127.0.0.1", 5)
+    reporter.listening("tcp://127.0.0.1:5", {"concurrency": "thread"})
+    reporter.connected(client)
+    reporter.data(client, "in", b"x")
+    reporter.record(client, 1, 1)
+    reporter.socktype = "dgram"
+    reporter.record(client, 1, 1)
+    reporter.handler_error(client, ValueError("x"))
+    reporter.warning("w")
+    reporter.info("i")
+    reporter.fatal("f", None)
+    reporter.summary(Stats(), "stream", None)
+    written = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
+    text = README.read_text()
+    section = text[text.index("### JSON logs") :]
+    section = section[: section.index("\n## ")]
+    header, *rows = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    listed = set(rows)
+    assert header == "event"
+    assert written == listed
+    assert len(written) == 10
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

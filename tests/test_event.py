@@ -543,6 +543,78 @@ def test_user_datagram_protocol_counts_and_survives_errors(
     assert isinstance(exc, ValueError) and where
 
 
+class Exiting(asyncio.Protocol):
+    """sys.exit() on b"exit", KeyboardInterrupt on b"int", else echo."""
+
+    def __init__(self) -> None:
+        if Exiting.refuse:
+            Exiting.refuse = False
+            raise KeyboardInterrupt
+
+    refuse = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if data == b"exit":
+            raise SystemExit(3)
+        if data == b"int":
+            raise KeyboardInterrupt
+        self.transport.write(data)
+
+
+class ExitingDatagrams(asyncio.DatagramProtocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if data == b"exit":
+            raise SystemExit(3)
+        self.transport.sendto(data, addr)
+
+
+def test_system_exit_and_keyboard_interrupt_of_a_protocol_are_errors(
+    sock_dir: str, serve: Callable[..., Serving]
+) -> None:
+    """As an Exception: reported, the connection aborted, the loop goes on (asyncio's own
+    loop would let them stop it)."""
+    sock = listening_socket("tcp", sock_dir)
+    hooks = Hooks()
+    serving = serve(sock, Exiting, events=hooks)
+    for payload in (b"exit", b"int"):
+        with socket.create_connection(sock.getsockname(), timeout=5) as client:
+            client.sendall(payload)
+            assert read_all(client) == b""
+    Exiting.refuse = True  # the next protocol's __init__ raises KeyboardInterrupt
+    with socket.create_connection(sock.getsockname(), timeout=5) as client:
+        hooks.wait("error", 3)
+    with socket.create_connection(sock.getsockname(), timeout=5) as client:  # still serving
+        client.sendall(b"fine")
+        assert read_exactly(client, 4) == b"fine"
+    serving.stop()
+    errors = [type(e[2]) for e in hooks.of("error")]
+    assert errors == [SystemExit, KeyboardInterrupt, KeyboardInterrupt]  # each reported once
+    assert not serving.thread.is_alive()
+
+
+@pytest.mark.parametrize("transport", ["udp", "unix-dgram"])
+def test_system_exit_of_a_datagram_protocol_is_an_error(
+    transport: str, sock_dir: str, serve: Callable[..., Serving]
+) -> None:
+    sock = listening_socket(transport, sock_dir)
+    hooks = Hooks()
+    serving = serve(sock, ExitingDatagrams, events=hooks)
+    with client_for(sock, sock_dir) as client:
+        client.send(b"exit")
+        hooks.wait("error")
+        client.send(b"ab")
+        assert client.recv(10) == b"ab"
+    serving.stop()
+    ((_, _, exc),) = hooks.of("error")
+    assert isinstance(exc, SystemExit)
+
+
 def test_idle_connections_are_closed_and_reported(
     sock_dir: str, serve: Callable[..., Serving]
 ) -> None:

@@ -6,6 +6,7 @@ import socket
 import sys
 from typing import Any
 
+from ..errors import HANDLER_EXITS
 from ..events import Events
 from ..socketserver import TCPServer
 
@@ -26,8 +27,8 @@ class ReportingPart(TCPServer):
     """Report accepted connections and handler errors to `monitor`, and let it poll (what
     forked children sent) on every loop iteration.
 
-    Extends verify_request and service_actions; replaces handle_error (the framework's
-    default prints the traceback) while there is a monitor.
+    Extends verify_request, finish_request and service_actions; replaces handle_error (the
+    framework's default prints the traceback) while there is a monitor.
     """
 
     monitor: Events | None = None
@@ -39,6 +40,18 @@ class ReportingPart(TCPServer):
         if self.monitor is not None and self.socket_type == socket.SOCK_STREAM:
             self.monitor.connected(client_address)
         return True
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Run the handler; a SystemExit or KeyboardInterrupt it raises goes to handle_error,
+        as an Exception does: a handler cannot stop the server (in a thread, a child, or sync).
+
+        The lifecycle's own exceptions (a second Ctrl-C, the end of the grace period in sync
+        mode) derive from neither: they pass, and stop the server.
+        """
+        try:
+            super().finish_request(request, client_address)
+        except HANDLER_EXITS:
+            self.handle_error(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report a handler's exception to the monitor."""
