@@ -26,7 +26,7 @@ from sockserve.cli import main as cli_main
 from sockserve.helptext import EXIT_CODES, option_metavar, section_params
 
 PAGE = Path(__file__).resolve().parent / "sockserve.1"
-DATE = "2026-11-25"  # the page's date; change it with the hand-written text
+DATE = "2026-12-07"  # the page's date; change it with the hand-written text
 
 #: Defaults for options whose default is None and whose help names none ("": the help says).
 IMPLIED_DEFAULTS = {
