@@ -232,7 +232,8 @@ def test_sighup_stops_gracefully_and_removes_the_socket_file(
     sock_dir: str, mode: str, workers: str
 ) -> None:
     path = os.path.join(sock_dir, "hup.sock")
-    child = spawn(["unix", path, "-H", "echo", "-c", mode, "--workers", workers])
+    args = ["-H", "echo", "-c", mode, "--workers", workers, "--grace", f"{GRACE}s"]
+    child = spawn(["unix", path, *args])
     child.expect("listening on")
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
