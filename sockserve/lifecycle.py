@@ -487,6 +487,10 @@ class Lifecycle:
         wait_closed = getattr(server, "wait_closed", None)
         if wait_closed is not None:
             wait_closed(deadline)  # the threads' handlers report as they end
+        if self._drainer is not None:
+            # Its server_close ends with the handlers: let it finish (the unix socket file's
+            # removal among the rest) rather than exit in its middle.
+            self._drainer.join(max(0.0, deadline - time.monotonic()))
         self.monitor.poll()
         return outcome
 
