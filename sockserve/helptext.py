@@ -77,10 +77,10 @@ EXAMPLES: tuple[tuple[str, str], ...] = (
 
 #: (exit status, meaning); the values are errors.ExitStatus.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
-    (0, "stopped cleanly (Ctrl-C, SIGTERM, --once, --max-requests, stdout closed)"),
+    (0, "stopped cleanly (Ctrl-C, SIGTERM, SIGHUP, --once, --max-requests, stdout closed)"),
     (1, "runtime failure (address in use, permission denied, ...)"),
     (2, "usage error (bad option, address or handler)"),
-    (130, "forced stop by a second Ctrl-C/SIGTERM"),
+    (130, "forced stop by a second Ctrl-C/SIGTERM/SIGHUP"),
 )
 
 _EXAMPLE_COLUMN = 43  # where the plain layout starts an example's description

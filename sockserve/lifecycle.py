@@ -3,12 +3,17 @@
 As gunicorn's arbiter does it, a signal handler only records the signal and wakes the loop;
 the loop decides what the signal means (`Lifecycle.handle_int`, `handle_term`):
 
-1. The first SIGINT/SIGTERM (or --once, --max-requests, a closed stdout) stops the serve loop;
-   the listening socket is closed at once (no new clients).
+1. The first SIGINT/SIGTERM/SIGHUP (or --once, --max-requests, a closed stdout) stops the
+   serve loop; the listening socket is closed at once (no new clients).
 2. In-flight requests get `grace` seconds, from the first signal, to finish (threads joined,
    children reaped, event connections ended).
-3. When the grace period ends, or on a second SIGINT/SIGTERM, what is left is aborted:
-   connections are shut down, children killed. A forced stop exits 130, a graceful one 0.
+3. When the grace period ends, or on a second stop signal, what is left is aborted: the
+   connections are shut down (a forked child shuts down its own on SIGTERM), so that each
+   handler ends and reports its counts; the abort waits for them as long as the grace period
+   (`abort_wait`), then kills the children left. A forced stop exits 130, a graceful one 0.
+
+SIGUSR1 and SIGUSR2 are ignored, with a line of info: a stray one never kills the server.
+SIGHUP is left ignored when it was at start (`nohup`).
 
 An exception is raised from a signal handler in one case only: in sync mode a request handler
 runs in the main thread, and only an exception can interrupt it when it blocks past the grace
@@ -33,10 +38,20 @@ from .config import ServeConfig
 from .errors import ExitStatus
 from .monitor import RunMonitor
 
-#: The signals that stop a run.
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+#: The signals that stop a run (SIGHUP: the terminal closed).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The signals a run hears and ignores: by default they would kill it without a summary.
+IGNORED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+#: What the line about an ignored signal adds.
+STOP_HINT = "SIGINT, SIGTERM or SIGHUP stops sockserve"
+#: Every signal a run handles.
+RUN_SIGNALS: tuple[signal.Signals, ...] = STOP_SIGNALS + IGNORED_SIGNALS
+#: How often a drain reports what forked children sent.
+DRAIN_POLL = 0.2
 #: How long an abort waits for killed children to be reaped.
 ABORT_WAIT = 2.0
+#: The least an abort waits for the aborted requests to end and report (with --grace 0).
+ABORT_SETTLE = 0.25
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -100,7 +115,7 @@ class SignalQueue:
 
     def __init__(
         self,
-        signals: tuple[int, ...] = STOP_SIGNALS,
+        signals: tuple[int, ...] = RUN_SIGNALS,
         on_signal: Callable[[int], None] | None = None,
     ) -> None:
         self.signals = signals
@@ -127,6 +142,8 @@ class SignalQueue:
     def __enter__(self) -> SignalQueue:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # nohup: the user asked to outlive the terminal
                 self._saved[sig] = signal.signal(sig, self.record)
             writer = self.waker.writer.fileno()
             self._saved_wakeup = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
@@ -145,19 +162,35 @@ class SignalQueue:
 # -- forked request children ------------------------------------------------------------------
 
 _child_reset_installed = False
-_in_run = False
+#: The server of the run in progress (None outside `Lifecycle.run`): what a forked child aborts.
+_running_server: Any = None
 
 
 def _reset_in_child() -> None:
-    """After fork in a request child: the parent coordinates the stop, the child just works."""
-    if not _in_run:
+    """After fork in a request child: the parent coordinates the stop, the child just works.
+
+    SIGTERM, the parent's abort, shuts the child's connection down: its handler ends and the
+    child reports the connection before it exits.
+    """
+    server = _running_server
+    if server is None:
         return
     signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole process group
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C and a closed terminal hit the whole process group: the parent decides.
+    for sig in (signal.SIGINT, signal.SIGHUP, *IGNORED_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: shut_down_requests(server))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     with contextlib.suppress(ValueError):  # forked from another thread: nothing was set there
         signal.set_wakeup_fd(-1)
+
+
+def shut_down_requests(server: Any) -> None:
+    """Shut down every connection `server` is handling: each handler sees the end of its input
+    (or a broken pipe) and ends."""
+    for sock in list(getattr(server, "active_requests", ())):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _install_child_reset() -> None:
@@ -185,7 +218,7 @@ class Lifecycle:
         server: Any,
         loop_server: Any,
         monitor: RunMonitor,
-        signals: tuple[int, ...] = STOP_SIGNALS,
+        signals: tuple[int, ...] = RUN_SIGNALS,
         announce: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
@@ -207,10 +240,16 @@ class Lifecycle:
     # -- in the signal handler ------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
         """Wake the serve loop; in a blocked sync handler, interrupt it when it is time."""
+        if signum not in STOP_SIGNALS:
+            # Told at once, from a thread of its own: the handler may have interrupted a
+            # write of the reporter's, and the serve loop only listens for a stop.
+            message = f"{signal.Signals(signum).name} ignored ({STOP_HINT})"
+            threading.Thread(target=self.monitor.info, args=(message,), daemon=True).start()
+            return
         self.wake_loop()
         if not self.interruptible:
             return
-        if len(self.queue.received) > 1:
+        if sum(sig in STOP_SIGNALS for sig, _ in self.queue.received) > 1:
             raise ForcedExit()
         self._arm_timer()
 
@@ -252,6 +291,16 @@ class Lifecycle:
         """SIGTERM: the first stops gracefully, the next forces the stop."""
         self._stop_signal(name, when)
 
+    def handle_hup(self, name: str, when: float) -> None:
+        """SIGHUP (the terminal closed): as SIGTERM."""
+        self._stop_signal(name, when)
+
+    def handle_usr1(self, name: str, when: float) -> None:
+        """SIGUSR1: ignored (the signal handler told it already)."""
+
+    def handle_usr2(self, name: str, when: float) -> None:
+        """SIGUSR2: ignored (the signal handler told it already)."""
+
     def _stop_signal(self, name: str, when: float) -> None:
         if self.stopping:
             self.forced = True
@@ -278,7 +327,7 @@ class Lifecycle:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped, stop in order; return the exit status."""
-        global _in_run
+        global _running_server
         _install_child_reset()
         self.monitor.on_stop = self.stop
         if self.event_loop and self.config.request_limit is not None:
@@ -286,7 +335,7 @@ class Lifecycle:
         sync = self.config.concurrency == "sync"
         main = threading.current_thread() is threading.main_thread()
         saved_alarm: SignalHandler = None
-        _in_run = True
+        _running_server = self.server
         try:
             with self.queue:
                 if sync and main:
@@ -298,7 +347,7 @@ class Lifecycle:
                         signal.setitimer(signal.ITIMER_REAL, 0)
                         signal.signal(signal.SIGALRM, saved_alarm)
         finally:
-            _in_run = False
+            _running_server = None
             self.monitor.on_stop = None
         if outcome is Outcome.FORCED:
             return ExitStatus.INTERRUPTED
@@ -397,14 +446,25 @@ class Lifecycle:
             remaining = self._remaining()
             if remaining <= 0:
                 return self._abort(Outcome.EXPIRED)
-            waker.wait(remaining)
+            waker.wait(min(remaining, DRAIN_POLL))
+            self.monitor.poll()  # children that end report meanwhile, and never block on it
+
+    def abort_wait(self) -> float:
+        """How long an abort waits for the requests it aborted to end and report.
+
+        A handler blocked on its socket ends at once; only one that ignores its socket's
+        shutdown makes the abort wait this long (the grace period, within ABORT_SETTLE and
+        ABORT_WAIT), and its report is lost.
+        """
+        return min(ABORT_WAIT, max(self.grace, ABORT_SETTLE))
 
     def _remaining(self) -> float:
         assert self.deadline is not None
         return max(0.0, self.deadline - time.monotonic())
 
     def _abort(self, outcome: Outcome, warn: bool = True) -> Outcome:
-        """End what is still running: shut connections down, kill children."""
+        """End what is still running: shut connections down, stop the children (SIGTERM, then
+        SIGKILL for those still running after `abort_wait`), and report what they report."""
         if self._timer_armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
         if outcome is Outcome.FORCED:
@@ -416,36 +476,46 @@ class Lifecycle:
             return outcome
         server = self.server
         server.block_on_close = False  # no more joining: the final server_close returns at once
-        for sock in list(getattr(server, "active_requests", ())):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        shut_down_requests(server)
         children = getattr(server, "active_children", None) or set()
         for pid in list(children):
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        drainer = self._drainer
-        if drainer is not None and children:
-            drainer.join(ABORT_WAIT)  # its server_close reaps the children just killed
-        elif drainer is None:
+                os.kill(pid, signal.SIGTERM)  # the child shuts its connection down and reports
+        if self._drainer is None:
             with contextlib.suppress(Exception):
                 server.server_close()
-        _reap(children, time.monotonic() + ABORT_WAIT)
+        deadline = time.monotonic() + self.abort_wait()
+        _reap(children, deadline, self.monitor.poll)
+        for pid in list(children):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # it did not end in time: its report is lost
+        _reap(children, time.monotonic() + ABORT_WAIT, self.monitor.poll)
+        children.clear()
+        wait_closed = getattr(server, "wait_closed", None)
+        if wait_closed is not None:
+            wait_closed(deadline)  # the threads' handlers report as they end
+        if self._drainer is not None:
+            # Its server_close ends with the handlers: let it finish (the unix socket file's
+            # removal among the rest) rather than exit in its middle.
+            self._drainer.join(max(0.0, deadline - time.monotonic()))
         self.monitor.poll()
         return outcome
 
 
-def _reap(children: set[int], deadline: float) -> None:
-    """Reap the killed `children` (forgetting them), until `deadline` at most."""
-    for pid in list(children):
-        try:
-            while time.monotonic() < deadline:
+def _reap(children: set[int], deadline: float, poll: Callable[[], None]) -> None:
+    """Reap the `children` that exit (forgetting them) until `deadline` at most, calling
+    `poll` (the monitor's: what they report) as they go."""
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.01)
-        except OSError:  # ChildProcessError: reaped already
-            pass
-    children.clear()
+            except OSError:  # ChildProcessError: reaped already (the drainer's server_close)
+                done = pid
+            if done:
+                children.discard(pid)
+        poll()
+        if children:
+            time.sleep(0.01)
 
 
 def run_loop(
@@ -453,7 +523,7 @@ def run_loop(
     server: Any,
     loop_server: Any,
     monitor: RunMonitor,
-    signals: tuple[int, ...] = STOP_SIGNALS,
+    signals: tuple[int, ...] = RUN_SIGNALS,
     announce: Callable[[], None] | None = None,
 ) -> int:
     """Serve and stop in order (see `Lifecycle`); return the exit status."""

@@ -4,7 +4,7 @@ Loaded by `runner.serve` only when N > 1. Each worker runs the usual serve loop,
 runner hands over as `serve_one`; this process forwards the stop signals, reaps the workers
 and adds up their counters. As in the lifecycle, a signal handler only records the signal
 and wakes the supervisor's wait; the supervisor decides (`Supervisor.handle_int`,
-`handle_term`).
+`handle_term`, `handle_hup`; SIGUSR1 and SIGUSR2 are ignored, as in the lifecycle).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import ServeConfig
 from .errors import ExitStatus
-from .lifecycle import STOP_SIGNALS, SignalQueue
+from .lifecycle import IGNORED_SIGNALS, RUN_SIGNALS, STOP_HINT, SignalQueue
 from .monitor import RunMonitor
 
 #: Runs the usual serve loop in a worker, stopped by the given signals; returns its status.
@@ -63,7 +63,7 @@ class Supervisor:
     def __init__(self, workers: dict[int, int], monitor: RunMonitor) -> None:
         self.workers = workers  # pid -> pidfd (-1 without one)
         self.monitor = monitor
-        self.queue = SignalQueue(STOP_SIGNALS)
+        self.queue = SignalQueue(RUN_SIGNALS)
         self.signalled = 0
         self.failed = False
 
@@ -102,6 +102,21 @@ class Supervisor:
     def handle_term(self, name: str) -> None:
         """SIGTERM: stop the workers (the next one forces them)."""
         self._forward(name)
+
+    def handle_hup(self, name: str) -> None:
+        """SIGHUP (the terminal closed): as SIGTERM."""
+        self._forward(name)
+
+    def handle_usr1(self, name: str) -> None:
+        """SIGUSR1: ignored, with a line of info."""
+        self._ignore(name)
+
+    def handle_usr2(self, name: str) -> None:
+        """SIGUSR2: ignored, with a line of info."""
+        self._ignore(name)
+
+    def _ignore(self, name: str) -> None:
+        self.monitor.info(f"{name} ignored ({STOP_HINT})")
 
     def _forward(self, name: str) -> None:
         self.signalled += 1
@@ -144,12 +159,15 @@ def _worker_main(
 ) -> None:  # pragma: no cover - runs in a worker process
     status: int = ExitStatus.ERROR
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl-C and a closed terminal reach every worker: the supervisor decides.
+        for sig in (signal.SIGINT, signal.SIGHUP, *IGNORED_SIGNALS):
+            signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         server._unix_file = None  # the supervisor removes the socket file
         server.socket.setblocking(False)  # another worker may win the accept race
         monitor.become_worker()
         status = serve_one((signal.SIGTERM,))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late SIGTERM must not lose the counts
         os.write(result_fd, json.dumps(monitor.stats.counts()).encode() + b"\n")
     except BaseException:
         status = ExitStatus.ERROR

@@ -22,7 +22,7 @@ from sockserve.addresses import parse_address
 from sockserve.config import ServeConfig
 from sockserve.console import PlainReporter
 from sockserve.errors import ExitStatus
-from sockserve.lifecycle import SignalQueue
+from sockserve.lifecycle import RUN_SIGNALS, SignalQueue
 from sockserve.loading import load_handler
 from sockserve.runner import serve
 
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def restored() -> Iterator[None]:
-    """Check that whatever ran restored the stop signals' handlers and the wakeup fd."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Check that whatever ran restored the signals' handlers and the wakeup fd."""
+    before = {sig: signal.getsignal(sig) for sig in RUN_SIGNALS}
     before_alarm = signal.getsignal(signal.SIGALRM)
     yield
     assert {sig: signal.getsignal(sig) for sig in before} == before
@@ -109,7 +109,8 @@ class Client:
     def __init__(self, script: Callable[[Client], None]) -> None:
         self.script = script
         self.seen: dict[str, threading.Event] = {
-            kind: threading.Event() for kind in ("listening", "connected", "stopping", "grace")
+            kind: threading.Event()
+            for kind in ("listening", "connected", "stopping", "grace", "ignored")
         }
         self.address: tuple[str, int] | None = None
         self.error: BaseException | None = None
@@ -124,6 +125,8 @@ class Client:
             kind = "stopping"
         elif kind == "warning" and text.startswith("grace period"):
             kind = "grace"
+        elif kind == "info" and " ignored (" in text:
+            kind = "ignored"
         if kind in self.seen:
             self.seen[kind].set()
 
@@ -196,7 +199,7 @@ def test_second_signal_forces_the_stop(restored: None, concurrency: str) -> None
     assert re.search(r"^stopped after .* \(forced by a second signal\)$", text, re.M)
 
 
-@pytest.mark.parametrize("concurrency", ["thread", "event"])
+@pytest.mark.parametrize("concurrency", ["thread", "fork", "event"])
 def test_grace_period_ends_in_an_abort(restored: None, concurrency: str) -> None:
     def script(client: Client) -> None:
         with client.connect() as sock:
@@ -207,6 +210,42 @@ def test_grace_period_ends_in_an_abort(restored: None, concurrency: str) -> None
     status, text = run(concurrency, script, grace=0.2)
     assert status == ExitStatus.OK
     assert "warning: grace period of 0.2s over: aborting requests" in text
+    assert re.search(r"^stopped after .* \(SIGTERM received\)$", text, re.M)
+    assert "1 connection, 4 B in, 4 B out" in text  # the aborted handler reported
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2], ids=["usr1", "usr2"])
+def test_sigusr_is_ignored_with_a_line(restored: None, signum: signal.Signals) -> None:
+    def script(client: Client) -> None:
+        kill(signum)
+        client.wait("ignored")
+        with client.connect():  # still serving
+            pass
+        kill(signal.SIGHUP)
+
+    status, text = run("thread", script)
+    assert status == ExitStatus.OK
+    assert f"{signum.name} ignored (SIGINT, SIGTERM or SIGHUP stops sockserve)" in text
+    assert re.search(r"^stopped after .* \(SIGHUP received\)$", text, re.M)
+
+
+def test_sighup_ignored_at_start_stays_ignored(restored: None) -> None:
+    """Under nohup the run outlives the terminal: SIGHUP is not one of its stop signals."""
+
+    def script(client: Client) -> None:
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        kill(signal.SIGHUP)
+        with client.connect():  # still serving
+            pass
+        kill()
+
+    saved = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        status, text = run("thread", script)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, saved)
+    assert status == ExitStatus.OK
     assert re.search(r"^stopped after .* \(SIGTERM received\)$", text, re.M)
 
 

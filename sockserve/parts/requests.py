@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from typing import Any
 
 from ..socketserver import TCPServer
@@ -10,7 +12,8 @@ from ..socketserver import TCPServer
 
 class RequestsPart(TCPServer):
     """Count the requests `verify_request` lets through, stop the loop at `request_limit`,
-    and keep the open connections in `active_requests` (for an abort).
+    and keep the open connections in `active_requests` (for an abort, which waits for them
+    to be closed with `wait_closed`).
 
     Every server the command builds has this part: it carries the run's stop
     (`request_stop`, `stop_reason`) and `pin_loop_thread`, which `PinningPart` overrides.
@@ -24,6 +27,7 @@ class RequestsPart(TCPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.active_requests: set[Any] = set()  # connections being handled, for an abort
+        self._closed = threading.Condition()  # notified when a connection is closed
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[Any, Any]:
@@ -52,6 +56,16 @@ class RequestsPart(TCPServer):
         """Forget the request (the parent's copy, in fork mode), then close it."""
         self.active_requests.discard(request)
         super().close_request(request)
+        with self._closed:
+            self._closed.notify_all()
+
+    def wait_closed(self, deadline: float) -> bool:
+        """Wait until every connection is closed (its handler has ended and reported), or
+        until `deadline` (time.monotonic()); True if none is left."""
+        with self._closed:
+            return self._closed.wait_for(
+                lambda: not self.active_requests, max(0.0, deadline - time.monotonic())
+            )
 
     def request_stop(self, reason: str) -> None:
         """Ask serve_forever to stop (safe from the loop, other threads and signal handlers)."""
