@@ -7,19 +7,6 @@ start-up) before it parses a single option. `sockserve tcp 127.0.0.1:PORT -H ech
 should start about as fast as this script; `bare_stdlib.py` is the same without click.
 """
 
-import socketserver
-import sys
-
-import click  # noqa: F401  what any click command imports before it starts
-
-
-class Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-host, _, port = sys.argv[1].rpartition(":")
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-with socketserver.ThreadingTCPServer((host, int(port)), Echo) as server:
-    server.serve_forever()
+# click first: importing the bare script runs its server, which never returns.
+import click  # noqa: F401, I001  what any click command imports before it starts
+import bare_stdlib  # noqa: F401, E402  the bare script itself, run as it is imported
