@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import re
 import socket
 import sys
@@ -18,7 +19,11 @@ TCP_URL = re.compile(rb"(tcp|udp)://(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):(\d+)")
 
 
 def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -> pexpect.spawn:
-    """Start `python -m sockserve ARGS` in a pty (no colours, a wide terminal)."""
+    """Start `python -m sockserve ARGS` in a pty (no colours, a wide terminal).
+
+    SIGHUP starts at its default action, as in a terminal, even when the tests themselves
+    run under nohup (sockserve keeps an inherited ignored SIGHUP ignored).
+    """
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
     return pexpect.spawn(
         sys.executable,
@@ -27,7 +32,12 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
         env=env,
         cwd=cwd,
         dimensions=(50, 200),
+        preexec_fn=_default_sighup,
     )
+
+
+def _default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def wait_listening(child: pexpect.spawn) -> str:

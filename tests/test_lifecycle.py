@@ -36,14 +36,22 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def restored() -> Iterator[None]:
-    """Check that whatever ran restored the signals' handlers and the wakeup fd."""
-    before = {sig: signal.getsignal(sig) for sig in RUN_SIGNALS}
-    before_alarm = signal.getsignal(signal.SIGALRM)
-    yield
-    assert {sig: signal.getsignal(sig) for sig in before} == before
-    assert signal.getsignal(signal.SIGALRM) == before_alarm
-    previous = signal.set_wakeup_fd(-1)
-    assert previous == -1
+    """Check that whatever ran restored the signals' handlers and the wakeup fd.
+
+    SIGHUP starts at its default action, whatever the test process inherited (under nohup
+    it is ignored, and a run then keeps ignoring it by design); it is put back afterwards.
+    """
+    inherited_hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        before = {sig: signal.getsignal(sig) for sig in RUN_SIGNALS}
+        before_alarm = signal.getsignal(signal.SIGALRM)
+        yield
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+        assert signal.getsignal(signal.SIGALRM) == before_alarm
+        previous = signal.set_wakeup_fd(-1)
+        assert previous == -1
+    finally:
+        signal.signal(signal.SIGHUP, inherited_hup)
 
 
 def test_signal_handler_only_records_and_wakes(restored: None) -> None:
@@ -138,6 +146,10 @@ class Client:
             self.script(self)
         except BaseException as exc:  # pragma: no cover - shown by the test
             self.error = exc
+            # End the run, so that the failure is shown rather than the test hanging: a
+            # first SIGTERM stops it, a second forces it.
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def connect(self) -> socket.socket:
         assert self.address is not None
