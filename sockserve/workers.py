@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,12 +43,13 @@ def serve_workers(
     kills it by default and leaves the workers serving as orphans.
     """
     result_r, result_w = os.pipe()
+    supervisor = os.getpid()
     workers: dict[int, int] = {}
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the worker, checked through its effects
             os.close(result_r)
-            _worker_main(server, monitor, serve_one, result_w)
+            _worker_main(server, monitor, serve_one, result_w, supervisor)
         workers[pid] = _pidfd(pid)
     os.close(result_w)
     try:
@@ -154,8 +156,28 @@ def _pidfd(pid: int) -> int:
         return -1
 
 
+def _stop_with_supervisor(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM when its supervisor dies (Linux), so that a
+    supervisor killed by SIGKILL leaves no worker serving as an orphan."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the request: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: prctl(2) option: the signal a child gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
 def _worker_main(
-    server: Any, monitor: RunMonitor, serve_one: ServeOne, result_fd: int
+    server: Any, monitor: RunMonitor, serve_one: ServeOne, result_fd: int, supervisor: int
 ) -> None:  # pragma: no cover - runs in a worker process
     status: int = ExitStatus.ERROR
     try:
@@ -163,6 +185,7 @@ def _worker_main(
         for sig in (signal.SIGINT, signal.SIGHUP, *IGNORED_SIGNALS):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _stop_with_supervisor(supervisor)
         server._unix_file = None  # the supervisor removes the socket file
         server.socket.setblocking(False)  # another worker may win the accept race
         monitor.become_worker()

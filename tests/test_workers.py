@@ -6,11 +6,16 @@ stop signal (SIGTERM), records a request in the worker's monitor and returns.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -159,3 +164,52 @@ def test_a_worker_that_exits_unasked_stops_the_others(run: Any, tmp_path: Any) -
     assert status == ExitStatus.ERROR
     assert monitor.stop_reason == "a worker exited"
     assert "exited with status 1: stopping" in out
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"),
+    reason="PR_SET_PDEATHSIG and pidfds are Linux's",
+)
+def test_workers_stop_when_their_supervisor_is_killed() -> None:
+    """SIGKILL leaves the supervisor no chance to stop its workers: the kernel does it, so
+    no worker goes on serving as an orphan."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "tcp", "127.0.0.1:0", "--workers", "2"]
+        + ["-q", "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    children: list[int] = []
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline()  # the address: the workers were forked before it
+        deadline = time.monotonic() + 10
+        while len(children) < 2 and time.monotonic() < deadline:
+            tasks = f"/proc/{server.pid}/task"
+            children = [
+                int(pid)
+                for task in os.listdir(tasks)
+                for pid in open(f"{tasks}/{task}/children").read().split()
+            ]
+        assert len(children) == 2
+        pidfds = [os.pidfd_open(pid) for pid in children]
+        try:
+            server.kill()
+            server.wait(10)
+            for fd in pidfds:
+                readable, _, _ = select.select([fd], [], [], 10)
+                assert readable, "a worker outlived its supervisor"
+        finally:
+            for fd in pidfds:
+                os.close(fd)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        for pid in children:  # a failed test leaves no orphan either
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for stream in (server.stdout, server.stderr):
+            if stream is not None:
+                stream.close()
