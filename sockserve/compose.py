@@ -31,6 +31,7 @@ from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
+from .watch import Dresser
 
 __all__ = [
     "INLINE_DATAGRAM_BUILTINS",
@@ -142,7 +143,10 @@ def choose_parts(
             concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
         ):
             parts.append(LeanDatagramPart)
-    if watching or counting:
+    dressers = watch_dressers(config)
+    if dressers:
+        settings["watch_dressers"] = dressers  # WatchPart's, and LeanDatagramPart's
+    if watching or counting or dressers:
         parts.append(WatchPart)
         settings["watch_data"] = watching
         settings["record_counts"] = counting
@@ -162,6 +166,12 @@ def choose_parts(
         parts.append(BannerPart)
         settings["banner"] = banner
     return parts, settings
+
+
+def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
+    """What adds the stages `config` asks for (faults, a transcript) to each watch; with
+    any, every request goes through a watch."""
+    return ()
 
 
 def replies_need_source(config: ServeConfig) -> bool:

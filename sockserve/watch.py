@@ -18,12 +18,13 @@ socket object (os.splice or os.sendfile on its descriptor, sendmsg, recvmsg) are
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .events import Direction, Events
 
 __all__ = [
+    "Dresser",
     "Sink",
     "Stage",
     "Tally",
@@ -36,6 +37,9 @@ __all__ = [
 #: Where the last stage of a chain hands a chunk: the socket's own send (out), or the
 #: handler (in). Returns how many bytes of the chunk it took.
 Sink = Callable[[memoryview], int]
+#: Adds stages to each new Watch (a fault, a transcript): whoever makes watches is given a
+#: sequence of them by the configuration (`compose.watch_dressers`).
+Dresser = Callable[["Watch"], None]
 #: The blocks `WatchedSocket.sendfile` reads and sends.
 SENDFILE_BLOCK = 65536
 
@@ -92,7 +96,8 @@ class Watch:
 
     `reports`: each chunk goes to `events.data` (-vv); otherwise the chunks are only
     counted. `shows_empty_out`: an empty chunk sent is reported (streams; a datagram
-    server's empty replies never were).
+    server's empty replies never were). Each of `dressers` is called with the new watch,
+    to `append` its stages.
     """
 
     def __init__(
@@ -101,12 +106,22 @@ class Watch:
         client: Any,
         reports: bool = False,
         shows_empty_out: bool = True,
+        dressers: Sequence[Dresser] = (),
     ) -> None:
         self.events = events
         self.client = client
         self.reports = reports
         self.inbound = Tally(self, "in")
         self.outbound = Tally(self, "out", shows_empty_out)
+        for dress in dressers:
+            dress(self)
+
+    def append(self, direction: Direction, stage: Stage) -> None:
+        """Add `stage` at the end of `direction`'s chain, after the stages already there."""
+        last: Stage = self.inbound if direction == "in" else self.outbound
+        while last.next is not None:
+            last = last.next
+        last.next = stage
 
     @property
     def received(self) -> int:

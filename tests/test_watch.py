@@ -318,3 +318,29 @@ def test_a_user_handler_shows_both_directions_with_vv(
     assert end["event"] == ("close" if transport == "tcp" else "request")
     assert (end["bytes_in"], end["bytes_out"]) == (len(payload), len(reply))
     assert len({e["client"] for e in events if "client" in e}) == 1  # one client throughout
+
+
+def test_dressers_append_stages_after_the_tally_in_order():
+    seen: list[tuple[str, bytes]] = []
+
+    class Note(Stage):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def pass_on(self, chunk, sink):
+            seen.append((self.name, bytes(chunk)))
+            return super().pass_on(chunk, sink)
+
+    def dress(watch: Watch) -> None:
+        watch.append("out", Note("first"))
+        watch.append("out", Note("second"))
+        watch.append("in", Note("in"))
+
+    watch = Watch(None, ("127.0.0.1", 1), dressers=[dress])
+    sent: list[bytes] = []
+    assert watch.outgoing(b"ab", lambda chunk: sent.append(bytes(chunk)) or len(chunk)) == 2
+    assert watch.incoming(b"xyz") == 3
+    assert seen == [("first", b"ab"), ("second", b"ab"), ("in", b"xyz")]
+    assert sent == [b"ab"]
+    assert (watch.received, watch.sent) == (3, 2)

@@ -6,7 +6,7 @@ import socket
 from typing import Any
 
 from ..events import Events
-from ..watch import Watch, WatchedDatagramSocket
+from ..watch import Dresser, Watch, WatchedDatagramSocket
 from .backoff import RESOURCE_ERRNOS, AcceptBackoffPart
 from .requests import RequestsPart
 
@@ -30,6 +30,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     monitor: Events | None = None
     #: Report every chunk of every datagram (-vv), as `WatchPart` does.
     watch_data = False
+    #: Add stages to each datagram's watch (faults, transcripts), as `WatchPart` does.
+    watch_dressers: tuple[Dresser, ...] = ()
     #: Receive with `ReplySourcePart.receive_datagram`: each reply leaves from the address its
     #: datagram arrived on (a socket on 0.0.0.0 or [::]).
     reply_from_arrival = False
@@ -42,7 +44,7 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         sock = self.socket
         recvfrom = sock.recvfrom
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
-        if self.watch_data:
+        if self.watch_data or self.watch_dressers:
             serve = self.serve_watched
         size = self.max_packet_size
         receive = self.receive_datagram if self.reply_from_arrival else None  # type: ignore[attr-defined]  # ReplySourcePart's
@@ -75,7 +77,13 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     def serve_watched(self, data: bytes, sock: socket.socket, client: Any) -> None:
         """Answer one datagram through a watch: `data` seen as "in", the reply sent through
         the watched socket as "out". The handler records the counts, once."""
-        watch = Watch(self.monitor, client, True, shows_empty_out=False)
+        watch = Watch(
+            self.monitor,
+            client,
+            self.watch_data,
+            shows_empty_out=False,
+            dressers=self.watch_dressers,
+        )
         watch.incoming(data)
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
         serve(data, WatchedDatagramSocket(sock, watch), client)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..events import Events
 from ..socketserver import TCPServer
-from ..watch import Watch, WatchedDatagramSocket, WatchedSocket
+from ..watch import Dresser, Watch, WatchedDatagramSocket, WatchedSocket
 
 #: Offsets in Linux's struct tcp_info (uapi/linux/tcp.h; fields are only ever appended):
 #: tcpi_state (u8), tcpi_bytes_received (u64), tcpi_notsent_bytes (u32), tcpi_bytes_sent
@@ -108,6 +108,8 @@ class WatchPart(TCPServer):
     #: Record each request's byte counts when it ends (a user's handler; compose turns it
     #: off for the builtins).
     record_counts = True
+    #: Add stages to each request's watch (faults, transcripts): every request is watched.
+    watch_dressers: tuple[Dresser, ...] = ()
     #: TCP byte counts come from the kernel; None until the first connection tells.
     kernel_counts: bool | None = None
 
@@ -116,15 +118,17 @@ class WatchPart(TCPServer):
         request: Any
         request, client = super().get_request()  # (data, socket) on datagram servers
         reports = self.watch_data
+        dressers = self.watch_dressers
         if self.socket_type == socket.SOCK_STREAM:
-            if not reports:
+            if not reports and not dressers:
                 if self.kernel_counts is None:  # decided once, on the first connection
                     type(self).kernel_counts = kernel_counts_work(request)
                 if self.kernel_counts:
                     return KernelCountedSocket.adopt(request, client), client
-            return WatchedSocket.adopt(request, Watch(self.monitor, client, reports)), client
+            watch = Watch(self.monitor, client, reports, dressers=dressers)
+            return WatchedSocket.adopt(request, watch), client
         data, sock = request
-        watch = Watch(self.monitor, client, reports, shows_empty_out=False)
+        watch = Watch(self.monitor, client, reports, shows_empty_out=False, dressers=dressers)
         watch.incoming(data)
         return (data, WatchedDatagramSocket(sock, watch)), client
 
