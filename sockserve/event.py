@@ -20,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
 from .events import Events, NullEvents
-from .watch import Watch
+from .watch import Dresser, Watch
 from .watch_asyncio import watched
 
 logger = logging.getLogger(__name__)  # routed to the reporter (`logs.setup_logging`)
@@ -70,6 +70,8 @@ class EventServer:
         banner: written to each stream connection as it is made, before the protocol's
             connection_made (--banner): counted and shown (-vv) as the connection's own.
         loop_factory: makes the event loop; default: `default_loop_factory()`.
+        watch_dressers: add stages (faults, transcripts) to each protocol's watch; with any,
+            every protocol is watched (see `sockserve.watch.Dresser`).
 
     For the caller, in this order: `serve_forever()` until `request_stop()` (or the
     `request_limit`) stops it and closes the listening socket; then, optionally, `drain(timeout)`
@@ -93,6 +95,7 @@ class EventServer:
         backlog: int = 128,
         banner: bytes = b"",
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        watch_dressers: Sequence[Dresser] = (),
     ) -> None:
         self.socket = sock
         self.protocol_factory = protocol_factory
@@ -104,6 +107,7 @@ class EventServer:
         self.backlog = backlog
         self.banner = banner
         self.loop_factory = loop_factory or default_loop_factory()
+        self.watch_dressers = tuple(watch_dressers)
         self.stream = sock.type == socket.SOCK_STREAM
         self.requests_started = 0
         self.stop_reason: str | None = None
@@ -258,10 +262,13 @@ class EventServer:
         except HANDLER_ERRORS as exc:
             self._report(_NO_CLIENT, exc)
             raise
-        if not self.count_bytes:
+        if not self.count_bytes and not self.watch_dressers:
             return protocol
         events = self.events
-        watch = Watch(events, None, reports=events.wants_data)
+        # A protocol that counts for itself (a builtin) is only dressed here: under -vv
+        # its factory watches it already.
+        reports = events.wants_data and self.count_bytes
+        watch = Watch(events, None, reports=reports, dressers=self.watch_dressers)
         return watched(protocol, watch, self._report, records=True)
 
     def _stop_now(self) -> None:

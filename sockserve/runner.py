@@ -15,7 +15,7 @@ from typing import Any
 
 from . import builtins as bh
 from .addresses import format_bound, format_host_port, format_plain
-from .compose import make_server
+from .compose import make_server, watch_dressers
 from .config import ServeConfig
 from .console import PlainReporter, silence
 from .errors import ExitStatus
@@ -57,6 +57,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         count_bytes=config.handler.builtin is None,
         backlog=config.backlog,
         banner=config.banner_bytes() if config.socktype == "stream" else b"",
+        watch_dressers=watch_dressers(config),
     )
 
 
