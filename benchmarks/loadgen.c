@@ -7,9 +7,11 @@
  *   loadgen pingpong     -t tcp|unix -a ADDR -c CONNS -s SIZE -d SECONDS
  *       CONNS connections, each with one SIZE-byte message in flight: send, wait for the
  *       whole echo, send again. ops = round trips; p50/p99 = round-trip latency.
- *   loadgen connect      -t tcp|unix -a ADDR -c WORKERS -s SIZE -d SECONDS
+ *   loadgen connect      -t tcp|unix -a ADDR -c WORKERS -s SIZE -d SECONDS [-S SOURCES]
  *       WORKERS slots, each: connect, send SIZE bytes, read the echo, close (with RST, so no
- *       TIME_WAIT piles up on the loopback ports), and again. ops = connections.
+ *       TIME_WAIT piles up on the loopback ports), and again. ops = connections. Over IPv4
+ *       the slots connect from SOURCES loopback addresses in turn (127.0.0.1 to 127.0.0.N,
+ *       default 8): one source's ephemeral ports and their reuse do not cap the rate.
  *   loadgen bulk-echo    -t tcp|unix -a ADDR -b BYTES [-d MAXSECONDS]
  *       one connection: send BYTES while reading the echo back, until all of it is back.
  *       Over TCP the bytes that come back are dropped in the kernel (recv with MSG_TRUNC),
@@ -58,6 +60,7 @@ static const char *address;
 static const char *client_path;
 static int nconn = 1;
 static int msgsize = 64;
+static int nsources = 8;
 static double seconds = 1.0;
 static long long total_bytes = 64LL << 20;
 static struct sockaddr_storage target;
@@ -318,10 +321,25 @@ struct slot {
     uint64_t t0;
 };
 
+/* Bind an IPv4 client socket to the next of the loopback source addresses (the port is
+ * chosen at connect time, per destination, with IP_BIND_ADDRESS_NO_PORT). */
+static void bind_next_source(int fd) {
+    static unsigned next;
+    if (sock_family != AF_INET || nsources <= 1) return;
+    struct sockaddr_in me = {.sin_family = AF_INET};
+    me.sin_addr.s_addr = htonl(0x7f000001u + next++ % (unsigned)nsources);
+#ifdef IP_BIND_ADDRESS_NO_PORT
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+#endif
+    if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0) die("bind source");
+}
+
 static int start_slot(int ep, struct slot *s, int i, const char *msg) {
     s->fd = socket(sock_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s->fd < 0) die("socket");
     set_nodelay(s->fd);
+    bind_next_source(s->fd);
     s->t0 = now_ns();
     s->got = 0;
     int r = connect(s->fd, (struct sockaddr *)&target, target_len);
@@ -399,7 +417,8 @@ static int mode_connect(void) {
     }
     double secs = now() - start;
     char extra[64];
-    snprintf(extra, sizeof extra, ", \"errors\": %lld", errors);
+    snprintf(extra, sizeof extra, ", \"errors\": %lld, \"sources\": %d", errors,
+             sock_family == AF_INET && nsources > 1 ? nsources : 1);
     report("connect", ops, secs, extra);
     for (int i = 0; i < nconn; i++)
         if (s[i].fd >= 0 && s[i].state != IDLE) {
@@ -690,7 +709,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "+t:a:c:s:d:b:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "+t:a:c:s:d:b:o:S:")) != -1) {
         switch (opt) {
         case 't': transport = optarg; break;
         case 'a': address = optarg; break;
@@ -699,6 +718,7 @@ int main(int argc, char **argv) {
         case 'd': seconds = atof(optarg); break;
         case 'b': total_bytes = atoll(optarg); break;
         case 'o': client_path = optarg; break;
+        case 'S': nsources = atoi(optarg); break;
         default: usage();
         }
     }
