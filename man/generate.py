@@ -36,6 +36,12 @@ IMPLIED_DEFAULTS = {
     "reply_file": "none",
     "banner": "none",
     "banner_file": "none",
+    "allow": "every peer",
+    "deny": "none",
+    "allow_file": "none",
+    "deny_file": "none",
+    "allow_uid": "every user",
+    "allow_gid": "every group",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

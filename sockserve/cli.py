@@ -29,6 +29,7 @@ from .options import (
     CONCURRENCY,
     ESCAPED_TEXT,
     HANDLER,
+    NETWORK,
     OCTAL,
     POSITIVE_SECONDS,
     PROTO,
@@ -226,6 +227,47 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     show_default=True,
     metavar="SECONDS",
     help="On stop, how long in-flight requests may take to finish (2.5, 200ms, 1.5s, 2m).",
+)
+@click.option(
+    "--allow",
+    type=NETWORK,
+    multiple=True,
+    metavar="CIDR|HOST",
+    help="Serve peers in this network (127.0.0.0/8, ::1, a host name); repeatable. Once any "
+    "--allow is given, peers that match no rule are refused. The most specific rule wins; "
+    "--deny wins a tie.",
+)
+@click.option(
+    "--deny",
+    type=NETWORK,
+    multiple=True,
+    metavar="CIDR|HOST",
+    help="Refuse peers in this network; repeatable. A refused connection is closed at once, a "
+    "refused datagram dropped; each is counted, and shown at most once a second per peer.",
+)
+@click.option(
+    "--allow-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="Read --allow rules from a file: one per line, # comments.",
+)
+@click.option(
+    "--deny-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="Read --deny rules from a file: one per line, # comments.",
+)
+@click.option(
+    "--allow-uid",
+    type=click.IntRange(min=0),
+    multiple=True,
+    metavar="UID",
+    help="unix: serve only peers running as this user (or a --allow-gid group); repeatable.",
+)
+@click.option(
+    "--allow-gid",
+    type=click.IntRange(min=0),
+    multiple=True,
+    metavar="GID",
+    help="unix: serve only peers running in this group (or as a --allow-uid user); repeatable.",
 )
 @click.option(
     "--print-address",

@@ -20,6 +20,7 @@ from .errors import EnvironmentProblem, UsageError
 from .events import Events
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
+from .parts.access import AccessPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
@@ -70,6 +71,7 @@ PART_ORDER: tuple[type, ...] = (
     BannerPart,
     DispatchRefusalPart,
     RequestsPart,
+    AccessPart,
     IdleTimeoutPart,
     WatchPart,
     ReplySourcePart,
@@ -138,7 +140,11 @@ def choose_parts(
     # a user's handler is counted by the part; the builtins count for themselves.
     watching = monitor is not None and monitor.wants_data
     counting = builtin is None and monitor is not None and monitor.wants_counts
-    if not stream and builtin is not None:  # with -vv, each datagram through a watch
+    if config.access:
+        parts.append(AccessPart)
+        settings["access_rules"] = config.access
+    # Datagrams answered on the loop thread skip verify_request: not with access rules.
+    if not stream and builtin is not None and not config.access:
         if concurrency == "sync" or (
             concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
         ):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .access import AccessRules, build_rules, peer_credentials_supported
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import LoadedHandler, check_compatible, load_handler
@@ -71,6 +73,7 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
+    access: AccessRules = field(default_factory=AccessRules)
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,7 @@ class ServeConfig:
             raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
 
     def _check_combinations(self) -> None:
+        self._check_access()
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -162,6 +166,26 @@ class ServeConfig:
                 hint=f"drop {option}",
             )
 
+    def _check_access(self) -> None:
+        """Network rules need an IP peer; credentials, a unix stream peer."""
+        access = self.access
+        if access.rules and self.family == "unix":
+            raise UsageError(
+                "--allow/--deny match IP addresses: a unix socket's peers have none",
+                hint="use --allow-uid or --allow-gid, or the socket file's --mode",
+            )
+        if (access.uids or access.gids) and self.transport != "unix":
+            raise UsageError(
+                "--allow-uid/--allow-gid match a unix stream peer's credentials: "
+                f"a {self.transport} peer has none",
+                hint="use --allow/--deny with addresses, or serve unix",
+            )
+        if (access.uids or access.gids) and not peer_credentials_supported():
+            raise UsageError(
+                "--allow-uid/--allow-gid need SO_PEERCRED, which this platform lacks",
+                hint="use the socket file's --mode instead",
+            )
+
     @property
     def transport(self) -> str:
         """tcp, udp, unix or unix-dgram."""
@@ -223,6 +247,12 @@ def build_config(
     verbose: int = 0,
     color: bool | None = None,
     traceback: bool = False,
+    allow: Sequence[str] = (),
+    deny: Sequence[str] = (),
+    allow_file: str | None = None,
+    deny_file: str | None = None,
+    allow_uid: Sequence[int] = (),
+    allow_gid: Sequence[int] = (),
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -286,6 +316,7 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
+        access=build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid),
     )
 
 

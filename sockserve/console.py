@@ -83,6 +83,7 @@ def summary_text(stats: Stats, socktype: str) -> str:
         f"stopped after {stats.uptime:.1f}s: {count} {unit}{'s' if count != 1 else ''}, "
         f"{format_bytes(stats.bytes_in)} in, {format_bytes(stats.bytes_out)} out, "
         f"{stats.errors} error{'s' if stats.errors != 1 else ''}"
+        + (f", {stats.refused} refused" if stats.refused else "")
     )
 
 
@@ -243,6 +244,11 @@ class PlainReporter:
         if not self.quiet:
             self._emit(message, "event")
 
+    def refused(self, client: Any, reason: str) -> None:
+        """Print `refused CLIENT: REASON`."""
+        if not self.quiet:
+            self._emit(f"refused {format_client(client)}: {reason}", "warning")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -334,6 +340,7 @@ class JsonReporter(PlainReporter):
             bytes_in=stats.bytes_in,
             bytes_out=stats.bytes_out,
             errors=stats.errors,
+            refused=stats.refused,
         )
 
     def fatal(self, message: str, hint: str | None) -> None:
@@ -374,6 +381,10 @@ class JsonReporter(PlainReporter):
     def info(self, message: str) -> None:
         """Write an `info` event."""
         self._event("info", message=message)
+
+    def refused(self, client: Any, reason: str) -> None:
+        """Write a `refused` event."""
+        self._event("refused", client=self._client(client), reason=reason)
 
 
 def make_reporter(

@@ -23,6 +23,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .access import AccessRules
 from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
@@ -72,6 +73,8 @@ class EventServer:
         loop_factory: makes the event loop; default: `default_loop_factory()`.
         watch_dressers: add stages (faults, transcripts) to each protocol's watch; with any,
             every protocol is watched (see `sockserve.watch.Dresser`).
+        access: the access rules: a peer they refuse is closed at once (its datagram
+            dropped) and told to `events.refused`; None: every peer is served.
 
     For the caller, in this order: `serve_forever()` until `request_stop()` (or the
     `request_limit`) stops it and closes the listening socket; then, optionally, `drain(timeout)`
@@ -96,6 +99,7 @@ class EventServer:
         banner: bytes = b"",
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         watch_dressers: Sequence[Dresser] = (),
+        access: AccessRules | None = None,
     ) -> None:
         self.socket = sock
         self.protocol_factory = protocol_factory
@@ -108,6 +112,7 @@ class EventServer:
         self.banner = banner
         self.loop_factory = loop_factory or default_loop_factory()
         self.watch_dressers = tuple(watch_dressers)
+        self.access = access if access else None
         self.stream = sock.type == socket.SOCK_STREAM
         self.requests_started = 0
         self.stop_reason: str | None = None
@@ -359,7 +364,7 @@ class EventServer:
 
     def _opened(self, conn: _Served) -> bool:
         """Register a new connection; False when it must be refused (stopping, limit)."""
-        if self._refusing:
+        if self._refusing or not self._admits(conn.client, conn.transport):
             return False
         self._conns.add(conn)
         self.requests_started += 1
@@ -372,6 +377,22 @@ class EventServer:
                 self._schedule_sweep()
         self._count_request()
         return True
+
+    def _admits(self, client: Any, transport: Any = None) -> bool:
+        """True if the access rules serve `client` (a stream's `transport` gives its socket,
+        for a unix peer's credentials); else tell of the refusal."""
+        access = self.access
+        if access is None:
+            return True
+        reason = access.decide(client)
+        if reason is None and transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == socket.AF_UNIX:
+                reason = access.decide_credentials(sock)
+        if reason is None:
+            return True
+        self.events.refused(client, reason)
+        return False
 
     def _closed(self, conn: _Served) -> None:
         self._conns.discard(conn)
@@ -504,7 +525,7 @@ class _ServedEndpoint:
         self.protocol = protocol
         self.lost = protocol.connection_lost
         protocol.connection_lost = self.connection_lost
-        if server.request_limit is not None or server.count_bytes:
+        if server.request_limit is not None or server.count_bytes or server.access is not None:
             self.received = protocol.datagram_received
             protocol.datagram_received = self.datagram_received
 
@@ -512,6 +533,8 @@ class _ServedEndpoint:
         server = self.server
         if server._refusing:
             return  # after the request limit: the rest is dropped, as sync mode never reads it
+        if not server._admits(addr):
+            return
         server.requests_started += 1
         server._count_request()
         self.received(data, addr)

@@ -52,6 +52,9 @@ class Events(Protocol):
     def info(self, message: str) -> None:
         """A line of status."""
 
+    def refused(self, client: Any, reason: str) -> None:
+        """The access rules refused a peer: its connection closed, its datagram dropped."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -75,6 +78,9 @@ class NullEvents:
         """Ignore it."""
 
     def info(self, message: str) -> None:
+        """Ignore it."""
+
+    def refused(self, client: Any, reason: str) -> None:
         """Ignore it."""
 
 
@@ -112,13 +118,14 @@ class Stats:
         self.bytes_in = 0
         self.bytes_out = 0
         self.errors = 0
+        self.refused = 0
         self.lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
             f"Stats(started={self.started!r}, connections={self.connections!r}, "
             f"requests={self.requests!r}, bytes_in={self.bytes_in!r}, "
-            f"bytes_out={self.bytes_out!r}, errors={self.errors!r})"
+            f"bytes_out={self.bytes_out!r}, errors={self.errors!r}, refused={self.refused!r})"
         )
 
     def add_connection(self) -> None:
@@ -138,6 +145,11 @@ class Stats:
         with self.lock:
             self.errors += 1
 
+    def add_refused(self) -> None:
+        """Count a peer refused by the access rules."""
+        with self.lock:
+            self.refused += 1
+
     def add(self, counts: dict[str, int]) -> None:
         """Add the counters of another process (a --workers worker), as `counts()` gave them."""
         with self.lock:
@@ -146,6 +158,7 @@ class Stats:
             self.bytes_in += int(counts["bytes_in"])
             self.bytes_out += int(counts["bytes_out"])
             self.errors += int(counts["errors"])
+            self.refused += int(counts.get("refused", 0))
 
     def counts(self) -> dict[str, int]:
         """The counters as a dict, to send to another process."""
@@ -155,6 +168,7 @@ class Stats:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "errors": self.errors,
+            "refused": self.refused,
         }
 
     @property

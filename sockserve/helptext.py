@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_on_close",
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
+    "Access": ("allow", "deny", "allow_file", "deny_file", "allow_uid", "allow_gid"),
     "Output": (
         "print_address",
         "print_host_port",

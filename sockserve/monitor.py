@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import select
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,10 @@ from .events import Direction, Stats, remote_error
 CHILD_RECORD_MAX = select.PIPE_BUF - 1
 #: Errors that are the client's doing, not the handler's: reported in one line.
 PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+#: A peer refused by the access rules is reported at most once per this many seconds (each
+#: refusal is counted); REFUSED_PEERS peers are remembered for it, the oldest forgotten.
+REFUSED_EVERY = 1.0
+REFUSED_PEERS = 1024
 
 # How many forks led to this process (each child counts its own): RunMonitor.in_child
 # compares it with the count it saw, instead of calling getpid() for every request. Where
@@ -64,6 +70,8 @@ class RunMonitor:
         self._pipe: tuple[int, int] | None = None
         self._pipe_poll: select.poll | None = None
         self._partial = b""
+        self._refused_lock = threading.Lock()
+        self._refused_at: dict[Any, float] = {}
         if config.concurrency == "fork":
             self._open_pipe()
         if (
@@ -185,6 +193,22 @@ class RunMonitor:
     def info(self, message: str) -> None:
         """Report the line."""
         self.reporter.info(message)
+
+    def refused(self, client: Any, reason: str) -> None:
+        """Count the refusal; report it unless the same peer was reported less than
+        `REFUSED_EVERY` seconds ago."""
+        self.stats.add_refused()
+        peer = client[0] if isinstance(client, tuple) and client else client
+        now = time.monotonic()
+        with self._refused_lock:
+            last = self._refused_at.pop(peer, None)
+            if last is not None and now - last < REFUSED_EVERY:
+                self._refused_at[peer] = last
+                return
+            self._refused_at[peer] = now
+            while len(self._refused_at) > REFUSED_PEERS:
+                del self._refused_at[next(iter(self._refused_at))]
+        self.reporter.refused(client, reason)
 
     def _note(self, message: str) -> None:
         if self.in_child:

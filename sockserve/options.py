@@ -8,7 +8,8 @@ takes, or fail with one line naming what is wrong (`self.fail`: click prints the
 - ADDRESS: `addresses.parse_address` → Address;
 - HANDLER: a builtin name, `module:Class`, `file.py[:Class]` → LoadedHandler (`loading`);
 - OCTAL: `--mode` permission bits; SECONDS: durations (`2.5`, `200ms`, `1.5s`, `2m`);
-- ESCAPED_TEXT: `--reply` text with backslash escapes → bytes.
+- ESCAPED_TEXT: `--reply` text with backslash escapes → bytes;
+- NETWORK: an --allow/--deny rule (a CIDR, an address, a host name), checked, kept as text.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
+from .access import parse_networks
 from .addresses import Address, Family, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import BUILTIN_NAMES, LoadedHandler, load_handler
@@ -195,6 +197,21 @@ class SecondsType(click.ParamType):
         return seconds
 
 
+class NetworkType(click.ParamType):
+    """An access rule's network: `127.0.0.0/8`, `::1`, a host name this machine resolves.
+
+    The text is kept (config resolves it into its networks)."""
+
+    name = "CIDR|HOST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            parse_networks(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
 class EscapedTextType(click.ParamType):
     """Text with backslash escapes → bytes (see `decode_escapes`)."""
 
@@ -290,3 +307,4 @@ OCTAL = OctalType()
 SECONDS = SecondsType()
 POSITIVE_SECONDS = SecondsType(positive=True)
 ESCAPED_TEXT = EscapedTextType()
+NETWORK = NetworkType()

@@ -58,6 +58,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         backlog=config.backlog,
         banner=config.banner_bytes() if config.socktype == "stream" else b"",
         watch_dressers=watch_dressers(config),
+        access=config.access,
     )
 
 

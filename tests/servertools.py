@@ -114,6 +114,9 @@ class EventsRecorder:
     def info(self, message: str) -> None:
         self._add("info", message)
 
+    def refused(self, client: Any, reason: str) -> None:
+        self._add("refused", client, reason)
+
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""
         self.polls += 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sockserve.access import AccessRules
 from sockserve.addresses import Address
 from sockserve.config import ServeConfig, build_config
 from sockserve.errors import ExitStatus, HandlerLoadError, UsageError
@@ -119,6 +120,13 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
     "traceback": (True, "traceback", True),
+    # family unix: credentials apply, networks do not (see tests/test_access.py)
+    "allow": ((), "access", AccessRules(uids=[1000])),
+    "deny": ((), "access", AccessRules(uids=[1000])),
+    "allow_file": (None, "access", AccessRules(uids=[1000])),
+    "deny_file": (None, "access", AccessRules(uids=[1000])),
+    "allow_uid": ((1000,), "access", AccessRules(uids=[1000])),
+    "allow_gid": ((), "access", AccessRules(uids=[1000])),
 }
 
 
