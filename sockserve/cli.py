@@ -104,7 +104,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     type=HANDLER,
     default="echo",
     show_default=True,
-    help="Builtin name (echo upper discard stdout stdio chargen daytime time reply), "
+    help="Builtin name (echo upper discard stdout stdio chargen daytime time reply broadcast "
+    "chat), "
     "module:Class, or file.py[:Class].",
 )
 @click.option(
@@ -132,6 +133,19 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--banner-file",
     type=click.Path(exists=True, dir_okay=False, readable=True),
     help="File sent to each stream client as soon as it connects, as --banner's TEXT.",
+)
+@click.option(
+    "--to-all",
+    is_flag=True,
+    help="-H broadcast: send what a client sends back to it too, not only to the others.",
+)
+@click.option(
+    "--slow-client",
+    type=click.Choice(["disconnect", "drop", "block"]),
+    default="disconnect",
+    show_default=True,
+    help="-H broadcast and chat: a client more than 256 KiB behind is disconnected, misses "
+    "what does not fit (drop), or makes every sender wait for it (block).",
 )
 @click.option(
     "-c",

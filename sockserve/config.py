@@ -18,7 +18,14 @@ from typing import Literal
 from .access import AccessRules, build_rules, peer_credentials_supported
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
-from .loading import LoadedHandler, check_compatible, load_handler
+from .loading import (
+    ROOM_BUILTINS,
+    SLOW_CLIENT_POLICIES,
+    LoadedHandler,
+    SlowClient,
+    check_compatible,
+    load_handler,
+)
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
@@ -74,6 +81,8 @@ class ServeConfig:
     color: bool | None = None
     traceback: bool = False
     access: AccessRules = field(default_factory=AccessRules)
+    to_all: bool = False
+    slow_client: SlowClient = "disconnect"
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +111,7 @@ class ServeConfig:
             raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
 
     def _check_combinations(self) -> None:
+        self._check_room()
         self._check_access()
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
@@ -186,6 +196,40 @@ class ServeConfig:
                 hint="use the socket file's --mode instead",
             )
 
+    def _check_room(self) -> None:
+        """broadcast and chat: streams, and one process that sees every client."""
+        name = self.handler.builtin
+        if name not in ROOM_BUILTINS:
+            if self.to_all:
+                raise UsageError("--to-all only applies to -H broadcast", hint="drop --to-all")
+            if self.slow_client != "disconnect":
+                raise UsageError(
+                    "--slow-client only applies to -H broadcast and -H chat",
+                    hint="drop --slow-client",
+                )
+            return
+        if self.slow_client not in SLOW_CLIENT_POLICIES:
+            raise UsageError(
+                f"unknown --slow-client {self.slow_client!r}",
+                hint="use " + ", ".join(SLOW_CLIENT_POLICIES),
+            )
+        if self.to_all and name != "broadcast":
+            raise UsageError(
+                "--to-all only applies to -H broadcast (chat never echoes a line to its sender)",
+                hint="drop --to-all",
+            )
+        if self.socktype == "dgram":
+            raise UsageError(
+                f"-H {name} relays between connected clients: {self.transport} has none",
+                hint="serve it over tcp or unix",
+            )
+        if self.concurrency in ("fork", "sync") or self.workers > 1:
+            why = "--workers" if self.workers > 1 else f"--concurrency {self.concurrency}"
+            raise UsageError(
+                f"-H {name} needs one process that sees every client at once: not with {why}",
+                hint="use -c thread (the default) or -c event, in one process",
+            )
+
     @property
     def transport(self) -> str:
         """tcp, udp, unix or unix-dgram."""
@@ -253,6 +297,8 @@ def build_config(
     deny_file: str | None = None,
     allow_uid: Sequence[int] = (),
     allow_gid: Sequence[int] = (),
+    to_all: bool = False,
+    slow_client: SlowClient = "disconnect",
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -317,6 +363,8 @@ def build_config(
         color=color,
         traceback=traceback,
         access=build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid),
+        to_all=to_all,
+        slow_client=slow_client,
     )
 
 

@@ -35,7 +35,16 @@ from click.shell_completion import (
 # Which help section each option belongs to, in order. "help" is click's help option.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Address": ("family", "type", "reuse_address", "reuse_port", "backlog", "mode"),
-    "Handler": ("handler", "reply", "reply_file", "banner", "banner_file", "timeout"),
+    "Handler": (
+        "handler",
+        "reply",
+        "reply_file",
+        "banner",
+        "banner_file",
+        "timeout",
+        "to_all",
+        "slow_client",
+    ),
     "Concurrency": (
         "concurrency",
         "max_threads",

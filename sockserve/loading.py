@@ -38,7 +38,14 @@ BUILTIN_NAMES = (
     "daytime",
     "time",
     "reply",
+    "broadcast",
+    "chat",
 )
+#: The builtins that put their clients in one room (`builtins.rooms`).
+ROOM_BUILTINS = frozenset({"broadcast", "chat"})
+#: What broadcast and chat do with a client that falls behind (`builtins.rooms`).
+SlowClient = Literal["disconnect", "drop", "block"]
+SLOW_CLIENT_POLICIES: tuple[SlowClient, ...] = ("disconnect", "drop", "block")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,13 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     loaded = config.handler
     if loaded.builtin is None:
         return loaded.cls
-    options = bh.HandlerOptions(reply=config.reply, reply_file=config.reply_file, observer=monitor)
+    options = bh.HandlerOptions(
+        reply=config.reply,
+        reply_file=config.reply_file,
+        observer=monitor,
+        to_all=config.to_all,
+        slow_client=config.slow_client,
+    )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)
     if config.socktype == "stream":

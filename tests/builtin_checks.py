@@ -24,9 +24,13 @@ from typing import Any
 import pytest
 
 from sockserve import builtins as bh, socketserver as ss
+from sockserve.loading import ROOM_BUILTINS
 from sockserve.parts.watching import WatchPart
 
 TRANSPORTS = ["tcp", "udp", "unix", "unix-dgram"]
+#: The builtins that serve each connection or datagram on its own, on every transport
+#: (broadcast and chat join clients together: tests/test_builtins_rooms.py).
+SOLO = [name for name in bh.BUILTINS if name not in ROOM_BUILTINS]
 STREAM = {"tcp", "unix"}
 TIMEOUT = 5.0
 # Binary junk: every byte value, invalid UTF-8 sequences, a NUL and a lone CR.

@@ -26,6 +26,8 @@ def test_builtin_names() -> None:
         "daytime",
         "time",
         "reply",
+        "broadcast",
+        "chat",
     ]
     assert all(desc and "\n" not in desc for desc in bh.BUILTINS.values())
 

@@ -127,6 +127,8 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "deny_file": (None, "access", AccessRules(uids=[1000])),
     "allow_uid": ((1000,), "access", AccessRules(uids=[1000])),
     "allow_gid": ((), "access", AccessRules(uids=[1000])),
+    "to_all": (False, "to_all", False),  # -H broadcast only: see tests/test_builtins_rooms.py
+    "slow_client": ("disconnect", "slow_client", "disconnect"),  # likewise
 }
 
 

@@ -905,6 +905,39 @@ def test_readme_setup_block(shell_env: dict[str, str]) -> None:
     run_session(f"{server}\necho hello | nc -N 127.0.0.1 9999  # → HELLO", shell_env, str(setup))
 
 
+def test_readme_chat() -> None:
+    # Mirrors the chat block: the server command, then two clients; bob gets alice's line.
+    (block,) = [b for b in _blocks("mirror") if b.arg == "test_readme_chat"]
+    server = block.text.splitlines()[0].split("#")[0].removeprefix("$ ").split()
+    assert server == ["sockserve", "tcp", ":9999", "-H", "chat"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *server[:2], ":0", *server[3:], "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        host, _, port = proc.stdout.readline().strip().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as alice:
+            alice_file = alice.makefile("rb")
+            while "joined the room" not in (line := proc.stderr.readline()):  # alice is in
+                assert line, "the server stopped"
+            with socket.create_connection((host, int(port)), timeout=10) as bob:
+                bob_name = "{}:{}".format(*bob.getsockname())
+                assert alice_file.readline() == f"* {bob_name} joined\n".encode()
+                alice.sendall(b"hello, bob\n")
+                alice_name = "{}:{}".format(*alice.getsockname())
+                assert bob.makefile("rb").readline() == f"[{alice_name}] hello, bob\n".encode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert proc.returncode == 0
+    shown = block.text.splitlines()
+    assert shown[2].startswith("* 127.0.0.1:") and shown[2].endswith(" joined")
+    assert shown[5].startswith("[127.0.0.1:") and shown[5].endswith("] hello, bob")
+
+
 def test_readme_development_commands() -> None:
     # Mirrors the "Tests and benchmarks" block, one line each.
     (block,) = [b for b in _blocks("mirror") if b.arg == "test_readme_development_commands"]

@@ -53,6 +53,7 @@ from .cores import (
 )
 from .datagram import datagram_handler
 from .output import OutputClosed
+from .rooms import ROOM_BUILTINS
 from .shared import HandlerOptions, Shared
 from .stream import stream_handler
 
@@ -90,6 +91,8 @@ def protocol_factory(
     check_name(name)
     if socktype not in ("stream", "dgram"):
         raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
+    if socktype == "dgram" and name in ROOM_BUILTINS:
+        raise ValueError(f"{name} serves stream connections only")
     from .protocols import make_protocol_factory  # event mode only: loaded here
 
     shared = Shared(name, options)

@@ -26,6 +26,8 @@ BUILTINS: dict[str, str] = {
     "daytime": "send the date and time as one text line (RFC 867)",
     "time": "send seconds since 1900 as 32 bits, big-endian (RFC 868)",
     "reply": "answer each request with --reply TEXT or --reply-file PATH",
+    "broadcast": "relay what each client sends to all the others (streams, one process)",
+    "chat": "relay each client's lines, prefixed with its name; announce joins and leaves",
 }
 
 #: How long a closing stream connection keeps reading what the client still sends.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..socketserver import BaseRequestHandler
 from .cores import check_name, datagram_answer
+from .rooms import ROOM_BUILTINS
 from .shared import HandlerOptions, Shared, send_datagram
 
 if TYPE_CHECKING:  # stdin is loaded for stdio only
@@ -71,9 +72,12 @@ class DatagramBuiltin(BaseRequestHandler):
 def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:
     """A new request handler class for datagram servers running the builtin `name`.
 
-    Raises ValueError for an unknown name, OSError when `reply_file` cannot be read.
+    Raises ValueError for an unknown name or a builtin of streams only (broadcast, chat),
+    OSError when `reply_file` cannot be read.
     """
     check_name(name)
+    if name in ROOM_BUILTINS:
+        raise ValueError(f"{name} serves stream connections only")
     shared = Shared(name, options)
     reply = shared.datagram_reply_bytes() if name == "reply" else b""
     attrs: dict[str, Any] = {

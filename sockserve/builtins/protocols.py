@@ -389,14 +389,18 @@ def make_protocol_factory(
     """The protocol factory for a checked builtin name and socktype (see `protocol_factory`);
     its protocols are watched when the observer wants every chunk (-vv)."""
     stdin = EventStdin(stdin_source, shared.chunk_size) if stdin_source is not None else None
-    cls: type[EventStream] | type[EventDatagram]
-    if socktype == "dgram":
-        cls = EventDatagram
+    factory: Callable[[], asyncio.BaseProtocol]
+    if shared.room is not None:
+        from .broadcast_asyncio import room_protocol_factory  # broadcast and chat only
+
+        factory = room_protocol_factory(shared, shared.room)
+    elif socktype == "dgram":
+        factory = functools.partial(EventDatagram, shared, stdin)
     else:
-        cls = EVENT_STREAM_CLASSES[shared.name]
+        factory = functools.partial(EVENT_STREAM_CLASSES[shared.name], shared, stdin)
     observer = shared.observer
     if observer is None or not observer.wants_data:
-        return functools.partial(cls, shared, stdin)
+        return factory
     from ..watch_asyncio import watching_factory
 
-    return watching_factory(functools.partial(cls, shared, stdin), observer)
+    return watching_factory(factory, observer)

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from ..events import Events
 from .cores import chargen_block
 from .output import OutputWriter
+from .rooms import ROOM_BUILTINS, Room, SlowClient
 
 #: The largest UDP payload (IPv4): what one datagram of stdin may carry on UDP.
 MAX_UDP_PAYLOAD = 65507
@@ -28,6 +29,8 @@ class HandlerOptions:
     input: BinaryIO | None = None
     observer: Events | None = None
     chunk_size: int = 65536
+    to_all: bool = False  # broadcast: back to the sender too
+    slow_client: SlowClient = "disconnect"  # broadcast and chat (see `rooms`)
 
 
 class Buffers:
@@ -77,6 +80,9 @@ class Shared:
             self.input = options.input or sys.stdin.buffer
         self.reply = options.reply if options.reply is not None else b""
         self.chargen_block = chargen_block(options.chunk_size) if name == "chargen" else b""
+        self.room: Room | None = None
+        if name in ROOM_BUILTINS:
+            self.room = Room(name == "chat", options.to_all, options.slow_client)
 
     def datagram_reply_bytes(self) -> bytes:
         """The reply a datagram gets: the reply file's contents (read now) or the reply bytes.

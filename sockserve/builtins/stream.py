@@ -357,4 +357,9 @@ def stream_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandle
 
         assert shared.input is not None
         attrs["stdio"] = StreamStdio(shared.input, shared.chunk_size)
+    if shared.room is not None:
+        from .broadcast import RoomStream, ThreadRoom  # broadcast and chat only
+
+        attrs["hub"] = ThreadRoom(shared.room, shared.observer)
+        return type(f"{name.capitalize()}StreamHandler", (RoomStream,), attrs)
     return type(f"{name.capitalize()}StreamHandler", (STREAM_CLASSES[name],), attrs)
