@@ -272,3 +272,12 @@ def test_stop_twice_is_harmless() -> None:
     server.stop()
     server.stop()
     assert not server.running
+
+
+def test_the_readme_example_runs_as_it_says() -> None:
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "api_upper.py")
+    out = subprocess.run(
+        [sys.executable, example], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.splitlines() == ["b'HELLO\\n'", "6 6 b'hello\\n'"]
+    assert out.stderr == ""  # nothing printed: the server records instead
