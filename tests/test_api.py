@@ -281,3 +281,15 @@ def test_the_readme_example_runs_as_it_says() -> None:
     )
     assert out.stdout.splitlines() == ["b'HELLO\\n'", "6 6 b'hello\\n'"]
     assert out.stderr == ""  # nothing printed: the server records instead
+
+
+def test_a_fork_of_the_users_own_keeps_its_signals_while_a_server_runs() -> None:
+    """Only fork mode's request children take the run's child set-up (SIGTERM aborts their
+    connection, SIGINT ignored): a process the user forks meanwhile keeps its own."""
+    with sockserve.serve("tcp"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            default = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+            os._exit(0 if default else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
