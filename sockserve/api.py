@@ -177,7 +177,7 @@ def serve(proto: str, address: str | None = None, **options: Any) -> Server:
     tmpdir = None
     if address is None:
         if proto in ("unix", "unix-dgram") or options.get("family") == "unix":
-            tmpdir = tempfile.mkdtemp(prefix="sockserve-")
+            tmpdir = _short_tmpdir()
             address = os.path.join(tmpdir, "socket")
         else:
             address = ":0"
@@ -206,6 +206,16 @@ async def serve_async(
         yield server
     finally:
         await asyncio.to_thread(server.stop)
+
+
+def _short_tmpdir() -> str:
+    """A new temporary directory whose socket path fits AF_UNIX's ~108 bytes (TMPDIR may be
+    long, as on macOS: /tmp then)."""
+    folder = tempfile.mkdtemp(prefix="sockserve-")
+    if len(folder) > 80 and os.path.isdir("/tmp"):
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="sockserve-", dir="/tmp")
+    return folder
 
 
 def _loaded_class(cls: type) -> LoadedHandler:

@@ -293,3 +293,20 @@ def test_a_fork_of_the_users_own_keeps_its_signals_while_a_server_runs() -> None
             os._exit(0 if default else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_unix_socket_fits_even_under_a_long_tmpdir(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="ss-", dir="/tmp")
+    long_tmp = os.path.join(base, "x" * 100)
+    os.mkdir(long_tmp)
+    monkeypatch.setattr(tempfile, "tempdir", long_tmp)
+    try:
+        with sockserve.serve("unix", handler="upper") as server:
+            assert server.path.startswith("/tmp/sockserve-")
+            assert exchange(server, b"short\n") == b"SHORT\n"
+        assert not os.path.exists(os.path.dirname(server.path))
+    finally:
+        os.rmdir(long_tmp)
+        os.rmdir(base)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-USER_TESTS = '''
+USER_TESTS = """
 import socket
 
 import pytest
@@ -65,7 +65,7 @@ def test_expected_handler_error_is_taken(sockserve_server):
 def test_bad_option_is_the_commands_error(sockserve_server):
     with pytest.raises(sockserve.UsageError, match="--max-threads only applies"):
         sockserve_server("tcp", concurrency="sync", max_threads=2)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
