@@ -310,3 +310,28 @@ def test_a_unix_socket_fits_even_under_a_long_tmpdir(monkeypatch: pytest.MonkeyP
     finally:
         os.rmdir(long_tmp)
         os.rmdir(base)
+
+
+def test_an_async_stop_lets_the_event_loop_run_meanwhile() -> None:
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async with sockserve.serve_async("tcp", grace=0.3) as server:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            await asyncio.to_thread(server.wait_for_connections, 1, TIMEOUT)
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            ticks = 0
+        # The stop waited the grace period for the open connection, and the loop ticked on.
+        stopped_with = ticks
+        task.cancel()
+        writer.close()
+        return stopped_with
+
+    assert asyncio.run(main()) >= 5
