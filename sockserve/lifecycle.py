@@ -162,7 +162,7 @@ class SignalQueue:
 # -- forked request children ------------------------------------------------------------------
 
 _child_reset_installed = False
-#: The server of the run in progress (None outside `Lifecycle.run`): what a forked child aborts.
+#: The fork-mode server of the run in progress (None otherwise): what its request child aborts.
 _running_server: Any = None
 
 
@@ -335,7 +335,8 @@ class Lifecycle:
         sync = self.config.concurrency == "sync"
         main = threading.current_thread() is threading.main_thread()
         saved_alarm: SignalHandler = None
-        _running_server = self.server
+        if self.config.concurrency == "fork":  # only its request children take the reset
+            _running_server = self.server
         try:
             with self.queue:
                 if sync and main:

@@ -1,9 +1,10 @@
 """Run one server from a ServeConfig: build it, announce it, serve, report the summary.
 
-`serve(config, reporter)` is the whole run. The monitor (`monitor.py`) counts and reports
-what happens; the lifecycle (`lifecycle.py`) handles the signals and stops in order;
-`workers.py` runs --workers processes. This module only puts them together.
-"""
+`serve(config, reporter)` is the whole run; `Run` is the same run in two steps (built and
+bound, then served), which the Python API (`api.py`) drives from a thread and stops by a
+call. The monitor (`monitor.py`) counts and reports what happens; the lifecycle
+(`lifecycle.py`) handles the signals and stops in order; `workers.py` runs --workers
+processes. This module only puts them together."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import gc
 import os
 import socket
 import sys
+import threading
 from typing import Any
 
 from . import builtins as bh
@@ -19,10 +21,10 @@ from .compose import make_server, watch_dressers
 from .config import ServeConfig
 from .console import PlainReporter, silence
 from .errors import ExitStatus
-from .lifecycle import run_loop
+from .lifecycle import RUN_SIGNALS, Lifecycle, run_loop
 from .monitor import RunMonitor
 
-__all__ = ["RunMonitor", "build_handler", "make_loop_server", "print_address", "serve"]
+__all__ = ["Run", "RunMonitor", "build_handler", "make_loop_server", "print_address", "serve"]
 
 
 def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
@@ -82,69 +84,112 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
 
     Raises SockserveError before serving, or after it when stdout failed (data was lost).
     """
-    monitor = RunMonitor(reporter, config)
-    try:
-        handler = build_handler(config, monitor)
-        server: Any = make_server(config, handler, monitor)
-    except BaseException:
-        monitor.close()
-        raise
-    family = "unix" if config.family == "unix" else _family_of(server)
-    try:
-        sockaddr = server.server_address
+    return Run(config, reporter).serve()
 
-        def announce() -> None:
-            if config.print_address:
-                print_address(format_plain(family, config.socktype, sockaddr))
-            if config.print_host_port:
-                print_address(format_host_port(sockaddr))
-            details: dict[str, Any] = {
-                "concurrency": config.concurrency,
-                "handler": config.handler.name,
-            }
-            if config.workers > 1:
-                details["workers"] = config.workers
-            elif (cpu := server.pin_loop_thread()) is not None:
-                details["pinned_cpu"] = cpu  # the loop runs in this thread, right after
-            if config.family == "unix" or config.output == "json":
-                details["pid"] = os.getpid()
-            reporter.listening(format_bound(family, config.socktype, sockaddr), details)
-            if config.address.all_interfaces:
-                reporter.warning(
-                    "listening on all interfaces: other machines can connect "
-                    "(use 127.0.0.1 or :PORT to stay local)"
-                )
 
-        # What start-up made lives as long as the process: frozen, the collector never scans
-        # it again, and forked children (workers, fork mode) do not copy its pages by touching it.
-        gc.freeze()
-        if config.workers > 1:
-            from .workers import serve_workers  # only --workers needs it
+class Run:
+    """One run: the server is built and bound at construction; `serve` serves until `stop`.
 
-            def serve_one(signals: tuple[int, ...]) -> int:
-                loop_server = make_loop_server(config, server, handler, monitor)
-                status = run_loop(config, server, loop_server, monitor, signals)
-                if monitor.fatal is not None:  # the supervisor sees only the worker's status
-                    monitor.warning(monitor.fatal.message)
-                    return ExitStatus.ERROR
-                return status
+    The command serves in the main thread, stopped by signals (`serve()`); the Python API
+    serves in a thread of its own (`serve(signals=(), freeze=False)`) and stops it with
+    `stop(reason)`, from any thread, before or while it serves.
+    Construction raises SockserveError (a bad banner file, the address in use...).
+    """
 
-            status = serve_workers(config, server, monitor, serve_one, announce=announce)
-        else:
-            loop_server = make_loop_server(config, server, handler, monitor)
-            status = run_loop(config, server, loop_server, monitor, announce=announce)
-    finally:
+    def __init__(self, config: ServeConfig, reporter: PlainReporter) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.monitor = monitor = RunMonitor(reporter, config)
         try:
-            server.server_close()
-        except Exception:
-            pass
-        monitor.close()
-    reporter.summary(monitor.stats, config.socktype, monitor.stop_reason)
-    if monitor.output_closed:
-        silence(sys.stdout)
-    if monitor.fatal is not None:
-        raise monitor.fatal  # stdout failed: data was lost
-    return status
+            self.handler = build_handler(config, monitor)
+            self.server: Any = make_server(config, self.handler, monitor)
+        except BaseException:
+            monitor.close()
+            raise
+        self.family = "unix" if config.family == "unix" else _family_of(self.server)
+        self._lifecycle: Lifecycle | None = None
+        self._stop_reason: str | None = None  # asked for before the lifecycle began
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        """Stop serving for `reason`, gracefully (in-flight requests get --grace); any thread."""
+        with self._lock:
+            if self._lifecycle is None:
+                self._stop_reason = self._stop_reason or reason  # `serve` stops at once
+                return
+            lifecycle = self._lifecycle
+        lifecycle.stop(reason)
+
+    def serve(self, signals: tuple[int, ...] = RUN_SIGNALS, freeze: bool = True) -> int:
+        """Serve until stopped; return the exit status (see the module function `serve`).
+
+        `signals`: those the run handles (in the main thread); `freeze`: freeze what start-up
+        made (the command's process), out of the collector's sight.
+        """
+        config, server, monitor, reporter = self.config, self.server, self.monitor, self.reporter
+        handler, family = self.handler, self.family
+        try:
+            sockaddr = server.server_address
+
+            def announce() -> None:
+                if config.print_address:
+                    print_address(format_plain(family, config.socktype, sockaddr))
+                if config.print_host_port:
+                    print_address(format_host_port(sockaddr))
+                details: dict[str, Any] = {
+                    "concurrency": config.concurrency,
+                    "handler": config.handler.name,
+                }
+                if config.workers > 1:
+                    details["workers"] = config.workers
+                elif (cpu := server.pin_loop_thread()) is not None:
+                    details["pinned_cpu"] = cpu  # the loop runs in this thread, right after
+                if config.family == "unix" or config.output == "json":
+                    details["pid"] = os.getpid()
+                reporter.listening(format_bound(family, config.socktype, sockaddr), details)
+                if config.address.all_interfaces:
+                    reporter.warning(
+                        "listening on all interfaces: other machines can connect "
+                        "(use 127.0.0.1 or :PORT to stay local)"
+                    )
+
+            # What start-up made lives as long as the process: frozen, the collector never
+            # scans it again, and forked children (workers, fork mode) do not copy its pages
+            # by touching it.
+            if freeze:
+                gc.freeze()
+            if config.workers > 1:
+                from .workers import serve_workers  # only --workers needs it
+
+                def serve_one(signals: tuple[int, ...]) -> int:
+                    loop_server = make_loop_server(config, server, handler, monitor)
+                    status = run_loop(config, server, loop_server, monitor, signals)
+                    if monitor.fatal is not None:  # the supervisor sees only the worker's status
+                        monitor.warning(monitor.fatal.message)
+                        return ExitStatus.ERROR
+                    return status
+
+                status = serve_workers(config, server, monitor, serve_one, announce=announce)
+            else:
+                loop_server = make_loop_server(config, server, handler, monitor)
+                lifecycle = Lifecycle(config, server, loop_server, monitor, signals, announce)
+                with self._lock:
+                    self._lifecycle = lifecycle
+                    if self._stop_reason is not None:
+                        lifecycle.stop(self._stop_reason)
+                status = lifecycle.run()
+        finally:
+            try:
+                server.server_close()
+            except Exception:
+                pass
+            monitor.close()
+        reporter.summary(monitor.stats, config.socktype, monitor.stop_reason)
+        if monitor.output_closed:
+            silence(sys.stdout)
+        if monitor.fatal is not None:
+            raise monitor.fatal  # stdout failed: data was lost
+        return status
 
 
 def _family_of(server: Any) -> str:

@@ -11,6 +11,8 @@ Framework fixtures (for tests/test_framework_*.py):
   replies the same way on stream and datagram requests.
 - `run_server`: runs `serve_forever` in a thread and stops and closes the server afterwards.
 
+Markers: `slow` tests (the example project's run, from a wheel) run only with --run-slow.
+
 Command fixtures:
 
 - `captured`: replaces `runner.serve`, so that invoking the click command records the
@@ -35,11 +37,32 @@ import pytest
 
 import sockserve as ss
 
+#: A user's project, with tests of its own: run by test_example_project.py, not collected here.
+collect_ignore = ["example_project"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run the tests marked slow (CI runs them)"
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "leakcheck: fail a test that leaves file descriptors, threads or children"
     )
+    config.addinivalue_line(
+        "markers", "slow: a test of a minute or so, skipped unless --run-slow is given"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (CI runs it as a step of its own)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 # -- leak check ------------------------------------------------------------------------------
