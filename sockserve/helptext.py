@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_on_close",
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
+    "Recording and replay": ("record", "transcript", "timing", "match"),
     "Output": (
         "print_address",
         "print_host_port",

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import builtins as bh
 from .addresses import format_bound, format_host_port, format_plain
-from .compose import make_server, watch_dressers
+from .compose import make_server
 from .config import ServeConfig
 from .console import PlainReporter, silence
 from .errors import ExitStatus
@@ -31,6 +31,13 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     if loaded.builtin is None:
         return loaded.cls
     options = bh.HandlerOptions(reply=config.reply, reply_file=config.reply_file, observer=monitor)
+    if loaded.builtin == "replay":
+        from .builtins.replay import replay_handler  # -H replay only
+
+        assert config.script is not None  # ServeConfig read it
+        return replay_handler(
+            config.script, config.socktype, config.concurrency, config.timing, config.match, options
+        )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)
     if config.socktype == "stream":
@@ -57,7 +64,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         count_bytes=config.handler.builtin is None,
         backlog=config.backlog,
         banner=config.banner_bytes() if config.socktype == "stream" else b"",
-        watch_dressers=watch_dressers(config),
+        watch_dressers=getattr(server, "watch_dressers", ()),  # the bound server's, as they are
     )
 
 
