@@ -233,7 +233,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     metavar="DIR",
     help="Write a transcript of every connection (every datagram peer) to a file of its own "
     "in DIR (made if missing): each chunk with its time and direction, as JSON lines; any "
-    "handler, any mode (not fork on datagrams). Files are mode 600.",
+    "handler, any mode (not fork on datagrams). Files are mode 600.  [default: no transcripts]",
 )
 @click.option(
     "--transcript",
@@ -242,7 +242,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     help="Replay a transcript --record wrote (implies -H replay): each client gets the "
     "server's side of it, each chunk once the client has sent what the recording had before "
     "it; then the connection closes. Datagrams: a peer's n-th datagram gets the replies "
-    "recorded to the n-th.",
+    "recorded to the n-th.  [default: none]",
 )
 @click.option(
     "--timing",

@@ -75,10 +75,9 @@ class ServeConfig:
     color: bool | None = None
     traceback: bool = False
     record: str | None = None  # --record DIR, absolute, checked writable
-    transcript: str | None = None
+    transcript: Transcript | None = None  # --transcript FILE, read and checked
     timing: Timing = "recorded"
     match: Match = "length"
-    script: Transcript | None = field(default=None, compare=False, repr=False)  # read
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -304,10 +303,9 @@ def build_config(
         color=color,
         traceback=traceback,
         record=record,
-        transcript=transcript,
+        transcript=script,
         timing=timing or "recorded",
         match=match or "length",
-        script=script,
     )
 
 

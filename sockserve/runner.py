@@ -34,9 +34,14 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     if loaded.builtin == "replay":
         from .builtins.replay import replay_handler  # -H replay only
 
-        assert config.script is not None  # ServeConfig read it
+        assert config.transcript is not None  # ServeConfig read it
         return replay_handler(
-            config.script, config.socktype, config.concurrency, config.timing, config.match, options
+            config.transcript,
+            config.socktype,
+            config.concurrency,
+            config.timing,
+            config.match,
+            options,
         )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)

@@ -119,6 +119,10 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
     "traceback": (True, "traceback", True),
+    "record": ("/tmp", "record", "/tmp"),
+    "transcript": (None, "transcript", None),  # -H replay only: see tests/test_cli_record.py
+    "timing": (None, "timing", "recorded"),  # -H replay only
+    "match": (None, "match", "length"),  # -H replay only
 }
 
 
