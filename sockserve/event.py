@@ -269,7 +269,8 @@ class EventServer:
         # its factory watches it already.
         reports = events.wants_data and self.count_bytes
         watch = Watch(events, None, reports=reports, dressers=self.watch_dressers)
-        return watched(protocol, watch, self._report, records=True)
+        # A builtin records its own datagrams: only a counted protocol is recorded here.
+        return watched(protocol, watch, self._report, records=self.count_bytes)
 
     def _stop_now(self) -> None:
         self._refusing = True
@@ -330,6 +331,10 @@ class EventServer:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
+            for dresser in self.watch_dressers:  # those that keep files for the run (--record)
+                close = getattr(dresser, "close", None)
+                if close is not None:
+                    close()
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The loop's exception handler: report callback errors (asyncio re-raises the rest)."""

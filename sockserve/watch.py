@@ -39,7 +39,8 @@ __all__ = [
 #: handler (in). Returns how many bytes of the chunk it took.
 Sink = Callable[[memoryview], int]
 #: Adds stages to each new Watch (a fault, a transcript): whoever makes watches is given a
-#: sequence of them by the configuration (`compose.watch_dressers`).
+#: sequence of them by the configuration (`compose.watch_dressers`). A dresser that keeps
+#: something for the whole run has a `close()`, which the server calls when it closes.
 Dresser = Callable[["Watch"], None]
 #: The blocks `WatchedSocket.sendfile` reads and sends.
 SENDFILE_BLOCK = 65536

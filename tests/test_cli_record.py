@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import stat
 import subprocess
@@ -250,9 +251,13 @@ def test_replay_by_content_waits_for_the_recorded_text(tmp_path: Path) -> None:
     assert got == b"HELLO\n\xff\x00"
 
 
-def test_record_udp_one_file_per_peer_and_replay_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", ["sync", "thread", "event"])
+def test_record_udp_one_file_per_peer_and_replay_it(tmp_path: Path, concurrency: str) -> None:
     record = tmp_path / "rec"
-    server = Server("udp", ":0", "-H", "upper", "--record", str(record), "--max-requests", "3")
+    server = Server(
+        "udp", ":0", "-H", "upper", "-c", concurrency, "--record", str(record),
+        "--max-requests", "3",
+    )  # fmt: skip
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
             for sock, data in ((a, b"hello\n"), (b, b"other"), (a, b"\xff\x00")):
@@ -262,6 +267,7 @@ def test_record_udp_one_file_per_peer_and_replay_it(tmp_path: Path) -> None:
             ports = {a.getsockname()[1]: "a", b.getsockname()[1]: "b"}
     status, err = server.finish()
     assert status == 0, err
+    assert "3 datagrams, 13 B in, 13 B out" in err  # each counted once, recorded or not
     files = sorted(record.iterdir())
     assert len(files) == 2
     by_peer = {}
@@ -281,7 +287,9 @@ def test_record_udp_one_file_per_peer_and_replay_it(tmp_path: Path) -> None:
     ]
     assert by_peer["b"][1][:2] == [{"dir": "in", "text": "other"}, {"dir": "out", "text": "OTHER"}]
 
-    replay = Server("udp", ":0", "--transcript", str(path_a), "--max-requests", "3")
+    replay = Server(
+        "udp", ":0", "-c", concurrency, "--transcript", str(path_a), "--max-requests", "3"
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
         c.settimeout(10)
         answers = []
@@ -398,3 +406,18 @@ def test_datagram_fork_is_refused_for_record_and_replay(tmp_path: Path) -> None:
     assert status == 2 and "-H replay on datagrams keeps each peer's place" in err
     status, err = run_fails("udp", ":0", "--transcript", str(transcript), "--timing", "asap")
     assert status == 2 and "--timing applies to stream transcripts" in err
+
+
+def test_event_workers_close_their_datagram_peers_files(tmp_path: Path) -> None:
+    """--workers in event mode: each worker's loop closes its peers' files as it stops."""
+    record = tmp_path / "rec"
+    server = Server("udp", ":0", "-c", "event", "--workers", "2", "--record", str(record))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(10)
+        c.sendto(b"x", server.address)
+        assert c.recv(10) == b"x"
+    server.proc.send_signal(signal.SIGINT)
+    status, err = server.finish()
+    assert status == 0, err
+    lines = read_lines(only_file(record))
+    assert lines[-1]["close"] == {"in_chunks": 1, "in_bytes": 1, "out_chunks": 1, "out_bytes": 1}
