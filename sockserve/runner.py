@@ -107,6 +107,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
                 "concurrency": config.concurrency,
                 "handler": config.handler.name,
             }
+            if config.record is not None:
+                details["record"] = config.record  # where the transcripts go
             if config.workers > 1:
                 details["workers"] = config.workers
             elif (cpu := server.pin_loop_thread()) is not None:
