@@ -42,8 +42,6 @@ BUILTIN_NAMES = (
 #: Builtins that run only with an option naming what they serve (-H replay --transcript
 #: FILE): loaded as the others, but not in BUILTIN_NAMES, whose builtins need nothing more.
 OPTION_BUILTIN_NAMES = ("replay",)
-#: Their one-line descriptions (completion).
-OPTION_BUILTIN_HELP = {"replay": "serve back the server's side of --transcript FILE"}
 
 
 @dataclass(frozen=True)

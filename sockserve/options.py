@@ -22,13 +22,7 @@ from click.shell_completion import CompletionItem
 
 from .addresses import Address, Family, parse_address, resolve_transport
 from .errors import UsageError
-from .loading import (
-    BUILTIN_NAMES,
-    OPTION_BUILTIN_HELP,
-    OPTION_BUILTIN_NAMES,
-    LoadedHandler,
-    load_handler,
-)
+from .loading import BUILTIN_NAMES, LoadedHandler, load_handler
 
 PROTOCOLS = {
     "tcp": "TCP stream server (IPv4 or IPv6)",
@@ -145,8 +139,8 @@ class HandlerType(click.ParamType):
         from .builtins import BUILTINS  # the descriptions: only when completing
 
         items = [
-            CompletionItem(name, help=BUILTINS.get(name) or OPTION_BUILTIN_HELP.get(name))
-            for name in (*BUILTIN_NAMES, *OPTION_BUILTIN_NAMES)
+            CompletionItem(name, help=BUILTINS.get(name))
+            for name in BUILTIN_NAMES
             if name.startswith(incomplete)
         ]
         if not incomplete or not items or "/" in incomplete or incomplete.startswith((".", "~")):
