@@ -421,3 +421,34 @@ def test_event_workers_close_their_datagram_peers_files(tmp_path: Path) -> None:
     assert status == 0, err
     lines = read_lines(only_file(record))
     assert lines[-1]["close"] == {"in_chunks": 1, "in_bytes": 1, "out_chunks": 1, "out_bytes": 1}
+
+
+@pytest.mark.parametrize("verbose", [[], ["-vv"]])
+@pytest.mark.parametrize("concurrency", ["thread", "event"])
+def test_the_banner_is_recorded_and_counted_once(
+    tmp_path: Path, concurrency: str, verbose: list[str]
+) -> None:
+    record = tmp_path / "rec"
+    server = Server(
+        "tcp", ":0", "-c", concurrency, "--banner", "hi\\n", "--record", str(record), "--once",
+        *verbose,
+    )  # fmt: skip
+    with socket.create_connection(server.address, timeout=10) as s:
+        got = b""
+        while len(got) < 3:
+            got += s.recv(10)
+        s.sendall(b"x")
+        while len(got) < 4:
+            got += s.recv(10)
+        port = s.getsockname()[1]
+    status, err = server.finish()
+    assert status == 0, err
+    assert got == b"hi\nx"
+    assert "1 connection, 1 B in, 4 B out" in err
+    lines = read_lines(only_file(record))
+    assert lines[0]["client"] == f"127.0.0.1:{port}"
+    assert [(x.get("dir"), x.get("text")) for x in lines[1:-1]] == [
+        ("out", "hi\n"),
+        ("in", "x"),
+        ("out", "x"),
+    ]
