@@ -452,3 +452,29 @@ def test_the_banner_is_recorded_and_counted_once(
         ("in", "x"),
         ("out", "x"),
     ]
+
+
+def test_unix_datagram_peers_named_or_not(tmp_path: Path) -> None:
+    """A bound unix datagram client gets its file (and answers); unbound ones, which cannot
+    be answered, share the "unnamed" file."""
+    record = tmp_path / "rec"
+    server = Server(
+        "unix-dgram", str(tmp_path / "s.sock"), "-H", "upper", "--record", str(record),
+        "--max-requests", "2",
+    )  # fmt: skip
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bound:
+        bound.settimeout(10)
+        bound.bind(str(tmp_path / "c.sock"))
+        bound.sendto(b"abc", server.address)
+        assert bound.recv(10) == b"ABC"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+        unbound.sendto(b"zz", server.address)
+    status, err = server.finish()
+    assert status == 0, err
+    files = {read_lines(p)[0]["client"]: (p, read_lines(p)) for p in record.iterdir()}
+    assert sorted(files) == sorted([str(tmp_path / "c.sock"), "unix client"])
+    path, lines = files["unix client"]
+    assert "-unix-dgram-unnamed-" in path.name
+    assert [(x.get("dir"), x.get("text")) for x in lines[1:-1]] == [("in", "zz")]
+    path, lines = files[str(tmp_path / "c.sock")]
+    assert [(x.get("dir"), x.get("text")) for x in lines[1:-1]] == [("in", "abc"), ("out", "ABC")]
