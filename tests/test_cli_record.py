@@ -478,3 +478,27 @@ def test_unix_datagram_peers_named_or_not(tmp_path: Path) -> None:
     assert [(x.get("dir"), x.get("text")) for x in lines[1:-1]] == [("in", "zz")]
     path, lines = files[str(tmp_path / "c.sock")]
     assert [(x.get("dir"), x.get("text")) for x in lines[1:-1]] == [("in", "abc"), ("out", "ABC")]
+
+
+@pytest.mark.parametrize("concurrency", ["thread", "event"])
+def test_replay_by_content_falls_back_to_length_after_its_wait(
+    tmp_path: Path, concurrency: str
+) -> None:
+    """Other text of the recorded length: answered once MATCH_WAIT (2 s) is over."""
+    transcript = tmp_path / "t.jsonl"
+    transcript.write_text(
+        '{"sockserve-transcript": 1, "transport": "tcp"}\n'
+        '{"t": 0, "dir": "in", "text": "hello\\n"}\n'
+        '{"t": 0, "dir": "out", "text": "HELLO\\n"}\n'
+    )
+    replay = Server(
+        "tcp", ":0", "-c", concurrency, "--transcript", str(transcript), "--match", "content",
+        "--once",
+    )  # fmt: skip
+    with socket.create_connection(replay.address, timeout=10) as s:
+        sent_at = time.monotonic()
+        s.sendall(b"howdy\n")
+        assert s.recv(100) == b"HELLO\n"
+        waited = time.monotonic() - sent_at
+    assert replay.finish()[0] == 0
+    assert 1.8 <= waited < 6, waited
