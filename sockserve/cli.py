@@ -105,7 +105,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     default="echo",
     show_default=True,
     help="Builtin name (echo upper discard stdout stdio chargen daytime time reply broadcast "
-    "chat), "
+    "chat replay), "
     "module:Class, or file.py[:Class].",
 )
 @click.option(
@@ -282,6 +282,35 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     multiple=True,
     metavar="GID",
     help="unix: serve only peers running in this group (or as a --allow-uid user); repeatable.",
+)
+@click.option(
+    "--record",
+    type=click.Path(file_okay=True, dir_okay=True),
+    metavar="DIR",
+    help="Write a transcript of every connection (every datagram peer) to a file of its own "
+    "in DIR (made if missing): each chunk with its time and direction, as JSON lines; any "
+    "handler, any mode (not fork on datagrams). Files are mode 600.  [default: no transcripts]",
+)
+@click.option(
+    "--transcript",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    metavar="FILE",
+    help="Replay a transcript --record wrote (implies -H replay): each client gets the "
+    "server's side of it, each chunk once the client has sent what the recording had before "
+    "it; then the connection closes. Datagrams: a peer's n-th datagram gets the replies "
+    "recorded to the n-th.  [default: none]",
+)
+@click.option(
+    "--timing",
+    type=click.Choice(["recorded", "asap"]),
+    help="-H replay on streams: keep the recorded delay before each chunk, or send at once.  "
+    "[default: recorded]",
+)
+@click.option(
+    "--match",
+    type=click.Choice(["length", "content"]),
+    help="-H replay on streams: wait for as many bytes as recorded, or (content) for the "
+    "recorded text itself, for at most 2s, then by length.  [default: length]",
 )
 @click.option(
     "--print-address",

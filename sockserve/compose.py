@@ -27,6 +27,7 @@ from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
+from .parts.recording import Recorder, RecordPart
 from .parts.reply_source import ReplySourcePart
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
@@ -74,6 +75,7 @@ PART_ORDER: tuple[type, ...] = (
     AccessPart,
     IdleTimeoutPart,
     WatchPart,
+    RecordPart,
     ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
@@ -152,6 +154,10 @@ def choose_parts(
     dressers = watch_dressers(config)
     if dressers:
         settings["watch_dressers"] = dressers  # WatchPart's, and LeanDatagramPart's
+    recorder = next((d for d in dressers if isinstance(d, Recorder)), None)
+    if recorder is not None:  # it learns the bound address, and closes with the server
+        parts.append(RecordPart)
+        settings["recorder"] = recorder
     if watching or counting or dressers:
         parts.append(WatchPart)
         settings["watch_data"] = watching
@@ -177,7 +183,10 @@ def choose_parts(
 def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
     """What adds the stages `config` asks for (faults, a transcript) to each watch; with
     any, every request goes through a watch."""
-    return ()
+    dressers: list[Dresser] = []
+    if config.record is not None:
+        dressers.append(Recorder(config.record, config.transport))
+    return tuple(dressers)
 
 
 def replies_need_source(config: ServeConfig) -> bool:

@@ -26,9 +26,12 @@ from .loading import (
     check_compatible,
     load_handler,
 )
+from .transcripts import Transcript, read_transcript
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
+Timing = Literal["recorded", "asap"]
+Match = Literal["length", "content"]
 
 CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
 
@@ -83,6 +86,10 @@ class ServeConfig:
     access: AccessRules = field(default_factory=AccessRules)
     to_all: bool = False
     slow_client: SlowClient = "disconnect"
+    record: str | None = None  # --record DIR, absolute, checked writable
+    transcript: Transcript | None = None  # --transcript FILE, read and checked
+    timing: Timing = "recorded"
+    match: Match = "length"
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -299,6 +306,10 @@ def build_config(
     allow_gid: Sequence[int] = (),
     to_all: bool = False,
     slow_client: SlowClient = "disconnect",
+    record: str | None = None,
+    transcript: str | None = None,
+    timing: Timing | None = None,
+    match: Match | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -314,6 +325,8 @@ def build_config(
     concurrency = concurrency or default_concurrency(socktype)
 
     replies = reply is not None or reply_file is not None
+    if handler is None and transcript is not None:
+        handler = "replay"  # --transcript implies -H replay
     if handler is None:
         handler = "reply" if replies else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -331,6 +344,9 @@ def build_config(
         )
     if once and max_requests:
         raise UsageError("cannot combine --once and --max-requests (--once is --max-requests 1)")
+    record, script = check_recording(
+        loaded, socktype, concurrency, record, transcript, timing, match
+    )
 
     return ServeConfig(
         family=address.family,
@@ -365,6 +381,10 @@ def build_config(
         access=build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid),
         to_all=to_all,
         slow_client=slow_client,
+        record=record,
+        transcript=script,
+        timing=timing or "recorded",
+        match=match or "length",
     )
 
 
@@ -445,3 +465,79 @@ def _check_reply_fits(reply: bytes | None, reply_file: str | None, address: Addr
         f"{what}: more than one {carrier} carries (at most {limit} bytes{why})",
         hint="use a smaller reply, or serve it over tcp or unix (streams have no limit)",
     )
+
+
+def check_recording(
+    loaded: LoadedHandler,
+    socktype: SockType,
+    concurrency: Concurrency,
+    record: str | None,
+    transcript: str | None,
+    timing: Timing | None,
+    match: Match | None,
+) -> tuple[str | None, Transcript | None]:
+    """Check --record and -H replay's options: (the record directory, absolute and
+    writable, made if missing; the transcript read). Raises UsageError."""
+    if record is not None:
+        record = _record_directory(record)
+        if socktype == "dgram" and concurrency == "fork":
+            raise UsageError(
+                "--record keeps a transcript per datagram peer in one process: not with "
+                "--concurrency fork, where each datagram has a child of its own",
+                hint="use -c sync, thread or event",
+            )
+    replay = loaded.builtin == "replay"
+    if transcript is not None and not replay:
+        raise UsageError(
+            f"--transcript implies -H replay: it cannot be combined with -H {loaded.name}",
+            hint="drop -H, or --transcript",
+        )
+    if replay and transcript is None:
+        raise UsageError("-H replay needs --transcript FILE (a file --record wrote)")
+    for option, value in (("--timing", timing), ("--match", match)):
+        if value is not None and not replay:
+            raise UsageError(f"{option} only applies to -H replay", hint=f"drop {option}")
+    if transcript is None:
+        return record, None
+    script = read_transcript(transcript)
+    if script.socktype != socktype:
+        kinds = "tcp or unix" if script.socktype == "stream" else "udp or unix-dgram"
+        raise UsageError(
+            f"--transcript {transcript} is a {script.transport} transcript: replay it on {kinds}"
+        )
+    if socktype == "dgram":
+        if concurrency == "fork":
+            raise UsageError(
+                "-H replay on datagrams keeps each peer's place in the transcript in one "
+                "process: not with --concurrency fork",
+                hint="use -c sync, thread or event",
+            )
+        for option, value in (("--timing", timing), ("--match", match)):
+            if value is not None:
+                raise UsageError(
+                    f"{option} applies to stream transcripts: datagram replay answers the "
+                    "n-th datagram of a peer with the datagrams recorded after the n-th, at once",
+                    hint=f"drop {option}",
+                )
+    return record, script
+
+
+def _record_directory(path: str) -> str:
+    """The absolute path of --record's directory, made (mode 700) if missing; raise
+    UsageError unless a file can be created in it."""
+    import tempfile
+
+    where = os.path.abspath(path)
+    if os.path.exists(where) and not os.path.isdir(where):
+        raise UsageError(f"--record {path}: not a directory", hint="name a directory")
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sockserve-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"--record {path}: cannot write in this directory ({exc.strerror or exc})",
+            hint="name a directory you may write to",
+        ) from None
+    return where

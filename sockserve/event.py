@@ -274,7 +274,8 @@ class EventServer:
         # its factory watches it already.
         reports = events.wants_data and self.count_bytes
         watch = Watch(events, None, reports=reports, dressers=self.watch_dressers)
-        return watched(protocol, watch, self._report, records=True)
+        # A builtin records its own datagrams: only a counted protocol is recorded here.
+        return watched(protocol, watch, self._report, records=self.count_bytes)
 
     def _stop_now(self) -> None:
         self._refusing = True
@@ -335,6 +336,10 @@ class EventServer:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
+            for dresser in self.watch_dressers:  # those that keep files for the run (--record)
+                close = getattr(dresser, "close", None)
+                if close is not None:
+                    close()
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The loop's exception handler: report callback errors (asyncio re-raises the rest)."""
@@ -478,17 +483,36 @@ class _Served:
 
     def greet(self, transport: Any) -> None:
         """Write the banner before the protocol hears of the connection; count it as sent
-        (the builtins count their own: theirs `sent`, a watched protocol's the server's)."""
-        banner = self.server.banner
-        transport.write(banner)
-        events = self.server.events
-        if events.wants_data:
-            events.data(self.client, "out", banner)
-        if self.server.count_bytes:
-            self.banner_sent = len(banner)
+        (the builtins count their own: theirs `sent`, a watched protocol's the server's).
+
+        A dressed protocol's banner goes through its watch's "out" chain, as any chunk it
+        writes (a transcript records it), and that watch counts it.
+        """
+        server = self.server
+        banner = server.banner
+        watch = getattr(self.protocol, "watch", None) if server.watch_dressers else None
+        if watch is None:
+            transport.write(banner)
         else:
-            with contextlib.suppress(AttributeError):  # a builtin watched by its factory (-vv)
-                self.protocol.sent += len(banner)
+
+            def sink(chunk: memoryview) -> int:
+                transport.write(chunk)
+                return len(chunk)
+
+            watch.client = self.client  # before the protocol's connection_made sets it
+            watch.outbound.pass_on(memoryview(banner), sink)
+        events = server.events
+        if events.wants_data and (watch is None or not watch.reports):
+            events.data(self.client, "out", banner)
+        if server.count_bytes:
+            if watch is None:
+                self.banner_sent = len(banner)
+            return
+        builtin = self.protocol
+        while hasattr(builtin, "watch") and hasattr(builtin, "protocol"):  # watched: -vv, dressed
+            builtin = builtin.protocol
+        with contextlib.suppress(AttributeError):
+            builtin.sent += len(banner)
 
     def connection_lost(self, exc: Exception | None) -> None:
         attrs = vars(self.protocol)

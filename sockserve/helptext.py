@@ -56,6 +56,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
     "Access": ("allow", "deny", "allow_file", "deny_file", "allow_uid", "allow_gid"),
+    "Recording and replay": ("record", "transcript", "timing", "match"),
     "Output": (
         "print_address",
         "print_host_port",

@@ -46,6 +46,9 @@ ROOM_BUILTINS = frozenset({"broadcast", "chat"})
 #: What broadcast and chat do with a client that falls behind (`builtins.rooms`).
 SlowClient = Literal["disconnect", "drop", "block"]
 SLOW_CLIENT_POLICIES: tuple[SlowClient, ...] = ("disconnect", "drop", "block")
+#: Builtins that run only with an option naming what they serve (-H replay --transcript
+#: FILE): loaded as the others, but not in BUILTIN_NAMES, whose builtins need nothing more.
+OPTION_BUILTIN_NAMES = ("replay",)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class LoadedHandler:
 def builtin_handler(spec: str) -> LoadedHandler | None:
     """The LoadedHandler of a builtin's name; None for any other spec."""
     name = spec.strip()
-    return LoadedHandler(name=name, builtin=name) if name in BUILTIN_NAMES else None
+    known = name in BUILTIN_NAMES or name in OPTION_BUILTIN_NAMES
+    return LoadedHandler(name=name, builtin=name) if known else None
 
 
 FORMS = "a builtin (" + ", ".join(BUILTIN_NAMES) + "), module:Class, file.py:Class or file.py"

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import builtins as bh
 from .addresses import format_bound, format_host_port, format_plain
-from .compose import make_server, watch_dressers
+from .compose import make_server
 from .config import ServeConfig
 from .console import PlainReporter, silence
 from .errors import ExitStatus
@@ -39,6 +39,18 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
         to_all=config.to_all,
         slow_client=config.slow_client,
     )
+    if loaded.builtin == "replay":
+        from .builtins.replay import replay_handler  # -H replay only
+
+        assert config.transcript is not None  # ServeConfig read it
+        return replay_handler(
+            config.transcript,
+            config.socktype,
+            config.concurrency,
+            config.timing,
+            config.match,
+            options,
+        )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)
     if config.socktype == "stream":
@@ -65,7 +77,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         count_bytes=config.handler.builtin is None,
         backlog=config.backlog,
         banner=config.banner_bytes() if config.socktype == "stream" else b"",
-        watch_dressers=watch_dressers(config),
+        watch_dressers=getattr(server, "watch_dressers", ()),  # the bound server's, as they are
         access=config.access,
     )
 
@@ -140,6 +152,8 @@ class Run:
                     "concurrency": config.concurrency,
                     "handler": config.handler.name,
                 }
+                if config.record is not None:
+                    details["record"] = config.record  # where the transcripts go
                 if config.workers > 1:
                     details["workers"] = config.workers
                 elif (cpu := server.pin_loop_thread()) is not None:

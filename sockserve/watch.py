@@ -5,7 +5,8 @@ stages per direction, as toxiproxy's links do: "in" runs from the socket to the 
 "out" from the handler to the socket. The first stage, `Tally`, counts the bytes that went
 through and, while the events want them (-vv), reports each chunk with `Events.data`.
 Faults (delay, throttle, chunking, close after N bytes) will be stages of the same kind
-after it, for any handler, without the handler knowing.
+after it, for any handler, without the handler knowing. Whoever made a watch closes it
+when its connection (or datagram request) ends: `Watch.close` closes each stage once.
 
 `WatchedSocket` is a connected stream socket whose recv, recv_into, send, sendall and
 sendfile go through its watch (and so do `makefile` and a StreamRequestHandler's rfile and
@@ -38,7 +39,8 @@ __all__ = [
 #: handler (in). Returns how many bytes of the chunk it took.
 Sink = Callable[[memoryview], int]
 #: Adds stages to each new Watch (a fault, a transcript): whoever makes watches is given a
-#: sequence of them by the configuration (`compose.watch_dressers`).
+#: sequence of them by the configuration (`compose.watch_dressers`). A dresser that keeps
+#: something for the whole run has a `close()`, which the server calls when it closes.
 Dresser = Callable[["Watch"], None]
 #: The blocks `WatchedSocket.sendfile` reads and sends.
 SENDFILE_BLOCK = 65536
@@ -61,6 +63,9 @@ class Stage:
         if self.next is None:
             return sink(chunk)
         return self.next.pass_on(chunk, sink)
+
+    def close(self) -> None:
+        """The connection (or datagram request) ended: release what the stage holds."""
 
 
 class Tally(Stage):
@@ -113,6 +118,7 @@ class Watch:
         self.reports = reports
         self.inbound = Tally(self, "in")
         self.outbound = Tally(self, "out", shows_empty_out)
+        self.closed = False
         for dress in dressers:
             dress(self)
 
@@ -122,6 +128,17 @@ class Watch:
         while last.next is not None:
             last = last.next
         last.next = stage
+
+    def close(self) -> None:
+        """The connection (or datagram request) ended: close every stage, once."""
+        if self.closed:
+            return
+        self.closed = True
+        for first in (self.inbound, self.outbound):
+            stage: Stage | None = first
+            while stage is not None:
+                stage.close()
+                stage = stage.next
 
     @property
     def received(self) -> int:

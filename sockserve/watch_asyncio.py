@@ -179,13 +179,16 @@ class _Watched:
         self._call(self.protocol.resume_writing)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.on_error is None:
-            self.protocol.connection_lost(exc)
-            return
         try:
-            self.protocol.connection_lost(exc)
-        except HANDLER_ERRORS as error:
-            self.on_error(self.client, error)
+            if self.on_error is None:
+                self.protocol.connection_lost(exc)
+                return
+            try:
+                self.protocol.connection_lost(exc)
+            except HANDLER_ERRORS as error:
+                self.on_error(self.client, error)
+        finally:
+            self.watch.close()
 
     def _call(self, method: Callable[..., Any], *args: Any) -> None:
         if self.on_error is None:
@@ -278,7 +281,10 @@ class WatchedDatagramProtocol(asyncio.DatagramProtocol):
         self._call(None, self.protocol.resume_writing)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._call(None, self.protocol.connection_lost, exc)
+        try:
+            self._call(None, self.protocol.connection_lost, exc)
+        finally:
+            self.watch.close()
         if self.records and self.watch.sent > self._recorded_sent:
             self._record(None, 0)  # replies sent after the last datagram was recorded
 

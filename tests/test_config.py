@@ -129,6 +129,10 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "allow_gid": ((), "access", AccessRules(uids=[1000])),
     "to_all": (False, "to_all", False),  # -H broadcast only: see tests/test_builtins_rooms.py
     "slow_client": ("disconnect", "slow_client", "disconnect"),  # likewise
+    "record": ("/tmp", "record", "/tmp"),
+    "transcript": (None, "transcript", None),  # -H replay only: see tests/test_cli_record.py
+    "timing": (None, "timing", "recorded"),  # -H replay only
+    "match": (None, "match", "length"),  # -H replay only
 }
 
 

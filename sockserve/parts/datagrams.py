@@ -86,7 +86,10 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         )
         watch.incoming(data)
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
-        serve(data, WatchedDatagramSocket(sock, watch), client)
+        try:
+            serve(data, WatchedDatagramSocket(sock, watch), client)
+        finally:
+            watch.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Handle the request on this thread (a reply that never waits costs less than a

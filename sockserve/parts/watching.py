@@ -6,6 +6,7 @@ import socket
 import sys
 from typing import Any
 
+from .. import socketserver
 from ..events import Events
 from ..socketserver import TCPServer
 from ..watch import Dresser, Watch, WatchedDatagramSocket, WatchedSocket
@@ -98,8 +99,9 @@ class WatchPart(TCPServer):
     stay socket.socket's own), unix connections and datagrams through a watch that only
     counts. A datagram received is passed through the watch here.
 
-    Extends get_request (the request becomes a watched socket) and shutdown_request (the
-    record, when `record_counts`: the builtins record their own).
+    Extends get_request (the request becomes a watched socket), shutdown_request (the
+    record, when `record_counts`: the builtins record their own) and close_request (the
+    watch is closed: `Watch.close`).
     """
 
     monitor: Events | None = None
@@ -133,7 +135,10 @@ class WatchPart(TCPServer):
         return (data, WatchedDatagramSocket(sock, watch)), client
 
     def shutdown_request(self, request: Any) -> None:
-        """Record the request's byte counts, then shut it down and close it."""
+        """Record the request's byte counts, then shut it down and close it (in fork
+        mode, where the parent closes its copy of each request, close the watch here)."""
+        if _FORKING is not None and isinstance(self, _FORKING):
+            _close_watch(request)
         monitor = self.monitor
         if monitor is not None and self.record_counts:
             if isinstance(request, KernelCountedSocket):
@@ -146,3 +151,22 @@ class WatchPart(TCPServer):
                 watch = request[1].watch
                 monitor.record(watch.client, watch.received, watch.sent)
         super().shutdown_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Close the request's watch (but in a fork mode server: see shutdown_request),
+        then the request."""
+        if _FORKING is None or not isinstance(self, _FORKING):
+            _close_watch(request)
+        super().close_request(request)
+
+
+#: A fork mode server's parent closes its copy of each request: the child ends the watch.
+_FORKING: Any = getattr(socketserver, "ForkingMixIn", None)
+
+
+def _close_watch(request: Any) -> None:
+    """The request ended: close its watch (`Watch.close`), if it has one."""
+    if isinstance(request, WatchedSocket):
+        request.watch.close()
+    elif isinstance(request, tuple) and isinstance(request[1], WatchedDatagramSocket):
+        request[1].watch.close()
