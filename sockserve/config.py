@@ -17,6 +17,7 @@ from typing import Literal
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import LoadedHandler, check_compatible, load_handler
+from .tls_config import check_tls, parse_alpn
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
@@ -71,6 +72,16 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
+    tls: bool = False
+    cert: str | None = None
+    key: str | None = None
+    tls_name: tuple[str, ...] = ()
+    tls_ca_out: str | None = None
+    client_ca: str | None = None
+    tls_client_cert_out: str | None = None
+    alpn: tuple[str, ...] | None = None
+    tls_min: str | None = None
+    tls_handshake_timeout: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,6 +172,7 @@ class ServeConfig:
                 "speak first",
                 hint=f"drop {option}",
             )
+        check_tls(self)
 
     @property
     def transport(self) -> str:
@@ -223,6 +235,16 @@ def build_config(
     verbose: int = 0,
     color: bool | None = None,
     traceback: bool = False,
+    tls: bool = False,
+    cert: str | None = None,
+    key: str | None = None,
+    tls_name: tuple[str, ...] = (),
+    tls_ca_out: str | None = None,
+    client_ca: str | None = None,
+    tls_client_cert_out: str | None = None,
+    alpn: str | tuple[str, ...] | None = None,
+    tls_min: str | None = None,
+    tls_handshake_timeout: float | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -286,6 +308,16 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
+        tls=tls or cert is not None or key is not None,  # --cert and --key imply --tls
+        cert=cert,
+        key=key,
+        tls_name=tuple(tls_name),
+        tls_ca_out=tls_ca_out,
+        client_ca=client_ca,
+        tls_client_cert_out=tls_client_cert_out,
+        alpn=parse_alpn(alpn),
+        tls_min=tls_min,
+        tls_handshake_timeout=tls_handshake_timeout,
     )
 
 

@@ -79,11 +79,15 @@ def summary_text(stats: Stats, socktype: str) -> str:
     """The one-line summary printed at the end of a run."""
     unit = "datagram" if socktype == "dgram" else "connection"
     count = stats.requests if socktype == "dgram" else stats.connections
-    return (
+    text = (
         f"stopped after {stats.uptime:.1f}s: {count} {unit}{'s' if count != 1 else ''}, "
         f"{format_bytes(stats.bytes_in)} in, {format_bytes(stats.bytes_out)} out, "
         f"{stats.errors} error{'s' if stats.errors != 1 else ''}"
     )
+    failed = getattr(stats, "tls_failures", 0)
+    if failed:
+        text += f", {failed} TLS handshake{'s' if failed != 1 else ''} failed"
+    return text
 
 
 #: Where sockserve's own code lives: its frames lead into a user's handler.
@@ -243,6 +247,22 @@ class PlainReporter:
         if not self.quiet:
             self._emit(message, "event")
 
+    def tls(self, client: Any, info: Mapping[str, Any]) -> None:
+        """Print a failed handshake's reason; a completed one's details at -v."""
+        if self.quiet:
+            return
+        if "error" in info:
+            self._emit(
+                f"tls handshake failed with {format_client(client)}: {info['error']}", "event"
+            )
+            return
+        if self.verbosity >= 1:
+            shown = [str(info.get("version")), str(info.get("cipher"))]
+            for key in ("alpn", "sni", "client_subject"):
+                if info.get(key):
+                    shown.append(f"{key.replace('_', ' ')} {info[key]}")
+            self._emit(f"tls {format_client(client)}: {', '.join(shown)}", "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -334,6 +354,7 @@ class JsonReporter(PlainReporter):
             bytes_in=stats.bytes_in,
             bytes_out=stats.bytes_out,
             errors=stats.errors,
+            **({"tls_failures": stats.tls_failures} if stats.tls_failures else {}),
         )
 
     def fatal(self, message: str, hint: str | None) -> None:
@@ -374,6 +395,10 @@ class JsonReporter(PlainReporter):
     def info(self, message: str) -> None:
         """Write an `info` event."""
         self._event("info", message=message)
+
+    def tls(self, client: Any, info: Mapping[str, Any]) -> None:
+        """Write a `tls` event: the handshake's details, or its `error`."""
+        self._event("tls", client=self._client(client), **info)
 
 
 def make_reporter(

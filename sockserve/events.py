@@ -52,6 +52,13 @@ class Events(Protocol):
     def info(self, message: str) -> None:
         """A line of status."""
 
+    def tls(self, client: Any, info: dict[str, Any]) -> None:
+        """A stream connection's TLS handshake ended (after its `connected`).
+
+        `info`: version, cipher, alpn, sni and, when the client sent one, client_subject; or,
+        for a handshake that failed, only `error`, the reason in a few words.
+        """
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -75,6 +82,9 @@ class NullEvents:
         """Ignore it."""
 
     def info(self, message: str) -> None:
+        """Ignore it."""
+
+    def tls(self, client: Any, info: dict[str, Any]) -> None:
         """Ignore it."""
 
 
@@ -112,6 +122,7 @@ class Stats:
         self.bytes_in = 0
         self.bytes_out = 0
         self.errors = 0
+        self.tls_failures = 0
         self.lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -146,6 +157,7 @@ class Stats:
             self.bytes_in += int(counts["bytes_in"])
             self.bytes_out += int(counts["bytes_out"])
             self.errors += int(counts["errors"])
+            self.tls_failures += int(counts.get("tls_failures", 0))
 
     def counts(self) -> dict[str, int]:
         """The counters as a dict, to send to another process."""
@@ -155,7 +167,13 @@ class Stats:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "errors": self.errors,
+            "tls_failures": self.tls_failures,
         }
+
+    def add_tls_failure(self) -> None:
+        """Count a TLS handshake that failed."""
+        with self.lock:
+            self.tls_failures += 1
 
     @property
     def uptime(self) -> float:

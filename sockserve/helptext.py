@@ -46,6 +46,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_on_close",
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
+    "TLS": (
+        "tls",
+        "cert",
+        "key",
+        "tls_name",
+        "tls_ca_out",
+        "client_ca",
+        "tls_client_cert_out",
+        "alpn",
+        "tls_min",
+        "tls_handshake_timeout",
+    ),
     "Output": (
         "print_address",
         "print_host_port",

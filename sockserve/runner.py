@@ -38,8 +38,11 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     return bh.datagram_handler(loaded.builtin, options)
 
 
-def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
-    """The server whose serve_forever runs: `server` itself, or the event loop's on its socket.
+def make_loop_server(
+    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, tls: Any = None
+) -> Any:
+    """The server whose serve_forever runs: `server` itself, or the event loop's on its socket
+    (with `tls`, the run's `sockserve.tls.TlsSetup`: each connection's handshake is a task).
 
     The event server stops by itself at the request limit through `monitor.request_stop`,
     which the lifecycle hears.
@@ -58,6 +61,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         backlog=config.backlog,
         banner=config.banner_bytes() if config.socktype == "stream" else b"",
         watch_dressers=watch_dressers(config),
+        tls=tls,
     )
 
 
@@ -76,10 +80,17 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
     Raises SockserveError before serving, or after it when stdout failed (data was lost).
     """
     monitor = RunMonitor(reporter, config)
+    tls: Any = None
     try:
+        if config.tls:
+            from .tls import prepare_tls  # ssl and the certificates: only for TLS
+
+            tls = prepare_tls(config)
         handler = build_handler(config, monitor)
-        server: Any = make_server(config, handler, monitor)
+        server: Any = make_server(config, handler, monitor, tls)
     except BaseException:
+        if tls is not None:
+            tls.close()
         monitor.close()
         raise
     family = "unix" if config.family == "unix" else _family_of(server)
@@ -101,6 +112,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
                 details["pinned_cpu"] = cpu  # the loop runs in this thread, right after
             if config.family == "unix" or config.output == "json":
                 details["pid"] = os.getpid()
+            if tls is not None:
+                details.update(tls.details())
             reporter.listening(format_bound(family, config.socktype, sockaddr), details)
             if config.address.all_interfaces:
                 reporter.warning(
@@ -115,7 +128,7 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
             from .workers import serve_workers  # only --workers needs it
 
             def serve_one(signals: tuple[int, ...]) -> int:
-                loop_server = make_loop_server(config, server, handler, monitor)
+                loop_server = make_loop_server(config, server, handler, monitor, tls)
                 status = run_loop(config, server, loop_server, monitor, signals)
                 if monitor.fatal is not None:  # the supervisor sees only the worker's status
                     monitor.warning(monitor.fatal.message)
@@ -124,13 +137,15 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
 
             status = serve_workers(config, server, monitor, serve_one, announce=announce)
         else:
-            loop_server = make_loop_server(config, server, handler, monitor)
+            loop_server = make_loop_server(config, server, handler, monitor, tls)
             status = run_loop(config, server, loop_server, monitor, announce=announce)
     finally:
         try:
             server.server_close()
         except Exception:
             pass
+        if tls is not None:
+            tls.close()
         monitor.close()
     reporter.summary(monitor.stats, config.socktype, monitor.stop_reason)
     if monitor.output_closed:
