@@ -130,11 +130,13 @@ class WatchedTlsSocket(TlsSocket):
         return self.watch.outgoing(data, lambda chunk: send(chunk, flags))
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        sendall = super().sendall
+        send = super().send  # SSLSocket.sendall would call our send: each chunk seen twice
 
         def sink(chunk: memoryview) -> int:
-            sendall(chunk, flags)
-            return len(chunk)
+            sent = 0
+            while sent < len(chunk):
+                sent += send(chunk[sent:], flags)
+            return sent
 
         self.watch.outgoing(data, sink)
 

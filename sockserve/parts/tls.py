@@ -3,6 +3,7 @@ run in the request's own thread or child, with a time limit."""
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from ..events import Events
@@ -45,6 +46,8 @@ class TlsPart(TCPServer):
     `tls_records_failures` (the builtins, which record their own connections), a failed
     connection is also recorded, with no bytes.
 
+    Once the handler is done, the server's end of the data (close_notify) is sent.
+
     Extends finish_request. Comes before `BannerPart`: the banner goes out encrypted.
     """
 
@@ -73,3 +76,7 @@ class TlsPart(TCPServer):
         if monitor is not None:
             monitor.tls(client_address, tls.handshake_info(request))
         super().finish_request(request, client_address)
+        try:  # TLS's end of data (close_notify), whichever way the server then closes
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # closed by the handler, or gone
