@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -204,9 +205,29 @@ def test_plain_text_to_a_tls_port_is_one_line_and_the_server_goes_on(
     assert shutdown["tls_failures"] == 1 and shutdown["errors"] == 0
 
 
+def ca_path(proc: subprocess.Popen[str]) -> str:
+    """The CA file the banner of a running `proc` named (its first line on stderr)."""
+    assert proc.stderr is not None
+    banner = proc.stderr.readline()
+    match = re.search(r"tls_ca=([^,)]+)", banner)
+    assert match, banner
+    return match.group(1)
+
+
 def test_plain_output_a_failed_handshake_is_one_line_counted_in_the_summary() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockserve", "tcp", "127.0.0.1:0", "--tls", "--print-host-port"],
+        [
+            sys.executable,
+            "-m",
+            "sockserve",
+            "tcp",
+            "127.0.0.1:0",
+            "--tls",
+            "--print-host-port",
+            "-v",
+            "--alpn",
+            "h2",
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -214,6 +235,7 @@ def test_plain_output_a_failed_handshake_is_one_line_counted_in_the_summary() ->
     try:
         assert proc.stdout is not None
         host, port = proc.stdout.readline().split()
+        ca = ca_path(proc)  # the banner: read before the rest, which communicate() reads
         with socket.create_connection((host, int(port)), timeout=10) as plain:
             plain.sendall(b"hello there, plain text\n")
             try:
@@ -221,11 +243,21 @@ def test_plain_output_a_failed_handshake_is_one_line_counted_in_the_summary() ->
                     pass
             except ConnectionResetError:
                 pass
+        context = ssl.create_default_context(cafile=ca)
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection((host, int(port)), timeout=10)
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
-    lines = [line for line in err.splitlines()[1:] if "tls" in line.lower()]
-    assert len(lines) == 2, err  # the failure and the summary (after the banner)
+    lines = [line for line in err.splitlines() if "tls" in line.lower()]
+    assert len(lines) == 3, err  # the failure, a handshake at -v, the summary
+    assert re.fullmatch(
+        r"tls 127\.0\.0\.1:\d+: TLSv1\.3, TLS_\w+, alpn h2, sni localhost", lines[1]
+    )
+    lines.pop(1)
     assert lines[0].startswith("tls handshake failed with 127.0.0.1:")
     assert "not TLS: plain text to a TLS port?" in lines[0]
     assert lines[1].endswith("0 errors, 1 TLS handshake failed (SIGTERM received)")
@@ -507,3 +539,22 @@ def test_a_plain_run_loads_no_tls_code() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("mode", ["thread", "event"])
+def test_the_banner_goes_out_after_the_handshake(serve: Callable[..., Served], mode: str) -> None:
+    served = serve("tcp", ":0", "--tls", "-c", mode, "--banner", "220 ready\\r\\n")
+    with served.client() as sock:
+        assert sock.recv(100) == b"220 ready\r\n"
+        sock.sendall(b"hi\n")
+        assert sock.recv(100) == b"hi\n"
+    assert served.stop()[0] == 0
+
+
+def test_workers_share_the_context(serve: Callable[..., Served]) -> None:
+    served = serve("tcp", ":0", "--tls", "--workers", "2")
+    for n in range(4):
+        assert exchange(served.client(), b"%d\n" % n) == b"%d\n" % n
+    status, out = served.stop()
+    assert status == 0 and "Traceback" not in out
+    assert not os.path.exists(served.ca)  # removed once, by the supervisor
