@@ -3,12 +3,9 @@ serves TLS, imports it)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    from .config import ServeConfig
 
 #: How long a client may take over its handshake, by default.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -38,7 +35,26 @@ def parse_alpn(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
     return protocols
 
 
-def check_tls(config: ServeConfig) -> None:
+class TlsFields(Protocol):
+    """What `check_tls` reads of a ServeConfig (this module is below config's layer)."""
+
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def cert(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def tls_min(self) -> str | None: ...
+    @property
+    def tls_handshake_timeout(self) -> float | None: ...
+    @property
+    def socktype(self) -> str: ...
+    @property
+    def transport(self) -> str: ...
+
+
+def check_tls(config: TlsFields) -> None:
     """Refuse TLS options that cannot apply together. `build_config` has made --cert and
     --key imply --tls already."""
     if not config.tls:
