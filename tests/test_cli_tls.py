@@ -336,6 +336,18 @@ class Shout(asyncio.Protocol):
 
     def data_received(self, data):
         self.transport.write(data.upper())
+
+
+class Buffered(asyncio.BufferedProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = bytearray(4)
+
+    def get_buffer(self, sizehint):
+        return self.buffer
+
+    def buffer_updated(self, nbytes):
+        self.transport.write(bytes(self.buffer[:nbytes]).upper())
 """
 
 
@@ -352,13 +364,17 @@ def test_a_users_stream_handler_gets_the_tls_socket(
     assert served.stop()[0] == 0
 
 
-def test_a_users_protocol_in_event_mode(serve: Callable[..., Served], tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["Shout", "Buffered"])
+def test_a_users_protocol_in_event_mode(
+    serve: Callable[..., Served], tmp_path: Path, name: str
+) -> None:
     (tmp_path / "tls_handlers.py").write_text(HANDLER)
     served = serve(
-        "tcp", ":0", "--tls", "-c", "event", "-H", "tls_handlers.py:Shout", cwd=str(tmp_path)
+        "tcp", ":0", "--tls", "-c", "event", "-H", f"tls_handlers.py:{name}", cwd=str(tmp_path)
     )
     assert exchange(served.client(), b"quiet\n") == b"QUIET\n"
-    assert served.stop()[0] == 0
+    status, out = served.stop()
+    assert status == 0 and "Traceback" not in out
 
 
 @pytest.mark.parametrize("mode", ["thread", "event"])

@@ -181,3 +181,52 @@ def test_event_mode_handshakes_on_every_loop(setups: Callable[..., TlsSetup], lo
     assert len(events.named("connected")) == 3
     assert sorted(counts for _, *counts in events.named("record")) == [[0, 0], [4, 4], [4, 4]]
     assert not events.named("handler_error")
+
+
+class Small(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.got = b""
+        self.buffer = bytearray(3)
+        self.eof = False
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.got += bytes(self.buffer[:nbytes])
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return False
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.protocol: Any = None
+        self.closed = False
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_what_came_before_the_protocol_took_over_is_handed_to_it() -> None:
+    from sockserve.tls_asyncio import _Gate
+
+    class Conn:
+        protocol = Small()
+
+    gate = _Gate(Conn())
+    gate.data_received(b"early ")
+    gate.data_received(b"bytes")
+    assert gate.eof_received() is True  # the connection stays until the protocol decides
+    transport = FakeTransport()
+    gate.hand_over(transport)
+    assert transport.protocol is Conn.protocol
+    assert (Conn.protocol.got, Conn.protocol.eof) == (b"early bytes", True)
+    assert transport.closed  # its eof_received said False: closed, as asyncio would
