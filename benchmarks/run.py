@@ -120,9 +120,60 @@ class Unavailable(Exception):
     """A server that cannot run in this scenario or on this machine."""
 
 
+_TLS_DIR: list[Path] = []  # made once per run (tls_files), removed at exit
+
+
+def tls_files() -> Path:
+    """The directory of ca.pem, cert.pem and key.pem, shared by every TLS server of the run."""
+    if not _TLS_DIR:
+        import atexit
+
+        folder = Path(tempfile.mkdtemp(prefix="ssb-tls-", dir="/tmp"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        subprocess.run([PY, str(HERE / "tls_tools.py"), "certs", str(folder)], check=True)
+        _TLS_DIR.append(folder)
+    return _TLS_DIR[0]
+
+
+def sockserve_tls(concurrency: str) -> Argv:
+    """sockserve serving the run's certificate (--cert/--key: the peers' own, ECDSA P-256)."""
+
+    def argv(transport: str, address: str, handler: str) -> list[str]:
+        tls = tls_files()
+        cert, key = str(tls / "cert.pem"), str(tls / "key.pem")
+        return [*sockserve(concurrency)(transport, address, handler), "--cert", cert, "--key", key]
+
+    return argv
+
+
+def socat_tls(t: str, a: str, h: str) -> list[str]:
+    tls = tls_files()
+    host, _, port = a.rpartition(":")
+    listen = (
+        f"OPENSSL-LISTEN:{port},bind={host},reuseaddr,fork,backlog=128,"
+        f"cert={tls / 'cert.pem'},key={tls / 'key.pem'},verify=0"
+    )
+    return ["socat", listen, "PIPE"]
+
+
+def ncat_tls(t: str, a: str, h: str) -> list[str]:
+    if shutil.which("ncat") is None:
+        raise Unavailable("ncat not installed (apt-get install ncat)")
+    tls = tls_files()
+    host, _, port = a.rpartition(":")
+    return ["ncat", "-l", "-k", "--ssl", "--ssl-cert", str(tls / "cert.pem"),
+            "--ssl-key", str(tls / "key.pem"), host, port, "--exec", "/bin/cat"]  # fmt: skip
+
+
+def uvloop_tls(t: str, a: str, h: str) -> list[str]:
+    return [PY, str(HERE / "tls_tools.py"), "echo", a, str(tls_files())]
+
+
 OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
 OWN_PIN = "sockserve thread (own handler, --pin)"  # the same, its threads kept on one CPU
 BOUNDED = "sockserve thread max=128"  # the bounded pool: --max-threads 128
+TLS_THREAD = "sockserve thread tls"  # --cert/--key: the certificate the TLS peers serve
+TLS_EVENT = "sockserve event tls"
 SERVERS: dict[str, Server] = {
     s.key: s
     for s in [
@@ -142,6 +193,11 @@ SERVERS: dict[str, Server] = {
         Server("uvloop", "asyncio", "uvloop", aio("uvloop")),
         Server("socat", "native", "socat", socat, prints_address=False, needs_port=True),
         Server("C epoll", "native", "c", native),
+        Server(TLS_THREAD, "sockserve", "thread", sockserve_tls("thread")),
+        Server(TLS_EVENT, "sockserve", "event", sockserve_tls("event")),
+        Server("uvloop tls", "asyncio", "uvloop", uvloop_tls),
+        Server("socat tls", "native", "socat", socat_tls, prints_address=False, needs_port=True),
+        Server("ncat tls", "native", "ncat", ncat_tls, prints_address=False, needs_port=True),
     ]
 }
 
@@ -294,6 +350,36 @@ SCENARIOS: list[Scenario] = [
         ["sockserve sync", "sockserve thread", "sockserve event", "stdlib sync", *PEERS],
         ["sockserve sync", "sockserve event", "stdlib sync", "uvloop", "C epoll"],
         "dgram/s",
+    ),
+    Scenario(
+        "tls-connect",
+        "TLS 1.3 new connection per request (handshake, 1 B echoed), 10 clients",
+        "tls-connect",
+        "tcp",
+        10,
+        [TLS_THREAD, TLS_EVENT, "socat tls", "ncat tls"],
+        [TLS_THREAD, "socat tls", "ncat tls"],
+        "conn/s",
+    ),
+    Scenario(
+        "tls-bulk-echo",
+        "TLS bulk echo, 1 connection",
+        "bulk-tls-echo",
+        "tcp",
+        1,
+        [TLS_THREAD, TLS_EVENT, "socat tls"],
+        [TLS_THREAD, "socat tls"],
+        "MB/s",
+    ),
+    Scenario(
+        "tls-pp10",
+        "TLS ping-pong 64 B, 10 connections",
+        "tls-pingpong",
+        "tcp",
+        10,
+        [TLS_THREAD, TLS_EVENT, "uvloop tls"],
+        [TLS_EVENT, "uvloop tls"],
+        "req/s",
     ),
 ]
 SCENARIO_KEYS = [s.key for s in SCENARIOS] + ["startup"]
@@ -580,6 +666,8 @@ def wait_quiet() -> None:
 
 
 def loadgen(scenario: Scenario, address: str, duration: float, bulk_bytes: int, tmp: Path) -> dict:
+    if "tls" in scenario.kind:
+        return tls_load(scenario, address, duration, bulk_bytes)
     cmd = [str(LOADGEN), scenario.kind, "-t", scenario.transport, "-a", address]
     if scenario.bulk:
         cmd += ["-b", str(bulk_bytes), "-d", "120"]
@@ -592,6 +680,20 @@ def loadgen(scenario: Scenario, address: str, duration: float, bulk_bytes: int, 
     out = subprocess.run(cmd, capture_output=True, timeout=timeout, text=True)
     if not out.stdout.strip():
         raise RuntimeError(f"loadgen failed: {out.stderr.strip()[:200]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tls_load(scenario: Scenario, address: str, duration: float, bulk_bytes: int) -> dict:
+    """The TLS scenarios' load, from benchmarks/tls_tools.py (Python's ssl: loadgen.c has no
+    TLS), in loadgen's JSON shape."""
+    mode = {"tls-connect": "connect", "tls-pingpong": "pingpong"}.get(scenario.kind, "bulk")
+    ca = str(tls_files() / "ca.pem")
+    cmd = [PY, str(HERE / "tls_tools.py"), "load", mode, address, ca, str(scenario.conns)]
+    cmd += [str(duration), str(bulk_bytes)]
+    timeout = 130.0 if scenario.bulk else duration + 30
+    out = subprocess.run(cmd, capture_output=True, timeout=timeout, text=True)
+    if not out.stdout.strip():
+        raise RuntimeError(f"TLS load failed: {out.stderr.strip()[-200:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -815,6 +917,10 @@ TARGETS = [
         "unix-pp10", "unix stream ping-pong, 10 conns", "sockserve thread", "stdlib thread", 1.0
     ),
     Target("unix-pp10", "unix stream ping-pong, 10 conns", "sockserve event", "uvloop", 0.9),
+    Target("tls-connect", "TLS 1.3 handshakes, 10 clients", TLS_THREAD, "socat tls", 1.0),
+    Target("tls-connect", "TLS 1.3 handshakes, 10 clients", TLS_THREAD, "ncat tls", 1.0),
+    Target("tls-bulk-echo", "TLS bulk echo, 1 conn", TLS_THREAD, "socat tls", 1.0),
+    Target("tls-pp10", "TLS ping-pong, 10 conns", TLS_EVENT, "uvloop tls", 0.9),
     Target(
         "startup",
         "exec → first accepted connection",
@@ -1144,10 +1250,12 @@ def build() -> None:
 def check_peers() -> None:
     if shutil.which("socat") is None:
         SERVERS["socat"].unavailable = "socat not installed (apt-get install socat)"
+        SERVERS["socat tls"].unavailable = SERVERS["socat"].unavailable
     try:
         import uvloop  # noqa: F401
     except ImportError:
         SERVERS["uvloop"].unavailable = "uvloop not installed (pip install uvloop)"
+        SERVERS["uvloop tls"].unavailable = SERVERS["uvloop"].unavailable
 
 
 @contextlib.contextmanager

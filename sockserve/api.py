@@ -303,7 +303,8 @@ class Server:
     @property
     def ca_file(self) -> str | None:
         """The file of the CA that signed the server's TLS certificate; None without TLS."""
-        return getattr(self._run.server, "tls_ca_file", None)
+        tls = self._run.tls
+        return None if tls is None else tls.ca_path
 
     # -- what it saw ------------------------------------------------------------------------------
     @property

@@ -313,6 +313,73 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "recorded text itself, for at most 2s, then by length.  [default: length]",
 )
 @click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve TLS (tcp, unix): a throwaway CA signs a server certificate for the bound host, "
+    "localhost, 127.0.0.1, ::1 and each --tls-name, in memory; the CA certificate goes to the "
+    "file the banner names (tls_ca=PATH), for clients to trust.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Serve TLS with this PEM certificate (chain) instead of a throwaway one; implies --tls.  "
+    "[default: a throwaway certificate]",
+)
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="The PEM private key of --cert.  [default: in the --cert file]",
+)
+@click.option(
+    "--tls-name",
+    multiple=True,
+    metavar="NAME",
+    help="Another name (DNS or IP) for the throwaway server certificate; repeatable.  "
+    "[default: none]",
+)
+@click.option(
+    "--tls-ca-out",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Write the throwaway CA certificate here (mode 600; kept).  "
+    "[default: a temporary file, removed at exit]",
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Require client certificates (mTLS) signed by a CA of this PEM file.  "
+    "[default: none asked]",
+)
+@click.option(
+    "--tls-client-cert-out",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Write client.pem and client.key (mode 600), signed by a throwaway CA, into DIR, and "
+    "require client certificates (mTLS): that one or, with --client-ca, one of those CAs'.  "
+    "[default: none]",
+)
+@click.option(
+    "--alpn",
+    metavar="LIST",
+    help="ALPN protocols offered, by preference, comma-separated (e.g. h2,http/1.1).  "
+    "[default: none]",
+)
+@click.option(
+    "--tls-min",
+    type=click.Choice(["1.2", "1.3"]),
+    help="Lowest TLS version accepted.  [default: 1.2]",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    type=POSITIVE_SECONDS,
+    metavar="SECONDS",
+    help="Close a connection whose TLS handshake takes longer (2.5, 200ms, 1.5s, 2m).  "
+    "[default: 10s]",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",

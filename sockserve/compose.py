@@ -31,6 +31,7 @@ from .parts.recording import Recorder, RecordPart
 from .parts.reply_source import ReplySourcePart
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
+from .parts.tls import TlsPart, TlsWrapPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
 from .watch import Dresser
@@ -69,6 +70,7 @@ PART_ORDER: tuple[type, ...] = (
     AcceptBatchPart,
     ChildClosesListenerPart,
     NodelayListenerPart,
+    TlsPart,
     BannerPart,
     DispatchRefusalPart,
     RequestsPart,
@@ -76,6 +78,7 @@ PART_ORDER: tuple[type, ...] = (
     IdleTimeoutPart,
     WatchPart,
     RecordPart,
+    TlsWrapPart,
     ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
@@ -165,6 +168,9 @@ def choose_parts(
     if replies_need_source(config):
         parts.append(ReplySourcePart)
         settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
+    if config.tls:  # ServeConfig refuses TLS on datagrams
+        parts += [TlsPart, TlsWrapPart]
+        settings["tls_records_failures"] = builtin is not None  # they record their own
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout
@@ -223,8 +229,11 @@ def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
     return ("inet6" if fam == socket.AF_INET6 else "inet"), sockaddr
 
 
-def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None) -> RequestsPart:
-    """Create, bind and activate the server for `config`, with `handler` as its handler class.
+def make_server(
+    config: ServeConfig, handler: Any, monitor: Events | None = None, tls: Any = None
+) -> RequestsPart:
+    """Create, bind and activate the server for `config`, with `handler` as its handler class
+    (and `tls`, the run's `sockserve.tls.TlsSetup`, when it serves TLS).
 
     Raises EnvironmentProblem (address in use, permission denied, ...) with a hint.
     """
@@ -247,6 +256,13 @@ def make_server(config: ServeConfig, handler: Any, monitor: Events | None = None
     )
     if family == "unix":
         settings["unix_mode"] = config.mode
+    if tls is not None:
+        from .tls import WatchedTlsSocket  # ssl: only a run that serves TLS loads it
+
+        settings["tls_context"] = tls.context
+        settings["tls_handshake_timeout"] = tls.handshake_timeout
+        if WatchPart in parts:  # the watch sees the plaintext
+            tls.context.sslsocket_class = WatchedTlsSocket
     # The concurrency mixin's settings (kept on every server, as the runner reads them).
     settings.update(
         daemon_threads=config.daemon_threads,

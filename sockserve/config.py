@@ -26,6 +26,7 @@ from .loading import (
     check_compatible,
     load_handler,
 )
+from .tls_config import check_tls, parse_alpn
 from .transcripts import Transcript, read_transcript
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
@@ -90,6 +91,16 @@ class ServeConfig:
     transcript: Transcript | None = None  # --transcript FILE, read and checked
     timing: Timing = "recorded"
     match: Match = "length"
+    tls: bool = False
+    cert: str | None = None
+    key: str | None = None
+    tls_name: tuple[str, ...] = ()
+    tls_ca_out: str | None = None
+    client_ca: str | None = None
+    tls_client_cert_out: str | None = None
+    alpn: tuple[str, ...] | None = None
+    tls_min: str | None = None
+    tls_handshake_timeout: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -182,6 +193,7 @@ class ServeConfig:
                 "speak first",
                 hint=f"drop {option}",
             )
+        check_tls(self)
 
     def _check_access(self) -> None:
         """Network rules need an IP peer; credentials, a unix stream peer."""
@@ -310,6 +322,16 @@ def build_config(
     transcript: str | None = None,
     timing: Timing | None = None,
     match: Match | None = None,
+    tls: bool = False,
+    cert: str | None = None,
+    key: str | None = None,
+    tls_name: tuple[str, ...] = (),
+    tls_ca_out: str | None = None,
+    client_ca: str | None = None,
+    tls_client_cert_out: str | None = None,
+    alpn: str | tuple[str, ...] | None = None,
+    tls_min: str | None = None,
+    tls_handshake_timeout: float | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -385,6 +407,16 @@ def build_config(
         transcript=script,
         timing=timing or "recorded",
         match=match or "length",
+        tls=tls or cert is not None or key is not None,  # --cert and --key imply --tls
+        cert=cert,
+        key=key,
+        tls_name=tuple(tls_name),
+        tls_ca_out=tls_ca_out,
+        client_ca=client_ca,
+        tls_client_cert_out=tls_client_cert_out,
+        alpn=parse_alpn(alpn),
+        tls_min=tls_min,
+        tls_handshake_timeout=tls_handshake_timeout,
     )
 
 

@@ -79,12 +79,16 @@ def summary_text(stats: Stats, socktype: str) -> str:
     """The one-line summary printed at the end of a run."""
     unit = "datagram" if socktype == "dgram" else "connection"
     count = stats.requests if socktype == "dgram" else stats.connections
-    return (
+    text = (
         f"stopped after {stats.uptime:.1f}s: {count} {unit}{'s' if count != 1 else ''}, "
         f"{format_bytes(stats.bytes_in)} in, {format_bytes(stats.bytes_out)} out, "
         f"{stats.errors} error{'s' if stats.errors != 1 else ''}"
         + (f", {stats.refused} refused" if stats.refused else "")
     )
+    failed = getattr(stats, "tls_failures", 0)
+    if failed:
+        text += f", {failed} TLS handshake{'s' if failed != 1 else ''} failed"
+    return text
 
 
 #: Where sockserve's own code lives: its frames lead into a user's handler.
@@ -249,6 +253,22 @@ class PlainReporter:
         if not self.quiet:
             self._emit(f"refused {format_client(client)}: {reason}", "warning")
 
+    def tls(self, client: Any, info: Mapping[str, Any]) -> None:
+        """Print a failed handshake's reason; a completed one's details at -v."""
+        if self.quiet:
+            return
+        if "error" in info:
+            self._emit(
+                f"tls handshake failed with {format_client(client)}: {info['error']}", "event"
+            )
+            return
+        if self.verbosity >= 1:
+            shown = [str(info.get("version")), str(info.get("cipher"))]
+            for key in ("alpn", "sni", "client_subject"):
+                if info.get(key):
+                    shown.append(f"{key.replace('_', ' ')} {info[key]}")
+            self._emit(f"tls {format_client(client)}: {', '.join(shown)}", "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -341,6 +361,7 @@ class JsonReporter(PlainReporter):
             bytes_out=stats.bytes_out,
             errors=stats.errors,
             refused=stats.refused,
+            **({"tls_failures": stats.tls_failures} if stats.tls_failures else {}),
         )
 
     def fatal(self, message: str, hint: str | None) -> None:
@@ -385,6 +406,10 @@ class JsonReporter(PlainReporter):
     def refused(self, client: Any, reason: str) -> None:
         """Write a `refused` event."""
         self._event("refused", client=self._client(client), reason=reason)
+
+    def tls(self, client: Any, info: Mapping[str, Any]) -> None:
+        """Write a `tls` event: the handshake's details, or its `error`."""
+        self._event("tls", client=self._client(client), **info)
 
 
 def make_reporter(

@@ -75,6 +75,9 @@ class EventServer:
             every protocol is watched (see `sockserve.watch.Dresser`).
         access: the access rules: a peer they refuse is closed at once (its datagram
             dropped) and told to `events.refused`; None: every peer is served.
+        tls: the run's `sockserve.tls.TlsSetup`: each stream connection, once accepted (and
+            `connected`), runs its TLS handshake in a task (`sockserve.tls_asyncio`); the
+            protocol hears of the connection only once it is done.
 
     For the caller, in this order: `serve_forever()` until `request_stop()` (or the
     `request_limit`) stops it and closes the listening socket; then, optionally, `drain(timeout)`
@@ -100,6 +103,7 @@ class EventServer:
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         watch_dressers: Sequence[Dresser] = (),
         access: AccessRules | None = None,
+        tls: Any = None,
     ) -> None:
         self.socket = sock
         self.protocol_factory = protocol_factory
@@ -113,6 +117,7 @@ class EventServer:
         self.loop_factory = loop_factory or default_loop_factory()
         self.watch_dressers = tuple(watch_dressers)
         self.access = access if access else None
+        self.tls = tls
         self.stream = sock.type == socket.SOCK_STREAM
         self.requests_started = 0
         self.stop_reason: str | None = None
@@ -457,6 +462,9 @@ class _Served:
     transport: Any = None
     client: Any = None
     refused = False
+    handshake: Any = None  # the TLS handshake task (`sockserve.tls_asyncio`), while it runs
+    begun = True  # the protocol has heard of the connection (False during a TLS handshake)
+    ended = False
     idle = False
     mark: Any = None
     since = 0.0
@@ -474,12 +482,24 @@ class _Served:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
         if self.server._opened(self):
-            if self.server.banner:
-                self.greet(transport)
-            self.made(transport)
+            if self.server.tls is not None:
+                from .tls_asyncio import start_handshake  # ssl: only for a run with TLS
+
+                self.begun = False
+                start_handshake(self, transport)
+                return
+            self.begin(transport)
             return
         self.refused = True
         transport.abort()
+
+    def begin(self, transport: Any) -> None:
+        """Greet (--banner), then tell the protocol of the connection on `transport`."""
+        self.transport = transport
+        self.begun = True
+        if self.server.banner:
+            self.greet(transport)
+        self.made(transport)
 
     def greet(self, transport: Any) -> None:
         """Write the banner before the protocol hears of the connection; count it as sent
@@ -518,7 +538,11 @@ class _Served:
         attrs = vars(self.protocol)
         attrs.pop("connection_made", None)
         attrs.pop("connection_lost", None)
-        if self.refused:
+        if self.refused or self.ended:
+            return
+        self.ended = True
+        if not self.begun:  # a TLS handshake that did not complete: the protocol never knew
+            self.server._closed(self)
             return
         try:
             self.lost(exc)

@@ -55,6 +55,13 @@ class Events(Protocol):
     def refused(self, client: Any, reason: str) -> None:
         """The access rules refused a peer: its connection closed, its datagram dropped."""
 
+    def tls(self, client: Any, info: dict[str, Any]) -> None:
+        """A stream connection's TLS handshake ended (after its `connected`).
+
+        `info`: version, cipher, alpn, sni and, when the client sent one, client_subject; or,
+        for a handshake that failed, only `error`, the reason in a few words.
+        """
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -81,6 +88,9 @@ class NullEvents:
         """Ignore it."""
 
     def refused(self, client: Any, reason: str) -> None:
+        """Ignore it."""
+
+    def tls(self, client: Any, info: dict[str, Any]) -> None:
         """Ignore it."""
 
 
@@ -119,6 +129,7 @@ class Stats:
         self.bytes_out = 0
         self.errors = 0
         self.refused = 0
+        self.tls_failures = 0
         self.lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -159,6 +170,7 @@ class Stats:
             self.bytes_out += int(counts["bytes_out"])
             self.errors += int(counts["errors"])
             self.refused += int(counts.get("refused", 0))
+            self.tls_failures += int(counts.get("tls_failures", 0))
 
     def counts(self) -> dict[str, int]:
         """The counters as a dict, to send to another process."""
@@ -169,7 +181,13 @@ class Stats:
             "bytes_out": self.bytes_out,
             "errors": self.errors,
             "refused": self.refused,
+            "tls_failures": self.tls_failures,
         }
+
+    def add_tls_failure(self) -> None:
+        """Count a TLS handshake that failed."""
+        with self.lock:
+            self.tls_failures += 1
 
     @property
     def uptime(self) -> float:

@@ -57,6 +57,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Lifecycle": ("once", "max_requests", "grace"),
     "Access": ("allow", "deny", "allow_file", "deny_file", "allow_uid", "allow_gid"),
     "Recording and replay": ("record", "transcript", "timing", "match"),
+    "TLS": (
+        "tls",
+        "cert",
+        "key",
+        "tls_name",
+        "tls_ca_out",
+        "client_ca",
+        "tls_client_cert_out",
+        "alpn",
+        "tls_min",
+        "tls_handshake_timeout",
+    ),
     "Output": (
         "print_address",
         "print_host_port",

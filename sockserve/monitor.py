@@ -278,6 +278,11 @@ class RunMonitor:
             self._output_failed(str(rec.get("m")), rec.get("h"))
         elif kind == "info":
             self.reporter.info(str(rec.get("m")))
+        elif kind == "tls":
+            info = rec.get("t") or {}
+            if "error" in info:
+                self.stats.add_tls_failure()
+            self.reporter.tls(_from_json(rec.get("c")), info)
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""
@@ -289,6 +294,15 @@ class RunMonitor:
                 except OSError:
                     pass
             self._pipe = None
+
+    def tls(self, client: Any, info: dict[str, Any]) -> None:
+        """Report a TLS handshake (from a child: forward it); count the failed ones."""
+        if self.in_child:
+            self._forward({"k": "tls", "c": _jsonable(client), "t": info})
+            return
+        if "error" in info:
+            self.stats.add_tls_failure()
+        self.reporter.tls(client, info)
 
 
 def _jsonable(client: Any) -> Any:

@@ -58,8 +58,11 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     return bh.datagram_handler(loaded.builtin, options)
 
 
-def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor) -> Any:
-    """The server whose serve_forever runs: `server` itself, or the event loop's on its socket.
+def make_loop_server(
+    config: ServeConfig, server: Any, handler: Any, monitor: RunMonitor, tls: Any = None
+) -> Any:
+    """The server whose serve_forever runs: `server` itself, or the event loop's on its socket
+    (with `tls`, the run's `sockserve.tls.TlsSetup`: each connection's handshake is a task).
 
     The event server stops by itself at the request limit through `monitor.request_stop`,
     which the lifecycle hears.
@@ -79,6 +82,7 @@ def make_loop_server(config: ServeConfig, server: Any, handler: Any, monitor: Ru
         banner=config.banner_bytes() if config.socktype == "stream" else b"",
         watch_dressers=getattr(server, "watch_dressers", ()),  # the bound server's, as they are
         access=config.access,
+        tls=tls,
     )
 
 
@@ -112,10 +116,18 @@ class Run:
         self.config = config
         self.reporter = reporter
         self.monitor = monitor = RunMonitor(reporter, config)
+        #: The run's `sockserve.tls.TlsSetup` (its context, the CA file), or None.
+        self.tls: Any = None
         try:
+            if config.tls:
+                from .tls import prepare_tls  # ssl and the certificates: only for TLS
+
+                self.tls = prepare_tls(config)
             self.handler = build_handler(config, monitor)
-            self.server: Any = make_server(config, self.handler, monitor)
+            self.server: Any = make_server(config, self.handler, monitor, self.tls)
         except BaseException:
+            if self.tls is not None:
+                self.tls.close()
             monitor.close()
             raise
         self.family = "unix" if config.family == "unix" else _family_of(self.server)
@@ -139,7 +151,7 @@ class Run:
         made (the command's process), out of the collector's sight.
         """
         config, server, monitor, reporter = self.config, self.server, self.monitor, self.reporter
-        handler, family = self.handler, self.family
+        handler, family, tls = self.handler, self.family, self.tls
         try:
             sockaddr = server.server_address
 
@@ -160,6 +172,8 @@ class Run:
                     details["pinned_cpu"] = cpu  # the loop runs in this thread, right after
                 if config.family == "unix" or config.output == "json":
                     details["pid"] = os.getpid()
+                if tls is not None:
+                    details.update(tls.details())
                 reporter.listening(format_bound(family, config.socktype, sockaddr), details)
                 if config.address.all_interfaces:
                     reporter.warning(
@@ -176,7 +190,7 @@ class Run:
                 from .workers import serve_workers  # only --workers needs it
 
                 def serve_one(signals: tuple[int, ...]) -> int:
-                    loop_server = make_loop_server(config, server, handler, monitor)
+                    loop_server = make_loop_server(config, server, handler, monitor, tls)
                     status = run_loop(config, server, loop_server, monitor, signals)
                     if monitor.fatal is not None:  # the supervisor sees only the worker's status
                         monitor.warning(monitor.fatal.message)
@@ -185,7 +199,7 @@ class Run:
 
                 status = serve_workers(config, server, monitor, serve_one, announce=announce)
             else:
-                loop_server = make_loop_server(config, server, handler, monitor)
+                loop_server = make_loop_server(config, server, handler, monitor, tls)
                 lifecycle = Lifecycle(config, server, loop_server, monitor, signals, announce)
                 with self._lock:
                     self._lifecycle = lifecycle
@@ -197,6 +211,8 @@ class Run:
                 server.server_close()
             except Exception:
                 pass
+            if tls is not None:
+                tls.close()
             monitor.close()
         reporter.summary(monitor.stats, config.socktype, monitor.stop_reason)
         if monitor.output_closed:

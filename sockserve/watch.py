@@ -257,6 +257,9 @@ class WatchedDatagramSocket:
 
 
 def is_watched(sock: Any) -> bool:
-    """True if `sock` (a request's socket) goes through a watch: fast paths that bypass
-    the socket object must not run then."""
-    return isinstance(sock, (WatchedSocket, WatchedDatagramSocket))
+    """True if `sock` (a request's socket) goes through a watch, or is a TLS connection
+    (`encrypted`: its bytes on the wire are not the handler's): fast paths that bypass the
+    socket object must not run then."""
+    return isinstance(sock, (WatchedSocket, WatchedDatagramSocket)) or getattr(
+        sock, "encrypted", False
+    )

@@ -125,3 +125,6 @@ class EventsRecorder:
         """The arguments of every call of method `name`, in order."""
         with self.changed:
             return [call[1:] for call in self.calls if call[0] == name]
+
+    def tls(self, client: Any, info: dict[str, Any]) -> None:
+        self._add("tls", client, info)

@@ -335,3 +335,21 @@ def test_an_async_stop_lets_the_event_loop_run_meanwhile() -> None:
         return stopped_with
 
     assert asyncio.run(main()) >= 5
+
+
+def test_tls_gives_the_ca_file_a_client_verifies_with() -> None:
+    import ssl
+
+    with sockserve.serve("tcp", handler="upper", tls=True) as server:
+        assert server.ca_file is not None and os.path.exists(server.ca_file)
+        context = ssl.create_default_context(cafile=server.ca_file)
+        with (
+            socket.create_connection(server.address, timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as client,
+        ):
+            client.sendall(b"hi")
+            assert client.recv(10) == b"HI"
+        ca_file = server.ca_file
+    assert not os.path.exists(ca_file)  # a throwaway CA goes with its server
+    with sockserve.serve("tcp") as plain:
+        assert plain.ca_file is None

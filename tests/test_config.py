@@ -133,6 +133,16 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "transcript": (None, "transcript", None),  # -H replay only: see tests/test_cli_record.py
     "timing": (None, "timing", "recorded"),  # -H replay only
     "match": (None, "match", "length"),  # -H replay only
+    "tls": (True, "tls", True),
+    "cert": (None, "cert", None),  # not with --tls-name: see tests/test_tls_config.py
+    "key": (None, "key", None),
+    "tls_name": (("a.test",), "tls_name", ("a.test",)),
+    "tls_ca_out": ("ca.pem", "tls_ca_out", "ca.pem"),
+    "client_ca": ("clients.pem", "client_ca", "clients.pem"),
+    "tls_client_cert_out": ("certs", "tls_client_cert_out", "certs"),
+    "alpn": ("h2,http/1.1", "alpn", ("h2", "http/1.1")),
+    "tls_min": ("1.3", "tls_min", "1.3"),
+    "tls_handshake_timeout": (2.0, "tls_handshake_timeout", 2.0),
 }
 
 

@@ -383,6 +383,7 @@ def test_readme_lists_every_json_event() -> None:
     reporter.refused(client, "r")
     reporter.fatal("f", None)
     reporter.summary(Stats(), "stream", None)
+    reporter.tls(client, {"version": "TLSv1.3"})
     written = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
     text = README.read_text()
     section = text[text.index("### JSON logs") :]
@@ -391,7 +392,7 @@ def test_readme_lists_every_json_event() -> None:
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 11
+    assert len(written) == 12
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

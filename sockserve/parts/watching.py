@@ -122,6 +122,9 @@ class WatchPart(TCPServer):
         reports = self.watch_data
         dressers = self.watch_dressers
         if self.socket_type == socket.SOCK_STREAM:
+            if hasattr(request, "established"):  # TLS (`parts.tls`): its plaintext is watched
+                request.watch = Watch(self.monitor, client, reports, dressers=dressers)
+                return request, client
             if not reports and not dressers:
                 if self.kernel_counts is None:  # decided once, on the first connection
                     type(self).kernel_counts = kernel_counts_work(request)
@@ -144,8 +147,8 @@ class WatchPart(TCPServer):
             if isinstance(request, KernelCountedSocket):
                 request.snapshot()
                 monitor.record(request.client, *(request.counts or (0, 0)))
-            elif isinstance(request, WatchedSocket):
-                watch = request.watch
+            elif isinstance(request, WatchedSocket) or hasattr(request, "established"):
+                watch = request.watch  # a WatchedSocket's, or a TLS connection's
                 monitor.record(watch.client, watch.received, watch.sent)
             elif isinstance(request, tuple) and isinstance(request[1], WatchedDatagramSocket):
                 watch = request[1].watch
