@@ -243,6 +243,11 @@ class PlainReporter:
         if not self.quiet:
             self._emit(message, "event")
 
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Print `fault CLIENT: KIND DETAIL`."""
+        if not self.quiet:
+            self._emit(f"fault {format_client(client)}: {kind} {detail}".rstrip(), "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -374,6 +379,10 @@ class JsonReporter(PlainReporter):
     def info(self, message: str) -> None:
         """Write an `info` event."""
         self._event("info", message=message)
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Write a `fault` event: its kind and detail."""
+        self._event("fault", client=self._client(client), kind=kind, detail=detail)
 
 
 def make_reporter(

@@ -52,6 +52,11 @@ class Events(Protocol):
     def info(self, message: str) -> None:
         """A line of status."""
 
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """A fault was applied to `client`'s connection or datagram (`sockserve.faults`):
+        `kind` names it (delay, throttle, chunk, close, reset, stall, fail-reset,
+        fail-close, delay-accept, drop, duplicate, reorder), `detail` says how."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -75,6 +80,9 @@ class NullEvents:
         """Ignore it."""
 
     def info(self, message: str) -> None:
+        """Ignore it."""
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
         """Ignore it."""
 
 

@@ -254,6 +254,8 @@ class RunMonitor:
             self._output_failed(str(rec.get("m")), rec.get("h"))
         elif kind == "info":
             self.reporter.info(str(rec.get("m")))
+        elif kind == "fault":
+            self.reporter.fault(_from_json(rec.get("c")), str(rec.get("f")), str(rec.get("d")))
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""
@@ -265,6 +267,13 @@ class RunMonitor:
                 except OSError:
                     pass
             self._pipe = None
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Report a fault applied (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "fault", "c": _jsonable(client), "f": kind, "d": detail})
+            return
+        self.reporter.fault(client, kind, detail)
 
 
 def _jsonable(client: Any) -> Any:

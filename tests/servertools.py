@@ -122,3 +122,6 @@ class EventsRecorder:
         """The arguments of every call of method `name`, in order."""
         with self.changed:
             return [call[1:] for call in self.calls if call[0] == name]
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        self._add("fault", client, kind, detail)
