@@ -18,11 +18,13 @@ from .arrival import replies_from_arrival
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
+from .faults import FaultDresser
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
+from .parts.faults import FaultPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
@@ -60,6 +62,7 @@ _MIXINS: dict[str, type | None] = {
 }
 #: Every part, in the order of the bases: the first sees a step first (see `sockserve.parts`).
 PART_ORDER: tuple[type, ...] = (
+    FaultPart,
     ReportingPart,
     PinningPart,
     AcceptingThreadsPart,
@@ -138,14 +141,19 @@ def choose_parts(
     # a user's handler is counted by the part; the builtins count for themselves.
     watching = monitor is not None and monitor.wants_data
     counting = builtin is None and monitor is not None and monitor.wants_counts
+    delays = config.faults is not None and config.faults.delay > 0  # in the handler's thread
     if not stream and builtin is not None:  # with -vv, each datagram through a watch
         if concurrency == "sync" or (
-            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
+            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS and not delays
         ):
             parts.append(LeanDatagramPart)
     dressers = watch_dressers(config)
     if dressers:
         settings["watch_dressers"] = dressers  # WatchPart's, and LeanDatagramPart's
+    faults = next((d for d in dressers if isinstance(d, FaultDresser)), None)
+    if faults is not None:
+        parts.append(FaultPart)
+        settings["fault_dresser"] = faults
     if watching or counting or dressers:
         parts.append(WatchPart)
         settings["watch_data"] = watching
@@ -171,7 +179,11 @@ def choose_parts(
 def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
     """What adds the stages `config` asks for (faults, a transcript) to each watch; with
     any, every request goes through a watch."""
-    return ()
+    dressers: list[Dresser] = []
+    if config.faults is not None:
+        loop = config.concurrency == "event"
+        dressers.append(FaultDresser(config.faults, config.socktype == "dgram", loop))
+    return tuple(dressers)
 
 
 def replies_need_source(config: ServeConfig) -> bool:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
+from .faultplan import FailMode, FaultPlan, fault_plan
 from .loading import LoadedHandler, check_compatible, load_handler
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
@@ -71,6 +72,7 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
+    faults: FaultPlan | None = None  # --delay, --drop...: None, no faults
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,6 +156,8 @@ class ServeConfig:
             raise UsageError(
                 "--banner and --banner-file cannot be combined", hint="give only one of them"
             )
+        if self.faults is not None:
+            self.faults.check(self.socktype, self.family, self.concurrency)
         if self.socktype == "dgram" and (self.banner is not None or self.banner_file is not None):
             option = "--banner" if self.banner is not None else "--banner-file"
             raise UsageError(
@@ -223,6 +227,21 @@ def build_config(
     verbose: int = 0,
     color: bool | None = None,
     traceback: bool = False,
+    delay: float | tuple[float, float] | None = None,
+    delay_accept: float | None = None,
+    throttle: int | None = None,
+    chunk: int | tuple[int, float] | None = None,
+    close_after: int | None = None,
+    reset_after: int | None = None,
+    stall: bool = False,
+    stall_after: int | None = None,
+    fail_first: int | None = None,
+    fail_mode: FailMode | None = None,
+    drop: float | None = None,
+    duplicate: float | None = None,
+    reorder: float | None = None,
+    fault_rate: float | None = None,
+    seed: int | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -286,6 +305,23 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
+        faults=fault_plan(
+            delay=delay,
+            delay_accept=delay_accept,
+            throttle=throttle,
+            chunk=chunk,
+            close_after=close_after,
+            reset_after=reset_after,
+            stall=stall,
+            stall_after=stall_after,
+            fail_first=fail_first,
+            fail_mode=fail_mode,
+            drop=drop,
+            duplicate=duplicate,
+            reorder=reorder,
+            fault_rate=fault_rate,
+            seed=seed,
+        ),
     )
 
 

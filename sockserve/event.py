@@ -27,6 +27,7 @@ from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
 from .events import Events, NullEvents
+from .faults import admit_connection
 from .watch import Dresser, Watch
 from .watch_asyncio import watched
 
@@ -431,6 +432,7 @@ class _Served:
     transport: Any = None
     client: Any = None
     refused = False
+    started = True
     idle = False
     mark: Any = None
     since = 0.0
@@ -448,12 +450,22 @@ class _Served:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
         if self.server._opened(self):
-            if self.server.banner:
-                self.greet(transport)
-            self.made(transport)
+            watch = getattr(self.protocol, "watch", None)  # a watched protocol's
+            if watch is not None and self.server.watch_dressers:  # faults: --fail-first...
+                self.started = False
+                admit_connection(watch, transport, self.client, self.start)
+                return
+            self.start(transport)
             return
         self.refused = True
         transport.abort()
+
+    def start(self, transport: Any) -> None:
+        """Serve the connection: the banner, then the protocol's connection_made."""
+        self.started = True
+        if self.server.banner:
+            self.greet(transport)
+        self.made(transport)
 
     def greet(self, transport: Any) -> None:
         """Write the banner before the protocol hears of the connection; count it as sent
@@ -476,7 +488,8 @@ class _Served:
         if self.refused:
             return
         try:
-            self.lost(exc)
+            if self.started:  # not a connection failed or lost before it was served
+                self.lost(exc)
         finally:
             self.server._closed(self)
 

@@ -95,6 +95,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
                 "concurrency": config.concurrency,
                 "handler": config.handler.name,
             }
+            if config.faults is not None:
+                details["faults"] = config.faults.describe()
             if config.workers > 1:
                 details["workers"] = config.workers
             elif (cpu := server.pin_loop_thread()) is not None:
