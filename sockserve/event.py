@@ -270,6 +270,8 @@ class EventServer:
         # its factory watches it already.
         reports = events.wants_data and self.count_bytes
         watch = Watch(events, None, reports=reports, dressers=self.watch_dressers)
+        if not self.count_bytes and not watch.dressed:  # no dresser chose it (--fault-rate)
+            return protocol
         return watched(protocol, watch, self._report, records=True)
 
     def _stop_now(self) -> None:
