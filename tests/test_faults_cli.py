@@ -194,7 +194,7 @@ def test_a_users_stream_handler_is_delayed_without_changes(tmp_path: Any) -> Non
 def udp_round(served: Served, count: int = 20) -> list[int]:
     """Send datagrams 0..count-1; return the numbers of the replies, in arrival order."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.4)
+        s.settimeout(0.25)
         for i in range(count):
             s.sendto(b"%d" % i, served.address)
             time.sleep(0.002)
@@ -205,13 +205,13 @@ def udp_round(served: Served, count: int = 20) -> list[int]:
         return got
 
 
-@pytest.mark.parametrize("mode", ["sync", "thread", "fork", "event"])
+@pytest.mark.parametrize("mode", ["sync", "fork", "event"])  # thread: the seed's test
 def test_drop_all_or_nothing(mode: str) -> None:
     with serving("udp", ":0", "-c", mode, "--drop", "100") as served:
         assert udp_round(served, 5) == []
     assert {e["kind"] for e in served.faults()} == {"drop"}
     with serving("udp", ":0", "-c", mode, "--drop", "0") as served:
-        assert udp_round(served, 5) == [0, 1, 2, 3, 4]
+        assert sorted(udp_round(served, 5)) == [0, 1, 2, 3, 4]  # fork: children race
 
 
 @pytest.mark.parametrize("mode", ["thread", "event"])
