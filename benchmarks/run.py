@@ -88,6 +88,19 @@ def sockserve_own_handler(concurrency: str, *extra: str) -> Argv:
     return argv
 
 
+def sockserve_faults_off(concurrency: str) -> Argv:
+    """sockserve with faults configured that never fire (--fault-rate 0): what the fault
+    machinery costs a server whose connections it does not break."""
+
+    def argv(transport: str, address: str, handler: str) -> list[str]:
+        extra = ["--delay", "50ms", "--fault-rate", "0"]
+        if transport in ("udp", "unix-dgram"):
+            extra = ["--drop", "50", "--fault-rate", "0"]
+        return [*sockserve(concurrency)(transport, address, handler), *extra]
+
+    return argv
+
+
 def stdlib(mode: str) -> Argv:
     return lambda t, a, h: [PY, str(HERE / "peers.py"), "stdlib", t, a, h, mode]
 
@@ -174,6 +187,8 @@ OWN_PIN = "sockserve thread (own handler, --pin)"  # the same, its threads kept 
 BOUNDED = "sockserve thread max=128"  # the bounded pool: --max-threads 128
 TLS_THREAD = "sockserve thread tls"  # --cert/--key: the certificate the TLS peers serve
 TLS_EVENT = "sockserve event tls"
+FAULTS_OFF_THREAD = "sockserve thread faults off"  # --delay 50ms --fault-rate 0
+FAULTS_OFF_EVENT = "sockserve event faults off"
 SERVERS: dict[str, Server] = {
     s.key: s
     for s in [
@@ -186,6 +201,8 @@ SERVERS: dict[str, Server] = {
         Server("sockserve event", "sockserve", "event", sockserve("event")),
         Server("sockserve workers=2", "sockserve", "workers", sockserve(None, 2)),
         Server("sockserve event workers=2", "sockserve", "workers", sockserve("event", 2)),
+        Server(FAULTS_OFF_THREAD, "sockserve", "thread", sockserve_faults_off("thread")),
+        Server(FAULTS_OFF_EVENT, "sockserve", "event", sockserve_faults_off("event")),
         Server("stdlib sync", "stdlib", "sync", stdlib("sync")),
         Server("stdlib thread", "stdlib", "thread", stdlib("thread")),
         Server("stdlib fork", "stdlib", "fork", stdlib("fork")),
@@ -382,6 +399,18 @@ SCENARIOS: list[Scenario] = [
         "req/s",
     ),
 ]
+SCENARIOS.append(
+    Scenario(
+        "tcp-faults-off",
+        "TCP ping-pong 64 B, 10 connections: faults configured, none firing (--fault-rate 0)",
+        "pingpong",
+        "tcp",
+        10,
+        ["sockserve thread", FAULTS_OFF_THREAD, "sockserve event", FAULTS_OFF_EVENT],
+        ["sockserve thread", FAULTS_OFF_THREAD, "sockserve event", FAULTS_OFF_EVENT],
+        "req/s",
+    )
+)
 SCENARIO_KEYS = [s.key for s in SCENARIOS] + ["startup"]
 
 # -- running servers ----------------------------------------------------------------------------

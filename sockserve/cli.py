@@ -26,14 +26,19 @@ from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveE
 from .helptext import SockserveCommand, completion_source
 from .options import (
     ADDRESS,
+    CHUNK,
     CONCURRENCY,
+    DELAY,
     ESCAPED_TEXT,
     HANDLER,
     NETWORK,
     OCTAL,
+    PCT,
     POSITIVE_SECONDS,
     PROTO,
+    RATE,
     SECONDS,
+    SIZE,
 )
 
 VERSION_MESSAGE = (
@@ -378,6 +383,94 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     metavar="SECONDS",
     help="Close a connection whose TLS handshake takes longer (2.5, 200ms, 1.5s, 2m).  "
     "[default: 10s]",
+)
+@click.option(
+    "--delay",
+    type=DELAY,
+    help="Send each chunk (each datagram's reply) this much later, in order; JITTER "
+    "adds up to ± that much at random (50ms, 50ms:10ms).  [default: none]",
+)
+@click.option(
+    "--delay-accept",
+    type=SECONDS,
+    metavar="DURATION",
+    help="Streams: wait this long before serving each new connection.  [default: none]",
+)
+@click.option(
+    "--throttle",
+    type=RATE,
+    help="Streams: at most RATE bytes per second each way, per connection (100K, "
+    "1Mi).  [default: none]",
+)
+@click.option(
+    "--chunk",
+    type=CHUNK,
+    help="Streams: send in writes of at most N bytes, DURATION apart (3, 512:5ms).  "
+    "[default: none]",
+)
+@click.option(
+    "--close-after",
+    type=SIZE,
+    help="Streams: close the connection (FIN) once SIZE bytes passed, both ways "
+    "together (1500, 64K, 1Mi).  [default: never]",
+)
+@click.option(
+    "--reset-after",
+    type=SIZE,
+    help="TCP: reset the connection (RST, SO_LINGER 0) once SIZE bytes passed, both "
+    "ways together.  [default: never]",
+)
+@click.option(
+    "--stall",
+    is_flag=True,
+    help="Streams: accept and read, never answer (what is sent is swallowed).",
+)
+@click.option(
+    "--stall-after",
+    type=SIZE,
+    help="Streams: answer SIZE bytes, then stall as --stall.  [default: never]",
+)
+@click.option(
+    "--fail-first",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Streams: reset (or close: --fail-mode) the first N connections right after "
+    "accepting them, then serve normally: a client's retry test.  [default: none]",
+)
+@click.option(
+    "--fail-mode",
+    type=click.Choice(["reset", "close"]),
+    help="How --fail-first ends a connection: reset (RST) or close (FIN).  [default: reset]",
+)
+@click.option(
+    "--drop",
+    type=PCT,
+    help="Datagrams: lose PCT % of the datagrams, each way (received ones are never "
+    "served).  [default: 0]",
+)
+@click.option(
+    "--duplicate",
+    type=PCT,
+    help="Datagrams: send PCT % of replies twice.  [default: 0]",
+)
+@click.option(
+    "--reorder",
+    type=PCT,
+    help="Datagrams: hold PCT % of replies back until the next reply has left (not "
+    "with -c fork).  [default: 0]",
+)
+@click.option(
+    "--fault-rate",
+    type=PCT,
+    help="Apply the faults to PCT % of connections (or datagrams), chosen at random; 0: "
+    "none fires.  [default: 100]",
+)
+@click.option(
+    "--seed",
+    type=int,
+    metavar="N",
+    help="Seed every random choice (jitter, which connections and datagrams), so a run "
+    "repeats; per process: each --workers worker draws the same sequence.  [default: random]",
 )
 @click.option(
     "--print-address",

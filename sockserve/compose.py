@@ -18,12 +18,14 @@ from .arrival import replies_from_arrival
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
+from .faults import FaultDresser
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.access import AccessPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
+from .parts.faults import FaultPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
@@ -63,6 +65,7 @@ _MIXINS: dict[str, type | None] = {
 }
 #: Every part, in the order of the bases: the first sees a step first (see `sockserve.parts`).
 PART_ORDER: tuple[type, ...] = (
+    FaultPart,
     ReportingPart,
     PinningPart,
     AcceptingThreadsPart,
@@ -148,10 +151,11 @@ def choose_parts(
     if config.access:
         parts.append(AccessPart)
         settings["access_rules"] = config.access
+    delays = config.faults is not None and config.faults.delay > 0  # in the handler's thread
     # Datagrams answered on the loop thread skip verify_request: not with access rules.
     if not stream and builtin is not None and not config.access:
         if concurrency == "sync" or (
-            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
+            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS and not delays
         ):
             parts.append(LeanDatagramPart)
     dressers = watch_dressers(config)
@@ -161,6 +165,10 @@ def choose_parts(
     if recorder is not None:  # it learns the bound address, and closes with the server
         parts.append(RecordPart)
         settings["recorder"] = recorder
+    faults = next((d for d in dressers if isinstance(d, FaultDresser)), None)
+    if faults is not None:
+        parts.append(FaultPart)
+        settings["fault_dresser"] = faults
     if watching or counting or dressers:
         parts.append(WatchPart)
         settings["watch_data"] = watching
@@ -190,7 +198,10 @@ def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
     """What adds the stages `config` asks for (faults, a transcript) to each watch; with
     any, every request goes through a watch."""
     dressers: list[Dresser] = []
-    if config.record is not None:
+    if config.faults is not None:
+        loop = config.concurrency == "event"
+        dressers.append(FaultDresser(config.faults, config.socktype == "dgram", loop))
+    if config.record is not None:  # after the faults: a transcript has what went on the wire
         dressers.append(Recorder(config.record, config.transport))
     return tuple(dressers)
 

@@ -18,6 +18,7 @@ from typing import Literal
 from .access import AccessRules, build_rules, peer_credentials_supported
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
+from .faultplan import FailMode, FaultPlan, fault_plan
 from .loading import (
     ROOM_BUILTINS,
     SLOW_CLIENT_POLICIES,
@@ -101,6 +102,7 @@ class ServeConfig:
     alpn: tuple[str, ...] | None = None
     tls_min: str | None = None
     tls_handshake_timeout: float | None = None
+    faults: FaultPlan | None = None  # --delay, --drop...: None, no faults
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -186,6 +188,8 @@ class ServeConfig:
             raise UsageError(
                 "--banner and --banner-file cannot be combined", hint="give only one of them"
             )
+        if self.faults is not None:
+            self.faults.check(self.socktype, self.family, self.concurrency)
         if self.socktype == "dgram" and (self.banner is not None or self.banner_file is not None):
             option = "--banner" if self.banner is not None else "--banner-file"
             raise UsageError(
@@ -332,6 +336,21 @@ def build_config(
     alpn: str | tuple[str, ...] | None = None,
     tls_min: str | None = None,
     tls_handshake_timeout: float | None = None,
+    delay: float | tuple[float, float] | None = None,
+    delay_accept: float | None = None,
+    throttle: int | None = None,
+    chunk: int | tuple[int, float] | None = None,
+    close_after: int | None = None,
+    reset_after: int | None = None,
+    stall: bool = False,
+    stall_after: int | None = None,
+    fail_first: int | None = None,
+    fail_mode: FailMode | None = None,
+    drop: float | None = None,
+    duplicate: float | None = None,
+    reorder: float | None = None,
+    fault_rate: float | None = None,
+    seed: int | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -417,6 +436,23 @@ def build_config(
         alpn=parse_alpn(alpn),
         tls_min=tls_min,
         tls_handshake_timeout=tls_handshake_timeout,
+        faults=fault_plan(
+            delay=delay,
+            delay_accept=delay_accept,
+            throttle=throttle,
+            chunk=chunk,
+            close_after=close_after,
+            reset_after=reset_after,
+            stall=stall,
+            stall_after=stall_after,
+            fail_first=fail_first,
+            fail_mode=fail_mode,
+            drop=drop,
+            duplicate=duplicate,
+            reorder=reorder,
+            fault_rate=fault_rate,
+            seed=seed,
+        ),
     )
 
 

@@ -269,6 +269,11 @@ class PlainReporter:
                     shown.append(f"{key.replace('_', ' ')} {info[key]}")
             self._emit(f"tls {format_client(client)}: {', '.join(shown)}", "event")
 
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Print `fault CLIENT: KIND DETAIL`."""
+        if not self.quiet:
+            self._emit(f"fault {format_client(client)}: {kind} {detail}".rstrip(), "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -410,6 +415,10 @@ class JsonReporter(PlainReporter):
     def tls(self, client: Any, info: Mapping[str, Any]) -> None:
         """Write a `tls` event: the handshake's details, or its `error`."""
         self._event("tls", client=self._client(client), **info)
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Write a `fault` event: its kind and detail."""
+        self._event("fault", client=self._client(client), kind=kind, detail=detail)
 
 
 def make_reporter(

@@ -28,6 +28,7 @@ from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
 from .events import Events, NullEvents
+from .faults import admit_connection
 from .watch import Dresser, Watch
 from .watch_asyncio import watched
 
@@ -279,6 +280,8 @@ class EventServer:
         # its factory watches it already.
         reports = events.wants_data and self.count_bytes
         watch = Watch(events, None, reports=reports, dressers=self.watch_dressers)
+        if not self.count_bytes and not watch.dressed:  # no dresser chose it (--fault-rate)
+            return protocol
         # A builtin records its own datagrams: only a counted protocol is recorded here.
         return watched(protocol, watch, self._report, records=self.count_bytes)
 
@@ -463,7 +466,9 @@ class _Served:
     client: Any = None
     refused = False
     handshake: Any = None  # the TLS handshake task (`sockserve.tls_asyncio`), while it runs
-    begun = True  # the protocol has heard of the connection (False during a TLS handshake)
+    # The protocol has heard of the connection (False while faults hold it back, --fail-first
+    # or --delay-accept, and during a TLS handshake).
+    begun = True
     ended = False
     idle = False
     mark: Any = None
@@ -482,16 +487,25 @@ class _Served:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
         if self.server._opened(self):
-            if self.server.tls is not None:
-                from .tls_asyncio import start_handshake  # ssl: only for a run with TLS
-
+            watch = getattr(self.protocol, "watch", None)  # a watched protocol's
+            if watch is not None and self.server.watch_dressers:  # faults: --fail-first...
                 self.begun = False
-                start_handshake(self, transport)
+                admit_connection(watch, transport, self.client, self.admitted)
                 return
-            self.begin(transport)
+            self.admitted(transport)
             return
         self.refused = True
         transport.abort()
+
+    def admitted(self, transport: Any) -> None:
+        """The connection passed its faults: the TLS handshake (a task), or begin at once."""
+        if self.server.tls is not None:
+            from .tls_asyncio import start_handshake  # ssl: only for a run with TLS
+
+            self.begun = False
+            start_handshake(self, transport)
+            return
+        self.begin(transport)
 
     def begin(self, transport: Any) -> None:
         """Greet (--banner), then tell the protocol of the connection on `transport`."""
@@ -541,7 +555,7 @@ class _Served:
         if self.refused or self.ended:
             return
         self.ended = True
-        if not self.begun:  # a TLS handshake that did not complete: the protocol never knew
+        if not self.begun:  # held back (faults, a TLS handshake): the protocol never knew
             self.server._closed(self)
             return
         try:

@@ -62,6 +62,11 @@ class Events(Protocol):
         for a handshake that failed, only `error`, the reason in a few words.
         """
 
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """A fault was applied to `client`'s connection or datagram (`sockserve.faults`):
+        `kind` names it (delay, throttle, chunk, close, reset, stall, fail-reset,
+        fail-close, delay-accept, drop, duplicate, reorder), `detail` says how."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -91,6 +96,9 @@ class NullEvents:
         """Ignore it."""
 
     def tls(self, client: Any, info: dict[str, Any]) -> None:
+        """Ignore it."""
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
         """Ignore it."""
 
 

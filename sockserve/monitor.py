@@ -283,6 +283,8 @@ class RunMonitor:
             if "error" in info:
                 self.stats.add_tls_failure()
             self.reporter.tls(_from_json(rec.get("c")), info)
+        elif kind == "fault":
+            self.reporter.fault(_from_json(rec.get("c")), str(rec.get("f")), str(rec.get("d")))
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""
@@ -303,6 +305,13 @@ class RunMonitor:
         if "error" in info:
             self.stats.add_tls_failure()
         self.reporter.tls(client, info)
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Report a fault applied (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "fault", "c": _jsonable(client), "f": kind, "d": detail})
+            return
+        self.reporter.fault(client, kind, detail)
 
 
 def _jsonable(client: Any) -> Any:

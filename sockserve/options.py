@@ -9,7 +9,9 @@ takes, or fail with one line naming what is wrong (`self.fail`: click prints the
 - HANDLER: a builtin name, `module:Class`, `file.py[:Class]` → LoadedHandler (`loading`);
 - OCTAL: `--mode` permission bits; SECONDS: durations (`2.5`, `200ms`, `1.5s`, `2m`);
 - ESCAPED_TEXT: `--reply` text with backslash escapes → bytes;
-- NETWORK: an --allow/--deny rule (a CIDR, an address, a host name), checked, kept as text.
+- NETWORK: an --allow/--deny rule (a CIDR, an address, a host name), checked, kept as text;
+- SIZE: bytes (`1500`, `64K`, `1Mi`); RATE: bytes per second (`100K`); PCT: 0 to 100;
+  DELAY (`50ms[:10ms]`) and CHUNK (`3[:5ms]`): the fault options' pairs.
 """
 
 from __future__ import annotations
@@ -212,6 +214,99 @@ class NetworkType(click.ParamType):
         return str(value)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kKMG]i?)?B?", re.ASCII)
+_SIZE_UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def parse_size(text: str) -> int | None:
+    """`1500`, `64K`, `1.5M`, `1Mi` → bytes (K/M/G powers of 1000, Ki/Mi/Gi of 1024); None
+    if `text` is no size."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        return None
+    unit = match[2][0].upper() + match[2][1:] if match[2] else None
+    return round(float(match[1]) * _SIZE_UNITS[unit])
+
+
+class SizeType(click.ParamType):
+    """A size in bytes → int: `1500`, `64K`, `1Mi` (K/M/G: 1000s; Ki/Mi/Gi: 1024s)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        size = parse_size(str(value))
+        if size is None:
+            self.fail(f"{value!r}: expected a size in bytes, e.g. 1500, 64K or 1Mi", param, ctx)
+        return size
+
+
+class RateType(click.ParamType):
+    """Bytes per second → int, more than 0: `100K`, `1Mi`, `5000` (an optional `/s`)."""
+
+    name = "RATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        text = str(value).strip().removesuffix("/s")
+        rate = parse_size(text)
+        if not rate:
+            self.fail(f"{value!r}: expected bytes per second above 0, e.g. 100K or 1Mi", param, ctx)
+        return rate
+
+
+class PercentType(click.ParamType):
+    """A percentage → float from 0 to 100: `5`, `12.5`, `30%`."""
+
+    name = "PCT"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            pct = float(str(value).strip().removesuffix("%"))
+        except ValueError:
+            pct = -1.0
+        if not 0 <= pct <= 100:
+            self.fail(
+                f"{value!r}: expected a percentage from 0 to 100, e.g. 5 or 12.5%", param, ctx
+            )
+        return pct
+
+
+class DelayType(click.ParamType):
+    """`DURATION[:JITTER]` → (seconds, jitter seconds): `50ms`, `50ms:10ms`."""
+
+    name = "DURATION[:JITTER]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[float, float]:
+        if isinstance(value, tuple):
+            return value
+        delay, _, jitter = str(value).partition(":")
+        return (SECONDS.convert(delay, param, ctx), SECONDS.convert(jitter or 0, param, ctx))
+
+
+class ChunkType(click.ParamType):
+    """`N[:DURATION]` → (bytes, gap seconds): `3`, `512:5ms`."""
+
+    name = "N[:DURATION]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, float]:
+        if isinstance(value, tuple):
+            return value
+        size, _, gap = str(value).partition(":")
+        n = SIZE.convert(size, param, ctx)
+        if n < 1:
+            self.fail(f"{value!r}: expected writes of 1 byte or more, e.g. 3 or 3:5ms", param, ctx)
+        return (n, SECONDS.convert(gap or 0, param, ctx))
+
+
 class EscapedTextType(click.ParamType):
     """Text with backslash escapes → bytes (see `decode_escapes`)."""
 
@@ -308,3 +403,8 @@ SECONDS = SecondsType()
 POSITIVE_SECONDS = SecondsType(positive=True)
 ESCAPED_TEXT = EscapedTextType()
 NETWORK = NetworkType()
+SIZE = SizeType()
+RATE = RateType()
+PCT = PercentType()
+DELAY = DelayType()
+CHUNK = ChunkType()

@@ -164,6 +164,8 @@ class Run:
                     "concurrency": config.concurrency,
                     "handler": config.handler.name,
                 }
+                if config.faults is not None:
+                    details["faults"] = config.faults.describe()
                 if config.record is not None:
                     details["record"] = config.record  # where the transcripts go
                 if config.workers > 1:

@@ -52,7 +52,8 @@ class Stage:
     `pass_on(chunk, sink)` returns how many bytes of `chunk` went through (a partial `send`
     takes fewer); the last stage hands the chunk to `sink`. A subclass extends pass_on; it
     may hand an outgoing chunk on in parts, later, or not at all, but must hand an incoming
-    chunk on whole (the handler already holds it; no socket keeps input back yet).
+    chunk on whole (the handler already holds it; no socket keeps input back yet), except a
+    datagram, which it may drop: handing nothing on (0) means it is not served.
     """
 
     def __init__(self, next_stage: Stage | None = None) -> None:
@@ -139,6 +140,11 @@ class Watch:
             while stage is not None:
                 stage.close()
                 stage = stage.next
+
+    @property
+    def dressed(self) -> bool:
+        """True if a stage follows `Tally` in either direction."""
+        return self.inbound.next is not None or self.outbound.next is not None
 
     @property
     def received(self) -> int:

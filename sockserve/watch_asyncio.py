@@ -264,7 +264,8 @@ class WatchedDatagramProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         watch = self.watch
         watch.client = addr
-        watch.incoming(data)
+        if not watch.incoming(data) and data:
+            return  # a fault dropped it (`sockserve.faults`)
         try:
             self._call(addr, self.protocol.datagram_received, data, addr)
         finally:

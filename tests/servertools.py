@@ -128,3 +128,6 @@ class EventsRecorder:
 
     def tls(self, client: Any, info: dict[str, Any]) -> None:
         self._add("tls", client, info)
+
+    def fault(self, client: Any, kind: str, detail: str) -> None:
+        self._add("fault", client, kind, detail)

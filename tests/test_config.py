@@ -15,6 +15,7 @@ from sockserve.access import AccessRules
 from sockserve.addresses import Address
 from sockserve.config import ServeConfig, build_config
 from sockserve.errors import ExitStatus, HandlerLoadError, UsageError
+from sockserve.faultplan import FaultPlan
 from sockserve.loading import LoadedHandler, load_handler
 
 
@@ -144,6 +145,40 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "tls_min": ("1.3", "tls_min", "1.3"),
     "tls_handshake_timeout": (2.0, "tls_handshake_timeout", 2.0),
 }
+#: The fault options all reach one field, `faults` (a unix stream: no datagram faults, no reset).
+FAULTS = FaultPlan(
+    delay=0.05,
+    jitter=0.01,
+    delay_accept=0.1,
+    throttle=1000,
+    chunk=3,
+    chunk_gap=0.002,
+    close_after=10,
+    stall_after=5,
+    fail_first=2,
+    fail_mode="close",
+    fault_rate=50.0,
+    seed=1,
+)
+NOT_DEFAULT.update(
+    {
+        "delay": ((0.05, 0.01), "faults", FAULTS),
+        "delay_accept": (0.1, "faults", FAULTS),
+        "throttle": (1000, "faults", FAULTS),
+        "chunk": ((3, 0.002), "faults", FAULTS),
+        "close_after": (10, "faults", FAULTS),
+        "reset_after": (None, "faults", FAULTS),  # TCP only, not with --close-after
+        "stall": (False, "faults", FAULTS),  # not with --stall-after
+        "stall_after": (5, "faults", FAULTS),
+        "fail_first": (2, "faults", FAULTS),
+        "fail_mode": ("close", "faults", FAULTS),
+        "drop": (None, "faults", FAULTS),  # datagrams only: see tests/test_faultplan.py
+        "duplicate": (None, "faults", FAULTS),
+        "reorder": (None, "faults", FAULTS),
+        "fault_rate": (50.0, "faults", FAULTS),
+        "seed": (1, "faults", FAULTS),
+    }
+)
 
 
 def test_every_keyword_reaches_its_field() -> None:

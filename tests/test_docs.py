@@ -381,6 +381,7 @@ def test_readme_lists_every_json_event() -> None:
     reporter.warning("w")
     reporter.info("i")
     reporter.refused(client, "r")
+    reporter.fault(client, "delay", "50ms")
     reporter.fatal("f", None)
     reporter.summary(Stats(), "stream", None)
     reporter.tls(client, {"version": "TLSv1.3"})
@@ -392,7 +393,7 @@ def test_readme_lists_every_json_event() -> None:
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 12
+    assert len(written) == 13
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

@@ -313,3 +313,54 @@ def test_durations_reach_the_config(captured: list[Any]) -> None:
     result = CliRunner().invoke(cli.main, ["tcp", ":0", "--timeout", "200ms", "--grace", "2m"])
     assert result.exit_code == 0, result.output
     assert (captured[0].timeout, captured[0].grace) == (pytest.approx(0.2), 120.0)
+
+
+# -- the fault options' types ------------------------------------------------------------------
+
+
+def test_size_takes_powers_of_1000_and_1024() -> None:
+    from sockserve.options import SIZE
+
+    assert [SIZE.convert(v, None, None) for v in ("1500", "64K", "1.5M", "1Mi", "2Ki", "3KiB")] == [
+        1500,
+        64000,
+        1500000,
+        1048576,
+        2048,
+        3072,
+    ]
+    with pytest.raises(click.BadParameter, match="'1x': expected a size in bytes, e.g. 1500"):
+        SIZE.convert("1x", None, None)
+
+
+def test_rate_needs_digits_and_more_than_zero() -> None:
+    from sockserve.options import RATE
+
+    assert RATE.convert("100K", None, None) == 100000
+    assert RATE.convert("1Mi/s", None, None) == 1048576
+    for bad in ("K", "0", "fast"):
+        with pytest.raises(click.BadParameter, match="expected bytes per second above 0"):
+            RATE.convert(bad, None, None)
+
+
+def test_percent_is_from_0_to_100() -> None:
+    from sockserve.options import PCT
+
+    assert PCT.convert("12.5%", None, None) == 12.5
+    assert PCT.convert("0", None, None) == 0
+    for bad in ("101", "-1", "lots"):
+        with pytest.raises(click.BadParameter, match="expected a percentage from 0 to 100"):
+            PCT.convert(bad, None, None)
+
+
+def test_delay_and_chunk_pairs() -> None:
+    from sockserve.options import CHUNK, DELAY
+
+    assert DELAY.convert("50ms", None, None) == (0.05, 0.0)
+    assert DELAY.convert("50ms:10ms", None, None) == (0.05, 0.01)
+    assert CHUNK.convert("3", None, None) == (3, 0.0)
+    assert CHUNK.convert("1K:5ms", None, None) == (1000, 0.005)
+    with pytest.raises(click.BadParameter, match="expected seconds"):
+        DELAY.convert("-50ms", None, None)
+    with pytest.raises(click.BadParameter, match="expected writes of 1 byte or more"):
+        CHUNK.convert("0", None, None)

@@ -84,7 +84,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
             shows_empty_out=False,
             dressers=self.watch_dressers,
         )
-        watch.incoming(data)
+        if not watch.incoming(data) and data:
+            return  # a fault dropped it (`sockserve.faults`)
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
         try:
             serve(data, WatchedDatagramSocket(sock, watch), client)

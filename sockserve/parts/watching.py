@@ -125,12 +125,18 @@ class WatchPart(TCPServer):
             if hasattr(request, "established"):  # TLS (`parts.tls`): its plaintext is watched
                 request.watch = Watch(self.monitor, client, reports, dressers=dressers)
                 return request, client
-            if not reports and not dressers:
-                if self.kernel_counts is None:  # decided once, on the first connection
-                    type(self).kernel_counts = kernel_counts_work(request)
-                if self.kernel_counts:
-                    return KernelCountedSocket.adopt(request, client), client
-            watch = Watch(self.monitor, client, reports, dressers=dressers)
+            watch = None
+            if reports or dressers:  # a watch no dresser dressed (--fault-rate) costs nothing
+                watch = Watch(self.monitor, client, reports, dressers=dressers)
+                if reports or watch.dressed:
+                    return WatchedSocket.adopt(request, watch), client
+                if not self.record_counts:
+                    return request, client  # a builtin: it counts for itself
+            if self.kernel_counts is None:  # decided once, on the first connection
+                type(self).kernel_counts = kernel_counts_work(request)
+            if self.kernel_counts:
+                return KernelCountedSocket.adopt(request, client), client
+            watch = watch or Watch(self.monitor, client)
             return WatchedSocket.adopt(request, watch), client
         data, sock = request
         watch = Watch(self.monitor, client, reports, shows_empty_out=False, dressers=dressers)
