@@ -22,6 +22,7 @@ from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
+from .parts.client_ids import ClientIdsPart
 from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
@@ -72,6 +73,7 @@ PART_ORDER: tuple[type, ...] = (
     RequestsPart,
     IdleTimeoutPart,
     WatchPart,
+    ClientIdsPart,
     ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
@@ -117,6 +119,10 @@ def choose_parts(
     settings: dict[str, Any] = {"monitor": monitor}
     if monitor is not None:
         parts.append(ReportingPart)
+        ids = getattr(monitor, "client_ids", None)  # the run's monitor numbers connections
+        if ids is not None:
+            parts.append(ClientIdsPart)
+            settings["client_ids"] = ids  # LeanDatagramPart's too
     if concurrency in ("thread", "fork"):
         parts.append(DispatchRefusalPart)
         settings["builtin_handler"] = builtin is not None

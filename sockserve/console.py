@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
-from .events import Direction, RemoteError, Stats
+from .events import Client, Direction, RemoteError, Stats
 
 __all__ = [
     "JsonReporter",
@@ -39,7 +39,16 @@ PROG = "sockserve"
 
 
 def format_client(client: Any) -> str:
-    """127.0.0.1:5000, [::1]:5000, a unix path, or 'unix client' for an unnamed one."""
+    """127.0.0.1:5000, [::1]:5000, a unix path, or 'unix client' for an unnamed one.
+
+    A unix `Client` is followed by its connection id (`unix client #3`), which tells apart
+    what its address does not; an inet address does by its port.
+    """
+    if type(client) is Client:
+        text = format_client(client.address)
+        if client.id is None or isinstance(client.address, tuple):
+            return text
+        return f"{text} #{client.id}"
     if isinstance(client, tuple) and len(client) >= 2:
         host, port = client[0], client[1]
         if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
@@ -294,7 +303,9 @@ class RichReporter(PlainReporter):
 class JsonReporter(PlainReporter):
     """One JSON object per event and line (`--json`), for scripts (json is imported only here).
 
-    Every object carries `event` and `time`; what is about one connection, its `client`.
+    Every object carries `event` and `time`; what is about one connection (or datagram
+    request), its `client` and `conn`, the connection's id (the same from `connect` to
+    `close`).
     """
 
     def __init__(
@@ -316,8 +327,14 @@ class JsonReporter(PlainReporter):
         self._emit(self._encode(record))
 
     @staticmethod
-    def _client(client: Any) -> Any:
-        return format_client(client) if client is not None else None
+    def _client(client: Any) -> dict[str, Any]:
+        """The `client` and `conn` fields (`conn` only where the client has an id)."""
+        if type(client) is Client:
+            fields: dict[str, Any] = {"client": format_client(client.address)}
+            if client.id is not None:
+                fields["conn"] = client.id
+            return fields
+        return {"client": format_client(client) if client is not None else None}
 
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
         """Write a `listening` event with the url and the details."""
@@ -346,22 +363,22 @@ class JsonReporter(PlainReporter):
 
     def connected(self, client: Any) -> None:
         """Write a `connect` event."""
-        self._event("connect", client=self._client(client))
+        self._event("connect", **self._client(client))
 
     def record(self, client: Any, received: int, sent: int) -> None:
         """Write a `close` event (a `request` event for a datagram) with the counts."""
         name = "request" if self.socktype == "dgram" else "close"
-        self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
+        self._event(name, **self._client(client), bytes_in=received, bytes_out=sent)
 
     def data(self, client: Any, direction: Direction, data: bytes) -> None:
         """Write a `data` event with the chunk in hex."""
-        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
+        self._event("data", **self._client(client), direction=direction, hex=data.hex())
 
     def handler_error(self, client: Any, exc: BaseException) -> None:
         """Write an `error` event with the exception's type, message and traceback."""
         self._event(
             "error",
-            client=self._client(client),
+            **self._client(client),
             error=type(exc).__name__,
             message=str(exc),
             traceback=_traceback_text(exc),

@@ -26,7 +26,7 @@ from typing import Any
 from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
-from .events import Events, NullEvents
+from .events import Client, Events, NullEvents
 from .watch import Dresser, Watch
 from .watch_asyncio import watched
 
@@ -363,6 +363,9 @@ class EventServer:
             return False
         self._conns.add(conn)
         self.requests_started += 1
+        ids = getattr(self.events, "client_ids", None)  # the run's monitor numbers them
+        if ids is not None:
+            conn.client = Client(conn.client, ids.next())
         self.events.connected(conn.client)
         if self.idle_timeout is not None:
             conn.mark = conn.activity()
@@ -448,6 +451,9 @@ class _Served:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
         if self.server._opened(self):
+            protocol = self.protocol
+            if getattr(protocol, "takes_client", False):  # it reports as the server does
+                protocol.client = self.client
             if self.server.banner:
                 self.greet(transport)
             self.made(transport)

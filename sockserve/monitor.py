@@ -18,7 +18,7 @@ from .builtins.output import OutputFailed
 from .config import ServeConfig
 from .console import PlainReporter, format_client, format_user_traceback
 from .errors import EnvironmentProblem
-from .events import Direction, Stats, remote_error
+from .events import Client, ClientIds, Direction, Stats, remote_error
 
 #: The longest line a child writes on the pipe: one write of at most PIPE_BUF bytes is atomic.
 CHILD_RECORD_MAX = select.PIPE_BUF - 1
@@ -46,7 +46,9 @@ class RunMonitor:
     `on_stop(reason)`, set by the lifecycle, is called when the run must stop by itself (the
     builtins' stdout closed or failed); `stop_reason` keeps the first reason the run stopped
     for. `output_closed` tells that stdout takes no more; `fatal`, the error the run must end
-    with (exit 1) once stopped: stdout failed, and data was lost.
+    with (exit 1) once stopped: stdout failed, and data was lost. `client_ids` numbers the
+    run's connections and datagram requests: the servers make each request's `Client` with
+    it, and a forked child's events carry the id over the pipe.
     """
 
     def __init__(self, reporter: PlainReporter, config: ServeConfig) -> None:
@@ -54,6 +56,7 @@ class RunMonitor:
         self.reporter = reporter
         self.socktype = config.socktype
         self.stats = Stats()
+        self.client_ids = ClientIds()
         self.wants_data = config.verbosity >= 2
         self.wants_counts = reporter.wants_counts
         self.stop_reason: str | None = None
@@ -129,7 +132,9 @@ class RunMonitor:
     def record(self, client: Any, received: int, sent: int) -> None:
         """Count the request and report it (from a child: forward it)."""
         if self.in_child:
-            self._forward({"k": "record", "c": _jsonable(client), "i": received, "o": sent})
+            self._forward(
+                {"k": "record", "c": _jsonable(client), "n": _id(client), "i": received, "o": sent}
+            )
             return
         self.stats.add_request(received, sent)
         self.reporter.record(client, received, sent)
@@ -169,6 +174,7 @@ class RunMonitor:
                 {
                     "k": "error",
                     "c": _jsonable(client),
+                    "n": _id(client),
                     "t": type(exc).__name__,
                     "m": str(exc),
                     "tb": format_user_traceback(exc),
@@ -243,11 +249,11 @@ class RunMonitor:
         kind = rec.get("k")
         if kind == "record":
             self.stats.add_request(int(rec["i"]), int(rec["o"]))
-            self.reporter.record(_from_json(rec.get("c")), rec["i"], rec["o"])
+            self.reporter.record(_client(rec), rec["i"], rec["o"])
         elif kind == "error":
             self.stats.add_error()
             exc = remote_error(str(rec.get("t")), str(rec.get("m")), rec.get("tb"))
-            self.reporter.handler_error(_from_json(rec.get("c")), exc)
+            self.reporter.handler_error(_client(rec), exc)
         elif kind == "output-closed":
             self._output_closed()
         elif kind == "output-failed":
@@ -268,10 +274,21 @@ class RunMonitor:
 
 
 def _jsonable(client: Any) -> Any:
+    if type(client) is Client:
+        client = client.address
     if isinstance(client, bytes):
         return client.decode(errors="replace")
     return client
 
 
-def _from_json(client: Any) -> Any:
-    return tuple(client) if isinstance(client, list) else client
+def _id(client: Any) -> int | None:
+    return client.id if type(client) is Client else None
+
+
+def _client(rec: dict[str, Any]) -> Any:
+    """The client of a child's line: a `Client` again when the line carries its id."""
+    address = rec.get("c")
+    if isinstance(address, list):
+        address = tuple(address)
+    n = rec.get("n")
+    return address if n is None else Client(address, int(n))

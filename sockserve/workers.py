@@ -45,10 +45,11 @@ def serve_workers(
     result_r, result_w = os.pipe()
     supervisor = os.getpid()
     workers: dict[int, int] = {}
-    for _ in range(config.workers):
+    for slot in range(config.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the worker, checked through its effects
             os.close(result_r)
+            monitor.client_ids.restart(slot + 1, config.workers)  # k, k+N...: unique ids
             _worker_main(server, monitor, serve_one, result_w, supervisor)
         workers[pid] = _pidfd(pid)
     os.close(result_w)
