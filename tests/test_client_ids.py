@@ -138,10 +138,11 @@ def test_ids_are_unique_across_workers() -> None:
     assert len(ids) == len(set(ids)) == clients
 
 
+@pytest.mark.parametrize("verbose", [["-vv"], []], ids=["vv", "counts"])
 @pytest.mark.parametrize("transport", ["udp", "unix-dgram"])
 @pytest.mark.parametrize("mode", MODES)
 def test_each_datagram_has_an_id_its_data_events_share(
-    tmp_path: Path, transport: str, mode: str
+    tmp_path: Path, transport: str, mode: str, verbose: list[str]
 ) -> None:
     if transport == "udp":
         address = "127.0.0.1:0"
@@ -149,7 +150,7 @@ def test_each_datagram_has_an_id_its_data_events_share(
     else:
         address = unix_path(tmp_path)
         family = socket.AF_UNIX
-    with JsonRun([transport, address, "-c", mode, "-vv"]) as run:
+    with JsonRun([transport, address, "-c", mode, *verbose]) as run:
         url = run.listening_url()
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.settimeout(TIMEOUT)
@@ -167,11 +168,72 @@ def test_each_datagram_has_an_id_its_data_events_share(
         events = run.events
     requests = [e for e in events if e["event"] == "request"]
     assert [e["conn"] for e in requests] == [1, 2, 3]
+    if not verbose:
+        return
     groups = by_conn(events, "data", "request")
     for n, size in zip((1, 2, 3), (1, 2, 3), strict=True):
         kinds = [(e["event"], e.get("direction")) for e in groups[n]]
         assert kinds == [("data", "in"), ("data", "out"), ("request", None)]
         assert {bytes.fromhex(e["hex"]) for e in groups[n][:2]} == {str(n).encode() * size}
+
+
+EVENT_PROTOCOLS = textwrap.dedent(
+    """
+    import asyncio
+
+    class Failing(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+            if data == b"bb":
+                raise ValueError("boom")
+
+    class Answer(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data, addr)
+            if data == b"bb":
+                raise ValueError("boom")
+    """
+)
+
+
+def test_event_mode_user_protocols_report_their_ids(tmp_path: Path) -> None:
+    """A user's protocol is watched by the event server: its events carry the id too."""
+    handler = tmp_path / "protocols.py"
+    handler.write_text(EVENT_PROTOCOLS)
+    path = unix_path(tmp_path)
+    with JsonRun(["unix", path, "-c", "event", "-vv", "-H", f"{handler}:Failing"]) as run:
+        run.listening_url()
+        with unix_client(path) as first, unix_client(path) as second:
+            for sock, payload in ((first, b"a"), (second, b"bb")):
+                sock.sendall(payload)
+                assert sock.recv(10) == payload
+        run.wait_count("close", 2)
+        assert run.stop() == 0
+        events = run.events
+    groups = by_conn(events, "connect", "data", "error", "close")
+    assert sorted(groups) == [1, 2]
+    assert [e["event"] for e in groups[1]] == ["connect", "data", "data", "close"]
+    assert [e["event"] for e in groups[2]] == ["connect", "data", "data", "error", "close"]
+
+    with JsonRun(["udp", "127.0.0.1:0", "-c", "event", "-vv", "-H", f"{handler}:Answer"]) as run:
+        host, port = run.listening_url().removeprefix("udp://").rsplit(":", 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(TIMEOUT)
+            for payload in (b"a", b"bb"):
+                sock.sendto(payload, (host, int(port)))
+                assert sock.recv(10) == payload
+        run.wait_count("request", 2)
+        assert run.stop() == 0
+        events = run.events
+    groups = by_conn(events, "data", "error", "request")
+    assert [e["event"] for e in groups[1]] == ["data", "data", "request"]
+    assert [e["event"] for e in groups[2]] == ["data", "data", "error", "request"]
 
 
 def test_plain_output_names_the_id_of_a_unix_client_only() -> None:
