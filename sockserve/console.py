@@ -323,18 +323,25 @@ class JsonReporter(PlainReporter):
         self.wants_counts = True  # `close` and `request` events carry the counts
 
     def _event(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 6), **fields}
+        """Write one event; a `client` field (as `_client` gives it) is written as the
+        client's text and, for a `Client` with an id, `conn` right after it."""
+        record = {"event": event, "time": round(time.time(), 6)}
+        if "client" in fields:
+            client = fields.pop("client")
+            if type(client) is Client:
+                record["client"] = format_client(client.address)
+                if client.id is not None:
+                    record["conn"] = client.id
+            else:
+                record["client"] = format_client(client) if client is not None else None
+        record.update(fields)
         self._emit(self._encode(record))
 
     @staticmethod
-    def _client(client: Any) -> dict[str, Any]:
-        """The `client` and `conn` fields (`conn` only where the client has an id)."""
-        if type(client) is Client:
-            fields: dict[str, Any] = {"client": format_client(client.address)}
-            if client.id is not None:
-                fields["conn"] = client.id
-            return fields
-        return {"client": format_client(client) if client is not None else None}
+    def _client(client: Any) -> Any:
+        """The `client` field of an event about one connection: `_event` writes its text
+        and its `conn` (pass every Events method's `client` through here)."""
+        return client
 
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
         """Write a `listening` event with the url and the details."""
@@ -363,22 +370,22 @@ class JsonReporter(PlainReporter):
 
     def connected(self, client: Any) -> None:
         """Write a `connect` event."""
-        self._event("connect", **self._client(client))
+        self._event("connect", client=self._client(client))
 
     def record(self, client: Any, received: int, sent: int) -> None:
         """Write a `close` event (a `request` event for a datagram) with the counts."""
         name = "request" if self.socktype == "dgram" else "close"
-        self._event(name, **self._client(client), bytes_in=received, bytes_out=sent)
+        self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
 
     def data(self, client: Any, direction: Direction, data: bytes) -> None:
         """Write a `data` event with the chunk in hex."""
-        self._event("data", **self._client(client), direction=direction, hex=data.hex())
+        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
 
     def handler_error(self, client: Any, exc: BaseException) -> None:
         """Write an `error` event with the exception's type, message and traceback."""
         self._event(
             "error",
-            **self._client(client),
+            client=self._client(client),
             error=type(exc).__name__,
             message=str(exc),
             traceback=_traceback_text(exc),
