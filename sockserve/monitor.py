@@ -132,9 +132,7 @@ class RunMonitor:
     def record(self, client: Any, received: int, sent: int) -> None:
         """Count the request and report it (from a child: forward it)."""
         if self.in_child:
-            self._forward(
-                {"k": "record", "c": _jsonable(client), "n": _id(client), "i": received, "o": sent}
-            )
+            self._forward({"k": "record", "c": _jsonable(client), "i": received, "o": sent})
             return
         self.stats.add_request(received, sent)
         self.reporter.record(client, received, sent)
@@ -174,7 +172,6 @@ class RunMonitor:
                 {
                     "k": "error",
                     "c": _jsonable(client),
-                    "n": _id(client),
                     "t": type(exc).__name__,
                     "m": str(exc),
                     "tb": format_user_traceback(exc),
@@ -249,11 +246,11 @@ class RunMonitor:
         kind = rec.get("k")
         if kind == "record":
             self.stats.add_request(int(rec["i"]), int(rec["o"]))
-            self.reporter.record(_client(rec), rec["i"], rec["o"])
+            self.reporter.record(_from_json(rec.get("c")), rec["i"], rec["o"])
         elif kind == "error":
             self.stats.add_error()
             exc = remote_error(str(rec.get("t")), str(rec.get("m")), rec.get("tb"))
-            self.reporter.handler_error(_client(rec), exc)
+            self.reporter.handler_error(_from_json(rec.get("c")), exc)
         elif kind == "output-closed":
             self._output_closed()
         elif kind == "output-failed":
@@ -274,21 +271,16 @@ class RunMonitor:
 
 
 def _jsonable(client: Any) -> Any:
+    """`client` for a child's line: a `Client` as {"a": address, "n": id}."""
     if type(client) is Client:
-        client = client.address
+        return {"a": _jsonable(client.address), "n": client.id}
     if isinstance(client, bytes):
         return client.decode(errors="replace")
     return client
 
 
-def _id(client: Any) -> int | None:
-    return client.id if type(client) is Client else None
-
-
-def _client(rec: dict[str, Any]) -> Any:
-    """The client of a child's line: a `Client` again when the line carries its id."""
-    address = rec.get("c")
-    if isinstance(address, list):
-        address = tuple(address)
-    n = rec.get("n")
-    return address if n is None else Client(address, int(n))
+def _from_json(client: Any) -> Any:
+    """The client of a child's line, as the child had it (a `Client` with its id)."""
+    if isinstance(client, dict):
+        return Client(_from_json(client.get("a")), client.get("n"))
+    return tuple(client) if isinstance(client, list) else client

@@ -8,6 +8,7 @@ on 127.0.0.1 port 0.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import textwrap
@@ -262,3 +263,13 @@ def test_plain_output_of_two_unix_clients(tmp_path: Path) -> None:
         assert run.stop() == 0
         lines = run.lines
     assert "connect unix client #1" in lines and "connect unix client #2" in lines
+
+
+def test_a_client_crosses_the_child_pipe_with_its_id() -> None:
+    from sockserve.monitor import _from_json, _jsonable
+
+    for address in (("127.0.0.1", 5), "", "/tmp/c"):
+        line = json.loads(json.dumps(_jsonable(Client(address, 7))))
+        back = _from_json(line)
+        assert type(back) is Client and (back.address, back.id) == (address, 7)
+    assert _from_json(json.loads(json.dumps(_jsonable(("h", 1))))) == ("h", 1)
