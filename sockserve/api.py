@@ -25,7 +25,7 @@ from typing import Any
 from .config import ServeConfig, build_config
 from .console import PlainReporter, format_client, format_user_traceback
 from .errors import HandlerLoadError, UsageError
-from .events import Direction, RemoteError
+from .events import Direction, RemoteError, address_of
 from .lifecycle import ABORT_WAIT, shut_down_requests
 from .loading import LoadedHandler, handler_kind
 from .runner import Run
@@ -58,7 +58,8 @@ class Connection:
     way so far (empty with `capture=False`).
     """
 
-    client: Any
+    client: Any  # the peer's address, as socket.accept or recvfrom gave it
+    id: int | None = None  # the connection id its --json events carry (`conn`)
     bytes_in: int = 0
     bytes_out: int = 0
     closed: bool = False
@@ -89,6 +90,12 @@ class HandlerError:
         return f"{head}: {type(self.exception).__name__}: {self.exception}\n{self.traceback}"
 
 
+def _key(client: Any) -> Any:
+    """What tells one connection's events from another's: its id (a forked child's events
+    come back over a pipe, as another object with the same id), else its address."""
+    return ("id", client.id) if getattr(client, "id", None) is not None else address_of(client)
+
+
 class Recorder(PlainReporter):
     """The reporter of an API server: it keeps the events, and logs the lines the command
     would print to the `sockserve` logger (what pytest shows of a failed test)."""
@@ -110,9 +117,10 @@ class Recorder(PlainReporter):
 
     def _entry(self, client: Any) -> Connection:
         """The open entry of `client`, made at its first event (a datagram has no connect)."""
-        conn = self._open.get(client)
+        conn = self._open.get(_key(client))
         if conn is None:
-            conn = self._open[client] = Connection(client)
+            conn = Connection(address_of(client), getattr(client, "id", None))
+            self._open[_key(client)] = conn
             self.connections.append(conn)
             self.cond.notify_all()
         return conn
@@ -120,7 +128,7 @@ class Recorder(PlainReporter):
     def connected(self, client: Any) -> None:
         """Open an entry for the connection."""
         with self.cond:
-            self._open.pop(client, None)
+            self._open.pop(_key(client), None)
             self._entry(client)
         super().connected(client)
 
@@ -128,7 +136,7 @@ class Recorder(PlainReporter):
         """Close the entry with its counts."""
         with self.cond:
             conn = self._entry(client)
-            del self._open[client]
+            del self._open[_key(client)]
             conn.bytes_in, conn.bytes_out, conn.closed = received, sent, True
             self.cond.notify_all()
         super().record(client, received, sent)
@@ -149,7 +157,7 @@ class Recorder(PlainReporter):
         else:
             tb = ""
         with self.cond:
-            self.errors.append(HandlerError(client, exc, tb.rstrip()))
+            self.errors.append(HandlerError(address_of(client), exc, tb.rstrip()))
             self.cond.notify_all()
         super().handler_error(client, exc)
 

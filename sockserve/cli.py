@@ -184,7 +184,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     default=1,
     show_default=True,
     metavar="N",
-    help="Processes serving the same socket: bound once, inherited by each forked worker.",
+    help="Processes serving the same socket: bound once, inherited by each forked worker; "
+    "one that dies while serving is started again (5 deaths in 10s stop the server).",
 )
 @click.option(
     "--daemon-threads/--no-daemon-threads",

@@ -24,6 +24,7 @@ from .parts.acceptors import AcceptingThreadsPart
 from .parts.access import AccessPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
+from .parts.client_ids import ClientIdsPart
 from .parts.datagrams import LeanDatagramPart
 from .parts.faults import FaultPart
 from .parts.idle import IdleTimeoutPart
@@ -82,6 +83,7 @@ PART_ORDER: tuple[type, ...] = (
     WatchPart,
     RecordPart,
     TlsWrapPart,
+    ClientIdsPart,
     ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
@@ -127,6 +129,10 @@ def choose_parts(
     settings: dict[str, Any] = {"monitor": monitor}
     if monitor is not None:
         parts.append(ReportingPart)
+        ids = getattr(monitor, "client_ids", None)  # the run's monitor numbers connections
+        if ids is not None:
+            parts.append(ClientIdsPart)
+            settings["client_ids"] = ids  # LeanDatagramPart's too
     if concurrency in ("thread", "fork"):
         parts.append(DispatchRefusalPart)
         settings["builtin_handler"] = builtin is not None

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
-from .events import Direction, RemoteError, Stats
+from .events import Client, Direction, RemoteError, Stats
 
 __all__ = [
     "JsonReporter",
@@ -39,7 +39,16 @@ PROG = "sockserve"
 
 
 def format_client(client: Any) -> str:
-    """127.0.0.1:5000, [::1]:5000, a unix path, or 'unix client' for an unnamed one."""
+    """127.0.0.1:5000, [::1]:5000, a unix path, or 'unix client' for an unnamed one.
+
+    A unix `Client` is followed by its connection id (`unix client #3`), which tells apart
+    what its address does not; an inet address does by its port.
+    """
+    if type(client) is Client:
+        text = format_client(client.address)
+        if client.id is None or isinstance(client.address, tuple):
+            return text
+        return f"{text} #{client.id}"
     if isinstance(client, tuple) and len(client) >= 2:
         host, port = client[0], client[1]
         if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
@@ -325,7 +334,9 @@ class RichReporter(PlainReporter):
 class JsonReporter(PlainReporter):
     """One JSON object per event and line (`--json`), for scripts (json is imported only here).
 
-    Every object carries `event` and `time`; what is about one connection, its `client`.
+    Every object carries `event` and `time`; what is about one connection (or datagram
+    request), its `client` and `conn`, the connection's id (the same from `connect` to
+    `close`).
     """
 
     def __init__(
@@ -343,12 +354,25 @@ class JsonReporter(PlainReporter):
         self.wants_counts = True  # `close` and `request` events carry the counts
 
     def _event(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 6), **fields}
+        """Write one event; a `client` field (as `_client` gives it) is written as the
+        client's text and, for a `Client` with an id, `conn` right after it."""
+        record = {"event": event, "time": round(time.time(), 6)}
+        if "client" in fields:
+            client = fields.pop("client")
+            if type(client) is Client:
+                record["client"] = format_client(client.address)
+                if client.id is not None:
+                    record["conn"] = client.id
+            else:
+                record["client"] = format_client(client) if client is not None else None
+        record.update(fields)
         self._emit(self._encode(record))
 
     @staticmethod
     def _client(client: Any) -> Any:
-        return format_client(client) if client is not None else None
+        """The `client` field of an event about one connection: `_event` writes its text
+        and its `conn` (pass every Events method's `client` through here)."""
+        return client
 
     def listening(self, url: str, details: Mapping[str, Any]) -> None:
         """Write a `listening` event with the url and the details."""

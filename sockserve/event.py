@@ -27,7 +27,7 @@ from .access import AccessRules
 from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
-from .events import Events, NullEvents
+from .events import Client, Events, NullEvents
 from .faults import admit_connection
 from .watch import Dresser, Watch
 from .watch_asyncio import watched
@@ -381,6 +381,9 @@ class EventServer:
             return False
         self._conns.add(conn)
         self.requests_started += 1
+        ids = getattr(self.events, "client_ids", None)  # the run's monitor numbers them
+        if ids is not None:
+            conn.client = Client(conn.client, ids.next())
         self.events.connected(conn.client)
         if self.idle_timeout is not None:
             conn.mark = conn.activity()
@@ -511,6 +514,9 @@ class _Served:
         """Greet (--banner), then tell the protocol of the connection on `transport`."""
         self.transport = transport
         self.begun = True
+        protocol = self.protocol
+        if getattr(protocol, "takes_client", False):  # it reports as the server does
+            protocol.client = self.client
         if self.server.banner:
             self.greet(transport)
         self.made(transport)

@@ -6,8 +6,11 @@ and passes them on, unchanged, to the plain, rich or JSON reporter, which implem
 too. Later capabilities extend the set (a TLS handshake, a fault applied, an upstream
 connected) with new methods here, and every implementation with them.
 
-`client` is the peer address as accepted (a tuple, a unix path or b"" for an unnamed unix
-peer, None for an error with no connection).
+`client` is what the run's monitor made of the peer address as accepted: a `Client` (the
+address and the connection's id) where the events object numbers connections (it has
+`client_ids`, as the run's monitor does), else the address itself (a tuple, a unix path or
+b"" for an unnamed unix peer); None for an error with no connection. Handlers always see
+the plain address: only reporting code gets the `Client`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,79 @@ import threading
 import time
 from typing import Any, Literal, Protocol
 
+__all__ = [
+    "Client",
+    "ClientIds",
+    "Direction",
+    "Events",
+    "NullEvents",
+    "RemoteError",
+    "Stats",
+    "address_of",
+    "remote_error",
+]
+
 Direction = Literal["in", "out"]
+
+
+class Client:
+    """One connection (or datagram request) as its events tell it: the peer `address` and
+    the run's `id` for it (None until the server lets the request through).
+
+    Made where the request is born (accepted, or received); every event about the request
+    carries the same object, so `connect`, `data`, `error` and `close` share the id.
+    """
+
+    __slots__ = ("address", "id")
+
+    def __init__(self, address: Any, id: int | None = None) -> None:
+        self.address = address
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r}, {self.id!r})"
+
+
+def address_of(client: Any) -> Any:
+    """The peer address of `client`: a `Client`'s, or `client` itself."""
+    return client.address if type(client) is Client else client
+
+
+class ClientIds:
+    """The run's connection ids: 1, 2, 3... in the order requests are let through.
+
+    With --workers N, worker k (1..N) numbers k, k+N, k+2N...: ids stay integers and unique
+    across the workers (`restart`). Thread-safe: threads that accept draw ids too.
+    """
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._step = 1
+        self._lock = threading.Lock()
+        self._cells: Any = None  # --workers: where the slot's last id is kept (shared memory)
+        self._slot = 0
+
+    def restart(self, first: int, step: int, cells: Any = None, slot: int = 0) -> None:
+        """Number `first`, `first + step`...; write each id to `cells[slot]` if given (so
+        that a worker started again in the slot goes on after the last one)."""
+        with self._lock:
+            self._next = first
+            self._step = step
+            self._cells = cells
+            self._slot = slot
+
+    def next(self) -> int:
+        """A new id."""
+        with self._lock:
+            n = self._next
+            self._next = n + self._step
+            if self._cells is not None:
+                self._cells[self._slot] = n
+            return n
+
+    def new(self, address: Any) -> Client:
+        """A `Client` for `address`, with a new id."""
+        return Client(address, self.next())
 
 
 class Events(Protocol):

@@ -20,7 +20,7 @@ from .builtins.output import OutputFailed
 from .config import ServeConfig
 from .console import PlainReporter, format_client, format_user_traceback
 from .errors import EnvironmentProblem
-from .events import Direction, Stats, remote_error
+from .events import Client, ClientIds, Direction, Stats, address_of, remote_error
 
 #: The longest line a child writes on the pipe: one write of at most PIPE_BUF bytes is atomic.
 CHILD_RECORD_MAX = select.PIPE_BUF - 1
@@ -52,7 +52,9 @@ class RunMonitor:
     `on_stop(reason)`, set by the lifecycle, is called when the run must stop by itself (the
     builtins' stdout closed or failed); `stop_reason` keeps the first reason the run stopped
     for. `output_closed` tells that stdout takes no more; `fatal`, the error the run must end
-    with (exit 1) once stopped: stdout failed, and data was lost.
+    with (exit 1) once stopped: stdout failed, and data was lost. `client_ids` numbers the
+    run's connections and datagram requests: the servers make each request's `Client` with
+    it, and a forked child's events carry the id over the pipe.
     """
 
     def __init__(self, reporter: PlainReporter, config: ServeConfig) -> None:
@@ -60,6 +62,7 @@ class RunMonitor:
         self.reporter = reporter
         self.socktype = config.socktype
         self.stats = Stats()
+        self.client_ids = ClientIds()
         self.wants_data = config.verbosity >= 2
         self.wants_counts = reporter.wants_counts
         self.stop_reason: str | None = None
@@ -198,7 +201,8 @@ class RunMonitor:
         """Count the refusal; report it unless the same peer was reported less than
         `REFUSED_EVERY` seconds ago."""
         self.stats.add_refused()
-        peer = client[0] if isinstance(client, tuple) and client else client
+        peer = address_of(client)
+        peer = peer[0] if isinstance(peer, tuple) and peer else peer
         now = time.monotonic()
         with self._refused_lock:
             last = self._refused_at.pop(peer, None)
@@ -315,10 +319,16 @@ class RunMonitor:
 
 
 def _jsonable(client: Any) -> Any:
+    """`client` for a child's line: a `Client` as {"a": address, "n": id}."""
+    if type(client) is Client:
+        return {"a": _jsonable(client.address), "n": client.id}
     if isinstance(client, bytes):
         return client.decode(errors="replace")
     return client
 
 
 def _from_json(client: Any) -> Any:
+    """The client of a child's line, as the child had it (a `Client` with its id)."""
+    if isinstance(client, dict):
+        return Client(_from_json(client.get("a")), client.get("n"))
     return tuple(client) if isinstance(client, list) else client

@@ -10,7 +10,8 @@ Errors of the protocol's callbacks (SystemExit and KeyboardInterrupt too: see
 `errors.HANDLER_ERRORS`) go to `on_error(client, exc)` when one is given (a
 stream connection is then aborted, as asyncio does; a datagram socket goes on), otherwise
 to asyncio, as if the protocol ran unwrapped. A datagram socket has one watch: its `client`
-is the sender of the latest datagram, or the address a reply is sent to; with `records`,
+is the sender of the latest datagram (a new `events.Client` for each datagram when the
+events number requests), or the address a reply is sent to; with `records`,
 each datagram is recorded with `events.record` and the bytes sent since the previous one.
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import HANDLER_ERRORS
-from .events import Events
+from .events import Client, Events, address_of
 from .watch import Watch
 
 __all__ = [
@@ -122,8 +123,8 @@ class WatchedDatagramTransport(_TransportBase, asyncio.DatagramTransport):
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         watch: Watch = self._owner.watch
-        if addr is not None:
-            watch.client = addr
+        if addr is not None and address_of(watch.client) != addr:
+            watch.client = addr  # not to the sender of the datagram being answered
         sendto = self._transport.sendto
 
         def sink(chunk: memoryview) -> int:
@@ -134,9 +135,14 @@ class WatchedDatagramTransport(_TransportBase, asyncio.DatagramTransport):
 
 
 class _Watched:
-    """What the watched stream protocols share: the watch, the protocol, its callbacks."""
+    """What the watched stream protocols share: the watch, the protocol, its callbacks.
+
+    `takes_client`: the event server sets `client` (the connection's `events.Client`)
+    before connection_made; the watch reports it, and so does the protocol if it takes it.
+    """
 
     transport: Any = None
+    takes_client = True
 
     def __init__(self, protocol: Any, watch: Watch, on_error: OnError | None = None) -> None:
         self.protocol = protocol
@@ -145,8 +151,14 @@ class _Watched:
 
     @property
     def client(self) -> Any:
-        """The peer (asyncio's "peername"), once connected."""
+        """The peer (asyncio's "peername", or the `Client` given), once connected."""
         return self.watch.client
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self.watch.client = client
+        if getattr(self.protocol, "takes_client", False):
+            self.protocol.client = client
 
     @property
     def received(self) -> int:
@@ -160,7 +172,8 @@ class _Watched:
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.watch.client = transport.get_extra_info("peername")
+        if self.watch.client is None:
+            self.watch.client = transport.get_extra_info("peername")
         self._call(self.protocol.connection_made, WatchedTransport(transport, self))
 
     def eof_received(self) -> bool | None:
@@ -238,6 +251,8 @@ class WatchedDatagramProtocol(asyncio.DatagramProtocol):
     """
 
     transport: Any = None
+    #: The `Client` of the datagram being received, when a watch around this one made it.
+    sender: Any = None
 
     def __init__(
         self,
@@ -251,6 +266,9 @@ class WatchedDatagramProtocol(asyncio.DatagramProtocol):
         self.on_error = on_error
         self.records = records and watch.events is not None
         self._recorded_sent = 0
+        #: Each datagram gets its own `Client` when the events number requests.
+        self.ids = getattr(watch.events, "client_ids", None)
+        self.takes_client = getattr(protocol, "takes_client", False)
 
     @property
     def client(self) -> Any:
@@ -263,14 +281,23 @@ class WatchedDatagramProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         watch = self.watch
-        watch.client = addr
+        client = self.sender  # made by a watch around this one
+        if client is None:
+            ids = self.ids
+            client = addr if ids is None else Client(addr, ids.next())
+        watch.client = client
         if not watch.incoming(data) and data:
             return  # a fault dropped it (`sockserve.faults`)
+        protocol = self.protocol
+        if self.takes_client:
+            protocol.sender = client  # the builtins record it as the watch reports it
         try:
-            self._call(addr, self.protocol.datagram_received, data, addr)
+            self._call(client, protocol.datagram_received, data, addr)
         finally:
+            if self.takes_client:
+                protocol.sender = None
             if self.records:
-                self._record(addr, len(data))
+                self._record(client, len(data))
 
     def error_received(self, exc: Exception) -> None:
         self._call(None, self.protocol.error_received, exc)

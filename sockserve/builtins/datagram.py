@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..events import Client, address_of
 from ..socketserver import BaseRequestHandler
 from .cores import check_name, datagram_answer
 from .rooms import ROOM_BUILTINS
@@ -25,7 +26,8 @@ class DatagramBuiltin(BaseRequestHandler):
     """Base of the datagram builtins; the answer function is chosen once per class.
 
     `serve_datagram(data, sock, client)` does what `handle` does without a handler instance:
-    the tool's servers call it directly for every datagram that waits.
+    the tool's servers call it directly for every datagram that waits. `takes_client`: the
+    server hands it the sender as a `Client` (`parts.client_ids`), reported as given.
     """
 
     builtin: ClassVar[str] = ""
@@ -35,6 +37,7 @@ class DatagramBuiltin(BaseRequestHandler):
     reply: ClassVar[bytes] = b""
     answer: ClassVar[Callable[[Any], bytes | None]]
     stdio: ClassVar[DatagramStdio | None] = None
+    takes_client: ClassVar[bool] = True
 
     @classmethod
     def release(cls) -> None:
@@ -42,15 +45,23 @@ class DatagramBuiltin(BaseRequestHandler):
         if cls.stdio is not None:
             cls.stdio.release()
 
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        self.client = client_address  # what events get: a `Client`, or the address
+        super().__init__(request, address_of(client_address), server)
+
     def handle(self) -> None:
         data, sock = self.request
-        self.serve_datagram(data, sock, self.client_address)
+        self.serve_datagram(data, sock, self.client)
 
     @classmethod
     def serve_datagram(cls, data: Any, sock: Any, client: Any) -> None:
-        """Answer one datagram `data` that `sock` received from `client`."""
+        """Answer one datagram `data` that `sock` received from `client` (an address, or
+        its `Client`: reported as it is)."""
         shared = cls.shared
         recorder = shared.recorder
+        reported = client
+        if type(client) is Client:
+            client = client.address
         sent = 0
         try:
             writer = shared.writer
@@ -66,7 +77,7 @@ class DatagramBuiltin(BaseRequestHandler):
             sent = send_datagram(sock, reply, client)
         finally:
             if recorder is not None:
-                recorder.record(client, len(data), sent)
+                recorder.record(reported, len(data), sent)
 
 
 def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:

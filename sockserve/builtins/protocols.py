@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
+from ..events import Client
 from .cores import (
     LINGER_SECONDS,
     OneAnswer,
@@ -31,10 +32,12 @@ from .stdin import EventStdin
 class EventStream(asyncio.Protocol):
     """Base of the stream protocols: counts bytes, reports the connection when it is lost.
 
-    discard is this class as it is.
+    discard is this class as it is. `takes_client`: the event server sets `client` (the
+    connection's `events.Client`) before connection_made; else it is the peer's address.
     """
 
     transport: Any
+    takes_client = True
 
     def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
         self.shared = shared
@@ -46,7 +49,8 @@ class EventStream(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.client = transport.get_extra_info("peername")
+        if self.client is None:
+            self.client = transport.get_extra_info("peername")
 
     def connection_lost(self, exc: Exception | None) -> None:
         recorder = self.shared.recorder
@@ -284,10 +288,16 @@ class EventDatagram(asyncio.DatagramProtocol):
     protocol.
     """
 
+    #: The sender of the datagram being answered, as a `Client`, when a watch around the
+    #: protocol (-vv) made it (`takes_client`); else each record makes its own.
+    takes_client = True
+    sender: Client | None = None
+
     def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
         self.shared = shared
         self.stdin = stdin
         self.transport: Any = None
+        self.ids = getattr(shared.observer, "client_ids", None)  # the run's monitor numbers
         self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
         self.answer = datagram_answer(shared.name, self.reply)
         self.last_sender: Any = None
@@ -325,7 +335,7 @@ class EventDatagram(asyncio.DatagramProtocol):
             sent = len(reply)
         finally:
             if shared.recorder is not None:
-                shared.recorder.record(addr, len(data), sent)
+                shared.recorder.record(self.reported(addr), len(data), sent)
 
     def answer_only(self, data: bytes, addr: Any) -> None:
         """`datagram_received` with no output: only the answer and the record."""
@@ -336,7 +346,7 @@ class EventDatagram(asyncio.DatagramProtocol):
                 self.transport.sendto(reply, addr)
                 sent = len(reply)
         finally:
-            self.record(addr, len(data), sent)
+            self.record(self.reported(addr), len(data), sent)
 
     def echo(self, data: bytes, addr: Any) -> None:
         """`answer_only` for echo: the datagram goes back as it came (any bytes-like will do)."""
@@ -346,7 +356,15 @@ class EventDatagram(asyncio.DatagramProtocol):
                 self.transport.sendto(data, addr)
                 sent = len(data)
         finally:
-            self.record(addr, len(data), sent)
+            self.record(self.reported(addr), len(data), sent)
+
+    def reported(self, addr: Any) -> Any:
+        """The sender as events tell it: the watch's `Client`, a new one, or `addr`."""
+        sender = self.sender
+        if sender is not None:
+            return sender
+        ids = self.ids
+        return addr if ids is None else Client(addr, ids.next())
 
     def reflect(self, data: bytes, addr: Any) -> None:
         """`echo` with nothing to record (-q): no more than an asyncio echo server does."""

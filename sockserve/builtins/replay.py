@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from typing import Any, ClassVar
 
+from ..events import address_of
 from ..transcripts import Step, Transcript
 from .cores import LINGER_SECONDS
 from .datagram import DatagramBuiltin
@@ -161,9 +162,10 @@ class ReplayDatagram(DatagramBuiltin):
         sent = 0
         try:
             answers = cls.answers_for(client)
-            if client:
+            address = address_of(client)  # a `Client` with its id: the events', not sendto's
+            if address:
                 for answer in answers:
-                    sent += send_datagram(sock, answer, client)
+                    sent += send_datagram(sock, answer, address)
         finally:
             if recorder is not None:
                 recorder.record(client, len(data), sent)
@@ -171,7 +173,7 @@ class ReplayDatagram(DatagramBuiltin):
     @classmethod
     def answers_for(cls, client: Any) -> list[bytes]:
         """The datagrams to answer `client`'s next one with (it moves on by one)."""
-        key = getattr(client, "address", client)
+        key = address_of(client)
         with cls.lock:
             place = cls.places.pop(key, 0)
             cls.places[key] = place + 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..events import address_of
 from ..loading import ROOM_BUILTINS, SLOW_CLIENT_POLICIES, SlowClient
 
 __all__ = ["ROOM_BUILTINS", "ChatLines", "Member", "Outbox", "Room", "SlowClient"]
@@ -124,6 +125,7 @@ class Room:
 
     def name_for(self, client: object) -> str:
         """How chat names a client: HOST:PORT, [v6]:PORT, or unix-N for a unix peer."""
+        client = address_of(client)
         if isinstance(client, tuple) and len(client) >= 2:
             host, port = str(client[0]), client[1]
             host = host.removeprefix("::ffff:")

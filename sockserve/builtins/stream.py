@@ -18,6 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..events import address_of
 from ..socketserver import BaseRequestHandler
 from ..watch import is_watched
 from .cores import LINGER_SECONDS, OneAnswer, Phase, check_name, chunk_transform, greeting
@@ -45,6 +46,8 @@ class StreamBuiltin(BaseRequestHandler):
 
     Subclasses implement `serve(sock)`. A client that resets or goes away ends the connection
     quietly; OutputClosed, TimeoutError and other errors go on to the server's handle_error.
+    `takes_client`: the server hands it the peer as a `Client` (`parts.client_ids`); the
+    handler keeps the plain `client_address` and reports the `Client`.
     """
 
     builtin: ClassVar[str] = ""
@@ -52,6 +55,7 @@ class StreamBuiltin(BaseRequestHandler):
     options: ClassVar[HandlerOptions]
     shared: ClassVar[Shared]
     nodelay: ClassVar[bool] = True
+    takes_client: ClassVar[bool] = True
 
     received: int
     sent: int
@@ -60,6 +64,10 @@ class StreamBuiltin(BaseRequestHandler):
     @classmethod
     def release(cls) -> None:
         """Stop background work of the class (the stdin reader of stdio); idempotent."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        self.client = client_address  # what events get: a `Client`, or the address
+        super().__init__(request, address_of(client_address), server)
 
     def setup(self) -> None:
         self.received = 0
@@ -84,7 +92,7 @@ class StreamBuiltin(BaseRequestHandler):
         finally:
             recorder = self.shared.recorder
             if recorder is not None:
-                recorder.record(self.client_address, self.received, self.sent)
+                recorder.record(self.client, self.received, self.sent)
 
     def serve(self, sock: socket.socket) -> None:
         raise NotImplementedError

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..events import address_of
 from ..socketserver import TCPServer, ThreadingMixIn
 from .backoff import DispatchRefusalPart
 from .requests import RequestsPart
@@ -191,9 +192,9 @@ class AcceptingThreadsPart(DispatchRefusalPart, RequestsPart, ThreadingMixIn, TC
                         self.request_stop("the listening socket was shut down")
                     return
                 continue  # EMFILE (get_request waited), a connection aborted early
-            if acceptors.wakers and client_address in acceptors.wakers:
+            if acceptors.wakers and address_of(client_address) in acceptors.wakers:
                 self.close_request(request)  # the loop is trimming idle threads
-                if acceptors.retire(client_address):
+                if acceptors.retire(address_of(client_address)):
                     return
                 continue
             acceptors.busy = True

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from ..access import AccessRules
-from ..events import Events
+from ..events import Events, address_of
 from ..socketserver import TCPServer
 
 
@@ -28,7 +28,7 @@ class AccessPart(TCPServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Let through only the requests of peers the rules serve."""
-        reason = self.access_rules.decide(client_address)
+        reason = self.access_rules.decide(address_of(client_address))
         if reason is None and self.socket_type == socket.SOCK_STREAM:
             reason = self.access_rules.decide_credentials(request)
         if reason is None:

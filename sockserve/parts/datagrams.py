@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ..events import Events
+from ..events import Client, ClientIds, Events
 from ..watch import Dresser, Watch, WatchedDatagramSocket
 from .backoff import RESOURCE_ERRNOS, AcceptBackoffPart
 from .requests import RequestsPart
@@ -17,7 +17,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
 
     For builtins whose answer never waits (sync mode, or thread mode where a thread per
     datagram would cost far more than the answer; see benchmarks/RESULTS.md). The answers
-    are the same. With `watch_data` (-vv) each datagram goes through a watch
+    are the same. Each datagram's sender is a `Client` with its own id when
+    `client_ids` is set. With `watch_data` (-vv) each datagram goes through a watch
     (`serve_watched`), so its chunks are reported in order: its "in", its "out", its
     record, then the next datagram's. Replaces handle_ready (the steps get_request →
     process_request → the handler, for up to `datagram_batch` waiting datagrams) and
@@ -35,6 +36,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     #: Receive with `ReplySourcePart.receive_datagram`: each reply leaves from the address its
     #: datagram arrived on (a socket on 0.0.0.0 or [::]).
     reply_from_arrival = False
+    #: Number each datagram (`ClientIdsPart`'s): the handler reports it as a `Client`.
+    client_ids: ClientIds | None = None
 
     def handle_ready(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -50,6 +53,7 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         receive = self.receive_datagram if self.reply_from_arrival else None  # type: ignore[attr-defined]  # ReplySourcePart's
         reply = sock
         flags = 0  # the first datagram is known to be there; the others may not be
+        ids = self.client_ids
         for _ in range(self.datagram_batch):
             try:
                 if receive is None:
@@ -67,6 +71,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
                 self.accepting_again()
             if not self.count_request():
                 return
+            if ids is not None:
+                client = Client(client, ids.next())
             try:
                 serve(data, reply, client)
             except Exception:
@@ -76,7 +82,10 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
 
     def serve_watched(self, data: bytes, sock: socket.socket, client: Any) -> None:
         """Answer one datagram through a watch: `data` seen as "in", the reply sent through
-        the watched socket as "out". The handler records the counts, once."""
+        the watched socket as "out". The handler records the counts, once.
+
+        `client` is the sender's address, or its `Client` (`serve_datagram` takes either).
+        """
         watch = Watch(
             self.monitor,
             client,

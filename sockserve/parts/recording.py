@@ -33,6 +33,7 @@ from typing import Any
 
 from ..addresses import format_plain
 from ..console import format_client
+from ..events import address_of
 from ..socketserver import TCPServer
 from ..transcripts import Dir, chunk_line, close_line, header_line
 from ..watch import Sink, Stage, Watch
@@ -46,7 +47,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
 def safe_peer(client: Any) -> str:
     """The peer as it may appear in a file name: [A-Za-z0-9._-], at most 60 characters."""
-    text = format_client(getattr(client, "address", client))
+    text = format_client(address_of(client))
     if text == "unix client":
         return "unnamed"
     return _UNSAFE.sub("_", text)[:60] or "unnamed"
@@ -138,7 +139,10 @@ class TranscriptFile:
             os.fchmod(fd, 0o600)  # whatever the umask
             start = self.wall.isoformat(timespec="microseconds").replace("+00:00", "Z")
             _write_all(
-                fd, header_line(recorder.transport, format_client(client), recorder.server, start)
+                fd,
+                header_line(
+                    recorder.transport, format_client(address_of(client)), recorder.server, start
+                ),
             )
         except OSError:
             os.close(fd)
@@ -220,7 +224,7 @@ class Recorder:
         """The file of the datagram peer `watch.client` is, started `at` if new (None once
         the recorder is closed)."""
         client = watch.client
-        key = format_client(getattr(client, "address", client))
+        key = format_client(address_of(client))
         with self._lock:
             if self._closed:
                 return None

@@ -34,9 +34,13 @@ class ReportingPart(TCPServer):
     monitor: Events | None = None
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Report a stream connection let through."""
+        """Number the request let through (with `ClientIdsPart`), report a stream
+        connection."""
         if not super().verify_request(request, client_address):
             return False
+        number = getattr(self, "number", None)  # ClientIdsPart's: the request's id
+        if number is not None:
+            number(client_address)
         if self.monitor is not None and self.socket_type == socket.SOCK_STREAM:
             self.monitor.connected(client_address)
         return True
