@@ -71,6 +71,7 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
+    raw: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,7 @@ class ServeConfig:
             raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
 
     def _check_combinations(self) -> None:
+        self._check_output_framing()
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -162,6 +164,22 @@ class ServeConfig:
                 hint=f"drop {option}",
             )
 
+    def _check_output_framing(self) -> None:
+        """--raw applies to the handlers that write to stdout; stdio's stdin cannot be shared
+        by a forked child per datagram."""
+        builtin = self.handler.builtin
+        if self.raw and builtin not in ("stdout", "stdio"):
+            raise UsageError(
+                f"--raw changes what -H stdout and -H stdio write, not -H {self.handler.name}",
+                hint="drop --raw, or use -H stdout or -H stdio",
+            )
+        if builtin == "stdio" and self.socktype == "dgram" and self.concurrency == "fork":
+            raise UsageError(
+                f"-H stdio over {self.transport} cannot fork: a child per datagram cannot "
+                "share stdin with the next one",
+                hint="use -c sync (the default for datagrams), thread or event",
+            )
+
     @property
     def transport(self) -> str:
         """tcp, udp, unix or unix-dgram."""
@@ -223,6 +241,7 @@ def build_config(
     verbose: int = 0,
     color: bool | None = None,
     traceback: bool = False,
+    raw: bool = False,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -286,6 +305,7 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
+        raw=raw,
     )
 
 

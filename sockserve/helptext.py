@@ -36,6 +36,7 @@ from click.shell_completion import (
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Address": ("family", "type", "reuse_address", "reuse_port", "backlog", "mode"),
     "Handler": ("handler", "reply", "reply_file", "banner", "banner_file", "timeout"),
+    "Framing": ("raw",),
     "Concurrency": (
         "concurrency",
         "max_threads",
@@ -68,7 +69,7 @@ ADDRESS_HELP = (
 EXAMPLES: tuple[tuple[str, str], ...] = (
     ("sockserve tcp :9999", "echo on 127.0.0.1:9999"),
     ("sockserve tcp :9999 -H upper", "upper-case what clients send"),
-    ("sockserve udp :5140 -H stdout | grep ERR", "print received datagrams on stdout"),
+    ("sockserve udp :5140 -H stdout | grep ERR", "each datagram received as a line on stdout"),
     ("sockserve tcp :0 --print-address --once", "let the OS pick a port, print it, serve one"),
     ("sockserve tcp '[::1]:8080' -H reply --reply-file response.http", "a canned HTTP reply"),
     ("sockserve unix /tmp/app.sock -c fork --max-children 8 -H app.py", "a handler file, forked"),

@@ -30,7 +30,9 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     loaded = config.handler
     if loaded.builtin is None:
         return loaded.cls
-    options = bh.HandlerOptions(reply=config.reply, reply_file=config.reply_file, observer=monitor)
+    options = bh.HandlerOptions(
+        reply=config.reply, reply_file=config.reply_file, observer=monitor, lines=not config.raw
+    )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)
     if config.socktype == "stream":

@@ -119,6 +119,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
     "traceback": (True, "traceback", True),
+    "raw": (False, "raw", False),  # -H stdout and stdio only: see tests/test_framing.py
 }
 
 

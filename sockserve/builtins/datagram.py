@@ -3,7 +3,8 @@
 One request is one datagram; the reply to it is one datagram (0 bytes included), sent back to
 its sender. A unix datagram client that did not bind an address cannot be answered and is
 not. Replies on unix datagram sockets never block: if the client's queue is full, the reply
-is dropped, as a datagram may be. stdout and stdio write each datagram whole to the output;
+is dropped, as a datagram may be. stdout and stdio write each datagram whole to the output, as
+one line (a newline added where it lacks one) unless raw;
 stdio sends stdin to the sender of the latest datagram (`stdin.DatagramStdio`).
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..socketserver import BaseRequestHandler
 from .cores import check_name, datagram_answer
+from .framing import datagram_line
 from .shared import HandlerOptions, Shared, send_datagram
 
 if TYPE_CHECKING:  # stdin is loaded for stdio only
@@ -57,7 +59,10 @@ class DatagramBuiltin(BaseRequestHandler):
                 if cls.stdio is not None:
                     cls.stdio.note_sender(sock, client)
                 if data:
-                    writer.write(data)
+                    if shared.lines:
+                        writer.write_lines(datagram_line(data))
+                    else:
+                        writer.write(data)
                 return
             reply = cls.answer(data)
             if reply is None or not client:

@@ -24,6 +24,8 @@ from .cores import (
     datagram_answer,
     greeting,
 )
+from .framing import LineBuffer, datagram_line
+from .output import OutputClosed, OutputFailed
 from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, Shared
 from .stdin import EventStdin
 
@@ -105,11 +107,40 @@ class EventEcho(EventTransform):
 
 
 class EventStdout(EventStream):
+    """stdout: in whole lines (a `LineBuffer` per connection), or raw, each chunk as it came."""
+
+    def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
+        super().__init__(shared, stdin)
+        self.lines = LineBuffer() if shared.lines else None
+        self.output_ok = True
+
     def data_received(self, data: bytes) -> None:
         self.saw(data)
         writer = self.shared.writer
         assert writer is not None
-        writer.write(data)
+        if self.lines is None:
+            writer.write(data)
+            return
+        out = self.lines.feed(data)
+        if out is not None:
+            self.write_out(writer, out)
+
+    def write_out(self, writer: Any, out: Any) -> None:
+        try:
+            writer.write_lines(out)
+        except (OutputClosed, OutputFailed):
+            self.output_ok = False
+            raise
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Write the partial last line, then report the connection."""
+        try:
+            rest = self.lines.take() if self.lines is not None else b""
+            if rest and self.output_ok:
+                assert self.shared.writer is not None
+                self.write_out(self.shared.writer, rest)
+        finally:
+            super().connection_lost(exc)
 
 
 class EventChargen(EventStream):
@@ -316,7 +347,10 @@ class EventDatagram(asyncio.DatagramProtocol):
                     self.last_sender = addr
                     self.stdin.attach(self)
                 if data:
-                    shared.writer.write(data)
+                    if shared.lines:
+                        shared.writer.write_lines(datagram_line(data))
+                    else:
+                        shared.writer.write(data)
                 return
             reply = self.answer(data)
             if reply is None or not addr:

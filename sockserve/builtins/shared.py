@@ -20,7 +20,11 @@ PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 @dataclass(frozen=True)
 class HandlerOptions:
-    """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary)."""
+    """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary).
+
+    `lines`: stdout and stdio write whole lines per connection and one line per datagram
+    (`framing`; the command's default); False writes the bytes as they come (--raw).
+    """
 
     reply: bytes | None = None
     reply_file: str | None = None
@@ -28,6 +32,7 @@ class HandlerOptions:
     input: BinaryIO | None = None
     observer: Events | None = None
     chunk_size: int = 65536
+    lines: bool = False
 
 
 class Buffers:
@@ -68,6 +73,7 @@ class Shared:
         #: Who gets the byte counts; None when nothing shows them (-q).
         self.recorder = observer if observer is not None and observer.wants_counts else None
         self.chunk_size = options.chunk_size
+        self.lines = options.lines
         self.buffers = Buffers(options.chunk_size)
         self.writer: OutputWriter | None = None
         if name in ("stdout", "stdio"):

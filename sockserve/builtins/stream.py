@@ -1,12 +1,14 @@
 """The builtins as request handlers for stream servers (TCP, unix), in sync, thread and fork mode.
 
-Streams are read in chunks of at most `chunk_size` bytes into a preallocated buffer, never by
-lines, so no client can make the server allocate without limit. TCP connections get
+Streams are read in chunks of at most `chunk_size` bytes into a preallocated buffer (stdout's
+line framing holds a bounded partial line), so no client can make the server allocate without
+limit. TCP connections get
 TCP_NODELAY, so small replies leave at once. Fast paths, invisible to clients and observers:
 echo and upper go on with a bigger buffer once a read fills theirs (`BULK_BUFFER`); discard on
-TCP drops data in the kernel (MSG_TRUNC); stdout and stdio move bulk data with `os.splice`
-(`StdoutStream.splice_out`); `--reply-file` goes out with `socket.sendfile`. None of them runs
-on a watched socket (`sockserve.watch`, -vv), which sees and reports every chunk itself.
+TCP drops data in the kernel (MSG_TRUNC); stdout and stdio, raw (--raw), move bulk data with
+`os.splice` (`StdoutStream.splice_out`; line framing reads every byte); `--reply-file` goes out
+with `socket.sendfile`. None of them runs on a watched socket (`sockserve.watch`, -vv), which
+sees and reports every chunk itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..socketserver import BaseRequestHandler
 from ..watch import is_watched
 from .cores import LINGER_SECONDS, OneAnswer, Phase, check_name, chunk_transform, greeting
-from .output import OutputWriter
+from .framing import LineBuffer
+from .output import OutputClosed, OutputFailed, OutputWriter
 from .shared import INET_FAMILIES, PEER_GONE, HandlerOptions, Shared
 
 if TYPE_CHECKING:  # stdin is loaded for stdio only
@@ -173,16 +176,20 @@ def grow_pipe(fd: int, want: int) -> int:
 
 
 class StdoutStream(StreamBuiltin):
-    """stdout: each chunk received goes to the output, whole (see `output`).
+    """stdout: what is received goes to the output (see `output`): in whole lines through a
+    `LineBuffer` (framing), or, raw, each chunk whole as it came.
 
-    Bulk data moves with `os.splice` (socket -> pipe -> output, no copy through Python) once
-    a read fills the whole buffer, towards an output that is a pipe or a regular file, and
-    only when nobody watches the data and the socket is blocking.
+    Raw, bulk data moves with `os.splice` (socket -> pipe -> output, no copy through Python)
+    once a read fills the whole buffer, towards an output that is a pipe or a regular file,
+    and only when nobody watches the data and the socket is blocking.
     """
 
     def serve(self, sock: socket.socket) -> None:
         writer = self.shared.writer
         assert writer is not None
+        if self.shared.lines:
+            self.serve_lines(sock, writer)
+            return
         buffers = self.shared.buffers
         buf = buffers.get()
         view = memoryview(buf)
@@ -204,6 +211,27 @@ class StdoutStream(StreamBuiltin):
         finally:
             view.release()
             buffers.put(buf)
+
+    def serve_lines(self, sock: socket.socket, writer: OutputWriter) -> None:
+        """Write whole lines; the partial last line when the client closes (or resets)."""
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        lines = LineBuffer()
+        output_ok = True
+        try:
+            while n := sock.recv_into(buf):
+                self.received += n
+                out = lines.feed(buf, n)
+                if out is not None:
+                    writer.write_lines(out)
+        except (OutputClosed, OutputFailed):
+            output_ok = False
+            raise
+        finally:
+            buffers.put(buf)
+            rest = lines.take()
+            if rest and output_ok:
+                writer.write_lines(rest)
 
     def splice_out(self, sock: socket.socket, writer: OutputWriter, size: int) -> None:
         """Move the rest of the connection to the output through a pipe of ours.
