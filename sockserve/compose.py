@@ -31,6 +31,7 @@ from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
+from .parts.whole_datagrams import WholeDatagramPart
 from .watch import Dresser
 
 __all__ = [
@@ -73,6 +74,7 @@ PART_ORDER: tuple[type, ...] = (
     IdleTimeoutPart,
     WatchPart,
     ReplySourcePart,
+    WholeDatagramPart,
     AcceptBackoffPart,
     UnixFilePart,
 )
@@ -153,6 +155,9 @@ def choose_parts(
     if replies_need_source(config):
         parts.append(ReplySourcePart)
         settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
+    if config.family == "unix" and not stream:  # past UDP's 64 KiB: read each one whole
+        parts.append(WholeDatagramPart)
+        settings["whole_datagrams"] = True  # LeanDatagramPart receives as the part does
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout

@@ -243,6 +243,11 @@ class PlainReporter:
         if not self.quiet:
             self._emit(message, "event")
 
+    def sent(self, client: Any, size: int) -> None:
+        """Print `stdin to CLIENT: N B out` at -v, as a datagram's line."""
+        if not self.quiet and self.verbosity >= 1:
+            self._emit(f"stdin to {format_client(client)}: {size} B out", "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -374,6 +379,10 @@ class JsonReporter(PlainReporter):
     def info(self, message: str) -> None:
         """Write an `info` event."""
         self._event("info", message=message)
+
+    def sent(self, client: Any, size: int) -> None:
+        """Write a `sent` event with the count."""
+        self._event("sent", client=self._client(client), bytes_out=size)
 
 
 def make_reporter(

@@ -52,6 +52,10 @@ class Events(Protocol):
     def info(self, message: str) -> None:
         """A line of status."""
 
+    def sent(self, client: Any, size: int) -> None:
+        """`size` bytes were sent to `client` outside any request: the stdin that -H stdio
+        forwards to a datagram client. They count in the run's bytes out."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -75,6 +79,9 @@ class NullEvents:
         """Ignore it."""
 
     def info(self, message: str) -> None:
+        """Ignore it."""
+
+    def sent(self, client: Any, size: int) -> None:
         """Ignore it."""
 
 
@@ -132,6 +139,11 @@ class Stats:
             self.requests += 1
             self.bytes_in += received
             self.bytes_out += sent
+
+    def add_sent(self, size: int) -> None:
+        """Count bytes sent outside any request."""
+        with self.lock:
+            self.bytes_out += size
 
     def add_error(self) -> None:
         """Count a handler error."""

@@ -254,6 +254,9 @@ class RunMonitor:
             self._output_failed(str(rec.get("m")), rec.get("h"))
         elif kind == "info":
             self.reporter.info(str(rec.get("m")))
+        elif kind == "sent":
+            self.stats.add_sent(int(rec["o"]))
+            self.reporter.sent(_from_json(rec.get("c")), int(rec["o"]))
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""
@@ -265,6 +268,14 @@ class RunMonitor:
                 except OSError:
                     pass
             self._pipe = None
+
+    def sent(self, client: Any, size: int) -> None:
+        """Count the bytes out and report them (from a child: forward them)."""
+        if self.in_child:
+            self._forward({"k": "sent", "c": _jsonable(client), "o": size})
+            return
+        self.stats.add_sent(size)
+        self.reporter.sent(client, size)
 
 
 def _jsonable(client: Any) -> Any:

@@ -114,6 +114,9 @@ class EventsRecorder:
     def info(self, message: str) -> None:
         self._add("info", message)
 
+    def sent(self, client: Any, size: int) -> None:
+        self._add("sent", client, size)
+
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""
         self.polls += 1

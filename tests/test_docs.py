@@ -381,6 +381,7 @@ def test_readme_lists_every_json_event() -> None:
     reporter.warning("w")
     reporter.info("i")
     reporter.fatal("f", None)
+    reporter.sent(client, 1)
     reporter.summary(Stats(), "stream", None)
     written = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
     text = README.read_text()
@@ -390,7 +391,7 @@ def test_readme_lists_every_json_event() -> None:
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 10
+    assert len(written) == 11
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

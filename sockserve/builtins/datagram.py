@@ -93,5 +93,5 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
         from .stdin import DatagramStdio  # stdio only
 
         assert shared.input is not None
-        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size)
+        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size, shared.on_sent)
     return type(f"{name.capitalize()}DatagramHandler", (DatagramBuiltin,), attrs)

@@ -390,8 +390,12 @@ class EventDatagram(asyncio.DatagramProtocol):
     def stdin_data(self, data: bytes) -> None:
         if self.last_sender is None or self.transport.is_closing():
             return
+        on_sent = self.shared.on_sent
         for i in range(0, len(data), self.stdin_limit):
-            self.transport.sendto(data[i : i + self.stdin_limit], self.last_sender)
+            piece = data[i : i + self.stdin_limit]
+            self.transport.sendto(piece, self.last_sender)
+            if on_sent is not None:
+                on_sent(self.last_sender, len(piece))
 
     def stdin_eof(self) -> None:
         pass

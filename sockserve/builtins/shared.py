@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -72,6 +73,9 @@ class Shared:
         self.observer = observer = options.observer
         #: Who gets the byte counts; None when nothing shows them (-q).
         self.recorder = observer if observer is not None and observer.wants_counts else None
+        #: Who hears of bytes sent outside a request (`Events.sent`: stdio's stdin to a datagram
+        #: client); None when nobody counts, or the observer knows only records and chunks.
+        self.on_sent: Callable[[Any, int], None] | None = getattr(self.recorder, "sent", None)
         self.chunk_size = options.chunk_size
         self.lines = options.lines
         self.buffers = Buffers(options.chunk_size)

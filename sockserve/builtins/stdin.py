@@ -229,11 +229,18 @@ class StreamStdio:
 
 
 class DatagramStdio:
-    """stdin for a datagram server: sent to the sender of the latest datagram."""
+    """stdin for a datagram server: sent to the sender of the latest datagram, each datagram
+    told to `on_sent(client, size)` (`Events.sent`: the run's bytes out)."""
 
-    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
+    def __init__(
+        self,
+        source: BinaryIO,
+        chunk_size: int,
+        on_sent: Callable[[Any, int], None] | None = None,
+    ) -> None:
         self.source = source
         self.chunk_size = chunk_size
+        self.on_sent = on_sent
         self.creator_pid = os.getpid()
         self.lock = threading.Lock()
         self.target: tuple[socket.socket, Any] | None = None
@@ -262,7 +269,9 @@ class DatagramStdio:
         if target is None:
             return
         sock, client = target
-        send_datagram(sock, data, client)  # a watched socket (-vv) reports it
+        sent = send_datagram(sock, data, client)  # a watched socket (-vv) reports it
+        if sent and self.on_sent is not None:
+            self.on_sent(client, sent)
 
     def _at_eof(self) -> None:
         with self.lock:

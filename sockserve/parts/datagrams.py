@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from ..events import Events
@@ -35,6 +36,8 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     #: Receive with `ReplySourcePart.receive_datagram`: each reply leaves from the address its
     #: datagram arrived on (a socket on 0.0.0.0 or [::]).
     reply_from_arrival = False
+    #: Receive with `WholeDatagramPart.recvfrom_whole`: unix datagrams of any size, whole.
+    whole_datagrams = False
 
     def handle_ready(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -42,11 +45,17 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         The request limit and a stop request end the batch at once.
         """
         sock = self.socket
-        recvfrom = sock.recvfrom
+        recvfrom: Callable[[int, int], tuple[bytes, Any]] = sock.recvfrom
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
         if self.watch_data or self.watch_dressers:
             serve = self.serve_watched
         size = self.max_packet_size
+        if self.whole_datagrams:
+            whole = self.recvfrom_whole  # type: ignore[attr-defined]  # WholeDatagramPart's
+
+            def recvfrom(_size: int, flags: int) -> tuple[bytes, Any]:
+                return whole(flags)  # sized by the part
+
         receive = self.receive_datagram if self.reply_from_arrival else None  # type: ignore[attr-defined]  # ReplySourcePart's
         reply = sock
         flags = 0  # the first datagram is known to be there; the others may not be
