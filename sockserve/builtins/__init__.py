@@ -24,8 +24,9 @@ Rules every adapter keeps:
   partial line).
 - A client that resets or goes away simply ends its connection; that is not an error.
 - Fast paths change nothing a client or an observer can see.
-- chargen (RFC 864): streams get the 72-character rotating lines without end; a datagram gets
-  `min(len(request), 512)` bytes of the pattern from its start.
+- chargen (RFC 864): streams get the 72-character rotating lines without end, and what the
+  client sends is read and dropped (a client that sends while it reads is never blocked); a
+  datagram gets `min(len(request), 512)` bytes of the pattern from its start.
 - daytime (RFC 867) and time (RFC 868): on streams, sent at connect, then the connection
   closes; a datagram gets one answer.
 - reply: a stream waits for the client's first bytes (or its EOF), sends the reply (`reply`

@@ -1,11 +1,12 @@
 """The builtins as request handlers for datagram servers (UDP, unix datagram).
 
-One request is one datagram; the reply to it is one datagram (0 bytes included), sent back to
-its sender. A unix datagram client that did not bind an address cannot be answered and is
-not. Replies on unix datagram sockets never block: if the client's queue is full, the reply
-is dropped, as a datagram may be. stdout and stdio write each datagram whole to the output, as
-one line (a newline added where it lacks one) unless raw;
-stdio sends stdin to the sender of the latest datagram (`stdin.DatagramStdio`).
+One request is one datagram; the reply to it is one datagram (0 bytes included, in event mode
+too: `protocols.EventDatagram.send_empty`), sent back to its sender. A unix datagram client
+that did not bind an address cannot be answered and is not. Replies on unix datagram sockets
+never block: if the client's queue is full, the reply is dropped, as a datagram may be. stdout
+and stdio write each datagram whole to the output, as one line (a newline added where it lacks
+one) unless raw; stdio sends stdin to the sender of the latest datagram
+(`stdin.DatagramStdio`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
@@ -27,7 +28,7 @@ from .cores import (
 from .framing import LineBuffer, datagram_line
 from .output import OutputClosed, OutputFailed
 from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, Shared
-from .stdin import EventStdin
+from .stdin import CONFIRM_SECONDS, EventStdin, unconfirmed
 
 
 class EventStream(asyncio.Protocol):
@@ -260,24 +261,62 @@ class EventAnswer(EventStream):
 
 
 class EventStdio(EventStdout):
-    """stdio on a stream: as with threads, a half-closed client keeps getting stdin."""
+    """stdio on a stream: as with threads, a half-closed client keeps getting stdin.
+
+    Once a TCP client has sent its EOF it may be gone entirely: what stdin sends it then is
+    kept (`unconfirmed`) until acknowledged; if the connection is reset instead, it goes back
+    to stdin (`EventStdin.give_back`) for the other clients, or the next one.
+    """
 
     stdin: EventStdin
     client_eof = False
     stdin_done = False
     paused = False
+    confirming = False
+    check: Any = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self.loop = asyncio.get_running_loop()
+        self.unconfirmed: list[bytes] = []
+        sock = transport.get_extra_info("socket")
+        self.sock = sock
+        self.confirming = sock is not None and sock.family in INET_FAMILIES
         self.stdin.attach(self)
 
     def eof_received(self) -> bool:
         self.client_eof = True
         return not self.stdin_done
 
-    def stdin_data(self, data: bytes) -> None:
-        if not self.transport.is_closing():
-            self.send(data)
+    def stdin_data(self, data: bytes) -> bool:
+        """Send a chunk of stdin; False when this client cannot take it."""
+        if self.transport.is_closing():
+            return False
+        self.send(data)
+        if self.client_eof and self.confirming:
+            self.unconfirmed.append(data)
+            if self.check is None:
+                self.deadline = self.loop.time() + CONFIRM_SECONDS
+                self.pause = 0.001
+                self.check = self.loop.call_soon(self.check_delivered)
+        return True
+
+    def check_delivered(self) -> None:
+        """Forget what the client acknowledged; abort a reset connection (connection_lost
+        gives back what it never got)."""
+        self.check = None
+        if not self.unconfirmed or self.transport.is_closing():
+            return
+        # Still in the transport's buffer: not even sent. A failed send ends the connection.
+        left = -1 if self.transport.get_write_buffer_size() else unconfirmed(self.sock)
+        if left is None:  # reset: the client had closed
+            self.transport.abort()
+            return
+        if left == 0 or self.loop.time() >= self.deadline:
+            self.unconfirmed.clear()
+            return
+        self.check = self.loop.call_later(self.pause, self.check_delivered)
+        self.pause = min(self.pause * 2, 0.05)
 
     def stdin_eof(self) -> None:
         self.stdin_done = True
@@ -297,10 +336,17 @@ class EventStdio(EventStdout):
         self.stdin.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.check is not None:
+            self.check.cancel()
+            self.check = None
         if self.paused:
             self.paused = False
             self.stdin.resume()
         self.stdin.detach(self)
+        if self.unconfirmed:  # the client never got it
+            self.sent -= sum(map(len, self.unconfirmed))
+            self.stdin.give_back(self.unconfirmed)
+            self.unconfirmed = []
         super().connection_lost(exc)
 
 
@@ -322,6 +368,7 @@ class EventDatagram(asyncio.DatagramProtocol):
         self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
         self.answer = datagram_answer(shared.name, self.reply)
         self.last_sender: Any = None
+        self.empty_sender: socket.socket | None = None
         self.stdin_limit = shared.chunk_size
         if shared.writer is None:
             recorder = shared.recorder
@@ -355,7 +402,10 @@ class EventDatagram(asyncio.DatagramProtocol):
             reply = self.answer(data)
             if reply is None or not addr:
                 return
-            self.transport.sendto(reply, addr)
+            if reply:
+                self.transport.sendto(reply, addr)
+            else:
+                self.send_empty(addr)
             sent = len(reply)
         finally:
             if shared.recorder is not None:
@@ -367,7 +417,10 @@ class EventDatagram(asyncio.DatagramProtocol):
         try:
             reply = self.answer(data)
             if reply is not None and addr:
-                self.transport.sendto(reply, addr)
+                if reply:
+                    self.transport.sendto(reply, addr)
+                else:
+                    self.send_empty(addr)
                 sent = len(reply)
         finally:
             self.record(addr, len(data), sent)
@@ -377,7 +430,10 @@ class EventDatagram(asyncio.DatagramProtocol):
         sent = 0
         try:
             if addr:
-                self.transport.sendto(data, addr)
+                if data:
+                    self.transport.sendto(data, addr)
+                else:
+                    self.send_empty(addr)
                 sent = len(data)
         finally:
             self.record(addr, len(data), sent)
@@ -385,25 +441,53 @@ class EventDatagram(asyncio.DatagramProtocol):
     def reflect(self, data: bytes, addr: Any) -> None:
         """`echo` with nothing to record (-q): no more than an asyncio echo server does."""
         if addr:
-            self.transport.sendto(data, addr)
+            if data:
+                self.transport.sendto(data, addr)
+            else:
+                self.send_empty(addr)
 
-    def stdin_data(self, data: bytes) -> None:
+    def stdin_data(self, data: bytes) -> bool:
+        """Send a chunk of stdin to the latest sender (dropped if there is none)."""
         if self.last_sender is None or self.transport.is_closing():
-            return
+            return True
         on_sent = self.shared.on_sent
         for i in range(0, len(data), self.stdin_limit):
             piece = data[i : i + self.stdin_limit]
             self.transport.sendto(piece, self.last_sender)
             if on_sent is not None:
                 on_sent(self.last_sender, len(piece))
+        return True
 
     def stdin_eof(self) -> None:
         pass
+
+    def send_empty(self, addr: Any) -> None:
+        """Send an empty datagram to `addr`, as the other modes answer an empty one: asyncio's
+        and uvloop's transports drop it (their sendto(b"") does nothing), so it goes out on a
+        duplicate of the transport's socket, unless the transport sends empty datagrams itself
+        (`arrival_asyncio`: from the arrival address)."""
+        transport = self.transport
+        if transport.get_extra_info("sends_empty_datagrams"):
+            transport.sendto(b"", addr)
+            return
+        sock = self.empty_sender
+        if sock is None:
+            raw = transport.get_extra_info("socket")
+            if raw is None:
+                return
+            sock = self.empty_sender = socket.fromfd(raw.fileno(), raw.family, raw.type)
+        try:
+            sock.sendto(b"", socket.MSG_DONTWAIT, addr)
+        except OSError:
+            pass  # the client's queue is full, or it is gone: the datagram is lost
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error for an earlier reply: the client is gone, nothing to do
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.empty_sender is not None:
+            self.empty_sender.close()
+            self.empty_sender = None
         if self.stdin is not None:
             self.stdin.detach(self)
 

@@ -265,6 +265,7 @@ class StdioStream(StdoutStream):
         peer = self.stdio.attach(sock)
         try:
             super().serve(sock)
+            peer.client_done()  # from now on, stdin it never gets goes to the next client
             wait_hangup(sock)  # the client is done sending; stdin may still have more for it
         finally:
             self.stdio.detach(peer)
@@ -281,15 +282,49 @@ def wait_hangup(sock: socket.socket) -> None:
 
 
 class ChargenStream(StreamBuiltin):
-    """chargen: send the pattern until the client goes away; input is ignored."""
+    """chargen: send the pattern until the client goes away; what it sends is read and dropped
+    (RFC 864), so a client that sends while it reads never fills its queue and blocks.
+
+    Sends never block (MSG_DONTWAIT): while the client's window is full, a poll waits for room
+    or for input, which is drained. The socket's timeout (--timeout) bounds that wait.
+    """
 
     def serve(self, sock: socket.socket) -> None:
         block = self.shared.chargen_block  # whole periods: each send goes on where the last ended
-        sendall = sock.sendall
         size = len(block)
-        while True:
-            sendall(block)
-            self.sent += size
+        pattern = memoryview(block * 2)  # a send may start anywhere in the block
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLOUT)
+        timeout = sock.gettimeout()
+        wait_ms = None if timeout is None else timeout * 1000
+        reading = True
+        send, recv_into = sock.send, sock.recv_into
+        dontwait = socket.MSG_DONTWAIT
+        start = 0
+        try:
+            while True:
+                try:
+                    n = send(pattern[start : start + size], dontwait)
+                except BlockingIOError:
+                    if not poller.poll(wait_ms):
+                        raise TimeoutError("timed out sending the chargen pattern") from None
+                    n = 0
+                self.sent += n
+                start = (start + n) % size
+                while reading:  # drop what the client sent meanwhile
+                    try:
+                        got = recv_into(buf, len(buf), dontwait)
+                    except BlockingIOError:
+                        break
+                    if not got:  # the client's EOF: it still reads the pattern
+                        reading = False
+                        poller.modify(sock, select.POLLOUT)
+                    self.received += got
+        finally:
+            pattern.release()
+            buffers.put(buf)
 
 
 class AnswerStream(StreamBuiltin):
