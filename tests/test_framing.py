@@ -27,6 +27,7 @@ def start(*args: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
     """`sockserve ARGS --print-address`, stdout and stderr piped; the address it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sockserve", *args, "--print-address"],
+        stdin=subprocess.DEVNULL,  # stdio: stdin at its end, so connections end with the client
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -126,11 +127,16 @@ def line(who: str, i: int) -> bytes:
     return f"{who}{i:05d} ".encode().ljust(99, who.encode()) + b"\n"
 
 
-@pytest.mark.parametrize("mode", ["thread", "fork", "event"])
-def test_two_clients_sending_lines_in_pieces_never_mix_inside_a_line(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("handler", "mode"),
+    [("stdout", "thread"), ("stdout", "fork"), ("stdout", "event"), ("stdio", "thread")],
+)
+def test_two_clients_sending_lines_in_pieces_never_mix_inside_a_line(
+    handler: str, mode: str
+) -> None:
     """Two clients send 100-byte lines in two pieces each, turn by turn (a's first half,
     b's first half, a's second half...): every line comes out whole, each client's in order."""
-    proc, addr = start("tcp", "127.0.0.1:0", "-H", "stdout", "-c", mode, "--max-requests", "2")
+    proc, addr = start("tcp", "127.0.0.1:0", "-H", handler, "-c", mode, "--max-requests", "2")
     a, b = connect(addr), connect(addr)
     with a, b:
         for i in range(LINES_PER_CLIENT):
@@ -150,12 +156,14 @@ def test_two_clients_sending_lines_in_pieces_never_mix_inside_a_line(mode: str) 
     assert len(lines) == 2 * LINES_PER_CLIENT
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_partial_last_line_and_long_lines_come_out_whole(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("handler", "mode"), [*(("stdout", mode) for mode in MODES), ("stdio", "event")]
+)
+def test_partial_last_line_and_long_lines_come_out_whole(handler: str, mode: str) -> None:
     """A line over the 64 KiB buffer goes out (in pieces); the partial last line when the
     client closes, with no newline added."""
     long_line = os.urandom(100_000).replace(b"\n", b"-") + b"\n"
-    proc, addr = start("tcp", "127.0.0.1:0", "-H", "stdout", "-c", mode, "--max-requests", "1")
+    proc, addr = start("tcp", "127.0.0.1:0", "-H", handler, "-c", mode, "--max-requests", "1")
     with connect(addr) as client:
         client.sendall(b"first\nsec")
         client.sendall(b"ond\n" + long_line + b"no newline at the end")
@@ -184,6 +192,24 @@ def test_closed_output_while_a_line_is_held_stops_with_exit_0(mode: str) -> None
     assert "status=0" in out, out
     assert "stdout closed" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("handler", ["echo", "discard", "reply --reply x"])
+def test_raw_is_refused_for_handlers_that_write_nothing_to_stdout(handler: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "sockserve", "tcp", "127.0.0.1:0", "--raw", "-H", *handler.split()],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    name = handler.split()[0]
+    assert (
+        f"Error: --raw changes what -H stdout and -H stdio write, not -H {name}; drop --raw, "
+        "or use -H stdout or -H stdio"
+    ) in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # -- --raw keeps today's fast path -----------------------------------------------------------
