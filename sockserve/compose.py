@@ -156,8 +156,7 @@ def choose_parts(
         parts.append(ReplySourcePart)
         settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
     if config.family == "unix" and not stream:  # past UDP's 64 KiB: read each one whole
-        parts.append(WholeDatagramPart)
-        settings["whole_datagrams"] = True  # LeanDatagramPart receives as the part does
+        parts.append(WholeDatagramPart)  # LeanDatagramPart peeks as the part says
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
 from ..events import Events
@@ -36,8 +35,9 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     #: Receive with `ReplySourcePart.receive_datagram`: each reply leaves from the address its
     #: datagram arrived on (a socket on 0.0.0.0 or [::]).
     reply_from_arrival = False
-    #: Receive with `WholeDatagramPart.recvfrom_whole`: unix datagrams of any size, whole.
-    whole_datagrams = False
+    #: Size each read by a peek at the datagram's length (`WholeDatagramPart`, unix datagrams
+    #: past 64 KiB, on Linux); done here, inline, as it is once per datagram.
+    peek_datagram_size = False
 
     def handle_ready(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -45,23 +45,23 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         The request limit and a stop request end the batch at once.
         """
         sock = self.socket
-        recvfrom: Callable[[int, int], tuple[bytes, Any]] = sock.recvfrom
+        recvfrom = sock.recvfrom
         serve = self.RequestHandlerClass.serve_datagram  # type: ignore[attr-defined]  # the builtins' classmethod
         if self.watch_data or self.watch_dressers:
             serve = self.serve_watched
         size = self.max_packet_size
-        if self.whole_datagrams:
-            whole = self.recvfrom_whole  # type: ignore[attr-defined]  # WholeDatagramPart's
-
-            def recvfrom(_size: int, flags: int) -> tuple[bytes, Any]:
-                return whole(flags)  # sized by the part
-
+        peek = None
+        if self.peek_datagram_size:  # unix datagrams: each read sized by a peek at its length
+            peek, probe = sock.recv_into, bytearray(1)
+            peek_flags = socket.MSG_PEEK | getattr(socket, "MSG_TRUNC", 0)
         receive = self.receive_datagram if self.reply_from_arrival else None  # type: ignore[attr-defined]  # ReplySourcePart's
         reply = sock
         flags = 0  # the first datagram is known to be there; the others may not be
         for _ in range(self.datagram_batch):
             try:
-                if receive is None:
+                if peek is not None:
+                    data, client = recvfrom(max(size, peek(probe, 1, flags | peek_flags)), flags)
+                elif receive is None:
                     data, client = recvfrom(size, flags)
                 else:
                     data, reply, client = receive(flags)

@@ -12,6 +12,7 @@ __all__ = ["WholeDatagramPart"]
 
 #: recv(MSG_PEEK | MSG_TRUNC) returns the real length of the datagram waiting (Linux).
 PEEK_TELLS_SIZE = sys.platform.startswith("linux") and hasattr(socket, "MSG_TRUNC")
+_PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_TRUNC", 0)
 
 
 class WholeDatagramPart(TCPServer):
@@ -20,24 +21,28 @@ class WholeDatagramPart(TCPServer):
     without a word.
 
     On Linux each read is sized by a peek that tells the datagram's length (MSG_PEEK |
-    MSG_TRUNC); elsewhere every read takes the socket's receive buffer size (SO_RCVBUF), the
-    most one datagram can be. Never smaller than `max_packet_size`, so a datagram another
-    process (`--workers`) took between the peek and the read costs the next one nothing.
-    Replaces get_request; `recvfrom_whole(flags)` is the same receive for
-    `LeanDatagramPart`.
+    MSG_TRUNC; `peek_datagram_size`, which `LeanDatagramPart` does inline); elsewhere
+    `max_packet_size` becomes the socket's receive buffer size (SO_RCVBUF), the most one
+    datagram can be there. A read is never smaller than `max_packet_size`, so a datagram
+    another process (`--workers`) took between the peek and the read costs the next one
+    nothing. Extends server_bind, replaces get_request.
     """
 
     max_packet_size: int  # the datagram server's
-    _largest = 0
+    peek_datagram_size = False
 
     def server_bind(self) -> None:
-        """Bind, then learn the largest datagram the socket can hold (without a size peek)."""
+        """Bind, then choose how reads are sized: a peek, or the receive buffer's size."""
         super().server_bind()
-        try:
-            self._largest = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        except OSError:
-            self._largest = 0
         self._probe = bytearray(1)
+        if PEEK_TELLS_SIZE:
+            self.peek_datagram_size = True
+            return
+        try:
+            largest = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError:
+            return
+        self.max_packet_size = max(self.max_packet_size, largest)
 
     def get_request(self) -> tuple[Any, Any]:
         """Receive one datagram, whole: ((data, socket), client address)."""
@@ -48,10 +53,6 @@ class WholeDatagramPart(TCPServer):
         """recvfrom one whole datagram; `flags` as recvfrom's (MSG_DONTWAIT)."""
         sock = self.socket
         size = self.max_packet_size
-        if PEEK_TELLS_SIZE:
-            size = max(
-                size, sock.recv_into(self._probe, 1, flags | socket.MSG_PEEK | socket.MSG_TRUNC)
-            )
-        else:
-            size = max(size, self._largest)
+        if self.peek_datagram_size:
+            size = max(size, sock.recv_into(self._probe, 1, flags | _PEEK_FLAGS))
         return sock.recvfrom(size, flags)
