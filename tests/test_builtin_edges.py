@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +22,20 @@ TIMEOUT = 10
 MODES = ["sync", "thread", "fork", "event"]
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left() -> Iterator[None]:
+    """A test that fails midway leaves no server running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
     """`sockserve ARGS --print-address`; the address it printed."""
     proc = subprocess.Popen(
@@ -28,6 +43,7 @@ def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    _started.append(proc)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().decode().strip()
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -23,6 +24,20 @@ TIMEOUT = 10
 MODES = ["sync", "thread", "fork", "event"]
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left() -> Iterator[None]:
+    """A test that fails midway leaves no server running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def start(*args: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
     """`sockserve ARGS --print-address`, stdout and stderr piped; the address it printed."""
     proc = subprocess.Popen(
@@ -31,6 +46,7 @@ def start(*args: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    _started.append(proc)
     assert proc.stdout is not None
     host, port = proc.stdout.readline().decode().strip().rsplit(":", 1)
     return proc, (host, int(port))

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,13 +20,29 @@ MODES = ["sync", "thread", "fork", "event"]
 BIG = 200_000  # past UDP's 64 KiB, within a unix datagram socket's default send buffer
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left() -> Iterator[None]:
+    """A test that fails midway leaves no server running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def sockserve(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "sockserve", *args],
         stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    _started.append(proc)
+    return proc
 
 
 def ended(proc: subprocess.Popen[bytes]) -> tuple[bytes, str]:
