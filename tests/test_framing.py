@@ -266,3 +266,19 @@ def test_splice_moves_bulk_data_with_raw_only(tmp_path: Path, raw: bool, spliced
     assert out == payload
     splices = [x for x in trace.read_text().splitlines() if "splice(" in x]
     assert bool(splices) is spliced, splices[:3]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("mode", ["thread", "event"])
+def test_a_held_line_that_cannot_be_written_is_a_fatal_error(mode: str) -> None:
+    """The partial line written at the client's close finds a full disk: exit 1, as for any
+    write that loses data."""
+    cmd = f"{sys.executable} -m sockserve tcp 127.0.0.1:0 -H stdout -c {mode} >/dev/full"
+    child = pexpect.spawn("bash", ["-c", cmd], timeout=TIMEOUT, env=dict(os.environ, NO_COLOR="1"))
+    addr = inet_address(wait_listening(child))
+    with connect(addr) as client:
+        client.sendall(b"a partial line, held until the client closes")
+    status, out = finish(child)
+    assert status == 1, out
+    assert "sockserve: error: cannot write to stdout: no space left on device" in out
+    assert "Traceback" not in out
