@@ -127,7 +127,7 @@ def test_tcp_chargen_reads_what_its_client_sends(mode: str) -> None:
 # -- stdio on a terminal: text typed between clients ---------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["sync", "thread", "event"])
+@pytest.mark.parametrize("mode", MODES)
 def test_text_typed_between_clients_goes_to_the_next_one(mode: str) -> None:
     """As text typed before the first client waits for it, text typed after a client closed
     waits for the next one (TCP tells a closed client only once it answers data with a

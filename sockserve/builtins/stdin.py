@@ -12,8 +12,8 @@ Loaded for stdio only. In sync, thread and fork mode one reader thread per handl
   only by resetting the connection when data reaches it, so what is sent to such a client
   counts once acknowledged (`delivered`), and goes to the next client otherwise. A client
   that does not read stalls stdin for the others. In fork mode each child reads stdin for
-  its own client, so a chunk of stdin goes to one of them (and what a child read for a
-  client that had closed is lost with the child).
+  its own client, so a chunk of stdin goes to one of them; what a child read for a client
+  that had closed goes to the next child through a pipe (`StreamStdio.leftover`).
 - datagrams (`DatagramStdio`): to the sender of the latest datagram, one datagram per read (at
   most 65507 bytes on UDP). The reader starts at the first datagram and stops at stdin EOF,
   when the server socket closes (checked every 0.2 s), or at `release()`. In fork mode stdin
@@ -225,6 +225,9 @@ class StreamStdio:
 
     Lock order: `gate` (reader start/stop) before `lock` (peer list) or a peer's lock; the
     reader thread takes `lock` and peer locks only, never `gate`.
+
+    In fork mode a child's stdin that its client never got goes into the `leftover` pipe,
+    which every child inherits, for the next child to send first.
     """
 
     def __init__(self, source: BinaryIO, chunk_size: int) -> None:
@@ -236,9 +239,15 @@ class StreamStdio:
         self.pending: list[bytes] = []
         self.reader: StdinReader | None = None
         self.eof = False
+        self.creator_pid = os.getpid()
+        self.leftover: tuple[int, int] | None = os.pipe()
+        for fd in self.leftover:
+            os.set_blocking(fd, False)
 
     def attach(self, sock: socket.socket) -> StreamPeer:
         peer = StreamPeer(sock)
+        if self.leftover is not None and os.getpid() != self.creator_pid:
+            self.pending[:0] = _read_available(self.leftover[0])  # an earlier child's
         with self.gate:
             with peer.lock:  # stdin read meanwhile waits until the pending chunks are out
                 with self.lock:
@@ -266,6 +275,10 @@ class StreamStdio:
                     reader, self.reader = self.reader, None
             if reader is not None:
                 reader.stop()
+        if self.pending and self.leftover is not None and os.getpid() != self.creator_pid:
+            with contextlib.suppress(OSError):  # a full pipe: lost, as without it
+                os.write(self.leftover[1], b"".join(self.pending))
+            self.pending = []
 
     def release(self) -> None:
         with self.gate:
@@ -273,6 +286,10 @@ class StreamStdio:
                 reader, self.reader = self.reader, None
             if reader is not None:
                 reader.stop()
+            leftover, self.leftover = self.leftover, None
+        if leftover is not None:
+            for fd in leftover:
+                os.close(fd)
 
     def _deliver(self, data: bytes) -> None:
         """Send `data` to every client; when none got it (all gone), to those connected now,
@@ -292,6 +309,15 @@ class StreamStdio:
             peers = list(self.peers)
         for peer in peers:
             peer.shut_write()
+
+
+def _read_available(fd: int) -> list[bytes]:
+    """What a non-blocking pipe holds now."""
+    chunks = []
+    with contextlib.suppress(OSError):  # BlockingIOError: all read
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return chunks
 
 
 class DatagramStdio:
