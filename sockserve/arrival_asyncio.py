@@ -33,7 +33,14 @@ class ArrivalDatagramTransport(asyncio.DatagramTransport):
     high_water = 64 * 1024
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any) -> None:
-        super().__init__({"socket": sock, "sockname": sock.getsockname(), "peername": None})
+        super().__init__(
+            {
+                "socket": sock,
+                "sockname": sock.getsockname(),
+                "peername": None,
+                "sends_empty_datagrams": True,  # asyncio's own transport drops them
+            }
+        )
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()

@@ -474,6 +474,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "repeats; per process: each --workers worker draws the same sequence.  [default: random]",
 )
 @click.option(
+    "--raw",
+    is_flag=True,
+    help="-H stdout and -H stdio: write the bytes as they come, with no framing.  [default: "
+    "whole lines per client (a partial line waits for its end), one line per datagram (a "
+    "newline added where it lacks one)]",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",

@@ -37,6 +37,7 @@ from .parts.requests import RequestsPart
 from .parts.tls import TlsPart, TlsWrapPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
+from .parts.whole_datagrams import WholeDatagramPart
 from .watch import Dresser
 
 __all__ = [
@@ -85,6 +86,7 @@ PART_ORDER: tuple[type, ...] = (
     TlsWrapPart,
     ClientIdsPart,
     ReplySourcePart,
+    WholeDatagramPart,
     AcceptBackoffPart,
     UnixFilePart,
 )
@@ -185,6 +187,8 @@ def choose_parts(
     if config.tls:  # ServeConfig refuses TLS on datagrams
         parts += [TlsPart, TlsWrapPart]
         settings["tls_records_failures"] = builtin is not None  # they record their own
+    if config.family == "unix" and not stream:  # past UDP's 64 KiB: read each one whole
+        parts.append(WholeDatagramPart)  # LeanDatagramPart peeks as the part says
     if stream and config.timeout is not None:
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout

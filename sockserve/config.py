@@ -103,6 +103,7 @@ class ServeConfig:
     tls_min: str | None = None
     tls_handshake_timeout: float | None = None
     faults: FaultPlan | None = None  # --delay, --drop...: None, no faults
+    raw: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,6 +134,7 @@ class ServeConfig:
     def _check_combinations(self) -> None:
         self._check_room()
         self._check_access()
+        self._check_output_framing()
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -253,6 +255,22 @@ class ServeConfig:
                 hint="use -c thread (the default) or -c event, in one process",
             )
 
+    def _check_output_framing(self) -> None:
+        """--raw applies to the handlers that write to stdout; stdio's stdin cannot be shared
+        by a forked child per datagram."""
+        builtin = self.handler.builtin
+        if self.raw and builtin not in ("stdout", "stdio"):
+            raise UsageError(
+                f"--raw changes what -H stdout and -H stdio write, not -H {self.handler.name}",
+                hint="drop --raw, or use -H stdout or -H stdio",
+            )
+        if builtin == "stdio" and self.socktype == "dgram" and self.concurrency == "fork":
+            raise UsageError(
+                f"-H stdio over {self.transport} cannot fork: a child per datagram cannot "
+                "share stdin with the next one",
+                hint="use -c sync (the default for datagrams), thread or event",
+            )
+
     @property
     def transport(self) -> str:
         """tcp, udp, unix or unix-dgram."""
@@ -351,6 +369,7 @@ def build_config(
     reorder: float | None = None,
     fault_rate: float | None = None,
     seed: int | None = None,
+    raw: bool = False,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -453,6 +472,7 @@ def build_config(
             fault_rate=fault_rate,
             seed=seed,
         ),
+        raw=raw,
     )
 
 

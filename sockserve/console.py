@@ -283,6 +283,11 @@ class PlainReporter:
         if not self.quiet:
             self._emit(f"fault {format_client(client)}: {kind} {detail}".rstrip(), "event")
 
+    def sent(self, client: Any, size: int) -> None:
+        """Print `stdin to CLIENT: N B out` at -v, as a datagram's line."""
+        if not self.quiet and self.verbosity >= 1:
+            self._emit(f"stdin to {format_client(client)}: {size} B out", "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -443,6 +448,10 @@ class JsonReporter(PlainReporter):
     def fault(self, client: Any, kind: str, detail: str) -> None:
         """Write a `fault` event: its kind and detail."""
         self._event("fault", client=self._client(client), kind=kind, detail=detail)
+
+    def sent(self, client: Any, size: int) -> None:
+        """Write a `sent` event with the count."""
+        self._event("sent", client=self._client(client), bytes_out=size)
 
 
 def make_reporter(

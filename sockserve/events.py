@@ -142,6 +142,10 @@ class Events(Protocol):
         `kind` names it (delay, throttle, chunk, close, reset, stall, fail-reset,
         fail-close, delay-accept, drop, duplicate, reorder), `detail` says how."""
 
+    def sent(self, client: Any, size: int) -> None:
+        """`size` bytes were sent to `client` outside any request: the stdin that -H stdio
+        forwards to a datagram client. They count in the run's bytes out."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -174,6 +178,9 @@ class NullEvents:
         """Ignore it."""
 
     def fault(self, client: Any, kind: str, detail: str) -> None:
+        """Ignore it."""
+
+    def sent(self, client: Any, size: int) -> None:
         """Ignore it."""
 
 
@@ -233,6 +240,11 @@ class Stats:
             self.requests += 1
             self.bytes_in += received
             self.bytes_out += sent
+
+    def add_sent(self, size: int) -> None:
+        """Count bytes sent outside any request."""
+        with self.lock:
+            self.bytes_out += size
 
     def add_error(self) -> None:
         """Count a handler error."""

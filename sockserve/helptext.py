@@ -45,6 +45,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "to_all",
         "slow_client",
     ),
+    "Framing": ("raw",),
     "Concurrency": (
         "concurrency",
         "max_threads",
@@ -108,7 +109,7 @@ ADDRESS_HELP = (
 EXAMPLES: tuple[tuple[str, str], ...] = (
     ("sockserve tcp :9999", "echo on 127.0.0.1:9999"),
     ("sockserve tcp :9999 -H upper", "upper-case what clients send"),
-    ("sockserve udp :5140 -H stdout | grep ERR", "print received datagrams on stdout"),
+    ("sockserve udp :5140 -H stdout | grep ERR", "each datagram received as a line on stdout"),
     ("sockserve tcp :0 --print-address --once", "let the OS pick a port, print it, serve one"),
     ("sockserve tcp '[::1]:8080' -H reply --reply-file response.http", "a canned HTTP reply"),
     ("sockserve unix /tmp/app.sock -c fork --max-children 8 -H app.py", "a handler file, forked"),

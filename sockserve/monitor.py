@@ -289,6 +289,9 @@ class RunMonitor:
             self.reporter.tls(_from_json(rec.get("c")), info)
         elif kind == "fault":
             self.reporter.fault(_from_json(rec.get("c")), str(rec.get("f")), str(rec.get("d")))
+        elif kind == "sent":
+            self.stats.add_sent(int(rec["o"]))
+            self.reporter.sent(_from_json(rec.get("c")), int(rec["o"]))
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""
@@ -316,6 +319,14 @@ class RunMonitor:
             self._forward({"k": "fault", "c": _jsonable(client), "f": kind, "d": detail})
             return
         self.reporter.fault(client, kind, detail)
+
+    def sent(self, client: Any, size: int) -> None:
+        """Count the bytes out and report them (from a child: forward them)."""
+        if self.in_child:
+            self._forward({"k": "sent", "c": _jsonable(client), "o": size})
+            return
+        self.stats.add_sent(size)
+        self.reporter.sent(client, size)
 
 
 def _jsonable(client: Any) -> Any:

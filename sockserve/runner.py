@@ -36,6 +36,7 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
         reply=config.reply,
         reply_file=config.reply_file,
         observer=monitor,
+        lines=not config.raw,
         to_all=config.to_all,
         slow_client=config.slow_client,
     )

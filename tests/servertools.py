@@ -117,6 +117,9 @@ class EventsRecorder:
     def refused(self, client: Any, reason: str) -> None:
         self._add("refused", client, reason)
 
+    def sent(self, client: Any, size: int) -> None:
+        self._add("sent", client, size)
+
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""
         self.polls += 1

@@ -144,6 +144,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "alpn": ("h2,http/1.1", "alpn", ("h2", "http/1.1")),
     "tls_min": ("1.3", "tls_min", "1.3"),
     "tls_handshake_timeout": (2.0, "tls_handshake_timeout", 2.0),
+    "raw": (False, "raw", False),  # -H stdout and stdio only: see tests/test_framing.py
 }
 #: The fault options all reach one field, `faults` (a unix stream: no datagram faults, no reset).
 FAULTS = FaultPlan(

@@ -383,6 +383,7 @@ def test_readme_lists_every_json_event() -> None:
     reporter.refused(client, "r")
     reporter.fault(client, "delay", "50ms")
     reporter.fatal("f", None)
+    reporter.sent(client, 1)
     reporter.summary(Stats(), "stream", None)
     reporter.tls(client, {"version": "TLSv1.3"})
     written = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
@@ -393,7 +394,7 @@ def test_readme_lists_every_json_event() -> None:
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 13
+    assert len(written) == 14
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

@@ -10,7 +10,8 @@ adapters put it on the wire, each with the fast paths it uses:
 - `protocol_factory(name, socktype, options)`: asyncio protocols for the event mode
   (`protocols`, loaded by the first call).
 
-`output` writes what stdout and stdio receive; `stdin` sends stdin to stdio's clients. Every
+`output` writes what stdout and stdio receive, framed in lines by `framing` unless
+`HandlerOptions.lines` is off (--raw); `stdin` sends stdin to stdio's clients. Every
 class gets its `HandlerOptions` bound as a class attribute. The observer (`sockserve.events.
 Events`) hears about each connection once when it ends (or each datagram) with its byte
 counts. Every chunk (-vv) is reported by the watched socket the server hands the stream and
@@ -19,11 +20,13 @@ datagram adapters (`sockserve.watch`), and by the watched transport of the async
 Rules every adapter keeps:
 
 - Bounded memory: no client can make the server allocate without limit (chunks of at most
-  `chunk_size` bytes, never lines).
+  `chunk_size` bytes; stdout's line framing holds at most `framing.LINE_LIMIT` bytes of a
+  partial line).
 - A client that resets or goes away simply ends its connection; that is not an error.
 - Fast paths change nothing a client or an observer can see.
-- chargen (RFC 864): streams get the 72-character rotating lines without end; a datagram gets
-  `min(len(request), 512)` bytes of the pattern from its start.
+- chargen (RFC 864): streams get the 72-character rotating lines without end, and what the
+  client sends is read and dropped (a client that sends while it reads is never blocked); a
+  datagram gets `min(len(request), 512)` bytes of the pattern from its start.
 - daytime (RFC 867) and time (RFC 868): on streams, sent at connect, then the connection
   closes; a datagram gets one answer.
 - reply: a stream waits for the client's first bytes (or its EOF), sends the reply (`reply`

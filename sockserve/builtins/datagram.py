@@ -1,10 +1,12 @@
 """The builtins as request handlers for datagram servers (UDP, unix datagram).
 
-One request is one datagram; the reply to it is one datagram (0 bytes included), sent back to
-its sender. A unix datagram client that did not bind an address cannot be answered and is
-not. Replies on unix datagram sockets never block: if the client's queue is full, the reply
-is dropped, as a datagram may be. stdout and stdio write each datagram whole to the output;
-stdio sends stdin to the sender of the latest datagram (`stdin.DatagramStdio`).
+One request is one datagram; the reply to it is one datagram (0 bytes included, in event mode
+too: `protocols.EventDatagram.send_empty`), sent back to its sender. A unix datagram client
+that did not bind an address cannot be answered and is not. Replies on unix datagram sockets
+never block: if the client's queue is full, the reply is dropped, as a datagram may be. stdout
+and stdio write each datagram whole to the output, as one line (a newline added where it lacks
+one) unless raw; stdio sends stdin to the sender of the latest datagram
+(`stdin.DatagramStdio`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..events import Client, address_of
 from ..socketserver import BaseRequestHandler
 from .cores import check_name, datagram_answer
+from .framing import datagram_line
 from .rooms import ROOM_BUILTINS
 from .shared import HandlerOptions, Shared, send_datagram
 
@@ -69,7 +72,10 @@ class DatagramBuiltin(BaseRequestHandler):
                 if cls.stdio is not None:
                     cls.stdio.note_sender(sock, client)
                 if data:
-                    writer.write(data)
+                    if shared.lines:
+                        writer.write_lines(datagram_line(data))
+                    else:
+                        writer.write(data)
                 return
             reply = cls.answer(data)
             if reply is None or not client:
@@ -103,5 +109,5 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
         from .stdin import DatagramStdio  # stdio only
 
         assert shared.input is not None
-        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size)
+        attrs["stdio"] = DatagramStdio(shared.input, shared.chunk_size, shared.on_sent)
     return type(f"{name.capitalize()}DatagramHandler", (DatagramBuiltin,), attrs)

@@ -5,7 +5,9 @@ in one `os.write`. In a process other than the one that built the writer (a fork
 child, or a `--workers` process) writing to a pipe, chunks are read at most `select.PIPE_BUF`
 bytes at a time (`chunk_limit`), because only writes of that size are atomic on a pipe shared
 between processes; a larger datagram is written in `PIPE_BUF` pieces, which then stay whole.
-Bulk data may arrive through `splice_from` (the stream adapter's splice fast path). A closed
+With line framing (`write_lines`, see `framing`) such a process cuts its writes at newlines
+instead, so each line of at most PIPE_BUF bytes stays whole. Bulk data may arrive through
+`splice_from` (the stream adapter's splice fast path, --raw only). A closed
 output (EPIPE, e.g. `| head -c 10`) raises `OutputClosed`; an output that fails otherwise (a
 full disk, an I/O error) raises `OutputFailed`: the data is lost.
 """
@@ -19,6 +21,8 @@ import stat
 import threading
 import weakref
 from typing import Any, BinaryIO
+
+from .framing import line_pieces
 
 #: The splice fast path exists here (Linux); switchable for tests.
 USE_SPLICE = hasattr(os, "splice")
@@ -112,6 +116,19 @@ class OutputWriter:
             raise _output_error(exc) from exc
         except ValueError as exc:  # the stream object itself was closed
             raise OutputClosed("output closed") from exc
+
+    def write_lines(self, data: Any) -> None:
+        """Write `data`, whole lines (or the piece of a line over the line limit), as `write`
+        does; in another process writing to a pipe, in pieces that end at a newline."""
+        if self.fd is None or not self.is_pipe or os.getpid() == self.creator_pid:
+            self.write(data)
+            return
+        try:
+            with self.lock:
+                for piece in line_pieces(data, select.PIPE_BUF):
+                    self._write_pieces(piece, select.PIPE_BUF)
+        except OSError as exc:
+            raise _output_error(exc) from exc
 
     def splice_from(self, pipe: int, n: int) -> None:
         """Move the `n` bytes waiting in `pipe` (the caller's) to the output as one chunk.

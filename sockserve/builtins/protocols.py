@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
@@ -25,8 +26,10 @@ from .cores import (
     datagram_answer,
     greeting,
 )
+from .framing import LineBuffer, datagram_line
+from .output import OutputClosed, OutputFailed
 from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, Shared
-from .stdin import EventStdin
+from .stdin import CONFIRM_SECONDS, EventStdin, unconfirmed
 
 
 class EventStream(asyncio.Protocol):
@@ -109,11 +112,40 @@ class EventEcho(EventTransform):
 
 
 class EventStdout(EventStream):
+    """stdout: in whole lines (a `LineBuffer` per connection), or raw, each chunk as it came."""
+
+    def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
+        super().__init__(shared, stdin)
+        self.lines = LineBuffer() if shared.lines else None
+        self.output_ok = True
+
     def data_received(self, data: bytes) -> None:
         self.saw(data)
         writer = self.shared.writer
         assert writer is not None
-        writer.write(data)
+        if self.lines is None:
+            writer.write(data)
+            return
+        out = self.lines.feed(data)
+        if out is not None:
+            self.write_out(writer, out)
+
+    def write_out(self, writer: Any, out: Any) -> None:
+        try:
+            writer.write_lines(out)
+        except (OutputClosed, OutputFailed):
+            self.output_ok = False
+            raise
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Write the partial last line, then report the connection."""
+        try:
+            rest = self.lines.take() if self.lines is not None else b""
+            if rest and self.output_ok:
+                assert self.shared.writer is not None
+                self.write_out(self.shared.writer, rest)
+        finally:
+            super().connection_lost(exc)
 
 
 class EventChargen(EventStream):
@@ -233,24 +265,62 @@ class EventAnswer(EventStream):
 
 
 class EventStdio(EventStdout):
-    """stdio on a stream: as with threads, a half-closed client keeps getting stdin."""
+    """stdio on a stream: as with threads, a half-closed client keeps getting stdin.
+
+    Once a TCP client has sent its EOF it may be gone entirely: what stdin sends it then is
+    kept (`unconfirmed`) until acknowledged; if the connection is reset instead, it goes back
+    to stdin (`EventStdin.give_back`) for the other clients, or the next one.
+    """
 
     stdin: EventStdin
     client_eof = False
     stdin_done = False
     paused = False
+    confirming = False
+    check: Any = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self.loop = asyncio.get_running_loop()
+        self.unconfirmed: list[bytes] = []
+        sock = transport.get_extra_info("socket")
+        self.sock = sock
+        self.confirming = sock is not None and sock.family in INET_FAMILIES
         self.stdin.attach(self)
 
     def eof_received(self) -> bool:
         self.client_eof = True
         return not self.stdin_done
 
-    def stdin_data(self, data: bytes) -> None:
-        if not self.transport.is_closing():
-            self.send(data)
+    def stdin_data(self, data: bytes) -> bool:
+        """Send a chunk of stdin; False when this client cannot take it."""
+        if self.transport.is_closing():
+            return False
+        self.send(data)
+        if self.client_eof and self.confirming:
+            self.unconfirmed.append(data)
+            if self.check is None:
+                self.deadline = self.loop.time() + CONFIRM_SECONDS
+                self.pause = 0.001
+                self.check = self.loop.call_soon(self.check_delivered)
+        return True
+
+    def check_delivered(self) -> None:
+        """Forget what the client acknowledged; abort a reset connection (connection_lost
+        gives back what it never got)."""
+        self.check = None
+        if not self.unconfirmed or self.transport.is_closing():
+            return
+        # Still in the transport's buffer: not even sent. A failed send ends the connection.
+        left = -1 if self.transport.get_write_buffer_size() else unconfirmed(self.sock)
+        if left is None:  # reset: the client had closed
+            self.transport.abort()
+            return
+        if left == 0 or self.loop.time() >= self.deadline:
+            self.unconfirmed.clear()
+            return
+        self.check = self.loop.call_later(self.pause, self.check_delivered)
+        self.pause = min(self.pause * 2, 0.05)
 
     def stdin_eof(self) -> None:
         self.stdin_done = True
@@ -270,10 +340,17 @@ class EventStdio(EventStdout):
         self.stdin.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.check is not None:
+            self.check.cancel()
+            self.check = None
         if self.paused:
             self.paused = False
             self.stdin.resume()
         self.stdin.detach(self)
+        if self.unconfirmed:  # the client never got it
+            self.sent -= sum(map(len, self.unconfirmed))
+            self.stdin.give_back(self.unconfirmed)
+            self.unconfirmed = []
         super().connection_lost(exc)
 
 
@@ -301,6 +378,7 @@ class EventDatagram(asyncio.DatagramProtocol):
         self.reply = shared.datagram_reply_bytes() if shared.name == "reply" else b""
         self.answer = datagram_answer(shared.name, self.reply)
         self.last_sender: Any = None
+        self.empty_sender: socket.socket | None = None
         self.stdin_limit = shared.chunk_size
         if shared.writer is None:
             recorder = shared.recorder
@@ -326,12 +404,18 @@ class EventDatagram(asyncio.DatagramProtocol):
                     self.last_sender = addr
                     self.stdin.attach(self)
                 if data:
-                    shared.writer.write(data)
+                    if shared.lines:
+                        shared.writer.write_lines(datagram_line(data))
+                    else:
+                        shared.writer.write(data)
                 return
             reply = self.answer(data)
             if reply is None or not addr:
                 return
-            self.transport.sendto(reply, addr)
+            if reply:
+                self.transport.sendto(reply, addr)
+            else:
+                self.send_empty(addr)
             sent = len(reply)
         finally:
             if shared.recorder is not None:
@@ -343,7 +427,10 @@ class EventDatagram(asyncio.DatagramProtocol):
         try:
             reply = self.answer(data)
             if reply is not None and addr:
-                self.transport.sendto(reply, addr)
+                if reply:
+                    self.transport.sendto(reply, addr)
+                else:
+                    self.send_empty(addr)
                 sent = len(reply)
         finally:
             self.record(self.reported(addr), len(data), sent)
@@ -353,7 +440,10 @@ class EventDatagram(asyncio.DatagramProtocol):
         sent = 0
         try:
             if addr:
-                self.transport.sendto(data, addr)
+                if data:
+                    self.transport.sendto(data, addr)
+                else:
+                    self.send_empty(addr)
                 sent = len(data)
         finally:
             self.record(self.reported(addr), len(data), sent)
@@ -369,21 +459,53 @@ class EventDatagram(asyncio.DatagramProtocol):
     def reflect(self, data: bytes, addr: Any) -> None:
         """`echo` with nothing to record (-q): no more than an asyncio echo server does."""
         if addr:
-            self.transport.sendto(data, addr)
+            if data:
+                self.transport.sendto(data, addr)
+            else:
+                self.send_empty(addr)
 
-    def stdin_data(self, data: bytes) -> None:
+    def stdin_data(self, data: bytes) -> bool:
+        """Send a chunk of stdin to the latest sender (dropped if there is none)."""
         if self.last_sender is None or self.transport.is_closing():
-            return
+            return True
+        on_sent = self.shared.on_sent
         for i in range(0, len(data), self.stdin_limit):
-            self.transport.sendto(data[i : i + self.stdin_limit], self.last_sender)
+            piece = data[i : i + self.stdin_limit]
+            self.transport.sendto(piece, self.last_sender)
+            if on_sent is not None:
+                on_sent(self.last_sender, len(piece))
+        return True
 
     def stdin_eof(self) -> None:
         pass
+
+    def send_empty(self, addr: Any) -> None:
+        """Send an empty datagram to `addr`, as the other modes answer an empty one: asyncio's
+        and uvloop's transports drop it (their sendto(b"") does nothing), so it goes out on a
+        duplicate of the transport's socket, unless the transport sends empty datagrams itself
+        (`arrival_asyncio`: from the arrival address)."""
+        transport = self.transport
+        if transport.get_extra_info("sends_empty_datagrams"):
+            transport.sendto(b"", addr)
+            return
+        sock = self.empty_sender
+        if sock is None:
+            raw = transport.get_extra_info("socket")
+            if raw is None:
+                return
+            sock = self.empty_sender = socket.fromfd(raw.fileno(), raw.family, raw.type)
+        try:
+            sock.sendto(b"", socket.MSG_DONTWAIT, addr)
+        except OSError:
+            pass  # the client's queue is full, or it is gone: the datagram is lost
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error for an earlier reply: the client is gone, nothing to do
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.empty_sender is not None:
+            self.empty_sender.close()
+            self.empty_sender = None
         if self.stdin is not None:
             self.stdin.detach(self)
 

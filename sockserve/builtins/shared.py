@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -21,7 +22,11 @@ PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 @dataclass(frozen=True)
 class HandlerOptions:
-    """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary)."""
+    """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary).
+
+    `lines`: stdout and stdio write whole lines per connection and one line per datagram
+    (`framing`; the command's default); False writes the bytes as they come (--raw).
+    """
 
     reply: bytes | None = None
     reply_file: str | None = None
@@ -31,6 +36,7 @@ class HandlerOptions:
     chunk_size: int = 65536
     to_all: bool = False  # broadcast: back to the sender too
     slow_client: SlowClient = "disconnect"  # broadcast and chat (see `rooms`)
+    lines: bool = False
 
 
 class Buffers:
@@ -70,7 +76,11 @@ class Shared:
         self.observer = observer = options.observer
         #: Who gets the byte counts; None when nothing shows them (-q).
         self.recorder = observer if observer is not None and observer.wants_counts else None
+        #: Who hears of bytes sent outside a request (`Events.sent`: stdio's stdin to a datagram
+        #: client); None when nobody counts, or the observer knows only records and chunks.
+        self.on_sent: Callable[[Any, int], None] | None = getattr(self.recorder, "sent", None)
         self.chunk_size = options.chunk_size
+        self.lines = options.lines
         self.buffers = Buffers(options.chunk_size)
         self.writer: OutputWriter | None = None
         if name in ("stdout", "stdio"):

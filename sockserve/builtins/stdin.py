@@ -7,9 +7,13 @@ Loaded for stdio only. In sync, thread and fork mode one reader thread per handl
   that has finished sending (half-close) stays connected and keeps receiving stdin until stdin
   ends or it goes away. At stdin EOF every connection's write side is shut (clients see EOF),
   and so is that of any later connection. The reader thread runs only while clients are
-  connected; stdin read while none is connected waits for the next one. A client that does
-  not read stalls stdin for the others. In fork mode each child reads stdin for its own
-  client, so a chunk of stdin goes to one of them.
+  connected; stdin read while none is connected waits for the next one. So does stdin that
+  no client got: a TCP client that sent its EOF may have closed entirely, which TCP tells
+  only by resetting the connection when data reaches it, so what is sent to such a client
+  counts once acknowledged (`delivered`), and goes to the next client otherwise. A client
+  that does not read stalls stdin for the others. In fork mode each child reads stdin for
+  its own client, so a chunk of stdin goes to one of them; what a child read for a client
+  that had closed goes to the next child through a pipe (`StreamStdio.leftover`).
 - datagrams (`DatagramStdio`): to the sender of the latest datagram, one datagram per read (at
   most 65507 bytes on UDP). The reader starts at the first datagram and stops at stdin EOF,
   when the server socket closes (checked every 0.2 s), or at `release()`. In fork mode stdin
@@ -22,10 +26,14 @@ client's transport is full.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import socket
+import sys
+import termios
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -119,27 +127,82 @@ class StdinReader:
             self.deliver(data)
 
 
+#: How long stdin sent to a TCP client that sent its EOF may wait for its acknowledgement.
+CONFIRM_SECONDS = 2.0
+#: The ioctl that tells how much of what a TCP socket sent is not acknowledged yet (Linux).
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
+
+
+def unconfirmed(sock: Any) -> int | None:
+    """Bytes `sock` (TCP) sent that its peer has not acknowledged; None: reset, or the system
+    cannot tell (then the bytes are taken as delivered: 0)."""
+    if _SIOCOUTQ is None:
+        return 0
+    poller = select.poll()
+    poller.register(sock, 0)  # POLLERR / POLLHUP only: reset, or shut both ways
+    if poller.poll(0):
+        return None
+    try:
+        out = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(out, sys.byteorder)
+
+
+def delivered(sock: socket.socket) -> bool:
+    """Wait until what `sock` sent is acknowledged (True) or the connection is reset
+    (False: the client had closed entirely, not only its sending side, and never got it).
+
+    TCP cannot tell a client that closed from one that only sent its EOF until data sent to
+    it is answered: acknowledged, or reset. After CONFIRM_SECONDS, or where the system does
+    not tell (no SIOCOUTQ), True.
+    """
+    deadline = time.monotonic() + CONFIRM_SECONDS
+    pause = 0.001
+    while (left := unconfirmed(sock)) != 0:
+        if left is None:
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(pause)  # an acknowledgement wakes no poll: ask again, less and less often
+        pause = min(pause * 2, 0.05)
+    return True
+
+
 class StreamPeer:
-    """One stream connection as the stdin reader sees it."""
+    """One stream connection as the stdin reader sees it.
+
+    Once its client has sent its EOF (`client_done`), a TCP client may be gone entirely:
+    what is sent to it then counts only once acknowledged (`delivered`).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
         self.open = True
         self.sent = 0
+        self.confirm = False
 
-    def send(self, data: bytes) -> None:
+    def client_done(self) -> None:
+        """The client sent its EOF: it may still read (half-close), or be gone (TCP)."""
+        self.confirm = self.sock.family in INET_FAMILIES
+
+    def send(self, data: bytes) -> bool:
+        """Send `data`; False when the client did not get it (gone)."""
         with self.lock:
             if not self.open:
-                return
+                return False
             try:
                 self.sock.sendall(data)
+                if self.confirm and not delivered(self.sock):
+                    raise ConnectionResetError("the client had closed")
             except OSError:  # gone, reset, or too slow for its timeout: stop sending to it
                 self.open = False
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)
-                return
+                return False
             self.sent += len(data)
+            return True
 
     def shut_write(self) -> None:
         with self.lock:
@@ -162,6 +225,9 @@ class StreamStdio:
 
     Lock order: `gate` (reader start/stop) before `lock` (peer list) or a peer's lock; the
     reader thread takes `lock` and peer locks only, never `gate`.
+
+    In fork mode a child's stdin that its client never got goes into the `leftover` pipe,
+    which every child inherits, for the next child to send first.
     """
 
     def __init__(self, source: BinaryIO, chunk_size: int) -> None:
@@ -173,9 +239,15 @@ class StreamStdio:
         self.pending: list[bytes] = []
         self.reader: StdinReader | None = None
         self.eof = False
+        self.creator_pid = os.getpid()
+        self.leftover: tuple[int, int] | None = os.pipe()
+        for fd in self.leftover:
+            os.set_blocking(fd, False)
 
     def attach(self, sock: socket.socket) -> StreamPeer:
         peer = StreamPeer(sock)
+        if self.leftover is not None and os.getpid() != self.creator_pid:
+            self.pending[:0] = _read_available(self.leftover[0])  # an earlier child's
         with self.gate:
             with peer.lock:  # stdin read meanwhile waits until the pending chunks are out
                 with self.lock:
@@ -203,6 +275,10 @@ class StreamStdio:
                     reader, self.reader = self.reader, None
             if reader is not None:
                 reader.stop()
+        if self.pending and self.leftover is not None and os.getpid() != self.creator_pid:
+            with contextlib.suppress(OSError):  # a full pipe: lost, as without it
+                os.write(self.leftover[1], b"".join(self.pending))
+            self.pending = []
 
     def release(self) -> None:
         with self.gate:
@@ -210,15 +286,22 @@ class StreamStdio:
                 reader, self.reader = self.reader, None
             if reader is not None:
                 reader.stop()
+            leftover, self.leftover = self.leftover, None
+        if leftover is not None:
+            for fd in leftover:
+                os.close(fd)
 
     def _deliver(self, data: bytes) -> None:
-        with self.lock:
-            peers = list(self.peers)
-            if not peers:
-                self.pending.append(data)
+        """Send `data` to every client; when none got it (all gone), to those connected now,
+        or keep it for the next one."""
+        while True:
+            with self.lock:
+                peers = [peer for peer in self.peers if peer.open]
+                if not peers:
+                    self.pending.append(data)
+                    return
+            if any([peer.send(data) for peer in peers]):
                 return
-        for peer in peers:
-            peer.send(data)
 
     def _at_eof(self) -> None:
         with self.lock:
@@ -228,12 +311,28 @@ class StreamStdio:
             peer.shut_write()
 
 
-class DatagramStdio:
-    """stdin for a datagram server: sent to the sender of the latest datagram."""
+def _read_available(fd: int) -> list[bytes]:
+    """What a non-blocking pipe holds now."""
+    chunks = []
+    with contextlib.suppress(OSError):  # BlockingIOError: all read
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return chunks
 
-    def __init__(self, source: BinaryIO, chunk_size: int) -> None:
+
+class DatagramStdio:
+    """stdin for a datagram server: sent to the sender of the latest datagram, each datagram
+    told to `on_sent(client, size)` (`Events.sent`: the run's bytes out)."""
+
+    def __init__(
+        self,
+        source: BinaryIO,
+        chunk_size: int,
+        on_sent: Callable[[Any, int], None] | None = None,
+    ) -> None:
         self.source = source
         self.chunk_size = chunk_size
+        self.on_sent = on_sent
         self.creator_pid = os.getpid()
         self.lock = threading.Lock()
         self.target: tuple[socket.socket, Any] | None = None
@@ -262,7 +361,9 @@ class DatagramStdio:
         if target is None:
             return
         sock, client = target
-        send_datagram(sock, data, client)  # a watched socket (-vv) reports it
+        sent = send_datagram(sock, data, client)  # a watched socket (-vv) reports it
+        if sent and self.on_sent is not None:
+            self.on_sent(client, sent)
 
     def _at_eof(self) -> None:
         with self.lock:
@@ -325,6 +426,15 @@ class EventStdin:
         if self.peers:
             self._start()
 
+    def give_back(self, chunks: list[bytes]) -> None:
+        """Chunks a client never got (it was gone): to the other clients, or the next one."""
+        for data in chunks:
+            self._hand_out(data)
+
+    def _hand_out(self, data: bytes) -> None:
+        if not any([proto.stdin_data(data) for proto in list(self.peers)]):
+            self.pending.append(data)
+
     def _start(self) -> None:
         if self.reading is not None or self.paused or self.eof:
             return
@@ -362,9 +472,6 @@ class EventStdin:
             for proto in list(self.peers):
                 proto.stdin_eof()
             return
-        if not self.peers:
-            self.pending.append(data)
-        for proto in list(self.peers):
-            proto.stdin_data(data)
+        self._hand_out(data)
         if self.reading == "soon":
             self.handle = self.loop.call_soon(self._read)

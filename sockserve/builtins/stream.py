@@ -1,12 +1,14 @@
 """The builtins as request handlers for stream servers (TCP, unix), in sync, thread and fork mode.
 
-Streams are read in chunks of at most `chunk_size` bytes into a preallocated buffer, never by
-lines, so no client can make the server allocate without limit. TCP connections get
+Streams are read in chunks of at most `chunk_size` bytes into a preallocated buffer (stdout's
+line framing holds a bounded partial line), so no client can make the server allocate without
+limit. TCP connections get
 TCP_NODELAY, so small replies leave at once. Fast paths, invisible to clients and observers:
 echo and upper go on with a bigger buffer once a read fills theirs (`BULK_BUFFER`); discard on
-TCP drops data in the kernel (MSG_TRUNC); stdout and stdio move bulk data with `os.splice`
-(`StdoutStream.splice_out`); `--reply-file` goes out with `socket.sendfile`. None of them runs
-on a watched socket (`sockserve.watch`, -vv), which sees and reports every chunk itself.
+TCP drops data in the kernel (MSG_TRUNC); stdout and stdio, raw (--raw), move bulk data with
+`os.splice` (`StdoutStream.splice_out`; line framing reads every byte); `--reply-file` goes out
+with `socket.sendfile`. None of them runs on a watched socket (`sockserve.watch`, -vv), which
+sees and reports every chunk itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ..events import address_of
 from ..socketserver import BaseRequestHandler
 from ..watch import is_watched
 from .cores import LINGER_SECONDS, OneAnswer, Phase, check_name, chunk_transform, greeting
-from .output import OutputWriter
+from .framing import LineBuffer
+from .output import OutputClosed, OutputFailed, OutputWriter
 from .shared import INET_FAMILIES, PEER_GONE, HandlerOptions, Shared
 
 if TYPE_CHECKING:  # stdin is loaded for stdio only
@@ -181,16 +184,20 @@ def grow_pipe(fd: int, want: int) -> int:
 
 
 class StdoutStream(StreamBuiltin):
-    """stdout: each chunk received goes to the output, whole (see `output`).
+    """stdout: what is received goes to the output (see `output`): in whole lines through a
+    `LineBuffer` (framing), or, raw, each chunk whole as it came.
 
-    Bulk data moves with `os.splice` (socket -> pipe -> output, no copy through Python) once
-    a read fills the whole buffer, towards an output that is a pipe or a regular file, and
-    only when nobody watches the data and the socket is blocking.
+    Raw, bulk data moves with `os.splice` (socket -> pipe -> output, no copy through Python)
+    once a read fills the whole buffer, towards an output that is a pipe or a regular file,
+    and only when nobody watches the data and the socket is blocking.
     """
 
     def serve(self, sock: socket.socket) -> None:
         writer = self.shared.writer
         assert writer is not None
+        if self.shared.lines:
+            self.serve_lines(sock, writer)
+            return
         buffers = self.shared.buffers
         buf = buffers.get()
         view = memoryview(buf)
@@ -212,6 +219,27 @@ class StdoutStream(StreamBuiltin):
         finally:
             view.release()
             buffers.put(buf)
+
+    def serve_lines(self, sock: socket.socket, writer: OutputWriter) -> None:
+        """Write whole lines; the partial last line when the client closes (or resets)."""
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        lines = LineBuffer()
+        output_ok = True
+        try:
+            while n := sock.recv_into(buf):
+                self.received += n
+                out = lines.feed(buf, n)
+                if out is not None:
+                    writer.write_lines(out)
+        except (OutputClosed, OutputFailed):
+            output_ok = False
+            raise
+        finally:
+            buffers.put(buf)
+            rest = lines.take()
+            if rest and output_ok:
+                writer.write_lines(rest)
 
     def splice_out(self, sock: socket.socket, writer: OutputWriter, size: int) -> None:
         """Move the rest of the connection to the output through a pipe of ours.
@@ -245,6 +273,7 @@ class StdioStream(StdoutStream):
         peer = self.stdio.attach(sock)
         try:
             super().serve(sock)
+            peer.client_done()  # from now on, stdin it never gets goes to the next client
             wait_hangup(sock)  # the client is done sending; stdin may still have more for it
         finally:
             self.stdio.detach(peer)
@@ -261,15 +290,49 @@ def wait_hangup(sock: socket.socket) -> None:
 
 
 class ChargenStream(StreamBuiltin):
-    """chargen: send the pattern until the client goes away; input is ignored."""
+    """chargen: send the pattern until the client goes away; what it sends is read and dropped
+    (RFC 864), so a client that sends while it reads never fills its queue and blocks.
+
+    Sends never block (MSG_DONTWAIT): while the client's window is full, a poll waits for room
+    or for input, which is drained. The socket's timeout (--timeout) bounds that wait.
+    """
 
     def serve(self, sock: socket.socket) -> None:
         block = self.shared.chargen_block  # whole periods: each send goes on where the last ended
-        sendall = sock.sendall
         size = len(block)
-        while True:
-            sendall(block)
-            self.sent += size
+        pattern = memoryview(block * 2)  # a send may start anywhere in the block
+        buffers = self.shared.buffers
+        buf = buffers.get()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLOUT)
+        timeout = sock.gettimeout()
+        wait_ms = None if timeout is None else timeout * 1000
+        reading = True
+        send, recv_into = sock.send, sock.recv_into
+        dontwait = socket.MSG_DONTWAIT
+        start = 0
+        try:
+            while True:
+                try:
+                    n = send(pattern[start : start + size], dontwait)
+                except BlockingIOError:
+                    if not poller.poll(wait_ms):
+                        raise TimeoutError("timed out sending the chargen pattern") from None
+                    n = 0
+                self.sent += n
+                start = (start + n) % size
+                while reading:  # drop what the client sent meanwhile
+                    try:
+                        got = recv_into(buf, len(buf), dontwait)
+                    except BlockingIOError:
+                        break
+                    if not got:  # the client's EOF: it still reads the pattern
+                        reading = False
+                        poller.modify(sock, select.POLLOUT)
+                    self.received += got
+        finally:
+            pattern.release()
+            buffers.put(buf)
 
 
 class AnswerStream(StreamBuiltin):

@@ -18,6 +18,7 @@ builds the class with `type()`, in this order (the first part sees a step first)
     IdleTimeoutPart         idle.py          --timeout on every connection
     WatchPart               watching.py      each request's socket watched (-vv) or counted
     ReplySourcePart         reply_source.py  on 0.0.0.0 or [::], replies from the arrival address
+    WholeDatagramPart       whole_datagrams.py  unix datagrams read whole, past 64 KiB
     AcceptBackoffPart       backoff.py       out of descriptors: pause accepts, then go on
     UnixFilePart            unix_file.py     the socket file: stale check, --mode, removal
 

@@ -38,6 +38,9 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
     reply_from_arrival = False
     #: Number each datagram (`ClientIdsPart`'s): the handler reports it as a `Client`.
     client_ids: ClientIds | None = None
+    #: Size each read by a peek at the datagram's length (`WholeDatagramPart`, unix datagrams
+    #: past 64 KiB, on Linux); done here, inline, as it is once per datagram.
+    peek_datagram_size = False
 
     def handle_ready(self) -> None:
         """Answer the datagrams waiting on the socket, up to `datagram_batch` of them.
@@ -50,13 +53,19 @@ class LeanDatagramPart(RequestsPart, AcceptBackoffPart):
         if self.watch_data or self.watch_dressers:
             serve = self.serve_watched
         size = self.max_packet_size
+        peek = None
+        if self.peek_datagram_size:  # unix datagrams: each read sized by a peek at its length
+            peek, probe = sock.recv_into, bytearray(1)
+            peek_flags = socket.MSG_PEEK | getattr(socket, "MSG_TRUNC", 0)
         receive = self.receive_datagram if self.reply_from_arrival else None  # type: ignore[attr-defined]  # ReplySourcePart's
         reply = sock
         flags = 0  # the first datagram is known to be there; the others may not be
         ids = self.client_ids
         for _ in range(self.datagram_batch):
             try:
-                if receive is None:
+                if peek is not None:
+                    data, client = recvfrom(max(size, peek(probe, 1, flags | peek_flags)), flags)
+                elif receive is None:
                     data, client = recvfrom(size, flags)
                 else:
                     data, reply, client = receive(flags)
