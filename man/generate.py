@@ -36,6 +36,8 @@ IMPLIED_DEFAULTS = {
     "reply_file": "none",
     "banner": "none",
     "banner_file": "none",
+    "exec": "none",
+    "sh_exec": "none",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

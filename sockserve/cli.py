@@ -228,6 +228,26 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     help="On stop, how long in-flight requests may take to finish (2.5, 200ms, 1.5s, 2m).",
 )
 @click.option(
+    "--exec",
+    "exec",
+    metavar="'PROG ARGS'",
+    help="Run PROG for each connection, the connection as its stdin and stdout (implies "
+    "-H exec); split like argv, no shell. A datagram: one run, the datagram on stdin, its "
+    "stdout the reply. The environment names the client (TCPREMOTEIP, TCPREMOTEPORT, ...).",
+)
+@click.option(
+    "--sh-exec",
+    metavar="LINE",
+    help="As --exec, but run the shell line LINE with /bin/sh -c.",
+)
+@click.option(
+    "--exec-stderr",
+    type=click.Choice(["pass", "client", "discard"]),
+    help="Where the program's stderr goes: sockserve's stderr, a line at a time, prefixed "
+    "by the client (pass); the client, with its stdout (client); nowhere (discard).  "
+    "[default: pass]",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",

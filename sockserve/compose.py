@@ -113,6 +113,8 @@ def choose_parts(
     """The parts `config` needs beyond those of every server, and their settings."""
     builtin = config.handler.builtin
     stream = config.socktype == "stream"
+    if builtin == "exec" and stream:  # its program has the socket: served as a user's handler
+        builtin = None
     parts: list[type] = []
     settings: dict[str, Any] = {"monitor": monitor}
     if monitor is not None:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
+from .exec_command import EXEC_STDERR_MODES, ExecSpec, exec_argv, find_program
 from .loading import LoadedHandler, check_compatible, load_handler
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
@@ -71,6 +72,9 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
+    exec: str | None = None  # --exec: a program per connection, split like argv
+    sh_exec: str | None = None  # --sh-exec: a shell line per connection
+    exec_stderr: str | None = None  # pass (None), client or discard
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +103,7 @@ class ServeConfig:
             raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
 
     def _check_combinations(self) -> None:
+        _check_exec(self)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -183,6 +188,22 @@ class ServeConfig:
                 hint="check the path",
             ) from None
 
+    def exec_spec(self) -> ExecSpec:
+        """What the exec builtin runs (--exec or --sh-exec), for this transport and mode."""
+        if self.family == "unix":
+            limit = MAX_DATAGRAM
+        else:
+            ipv4 = self.family == "inet" or self.address.all_interfaces
+            limit = MAX_UDP_PAYLOAD["inet" if ipv4 else "inet6"]
+        return ExecSpec(
+            argv=exec_argv(self.exec, self.sh_exec),
+            command=self.exec if self.exec is not None else f"sh -c {self.sh_exec!r}",
+            transport=self.transport,
+            stderr=self.exec_stderr or "pass",  # type: ignore[arg-type]  # checked: a mode
+            reply_limit=limit,
+            forked=self.concurrency == "fork",
+        )
+
     @property
     def request_limit(self) -> int | None:
         """How many requests to serve before stopping (--once is 1), or None."""
@@ -223,6 +244,9 @@ def build_config(
     verbose: int = 0,
     color: bool | None = None,
     traceback: bool = False,
+    exec: str | None = None,
+    sh_exec: str | None = None,
+    exec_stderr: str | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -238,6 +262,7 @@ def build_config(
     concurrency = concurrency or default_concurrency(socktype)
 
     replies = reply is not None or reply_file is not None
+    handler = _exec_handler(handler, exec, sh_exec)
     if handler is None:
         handler = "reply" if replies else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -286,6 +311,9 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
+        exec=exec,
+        sh_exec=sh_exec,
+        exec_stderr=exec_stderr,
     )
 
 
@@ -366,3 +394,59 @@ def _check_reply_fits(reply: bytes | None, reply_file: str | None, address: Addr
         f"{what}: more than one {carrier} carries (at most {limit} bytes{why})",
         hint="use a smaller reply, or serve it over tcp or unix (streams have no limit)",
     )
+
+
+def _exec_handler(
+    handler: str | LoadedHandler | None, exec_: str | None, sh_exec: str | None
+) -> str | LoadedHandler | None:
+    """The handler --exec or --sh-exec implies (exec), refusing another explicit -H."""
+    given = [
+        name for name, value in (("--exec", exec_), ("--sh-exec", sh_exec)) if value is not None
+    ]
+    if len(given) > 1:
+        raise UsageError("--exec and --sh-exec cannot be combined", hint="give only one of them")
+    if not given:
+        return handler
+    name = handler if isinstance(handler, str) or handler is None else handler.name
+    if name is not None and name.strip() != "exec":
+        raise UsageError(
+            f"{given[0]} runs a program as the handler (-H exec): it cannot be combined with "
+            f"-H {name}",
+            hint=f"drop -H {name}, or drop {given[0]}",
+        )
+    return "exec"
+
+
+def _check_exec(config: ServeConfig) -> None:
+    """The rules of --exec, --sh-exec and --exec-stderr (see `builtins.program`)."""
+    running = config.exec is not None or config.sh_exec is not None
+    if config.handler.builtin == "exec" and not running:
+        raise UsageError("-H exec needs --exec PROGRAM or --sh-exec LINE")
+    if not running:
+        if config.exec_stderr is not None:
+            raise UsageError(
+                "--exec-stderr only applies with --exec or --sh-exec", hint="drop --exec-stderr"
+            )
+        return
+    option = "--exec" if config.exec is not None else "--sh-exec"
+    if config.exec_stderr is not None and config.exec_stderr not in EXEC_STDERR_MODES:
+        raise UsageError(
+            f"unknown --exec-stderr {config.exec_stderr!r}", hint="use pass, client or discard"
+        )
+    try:
+        argv = exec_argv(config.exec, config.sh_exec)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint=f"e.g. {option} 'cat -u'") from None
+    problem = find_program(argv[0])
+    if problem is not None:
+        raise UsageError(f"{option}: {problem}", hint="check the program's name or path")
+    if config.concurrency == "event":
+        raise UsageError(
+            f"{option} waits for a program per connection: --concurrency event does not run it",
+            hint="use -c thread (the default for streams), fork or sync",
+        )
+    if config.timeout is not None:
+        raise UsageError(
+            f"--timeout watches a connection the handler reads: with {option} the program reads it",
+            hint="drop --timeout (the program may time out by itself)",
+        )

@@ -52,6 +52,13 @@ class Events(Protocol):
     def info(self, message: str) -> None:
         """A line of status."""
 
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """The program run for `client` (--exec) ended: `status` is its exit status, or minus
+        the signal that killed it; it ran `seconds`."""
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
+        """The program run for `client` wrote `line` to its stderr (--exec-stderr pass)."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -75,6 +82,12 @@ class NullEvents:
         """Ignore it."""
 
     def info(self, message: str) -> None:
+        """Ignore it."""
+
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """Ignore it."""
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
         """Ignore it."""
 
 

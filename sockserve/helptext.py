@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "block_on_close",
     ),
     "Lifecycle": ("once", "max_requests", "grace"),
+    "A program per connection": ("exec", "sh_exec", "exec_stderr"),
     "Output": (
         "print_address",
         "print_host_port",

@@ -29,9 +29,12 @@ from clitools import RecordsObserver
 from sockserve import builtins as bh
 from sockserve.builtins import protocols
 
+#: The builtins with protocols (exec runs a program, not in event mode).
+BYTE_BUILTINS = [name for name in bh.BUILTINS if name != "exec"]
+
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("name", list(bh.BUILTINS))
+@pytest.mark.parametrize("name", BYTE_BUILTINS)
 def test_builtin_event(name: str, transport: str, sock_dir: str) -> None:
     with make_ctx(name, transport, sock_dir) as (ctx, options):
         asyncio.run(serve_event(name, transport, options, sock_dir, lambda a: CHECKS[name](ctx, a)))
@@ -39,7 +42,7 @@ def test_builtin_event(name: str, transport: str, sock_dir: str) -> None:
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_event_protocols_are_asyncio_protocols(transport: str) -> None:
-    for name in bh.BUILTINS:
+    for name in BYTE_BUILTINS:
         proto = bh.protocol_factory(name, "stream", bh.HandlerOptions())()
         assert isinstance(proto, asyncio.Protocol)
         dproto = bh.protocol_factory(name, "dgram", bh.HandlerOptions())()
@@ -202,3 +205,8 @@ def test_event_datagram_protocol_answers_like_respond_datagram(name: str) -> Non
         (3, len(replies[0])),
         (200, len(replies[1])),
     ]
+
+
+def test_exec_has_no_protocol() -> None:
+    with pytest.raises(ValueError, match="exec runs a program"):
+        bh.protocol_factory("exec", "stream", bh.HandlerOptions())

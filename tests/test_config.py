@@ -119,6 +119,9 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
     "traceback": (True, "traceback", True),
+    "exec": (None, "exec", None),  # not with -H upper: see tests/test_exec_command.py
+    "sh_exec": (None, "sh_exec", None),
+    "exec_stderr": (None, "exec_stderr", None),  # only with --exec
 }
 
 
