@@ -380,17 +380,19 @@ def test_readme_lists_every_json_event() -> None:
     reporter.handler_error(client, ValueError("x"))
     reporter.warning("w")
     reporter.info("i")
+    reporter.exec_exit(client, -15, 0.5)
+    reporter.exec_stderr(client, b"oops")
     reporter.fatal("f", None)
     reporter.summary(Stats(), "stream", None)
     written = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
     text = README.read_text()
     section = text[text.index("### JSON logs") :]
     section = section[: section.index("\n## ")]
-    header, *rows = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    header, *rows = re.findall(r"^\| `([\w-]+)` \|", section, flags=re.M)
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 10
+    assert len(written) == 12
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)
