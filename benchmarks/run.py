@@ -116,6 +116,32 @@ def socat(t: str, a: str, h: str) -> list[str]:
     return ["socat", listen, "PIPE"]
 
 
+def sockserve_exec(concurrency: str) -> Argv:
+    """sockserve running `cat` per connection (--exec), the connection as its stdin/stdout."""
+
+    def argv(transport: str, address: str, handler: str) -> list[str]:
+        cmd = [PY, "-m", "sockserve", transport, address, "--exec", "cat", "-q"]
+        return [*cmd, "--print-address", "-c", concurrency]
+
+    return argv
+
+
+def ncat_exec(t: str, a: str, h: str) -> list[str]:
+    """ncat keeping to listen (-k), a /bin/cat per connection."""
+    if t != "tcp":
+        raise Unavailable("the --exec scenario is TCP only")
+    host, _, port = a.rpartition(":")
+    return ["ncat", "-l", "-k", "-m", "1000", host, port, "--exec", "/bin/cat"]
+
+
+def socat_exec(t: str, a: str, h: str) -> list[str]:
+    """socat forking per connection, each running cat (EXEC:cat)."""
+    if t != "tcp":
+        raise Unavailable("the --exec scenario is TCP only")
+    host, _, port = a.rpartition(":")
+    return ["socat", f"TCP4-LISTEN:{port},bind={host},reuseaddr,fork,backlog=128", "EXEC:cat"]
+
+
 class Unavailable(Exception):
     """A server that cannot run in this scenario or on this machine."""
 
@@ -123,6 +149,9 @@ class Unavailable(Exception):
 OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
 OWN_PIN = "sockserve thread (own handler, --pin)"  # the same, its threads kept on one CPU
 BOUNDED = "sockserve thread max=128"  # the bounded pool: --max-threads 128
+EXEC_THREAD = "sockserve exec thread"  # --exec cat: a program per connection
+NCAT_EXEC = "ncat --exec /bin/cat -k"
+SOCAT_EXEC = "socat EXEC:cat,fork"
 SERVERS: dict[str, Server] = {
     s.key: s
     for s in [
@@ -142,6 +171,10 @@ SERVERS: dict[str, Server] = {
         Server("uvloop", "asyncio", "uvloop", aio("uvloop")),
         Server("socat", "native", "socat", socat, prints_address=False, needs_port=True),
         Server("C epoll", "native", "c", native),
+        Server(EXEC_THREAD, "sockserve", "thread", sockserve_exec("thread")),
+        Server("sockserve exec fork", "sockserve", "fork", sockserve_exec("fork")),
+        Server(NCAT_EXEC, "native", "ncat", ncat_exec, prints_address=False, needs_port=True),
+        Server(SOCAT_EXEC, "native", "socat", socat_exec, prints_address=False, needs_port=True),
     ]
 }
 
@@ -294,6 +327,16 @@ SCENARIOS: list[Scenario] = [
         ["sockserve sync", "sockserve thread", "sockserve event", "stdlib sync", *PEERS],
         ["sockserve sync", "sockserve event", "stdlib sync", "uvloop", "C epoll"],
         "dgram/s",
+    ),
+    Scenario(
+        "tcp-exec",
+        "TCP --exec cat: a program per connection, new connection per request, 10 workers",
+        "connect",
+        "tcp",
+        10,
+        [EXEC_THREAD, "sockserve exec fork", NCAT_EXEC, SOCAT_EXEC],
+        [EXEC_THREAD, NCAT_EXEC, SOCAT_EXEC],
+        "conn/s",
     ),
 ]
 SCENARIO_KEYS = [s.key for s in SCENARIOS] + ["startup"]
@@ -815,6 +858,8 @@ TARGETS = [
         "unix-pp10", "unix stream ping-pong, 10 conns", "sockserve thread", "stdlib thread", 1.0
     ),
     Target("unix-pp10", "unix stream ping-pong, 10 conns", "sockserve event", "uvloop", 0.9),
+    Target("tcp-exec", "--exec cat, a connection each", EXEC_THREAD, NCAT_EXEC, 1.0),
+    Target("tcp-exec", "--exec cat, a connection each", EXEC_THREAD, SOCAT_EXEC, 1.0),
     Target(
         "startup",
         "exec → first accepted connection",
@@ -1144,6 +1189,9 @@ def build() -> None:
 def check_peers() -> None:
     if shutil.which("socat") is None:
         SERVERS["socat"].unavailable = "socat not installed (apt-get install socat)"
+        SERVERS[SOCAT_EXEC].unavailable = SERVERS["socat"].unavailable
+    if shutil.which("ncat") is None:
+        SERVERS[NCAT_EXEC].unavailable = "ncat not installed (apt-get install ncat)"
     try:
         import uvloop  # noqa: F401
     except ImportError:
