@@ -31,6 +31,8 @@ class ExecSpec:
     stderr: StderrMode = "pass"
     reply_limit: int = 65507
     forked: bool = False
+    #: The program's path, found once in PATH (None: looked up at each start).
+    executable: str | None = None
 
 
 def exec_argv(exec_: str | None, sh_exec: str | None) -> tuple[str, ...]:

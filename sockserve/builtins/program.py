@@ -112,11 +112,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_programs)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
-    import ctypes
+_prctl: Any = None
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """What a program forked from a request child runs before exec: PR_SET_PDEATHSIG, so it
+    dies with that child (ctypes loaded here once, not in each new process)."""
+    global _prctl
+    if _prctl is None:
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
+    if _prctl is False:
+        return None
+    prctl = _prctl
+
+    def die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return die_with_parent
 
 
 class StartFailed(Exception):
@@ -131,12 +148,13 @@ def spawn(spec: ExecSpec, env: dict[str, str], stdin: Any, stdout: Any, stderr: 
     try:
         proc = subprocess.Popen(
             spec.argv,
+            executable=spec.executable,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             env=env,
             process_group=0,
-            preexec_fn=_die_with_parent if spec.forked else None,
+            preexec_fn=_die_with_parent_hook() if spec.forked else None,
         )
     except OSError as exc:
         raise StartFailed(f"cannot start {spec.command}: {exc.strerror or exc}") from None
@@ -458,13 +476,26 @@ def read_reply(stdout: Any, limit: int) -> tuple[bytes, bool]:
     return b"".join(chunks), size <= limit
 
 
+def _prepared(spec: ExecSpec) -> ExecSpec:
+    """`spec` with its program found in PATH once (not at each start); in fork mode, ctypes
+    loaded here, not in each request child."""
+    if spec.forked:
+        _die_with_parent_hook()
+    if spec.executable is None and os.sep not in spec.argv[0]:
+        import dataclasses
+        import shutil
+
+        spec = dataclasses.replace(spec, executable=shutil.which(spec.argv[0]))
+    return spec
+
+
 def stream_program_handler(spec: ExecSpec, events: Events | None) -> type[BaseRequestHandler]:
     """A request handler class for stream servers that runs `spec` per connection."""
-    attrs = {"spec": spec, "events": events, "__module__": __name__}
+    attrs = {"spec": _prepared(spec), "events": events, "__module__": __name__}
     return type("ExecStreamHandler", (StreamProgram,), attrs)
 
 
 def datagram_program_handler(spec: ExecSpec, events: Events | None) -> type[BaseRequestHandler]:
     """A request handler class for datagram servers that runs `spec` per datagram."""
-    attrs = {"spec": spec, "events": events, "__module__": __name__}
+    attrs = {"spec": _prepared(spec), "events": events, "__module__": __name__}
     return type("ExecDatagramHandler", (DatagramProgram,), attrs)
