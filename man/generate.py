@@ -38,6 +38,8 @@ IMPLIED_DEFAULTS = {
     "banner_file": "none",
     "exec": "none",
     "sh_exec": "none",
+    "fd": "none",
+    "fd_name": "the only socket passed",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

@@ -86,7 +86,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     epilog=" ",
 )
 @click.argument("proto", type=PROTO, metavar="PROTO")
-@click.argument("address", type=ADDRESS)
+@click.argument("address", type=ADDRESS, required=False, metavar="ADDRESS")
 @click.option(
     "--family",
     type=click.Choice(["inet", "inet6", "unix"]),
@@ -246,6 +246,25 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     help="Where the program's stderr goes: sockserve's stderr, a line at a time, prefixed "
     "by the client (pass); the client, with its stdout (client); nowhere (discard).  "
     "[default: pass]",
+)
+@click.option(
+    "--fd",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Serve the listening socket inherited on descriptor N (ADDRESS omitted); its family "
+    "and type must fit PROTO. sockserve never unlinks its file.",
+)
+@click.option(
+    "--activated",
+    is_flag=True,
+    help="Serve the socket systemd passed (socket activation: LISTEN_FDS, LISTEN_PID; ADDRESS "
+    "omitted); the LISTEN_* variables are unset once read.",
+)
+@click.option(
+    "--fd-name",
+    metavar="NAME",
+    help="With --activated and several sockets: the one named NAME (LISTEN_FDNAMES, the "
+    "unit's FileDescriptorName=).",
 )
 @click.option(
     "--print-address",

@@ -24,6 +24,7 @@ from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
+from .parts.inherited import InheritedSocketPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
 from .parts.reply_source import ReplySourcePart
@@ -75,6 +76,7 @@ PART_ORDER: tuple[type, ...] = (
     ReplySourcePart,
     AcceptBackoffPart,
     UnixFilePart,
+    InheritedSocketPart,
 )
 #: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
 #: in thread mode they are answered on the loop thread (`LeanDatagramPart`).
@@ -96,7 +98,7 @@ def server_class(
     if concurrency == "fork" and mixin is None:  # pragma: no cover - platforms without fork
         raise UsageError("--concurrency fork needs fork(), which this platform lacks")
     chosen = {RequestsPart, AcceptBackoffPart, *parts}
-    if family == "unix":
+    if family == "unix" and InheritedSocketPart not in chosen:  # the file is not ours otherwise
         chosen.add(UnixFilePart)
     ordered = [part for part in PART_ORDER if part in chosen]
     bases: tuple[type, ...] = (*ordered, base) if mixin is None else (*ordered, mixin, base)
@@ -123,9 +125,9 @@ def choose_parts(
         parts.append(DispatchRefusalPart)
         settings["builtin_handler"] = builtin is not None
     # Builtins' threads accept for themselves, in one process (workers share one listener:
-    # its shutdown would stop them all).
+    # its shutdown would stop them all), on a socket of our own (an inherited one is shared).
     threads_accept = concurrency == "thread" and stream and builtin is not None
-    threads_accept = threads_accept and config.workers == 1
+    threads_accept = threads_accept and config.workers == 1 and config.fd is None
     if threads_accept:
         parts.append(AcceptingThreadsPart)
     elif concurrency in ("thread", "fork") and stream:
@@ -167,6 +169,9 @@ def choose_parts(
     if banner:
         parts.append(BannerPart)
         settings["banner"] = banner
+    if config.fd is not None:  # --fd, --activated: served as it is
+        parts.append(InheritedSocketPart)
+        settings["inherited_fd"] = config.fd
     return parts, settings
 
 
@@ -188,8 +193,8 @@ def replies_need_source(config: ServeConfig) -> bool:
 def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
     """Return (family, sockaddr) to bind, resolving a host name once."""
     address = config.address
-    if config.family == "unix":
-        return "unix", address.sockaddr()
+    if config.family == "unix" or config.fd is not None:  # no name to resolve
+        return config.family, address.sockaddr()
     family = config.family
     host = address.host or ""
     try:

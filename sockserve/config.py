@@ -75,6 +75,9 @@ class ServeConfig:
     exec: str | None = None  # --exec: a program per connection, split like argv
     sh_exec: str | None = None  # --sh-exec: a shell line per connection
     exec_stderr: str | None = None  # pass (None), client or discard
+    fd: int | None = None  # an inherited listening socket (--fd, or --activated's)
+    activated: bool = False  # --activated: systemd passed the socket
+    fd_name: str | None = None  # --fd-name: which of systemd's sockets
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,6 +107,7 @@ class ServeConfig:
 
     def _check_combinations(self) -> None:
         _check_exec(self)
+        _check_inherited(self)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -215,7 +219,7 @@ class ServeConfig:
 def build_config(
     *,
     proto: str,
-    address: str | Address,
+    address: str | Address | None = None,
     handler: str | LoadedHandler | None = None,
     reply: bytes | None = None,
     reply_file: str | None = None,
@@ -247,6 +251,9 @@ def build_config(
     exec: str | None = None,
     sh_exec: str | None = None,
     exec_stderr: str | None = None,
+    fd: int | None = None,
+    activated: bool = False,
+    fd_name: str | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -258,7 +265,12 @@ def build_config(
     if proto not in TRANSPORTS:
         raise UsageError(f"unknown protocol {proto!r}", hint="use " + ", ".join(TRANSPORTS))
     wanted_family, socktype = resolve_transport(proto, family, type)
-    address = _address(address, wanted_family, proto)
+    fd = _inherited_fd(address, fd, activated, fd_name)
+    if fd is not None:  # a socket sockserve did not create: its own family and type
+        address = _inherited_address(fd, activated, proto, wanted_family, socktype, backlog)
+    else:
+        assert address is not None
+        address = _address(address, wanted_family, proto)
     concurrency = concurrency or default_concurrency(socktype)
 
     replies = reply is not None or reply_file is not None
@@ -314,6 +326,9 @@ def build_config(
         exec=exec,
         sh_exec=sh_exec,
         exec_stderr=exec_stderr,
+        fd=fd,
+        activated=activated,
+        fd_name=fd_name,
     )
 
 
@@ -450,3 +465,69 @@ def _check_exec(config: ServeConfig) -> None:
             f"--timeout watches a connection the handler reads: with {option} the program reads it",
             hint="drop --timeout (the program may time out by itself)",
         )
+
+
+def _inherited_fd(
+    address: str | Address | None, fd: int | None, activated: bool, fd_name: str | None
+) -> int | None:
+    """The descriptor of the socket to serve that sockserve did not create, or None (bind
+    ADDRESS); exactly one of ADDRESS, --fd and --activated is given."""
+    given = [
+        name
+        for name, value in (("ADDRESS", address), ("--fd", fd), ("--activated", activated or None))
+        if value is not None
+    ]
+    if len(given) != 1:
+        what = " and ".join(given) if given else "none of them"
+        raise UsageError(
+            f"give exactly one of ADDRESS, --fd N and --activated ({what} given)",
+            hint="e.g. sockserve tcp :9999",
+        )
+    if fd_name is not None and not activated:
+        raise UsageError("--fd-name only applies with --activated", hint="add --activated")
+    if activated:
+        from .inherited import activated_fd
+
+        return activated_fd(fd_name)
+    return fd
+
+
+def _inherited_address(
+    fd: int,
+    activated: bool,
+    proto: str,
+    family: Family | None,
+    socktype: SockType,
+    backlog: int | None,
+) -> Address:
+    """The address of the inherited socket on `fd`, checked against PROTO (and --family,
+    --type)."""
+    from .inherited import inspect_socket
+
+    option = "--activated" if activated else f"--fd {fd}"
+    has_family, has_type, address = inspect_socket(fd, option)
+    fits = has_family == family if family else has_family in ("inet", "inet6")
+    if not fits or has_type != socktype:
+        kind = f"{has_family} {has_type}"
+        raise UsageError(
+            f"{option}: the socket is {kind} ({address}), which {proto} does not serve",
+            hint="choose the PROTO of the socket (tcp, udp, unix or unix-dgram)",
+        )
+    if backlog is not None:
+        raise UsageError(
+            f"{option}: the socket is listening already: --backlog does not apply",
+            hint="drop --backlog (the socket's creator chose it)",
+        )
+    return address
+
+
+def _check_inherited(config: ServeConfig) -> None:
+    """What cannot apply to a socket sockserve did not create."""
+    if config.fd is None:
+        return
+    for option, given in (("--mode", config.mode is not None), ("--reuse-port", config.reuse_port)):
+        if given:
+            raise UsageError(
+                f"{option} does not apply to a socket sockserve did not create",
+                hint=f"drop {option} (set it where the socket is made)",
+            )

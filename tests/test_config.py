@@ -122,6 +122,9 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "exec": (None, "exec", None),  # not with -H upper: see tests/test_exec_command.py
     "sh_exec": (None, "sh_exec", None),
     "exec_stderr": (None, "exec_stderr", None),  # only with --exec
+    "fd": (None, "fd", None),  # not with ADDRESS: see tests/test_inherited.py
+    "activated": (False, "activated", False),
+    "fd_name": (None, "fd_name", None),
 }
 
 

@@ -1,0 +1,106 @@
+"""Sockets sockserve did not create: `--fd N` and systemd's socket activation (`--activated`).
+
+`activated_fd` reads what systemd passes (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES; the
+descriptors start at 3), chooses one and unsets the variables, as sd_listen_fds(unset=1)
+does. `inspect_socket` checks a descriptor is a socket (listening, for streams) and tells its
+family, type and address. Such a socket is served as it is: sockserve never binds it again,
+never unlinks its file, and closes only its own descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import MutableMapping
+
+from .addresses import Address, Family, SockType
+from .errors import UsageError
+
+#: The first descriptor systemd passes (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
+_FAMILIES: dict[int, Family] = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+if hasattr(socket, "AF_UNIX"):
+    _FAMILIES[socket.AF_UNIX] = "unix"
+_ACTIVATION_HINT = (
+    "run it under systemd (a .socket unit) or systemd-socket-activate, or give ADDRESS"
+)
+
+
+def activated_fd(name: str | None, environ: MutableMapping[str, str] | None = None) -> int:
+    """The descriptor systemd passed (the one named `name`, with several); LISTEN_* unset.
+
+    Raises UsageError when nothing was passed, the sockets are another process's, or the
+    choice is unclear.
+    """
+    env = os.environ if environ is None else environ
+    pid, fds, names = (env.pop(key, None) for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
+    if fds is None:
+        raise UsageError(
+            "--activated: LISTEN_FDS is not set: no socket was passed", _ACTIVATION_HINT
+        )
+    if pid is None or not pid.strip().isdigit() or int(pid) != os.getpid():
+        raise UsageError(
+            f"--activated: LISTEN_PID={pid} is not this process ({os.getpid()}): the sockets "
+            "were passed to another one",
+            _ACTIVATION_HINT,
+        )
+    try:
+        count = int(fds)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UsageError(f"--activated: LISTEN_FDS={fds} passes no socket", _ACTIVATION_HINT)
+    labels = names.split(":") if names else []
+    listed = ", ".join(f"{label} (fd {LISTEN_FDS_START + i})" for i, label in enumerate(labels))
+    if name is not None:
+        if name not in labels[:count]:
+            raise UsageError(
+                f"--fd-name {name}: no passed socket has that name ({listed or 'none named'})",
+                hint="check the FileDescriptorName= of the socket unit",
+            )
+        return LISTEN_FDS_START + labels.index(name)
+    if count > 1:
+        raise UsageError(
+            f"--activated: {count} sockets were passed ({listed or 'unnamed'}): which one?",
+            hint="choose one with --fd-name NAME (or --fd N)",
+        )
+    return LISTEN_FDS_START
+
+
+def inspect_socket(fd: int, option: str) -> tuple[Family, SockType, Address]:
+    """The family, type and bound address of the socket on descriptor `fd`.
+
+    Raises UsageError when it is not open, not a socket, of a family sockserve does not
+    serve, or a stream socket that is not listening.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise UsageError(f"{option}: descriptor {fd} is not open", hint="pass a socket") from None
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(f"{option}: descriptor {fd} is not a socket", hint="pass a socket")
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        family = _FAMILIES.get(sock.family)
+        if family is None or sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            raise UsageError(
+                f"{option}: descriptor {fd} is a {sock.family.name} {sock.type.name} socket",
+                hint="pass a TCP, UDP or unix socket",
+            )
+        socktype: SockType = "stream" if sock.type == socket.SOCK_STREAM else "dgram"
+        if socktype == "stream" and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise UsageError(
+                f"{option}: the stream socket on descriptor {fd} is not listening",
+                hint="pass a listening socket (inetd-style connections are not served)",
+            )
+        name = sock.getsockname()
+    if family == "unix":
+        if isinstance(name, bytes):
+            name = name.decode(errors="surrogateescape")
+        abstract = name.startswith("\0")
+        return (
+            family,
+            socktype,
+            Address("unix", path=name[1:] if abstract else name, abstract=abstract),
+        )
+    return family, socktype, Address(family, host=name[0], port=name[1])
