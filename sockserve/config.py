@@ -16,7 +16,8 @@ from typing import Literal
 
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
-from .exec_command import EXEC_STDERR_MODES, ExecSpec, exec_argv, find_program
+from .exec_command import ExecSpec, check_exec, check_exec_mode, exec_argv, exec_handler
+from .inherited import check_inherited, inherited_address, inherited_fd
 from .loading import LoadedHandler, check_compatible, load_handler
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
@@ -106,8 +107,9 @@ class ServeConfig:
             raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
 
     def _check_combinations(self) -> None:
-        _check_exec(self)
-        _check_inherited(self)
+        check_exec(self.handler.builtin, self.exec, self.sh_exec, self.exec_stderr)
+        check_exec_mode(self.exec, self.sh_exec, self.concurrency, self.timeout)
+        check_inherited(self.fd, mode=self.mode, reuse_port=self.reuse_port)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -265,16 +267,16 @@ def build_config(
     if proto not in TRANSPORTS:
         raise UsageError(f"unknown protocol {proto!r}", hint="use " + ", ".join(TRANSPORTS))
     wanted_family, socktype = resolve_transport(proto, family, type)
-    fd = _inherited_fd(address, fd, activated, fd_name)
+    fd = inherited_fd(address, fd, activated, fd_name)
     if fd is not None:  # a socket sockserve did not create: its own family and type
-        address = _inherited_address(fd, activated, proto, wanted_family, socktype, backlog)
+        address = inherited_address(fd, activated, proto, wanted_family, socktype, backlog)
     else:
         assert address is not None
         address = _address(address, wanted_family, proto)
     concurrency = concurrency or default_concurrency(socktype)
 
     replies = reply is not None or reply_file is not None
-    handler = _exec_handler(handler, exec, sh_exec)
+    handler = exec_handler(handler, exec, sh_exec)
     if handler is None:
         handler = "reply" if replies else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -409,125 +411,3 @@ def _check_reply_fits(reply: bytes | None, reply_file: str | None, address: Addr
         f"{what}: more than one {carrier} carries (at most {limit} bytes{why})",
         hint="use a smaller reply, or serve it over tcp or unix (streams have no limit)",
     )
-
-
-def _exec_handler(
-    handler: str | LoadedHandler | None, exec_: str | None, sh_exec: str | None
-) -> str | LoadedHandler | None:
-    """The handler --exec or --sh-exec implies (exec), refusing another explicit -H."""
-    given = [
-        name for name, value in (("--exec", exec_), ("--sh-exec", sh_exec)) if value is not None
-    ]
-    if len(given) > 1:
-        raise UsageError("--exec and --sh-exec cannot be combined", hint="give only one of them")
-    if not given:
-        return handler
-    name = handler if isinstance(handler, str) or handler is None else handler.name
-    if name is not None and name.strip() != "exec":
-        raise UsageError(
-            f"{given[0]} runs a program as the handler (-H exec): it cannot be combined with "
-            f"-H {name}",
-            hint=f"drop -H {name}, or drop {given[0]}",
-        )
-    return "exec"
-
-
-def _check_exec(config: ServeConfig) -> None:
-    """The rules of --exec, --sh-exec and --exec-stderr (see `builtins.program`)."""
-    running = config.exec is not None or config.sh_exec is not None
-    if config.handler.builtin == "exec" and not running:
-        raise UsageError("-H exec needs --exec PROGRAM or --sh-exec LINE")
-    if not running:
-        if config.exec_stderr is not None:
-            raise UsageError(
-                "--exec-stderr only applies with --exec or --sh-exec", hint="drop --exec-stderr"
-            )
-        return
-    option = "--exec" if config.exec is not None else "--sh-exec"
-    if config.exec_stderr is not None and config.exec_stderr not in EXEC_STDERR_MODES:
-        raise UsageError(
-            f"unknown --exec-stderr {config.exec_stderr!r}", hint="use pass, client or discard"
-        )
-    try:
-        argv = exec_argv(config.exec, config.sh_exec)
-    except ValueError as exc:
-        raise UsageError(str(exc), hint=f"e.g. {option} 'cat -u'") from None
-    problem = find_program(argv[0])
-    if problem is not None:
-        raise UsageError(f"{option}: {problem}", hint="check the program's name or path")
-    if config.concurrency == "event":
-        raise UsageError(
-            f"{option} waits for a program per connection: --concurrency event does not run it",
-            hint="use -c thread (the default for streams), fork or sync",
-        )
-    if config.timeout is not None:
-        raise UsageError(
-            f"--timeout watches a connection the handler reads: with {option} the program reads it",
-            hint="drop --timeout (the program may time out by itself)",
-        )
-
-
-def _inherited_fd(
-    address: str | Address | None, fd: int | None, activated: bool, fd_name: str | None
-) -> int | None:
-    """The descriptor of the socket to serve that sockserve did not create, or None (bind
-    ADDRESS); exactly one of ADDRESS, --fd and --activated is given."""
-    given = [
-        name
-        for name, value in (("ADDRESS", address), ("--fd", fd), ("--activated", activated or None))
-        if value is not None
-    ]
-    if len(given) != 1:
-        what = " and ".join(given) if given else "none of them"
-        raise UsageError(
-            f"give exactly one of ADDRESS, --fd N and --activated ({what} given)",
-            hint="e.g. sockserve tcp :9999",
-        )
-    if fd_name is not None and not activated:
-        raise UsageError("--fd-name only applies with --activated", hint="add --activated")
-    if activated:
-        from .inherited import activated_fd
-
-        return activated_fd(fd_name)
-    return fd
-
-
-def _inherited_address(
-    fd: int,
-    activated: bool,
-    proto: str,
-    family: Family | None,
-    socktype: SockType,
-    backlog: int | None,
-) -> Address:
-    """The address of the inherited socket on `fd`, checked against PROTO (and --family,
-    --type)."""
-    from .inherited import inspect_socket
-
-    option = "--activated" if activated else f"--fd {fd}"
-    has_family, has_type, address = inspect_socket(fd, option)
-    fits = has_family == family if family else has_family in ("inet", "inet6")
-    if not fits or has_type != socktype:
-        kind = f"{has_family} {has_type}"
-        raise UsageError(
-            f"{option}: the socket is {kind} ({address}), which {proto} does not serve",
-            hint="choose the PROTO of the socket (tcp, udp, unix or unix-dgram)",
-        )
-    if backlog is not None:
-        raise UsageError(
-            f"{option}: the socket is listening already: --backlog does not apply",
-            hint="drop --backlog (the socket's creator chose it)",
-        )
-    return address
-
-
-def _check_inherited(config: ServeConfig) -> None:
-    """What cannot apply to a socket sockserve did not create."""
-    if config.fd is None:
-        return
-    for option, given in (("--mode", config.mode is not None), ("--reuse-port", config.reuse_port)):
-        if given:
-            raise UsageError(
-                f"{option} does not apply to a socket sockserve did not create",
-                hint=f"drop {option} (set it where the socket is made)",
-            )

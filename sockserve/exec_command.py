@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from .errors import UsageError
 
 StderrMode = Literal["pass", "client", "discard"]
 #: Where a program's stderr goes: sockserve's stderr, line by line; the client; nowhere.
@@ -68,3 +70,72 @@ def find_program(program: str) -> str | None:
     if shutil.which(program) is None:
         return f"{program} is not found in PATH"
     return None
+
+
+def exec_handler(handler: Any, exec_: str | None, sh_exec: str | None) -> Any:
+    """The handler --exec or --sh-exec implies ("exec"), refusing another explicit -H
+    (`handler`: the -H given, as text or loaded; None when not given)."""
+    given = [
+        name for name, value in (("--exec", exec_), ("--sh-exec", sh_exec)) if value is not None
+    ]
+    if len(given) > 1:
+        raise UsageError("--exec and --sh-exec cannot be combined", hint="give only one of them")
+    if not given:
+        return handler
+    name = handler if isinstance(handler, str) or handler is None else str(handler.name)
+    if name is not None and name.strip() != "exec":
+        raise UsageError(
+            f"{given[0]} runs a program as the handler (-H exec): it cannot be combined with "
+            f"-H {name}",
+            hint=f"drop -H {name}, or drop {given[0]}",
+        )
+    return "exec"
+
+
+def check_exec(
+    builtin: str | None, exec_: str | None, sh_exec: str | None, exec_stderr: str | None
+) -> None:
+    """The rules of --exec, --sh-exec and --exec-stderr; the program is looked for now.
+
+    Raises UsageError.
+    """
+    running = exec_ is not None or sh_exec is not None
+    if builtin == "exec" and not running:
+        raise UsageError("-H exec needs --exec PROGRAM or --sh-exec LINE")
+    if not running:
+        if exec_stderr is not None:
+            raise UsageError(
+                "--exec-stderr only applies with --exec or --sh-exec", hint="drop --exec-stderr"
+            )
+        return
+    option = "--exec" if exec_ is not None else "--sh-exec"
+    if exec_stderr is not None and exec_stderr not in EXEC_STDERR_MODES:
+        raise UsageError(
+            f"unknown --exec-stderr {exec_stderr!r}", hint="use pass, client or discard"
+        )
+    try:
+        argv = exec_argv(exec_, sh_exec)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint=f"e.g. {option} 'cat -u'") from None
+    problem = find_program(argv[0])
+    if problem is not None:
+        raise UsageError(f"{option}: {problem}", hint="check the program's name or path")
+
+
+def check_exec_mode(
+    exec_: str | None, sh_exec: str | None, concurrency: str, timeout: float | None
+) -> None:
+    """Refuse what a program per connection cannot run with: event mode, --timeout."""
+    if exec_ is None and sh_exec is None:
+        return
+    option = "--exec" if exec_ is not None else "--sh-exec"
+    if concurrency == "event":
+        raise UsageError(
+            f"{option} waits for a program per connection: --concurrency event does not run it",
+            hint="use -c thread (the default for streams), fork or sync",
+        )
+    if timeout is not None:
+        raise UsageError(
+            f"--timeout watches a connection the handler reads: with {option} the program reads it",
+            hint="drop --timeout (the program may time out by itself)",
+        )

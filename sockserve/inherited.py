@@ -104,3 +104,65 @@ def inspect_socket(fd: int, option: str) -> tuple[Family, SockType, Address]:
             Address("unix", path=name[1:] if abstract else name, abstract=abstract),
         )
     return family, socktype, Address(family, host=name[0], port=name[1])
+
+
+def inherited_fd(
+    address: str | Address | None, fd: int | None, activated: bool, fd_name: str | None
+) -> int | None:
+    """The descriptor of the socket to serve that sockserve did not create, or None (bind
+    ADDRESS); exactly one of ADDRESS, --fd and --activated is given."""
+    given = [
+        name
+        for name, value in (("ADDRESS", address), ("--fd", fd), ("--activated", activated or None))
+        if value is not None
+    ]
+    if len(given) != 1:
+        what = " and ".join(given) if given else "none of them"
+        raise UsageError(
+            f"give exactly one of ADDRESS, --fd N and --activated ({what} given)",
+            hint="e.g. sockserve tcp :9999",
+        )
+    if fd_name is not None and not activated:
+        raise UsageError("--fd-name only applies with --activated", hint="add --activated")
+    if activated:
+        return activated_fd(fd_name)
+    return fd
+
+
+def inherited_address(
+    fd: int,
+    activated: bool,
+    proto: str,
+    family: Family | None,
+    socktype: SockType,
+    backlog: int | None,
+) -> Address:
+    """The address of the inherited socket on `fd`, checked against PROTO (and --family,
+    --type)."""
+    option = "--activated" if activated else f"--fd {fd}"
+    has_family, has_type, address = inspect_socket(fd, option)
+    fits = has_family == family if family else has_family in ("inet", "inet6")
+    if not fits or has_type != socktype:
+        kind = f"{has_family} {has_type}"
+        raise UsageError(
+            f"{option}: the socket is {kind} ({address}), which {proto} does not serve",
+            hint="choose the PROTO of the socket (tcp, udp, unix or unix-dgram)",
+        )
+    if backlog is not None:
+        raise UsageError(
+            f"{option}: the socket is listening already: --backlog does not apply",
+            hint="drop --backlog (the socket's creator chose it)",
+        )
+    return address
+
+
+def check_inherited(fd: int | None, *, mode: int | None, reuse_port: bool) -> None:
+    """What cannot apply to a socket sockserve did not create."""
+    if fd is None:
+        return
+    for option, given in (("--mode", mode is not None), ("--reuse-port", reuse_port)):
+        if given:
+            raise UsageError(
+                f"{option} does not apply to a socket sockserve did not create",
+                hint=f"drop {option} (set it where the socket is made)",
+            )
