@@ -21,9 +21,16 @@ from click.core import ParameterSource
 
 from . import __version__, config, runner
 from .config import ServeConfig
-from .console import PlainReporter, format_user_traceback, make_reporter, open_closed_streams
+from .console import (
+    PlainReporter,
+    format_user_traceback,
+    make_reporter,
+    open_closed_streams,
+    silence,
+)
 from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveError, UsageError
 from .helptext import SockserveCommand, completion_source
+from .inherited import stderr_is_stdin
 from .options import (
     ADDRESS,
     CONCURRENCY,
@@ -261,6 +268,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "omitted); the LISTEN_* variables are unset once read.",
 )
 @click.option(
+    "--inetd",
+    is_flag=True,
+    help="Serve the one connection on stdin and stdout, then exit (inetd's nowait, systemd's "
+    "Accept=yes; ADDRESS omitted; sync mode). When stderr is that connection too, nothing is "
+    "logged.",
+)
+@click.option(
     "--fd-name",
     metavar="NAME",
     help="With --activated and several sockets: the one named NAME (LISTEN_FDNAMES, the "
@@ -333,6 +347,8 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
 
 def _serve(config: ServeConfig, quiet: bool) -> int:
     """Run the server; return the exit status, or exit with a SockserveError's."""
+    if config.inetd and stderr_is_stdin():  # stderr is the connection: log nothing into it
+        silence(sys.stderr)
     try:
         reporter = _reporter(config, quiet)
         if config.concurrency == "event":

@@ -24,7 +24,7 @@ from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
 from .parts.datagrams import LeanDatagramPart
 from .parts.idle import IdleTimeoutPart
-from .parts.inherited import InheritedSocketPart
+from .parts.inherited import InetdPart, InheritedSocketPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
 from .parts.reply_source import ReplySourcePart
@@ -77,6 +77,7 @@ PART_ORDER: tuple[type, ...] = (
     AcceptBackoffPart,
     UnixFilePart,
     InheritedSocketPart,
+    InetdPart,
 )
 #: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
 #: in thread mode they are answered on the loop thread (`LeanDatagramPart`).
@@ -98,7 +99,7 @@ def server_class(
     if concurrency == "fork" and mixin is None:  # pragma: no cover - platforms without fork
         raise UsageError("--concurrency fork needs fork(), which this platform lacks")
     chosen = {RequestsPart, AcceptBackoffPart, *parts}
-    if family == "unix" and InheritedSocketPart not in chosen:  # the file is not ours otherwise
+    if family == "unix" and not chosen & {InheritedSocketPart, InetdPart}:  # else not our file
         chosen.add(UnixFilePart)
     ordered = [part for part in PART_ORDER if part in chosen]
     bases: tuple[type, ...] = (*ordered, base) if mixin is None else (*ordered, mixin, base)
@@ -172,6 +173,8 @@ def choose_parts(
     if config.fd is not None:  # --fd, --activated: served as it is
         parts.append(InheritedSocketPart)
         settings["inherited_fd"] = config.fd
+    if config.inetd:  # the one connection on stdin and stdout
+        parts.append(InetdPart)
     return parts, settings
 
 
@@ -193,7 +196,7 @@ def replies_need_source(config: ServeConfig) -> bool:
 def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
     """Return (family, sockaddr) to bind, resolving a host name once."""
     address = config.address
-    if config.family == "unix" or config.fd is not None:  # no name to resolve
+    if config.family == "unix" or config.fd is not None or config.inetd:  # nothing to resolve
         return config.family, address.sockaddr()
     family = config.family
     host = address.host or ""

@@ -17,7 +17,7 @@ from typing import Literal
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
 from .exec_command import ExecSpec, check_exec, check_exec_mode, exec_argv, exec_handler
-from .inherited import check_inherited, inherited_address, inherited_fd
+from .inherited import check_inetd, check_inherited, inetd_address, inherited_address, inherited_fd
 from .loading import LoadedHandler, check_compatible, load_handler
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
@@ -79,6 +79,7 @@ class ServeConfig:
     fd: int | None = None  # an inherited listening socket (--fd, or --activated's)
     activated: bool = False  # --activated: systemd passed the socket
     fd_name: str | None = None  # --fd-name: which of systemd's sockets
+    inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +111,16 @@ class ServeConfig:
         check_exec(self.handler.builtin, self.exec, self.sh_exec, self.exec_stderr)
         check_exec_mode(self.exec, self.sh_exec, self.concurrency, self.timeout)
         check_inherited(self.fd, mode=self.mode, reuse_port=self.reuse_port)
+        refused = {
+            "--workers": self.workers > 1,
+            "--once": self.once,
+            "--max-requests": self.max_requests is not None,
+            "--print-address": self.print_address,
+            "--print-host-port": self.print_host_port,
+            "--mode": self.mode is not None,
+            "--reuse-port": self.reuse_port,
+        }
+        check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -256,6 +267,7 @@ def build_config(
     fd: int | None = None,
     activated: bool = False,
     fd_name: str | None = None,
+    inetd: bool = False,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -267,13 +279,20 @@ def build_config(
     if proto not in TRANSPORTS:
         raise UsageError(f"unknown protocol {proto!r}", hint="use " + ", ".join(TRANSPORTS))
     wanted_family, socktype = resolve_transport(proto, family, type)
-    fd = inherited_fd(address, fd, activated, fd_name)
+    fd = inherited_fd(address, fd, activated, fd_name, inetd)
     if fd is not None:  # a socket sockserve did not create: its own family and type
         address = inherited_address(fd, activated, proto, wanted_family, socktype, backlog)
+    elif inetd:  # the connection on stdin
+        if socktype != "stream" or backlog is not None:
+            raise UsageError(
+                "--inetd serves a stream connection: no datagram PROTO, no --backlog",
+                hint="use tcp or unix, without --backlog",
+            )
+        address = inetd_address(proto, wanted_family)
     else:
         assert address is not None
         address = _address(address, wanted_family, proto)
-    concurrency = concurrency or default_concurrency(socktype)
+    concurrency = concurrency or ("sync" if inetd else default_concurrency(socktype))
 
     replies = reply is not None or reply_file is not None
     handler = exec_handler(handler, exec, sh_exec)
@@ -331,6 +350,7 @@ def build_config(
         fd=fd,
         activated=activated,
         fd_name=fd_name,
+        inetd=inetd,
     )
 
 

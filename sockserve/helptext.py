@@ -44,6 +44,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "fd",
         "activated",
         "fd_name",
+        "inetd",
     ),
     "Handler": ("handler", "reply", "reply_file", "banner", "banner_file", "timeout"),
     "Concurrency": (

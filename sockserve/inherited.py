@@ -106,20 +106,63 @@ def inspect_socket(fd: int, option: str) -> tuple[Family, SockType, Address]:
     return family, socktype, Address(family, host=name[0], port=name[1])
 
 
+def inspect_connection(fd: int) -> tuple[Family, Address]:
+    """The family and local address of the connected stream socket on `fd` (--inetd).
+
+    Raises UsageError when it is not a connected stream socket.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(
+            "--inetd: stdin is not a socket", hint="run it from inetd or a systemd Accept=yes unit"
+        )
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        family = _FAMILIES.get(sock.family)
+        if family is None or sock.type != socket.SOCK_STREAM:
+            raise UsageError(
+                f"--inetd: stdin is a {sock.family.name} {sock.type.name} socket; a stream "
+                "connection is served (datagram services that wait are not)",
+                hint="serve the datagram socket with --activated or --fd instead",
+            )
+        try:
+            sock.getpeername()
+        except OSError:
+            raise UsageError(
+                "--inetd: stdin is a socket but no connection (a listening socket?)",
+                hint="serve a listening socket with --fd 0 instead",
+            ) from None
+        name = sock.getsockname()
+    if family == "unix":
+        if isinstance(name, bytes):
+            name = name.decode(errors="surrogateescape")
+        return family, Address("unix", path=name.lstrip("\0"), abstract=name.startswith("\0"))
+    return family, Address(family, host=name[0], port=name[1])
+
+
 def inherited_fd(
-    address: str | Address | None, fd: int | None, activated: bool, fd_name: str | None
+    address: str | Address | None,
+    fd: int | None,
+    activated: bool,
+    fd_name: str | None,
+    inetd: bool = False,
 ) -> int | None:
-    """The descriptor of the socket to serve that sockserve did not create, or None (bind
-    ADDRESS); exactly one of ADDRESS, --fd and --activated is given."""
-    given = [
-        name
-        for name, value in (("ADDRESS", address), ("--fd", fd), ("--activated", activated or None))
-        if value is not None
-    ]
+    """The descriptor of the listening socket to serve that sockserve did not create, or
+    None (bind ADDRESS, or --inetd); exactly one of ADDRESS, --fd, --activated and --inetd
+    is given."""
+    choices = (
+        ("ADDRESS", address),
+        ("--fd", fd),
+        ("--activated", activated or None),
+        ("--inetd", inetd or None),
+    )
+    given = [name for name, value in choices if value is not None]
     if len(given) != 1:
         what = " and ".join(given) if given else "none of them"
         raise UsageError(
-            f"give exactly one of ADDRESS, --fd N and --activated ({what} given)",
+            f"give exactly one of ADDRESS, --fd N, --activated and --inetd ({what} given)",
             hint="e.g. sockserve tcp :9999",
         )
     if fd_name is not None and not activated:
@@ -127,6 +170,51 @@ def inherited_fd(
     if activated:
         return activated_fd(fd_name)
     return fd
+
+
+def stderr_is_stdin() -> bool:
+    """True when descriptors 2 and 0 are the same file (inetd: stderr is the connection)."""
+    try:
+        err, inp = os.fstat(2), os.fstat(0)
+    except OSError:
+        return False
+    return (err.st_dev, err.st_ino) == (inp.st_dev, inp.st_ino)
+
+
+def inetd_address(proto: str, family: Family | None) -> Address:
+    """The local address of the connection on stdin (--inetd), checked against PROTO."""
+    has_family, address = inspect_connection(0)
+    fits = has_family == family if family else has_family in ("inet", "inet6")
+    if not fits:
+        raise UsageError(
+            f"--inetd: the connection is {has_family} ({address}), which {proto} does not serve",
+            hint="choose the PROTO of the connection (tcp or unix)",
+        )
+    return address
+
+
+def check_inetd(
+    inetd: bool, concurrency: str, builtin: str | None, refused: dict[str, bool]
+) -> None:
+    """What cannot apply to the one connection --inetd serves; `refused`: option -> given."""
+    if not inetd:
+        return
+    if concurrency != "sync":
+        raise UsageError(
+            f"--inetd serves one connection: --concurrency {concurrency} has nothing to overlap",
+            hint="drop --concurrency",
+        )
+    if builtin in ("stdout", "stdio"):
+        raise UsageError(
+            f"--inetd: stdout is the connection, -H {builtin} cannot write to it",
+            hint="choose another handler",
+        )
+    for option, given in refused.items():
+        if given:
+            raise UsageError(
+                f"{option} does not apply to --inetd (one connection, on stdin and stdout)",
+                hint=f"drop {option}",
+            )
 
 
 def inherited_address(

@@ -125,6 +125,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "fd": (None, "fd", None),  # not with ADDRESS: see tests/test_inherited.py
     "activated": (False, "activated", False),
     "fd_name": (None, "fd_name", None),
+    "inetd": (False, "inetd", False),
 }
 
 

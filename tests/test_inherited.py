@@ -182,7 +182,11 @@ def test_activated_chooses_by_name() -> None:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["tcp"], {}, "give exactly one of ADDRESS, --fd N and --activated (none of them given)"),
+        (
+            ["tcp"],
+            {},
+            "give exactly one of ADDRESS, --fd N, --activated and --inetd (none of them given)",
+        ),
         (["tcp", ":0", "--fd", "3"], {}, "(ADDRESS and --fd given)"),
         (["tcp", "--fd", "3", "--activated"], {}, "(--fd and --activated given)"),
         (["tcp", "--fd-name", "x", "--fd", "3"], {}, "--fd-name only applies with --activated"),
@@ -237,3 +241,118 @@ def test_systemd_socket_activate(tmp_path: Path) -> None:
         status, err = stop(proc)
     assert status == 0, err
     assert f"listening on unix://{path}" in err
+
+
+# -- --inetd: the connection on stdin and stdout --------------------------------------------------
+
+
+def connected_pair() -> tuple[socket.socket, socket.socket]:
+    with tcp_listener() as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        served, _ = listener.accept()
+    return client, served
+
+
+@pytest.mark.parametrize("args", [["-H", "upper"], ["--exec", "tr a-z A-Z"]])
+def test_inetd_serves_the_connection_then_exits(args: list[str]) -> None:
+    client, served = connected_pair()
+    with client, served:
+        proc = subprocess.Popen(
+            [*SOCKSERVE, "tcp", "--inetd", "-v", *args],
+            stdin=served,
+            stdout=served,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        served.close()  # the server's copy is sockserve's now
+        port = client.getsockname()[1]
+        client.sendall(b"over inetd")
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(100) == b"OVER INETD"
+        assert client.recv(100) == b""
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert f"connect 127.0.0.1:{port}" in err
+    assert f"close 127.0.0.1:{port} (10 B in, 10 B out)" in err
+    assert "(the connection was served)" in err
+
+
+def test_inetd_refuses_what_does_not_apply() -> None:
+    client, served = connected_pair()
+    with client, served:
+        for args, message in [
+            (["-c", "thread"], "--concurrency thread has nothing to overlap"),
+            (["-H", "stdout"], "stdout is the connection"),
+            (["--once"], "--once does not apply to --inetd"),
+            (["--workers", "2"], "--workers does not apply to --inetd"),
+        ]:
+            result = subprocess.run(
+                [*SOCKSERVE, "tcp", "--inetd", *args],
+                stdin=served,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = subprocess.run(
+        [*SOCKSERVE, "tcp", "--inetd"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "--inetd: stdin is not a socket" in result.stderr
+    with tcp_listener() as listener:
+        result = subprocess.run(
+            [*SOCKSERVE, "tcp", "--inetd"],
+            stdin=listener,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2 and "no connection (a listening socket?)" in result.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate is not installed (Debian package systemd)",
+)
+def test_systemd_socket_activate_inetd(tmp_path: Path) -> None:
+    """Accept=yes: a sockserve per connection, the connection on its stdin and stdout."""
+    path = str(tmp_path / "inetd.sock")
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", path, "--inetd", "-a", *SOCKSERVE, "unix", "--inetd"]
+        + ["-H", "upper", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert exchange(path, socket.AF_UNIX, b"one") == b"ONE"
+        assert exchange(path, socket.AF_UNIX, b"two") == b"TWO"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert "Traceback" not in err
+
+
+def test_inetd_logs_nothing_when_stderr_is_the_connection() -> None:
+    client, served = connected_pair()
+    with client, served:
+        proc = subprocess.Popen(
+            [*SOCKSERVE, "tcp", "--inetd", "-v", "-H", "upper"],
+            stdin=served,
+            stdout=served,
+            stderr=served,
+        )
+        served.close()
+        client.sendall(b"quiet")
+        client.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := client.recv(100):
+            received += chunk
+        assert proc.wait(15) == 0
+    assert received == b"QUIET"  # no "listening on", no "close" line mixed in

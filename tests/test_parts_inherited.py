@@ -43,3 +43,22 @@ def test_serves_the_inherited_unix_socket_and_leaves_its_file(tmp_path: Path) ->
     assert os.path.exists(path)
     assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)  # ours: still listening
     listener.close()
+
+
+def test_inetd_part_serves_the_one_connection_then_stops() -> None:
+    from sockserve.parts.inherited import InetdPart
+    from sockserve.parts.requests import RequestsPart
+
+    a, b = socket.socketpair()
+    with a, b:
+        base = server_class("unix", "stream", "sync", [InetdPart])
+        assert UnixFilePart not in base.__mro__ and RequestsPart in base.__mro__
+        cls = type("Inetd", (base,), {"connection_fd": b.fileno()})
+        server = cls("", Upper)
+        a.settimeout(5)
+        a.sendall(b"one\n")
+        server.serve_forever()  # handles the connection, then returns
+        assert server.stop_reason == "the connection was served"
+        server.server_close()
+        assert a.recv(100) == b"ONE\n"
+        assert a.recv(100) == b""  # shut down for writing once served
