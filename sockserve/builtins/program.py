@@ -406,6 +406,8 @@ def linger(sock: socket.socket) -> None:
     reset the connection and could lose the output the client has not read yet."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+    if PROGRAMS.terminated:  # the run stops: no waiting for the client
+        return
     deadline = time.monotonic() + LINGER_SECONDS
     try:
         while (left := deadline - time.monotonic()) > 0:
