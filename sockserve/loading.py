@@ -58,7 +58,12 @@ def builtin_handler(spec: str) -> LoadedHandler | None:
     return LoadedHandler(name=name, builtin=name) if name in BUILTIN_NAMES else None
 
 
-FORMS = "a builtin (" + ", ".join(BUILTIN_NAMES) + "), module:Class, file.py:Class or file.py"
+#: What -H takes (exec is what --exec and --sh-exec imply: not named here).
+FORMS = (
+    "a builtin ("
+    + ", ".join(name for name in BUILTIN_NAMES if name != "exec")
+    + "), module:Class, file.py:Class or file.py"
+)
 
 
 def load_handler(spec: str) -> LoadedHandler:

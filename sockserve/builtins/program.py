@@ -6,8 +6,8 @@ classes that run it.
 
 Streams: the connection is the program's standard input and output. When nothing watches the
 bytes, the program gets the socket itself as descriptors 0 and 1 (no relay); on a watched
-socket (-vv, faults: `sockserve.watch`) it gets pipes, and sockserve relays them through the
-watched socket. Both ways keep half-close: the client's EOF is the program's EOF on stdin,
+socket (-vv, faults: `sockserve.watch`) or a TLS one (ssl.SSLSocket) it gets pipes, and
+sockserve relays them through that socket. Both ways keep half-close: the client's EOF is the program's EOF on stdin,
 and everything the program wrote is delivered before the connection closes (our write side
 is shut, then what the client still sends is read and dropped until it closes or
 `LINGER_SECONDS` pass, so that no reset cuts the output off).
@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -278,11 +279,17 @@ class StreamProgram(ProgramHandler):
             sock if spec.transport == "unix" else None,
         )
         watch = getattr(sock, "watch", None)
-        relay = is_watched(sock) and (
-            watch is None
-            or watch.reports
-            or watch.inbound.next is not None
-            or watch.outbound.next is not None
+        ssl = sys.modules.get("ssl")  # a TLS connection's bytes are not the socket's: relayed
+        tls = ssl is not None and isinstance(sock, ssl.SSLSocket)
+        relay = (
+            tls
+            or is_watched(sock)
+            and (
+                watch is None
+                or watch.reports
+                or watch.inbound.next is not None
+                or watch.outbound.next is not None
+            )
         )
         started = time.monotonic()
         try:
