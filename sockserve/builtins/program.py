@@ -7,10 +7,10 @@ classes that run it.
 Streams: the connection is the program's standard input and output. When nothing watches the
 bytes, the program gets the socket itself as descriptors 0 and 1 (no relay); on a watched
 socket (-vv, faults: `sockserve.watch`) or a TLS one (ssl.SSLSocket) it gets pipes, and
-sockserve relays them through that socket. Both ways keep half-close: the client's EOF is the program's EOF on stdin,
-and everything the program wrote is delivered before the connection closes (our write side
-is shut, then what the client still sends is read and dropped until it closes or
-`LINGER_SECONDS` pass, so that no reset cuts the output off).
+sockserve relays them through that socket. Both ways keep half-close: the client's EOF is
+the program's EOF on stdin, and everything the program wrote is delivered before the
+connection closes (our write side is shut, then what the client still sends is read and
+dropped until it closes or `LINGER_SECONDS` pass, so that no reset cuts the output off).
 
 Datagrams: one run per datagram, the datagram on stdin; what the program writes to stdout
 is the reply (nothing written: no reply; more than one datagram carries: not sent, a warning).
