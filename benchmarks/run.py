@@ -129,6 +129,32 @@ def socat(t: str, a: str, h: str) -> list[str]:
     return ["socat", listen, "PIPE"]
 
 
+def sockserve_exec(concurrency: str) -> Argv:
+    """sockserve running `cat` per connection (--exec), the connection as its stdin/stdout."""
+
+    def argv(transport: str, address: str, handler: str) -> list[str]:
+        cmd = [PY, "-m", "sockserve", transport, address, "--exec", "cat", "-q"]
+        return [*cmd, "--print-address", "-c", concurrency]
+
+    return argv
+
+
+def ncat_exec(t: str, a: str, h: str) -> list[str]:
+    """ncat keeping to listen (-k), a /bin/cat per connection."""
+    if t != "tcp":
+        raise Unavailable("the --exec scenario is TCP only")
+    host, _, port = a.rpartition(":")
+    return ["ncat", "-l", "-k", "-m", "1000", host, port, "--exec", "/bin/cat"]
+
+
+def socat_exec(t: str, a: str, h: str) -> list[str]:
+    """socat forking per connection, each running cat (EXEC:cat)."""
+    if t != "tcp":
+        raise Unavailable("the --exec scenario is TCP only")
+    host, _, port = a.rpartition(":")
+    return ["socat", f"TCP4-LISTEN:{port},bind={host},reuseaddr,fork,backlog=128", "EXEC:cat"]
+
+
 class Unavailable(Exception):
     """A server that cannot run in this scenario or on this machine."""
 
@@ -189,6 +215,9 @@ TLS_THREAD = "sockserve thread tls"  # --cert/--key: the certificate the TLS pee
 TLS_EVENT = "sockserve event tls"
 FAULTS_OFF_THREAD = "sockserve thread faults off"  # --delay 50ms --fault-rate 0
 FAULTS_OFF_EVENT = "sockserve event faults off"
+EXEC_THREAD = "sockserve exec thread"  # --exec cat: a program per connection
+NCAT_EXEC = "ncat --exec /bin/cat -k"
+SOCAT_EXEC = "socat EXEC:cat,fork"
 SERVERS: dict[str, Server] = {
     s.key: s
     for s in [
@@ -215,6 +244,10 @@ SERVERS: dict[str, Server] = {
         Server("uvloop tls", "asyncio", "uvloop", uvloop_tls),
         Server("socat tls", "native", "socat", socat_tls, prints_address=False, needs_port=True),
         Server("ncat tls", "native", "ncat", ncat_tls, prints_address=False, needs_port=True),
+        Server(EXEC_THREAD, "sockserve", "thread", sockserve_exec("thread")),
+        Server("sockserve exec fork", "sockserve", "fork", sockserve_exec("fork")),
+        Server(NCAT_EXEC, "native", "ncat", ncat_exec, prints_address=False, needs_port=True),
+        Server(SOCAT_EXEC, "native", "socat", socat_exec, prints_address=False, needs_port=True),
     ]
 }
 
@@ -397,6 +430,16 @@ SCENARIOS: list[Scenario] = [
         [TLS_THREAD, TLS_EVENT, "uvloop tls"],
         [TLS_EVENT, "uvloop tls"],
         "req/s",
+    ),
+    Scenario(
+        "tcp-exec",
+        "TCP --exec cat: a program per connection, new connection per request, 10 workers",
+        "connect",
+        "tcp",
+        10,
+        [EXEC_THREAD, "sockserve exec fork", NCAT_EXEC, SOCAT_EXEC],
+        [EXEC_THREAD, NCAT_EXEC, SOCAT_EXEC],
+        "conn/s",
     ),
 ]
 SCENARIOS.append(
@@ -950,6 +993,8 @@ TARGETS = [
     Target("tls-connect", "TLS 1.3 handshakes, 10 clients", TLS_THREAD, "ncat tls", 1.0),
     Target("tls-bulk-echo", "TLS bulk echo, 1 conn", TLS_THREAD, "socat tls", 1.0),
     Target("tls-pp10", "TLS ping-pong, 10 conns", TLS_EVENT, "uvloop tls", 0.9),
+    Target("tcp-exec", "--exec cat, a connection each", EXEC_THREAD, NCAT_EXEC, 1.0),
+    Target("tcp-exec", "--exec cat, a connection each", EXEC_THREAD, SOCAT_EXEC, 1.0),
     Target(
         "startup",
         "exec → first accepted connection",
@@ -1280,6 +1325,9 @@ def check_peers() -> None:
     if shutil.which("socat") is None:
         SERVERS["socat"].unavailable = "socat not installed (apt-get install socat)"
         SERVERS["socat tls"].unavailable = SERVERS["socat"].unavailable
+        SERVERS[SOCAT_EXEC].unavailable = SERVERS["socat"].unavailable
+    if shutil.which("ncat") is None:
+        SERVERS[NCAT_EXEC].unavailable = "ncat not installed (apt-get install ncat)"
     try:
         import uvloop  # noqa: F401
     except ImportError:

@@ -42,6 +42,10 @@ IMPLIED_DEFAULTS = {
     "deny_file": "none",
     "allow_uid": "every user",
     "allow_gid": "every group",
+    "exec": "none",
+    "sh_exec": "none",
+    "fd": "none",
+    "fd_name": "the only socket passed",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

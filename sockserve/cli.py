@@ -21,9 +21,16 @@ from click.core import ParameterSource
 
 from . import __version__, config, runner
 from .config import ServeConfig
-from .console import PlainReporter, format_user_traceback, make_reporter, open_closed_streams
+from .console import (
+    PlainReporter,
+    format_user_traceback,
+    make_reporter,
+    open_closed_streams,
+    silence,
+)
 from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveError, UsageError
 from .helptext import SockserveCommand, completion_source
+from .inherited import stderr_is_stdin
 from .options import (
     ADDRESS,
     CHUNK,
@@ -92,7 +99,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     epilog=" ",
 )
 @click.argument("proto", type=PROTO, metavar="PROTO")
-@click.argument("address", type=ADDRESS)
+@click.argument("address", type=ADDRESS, required=False, metavar="ADDRESS")
 @click.option(
     "--family",
     type=click.Choice(["inet", "inet6", "unix"]),
@@ -481,6 +488,52 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "newline added where it lacks one)]",
 )
 @click.option(
+    "--exec",
+    "exec",
+    metavar="'PROG ARGS'",
+    help="Run PROG for each connection, the connection as its stdin and stdout (implies "
+    "-H exec); split like argv, no shell. A datagram: one run, the datagram on stdin, its "
+    "stdout the reply. The environment names the client (TCPREMOTEIP, TCPREMOTEPORT, ...).",
+)
+@click.option(
+    "--sh-exec",
+    metavar="LINE",
+    help="As --exec, but run the shell line LINE with /bin/sh -c.",
+)
+@click.option(
+    "--exec-stderr",
+    type=click.Choice(["pass", "client", "discard"]),
+    help="Where the program's stderr goes: sockserve's stderr, a line at a time, prefixed "
+    "by the client (pass); the client, with its stdout (client); nowhere (discard).  "
+    "[default: pass]",
+)
+@click.option(
+    "--fd",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Serve the listening socket inherited on descriptor N (ADDRESS omitted); its family "
+    "and type must fit PROTO. sockserve never unlinks its file.",
+)
+@click.option(
+    "--activated",
+    is_flag=True,
+    help="Serve the socket systemd passed (socket activation: LISTEN_FDS, LISTEN_PID; ADDRESS "
+    "omitted); the LISTEN_* variables are unset once read.",
+)
+@click.option(
+    "--inetd",
+    is_flag=True,
+    help="Serve the one connection on stdin and stdout, then exit (inetd's nowait, systemd's "
+    "Accept=yes; ADDRESS omitted; sync mode). When stderr is that connection too, nothing is "
+    "logged.",
+)
+@click.option(
+    "--fd-name",
+    metavar="NAME",
+    help="With --activated and several sockets: the one named NAME (LISTEN_FDNAMES, the "
+    "unit's FileDescriptorName=).",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",
@@ -547,6 +600,8 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
 
 def _serve(config: ServeConfig, quiet: bool) -> int:
     """Run the server; return the exit status, or exit with a SockserveError's."""
+    if config.inetd and stderr_is_stdin():  # stderr is the connection: log nothing into it
+        silence(sys.stderr)
     try:
         reporter = _reporter(config, quiet)
         if config.concurrency == "event":

@@ -28,6 +28,7 @@ from .parts.client_ids import ClientIdsPart
 from .parts.datagrams import LeanDatagramPart
 from .parts.faults import FaultPart
 from .parts.idle import IdleTimeoutPart
+from .parts.inherited import InetdPart, InheritedSocketPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
 from .parts.recording import Recorder, RecordPart
@@ -89,6 +90,8 @@ PART_ORDER: tuple[type, ...] = (
     WholeDatagramPart,
     AcceptBackoffPart,
     UnixFilePart,
+    InheritedSocketPart,
+    InetdPart,
 )
 #: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
 #: in thread mode they are answered on the loop thread (`LeanDatagramPart`).
@@ -110,7 +113,7 @@ def server_class(
     if concurrency == "fork" and mixin is None:  # pragma: no cover - platforms without fork
         raise UsageError("--concurrency fork needs fork(), which this platform lacks")
     chosen = {RequestsPart, AcceptBackoffPart, *parts}
-    if family == "unix":
+    if family == "unix" and not chosen & {InheritedSocketPart, InetdPart}:  # else not our file
         chosen.add(UnixFilePart)
     ordered = [part for part in PART_ORDER if part in chosen]
     bases: tuple[type, ...] = (*ordered, base) if mixin is None else (*ordered, mixin, base)
@@ -127,6 +130,8 @@ def choose_parts(
     """The parts `config` needs beyond those of every server, and their settings."""
     builtin = config.handler.builtin
     stream = config.socktype == "stream"
+    if builtin == "exec" and stream:  # its program has the socket: served as a user's handler
+        builtin = None
     parts: list[type] = []
     settings: dict[str, Any] = {"monitor": monitor}
     if monitor is not None:
@@ -139,9 +144,9 @@ def choose_parts(
         parts.append(DispatchRefusalPart)
         settings["builtin_handler"] = builtin is not None
     # Builtins' threads accept for themselves, in one process (workers share one listener:
-    # its shutdown would stop them all).
+    # its shutdown would stop them all), on a socket of our own (an inherited one is shared).
     threads_accept = concurrency == "thread" and stream and builtin is not None
-    threads_accept = threads_accept and config.workers == 1
+    threads_accept = threads_accept and config.workers == 1 and config.fd is None
     if threads_accept:
         parts.append(AcceptingThreadsPart)
     elif concurrency in ("thread", "fork") and stream:
@@ -201,6 +206,11 @@ def choose_parts(
     if banner:
         parts.append(BannerPart)
         settings["banner"] = banner
+    if config.fd is not None:  # --fd, --activated: served as it is
+        parts.append(InheritedSocketPart)
+        settings["inherited_fd"] = config.fd
+    if config.inetd:  # the one connection on stdin and stdout
+        parts.append(InetdPart)
     return parts, settings
 
 
@@ -228,8 +238,8 @@ def replies_need_source(config: ServeConfig) -> bool:
 def resolve_sockaddr(config: ServeConfig) -> tuple[str, Any]:
     """Return (family, sockaddr) to bind, resolving a host name once."""
     address = config.address
-    if config.family == "unix":
-        return "unix", address.sockaddr()
+    if config.family == "unix" or config.fd is not None or config.inetd:  # nothing to resolve
+        return config.family, address.sockaddr()
     family = config.family
     host = address.host or ""
     try:

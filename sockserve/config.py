@@ -18,7 +18,9 @@ from typing import Literal
 from .access import AccessRules, build_rules, peer_credentials_supported
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
+from .exec_command import ExecSpec, check_exec, check_exec_mode, exec_argv, exec_handler
 from .faultplan import FailMode, FaultPlan, fault_plan
+from .inherited import check_inetd, check_inherited, inetd_address, inherited_address, inherited_fd
 from .loading import (
     ROOM_BUILTINS,
     SLOW_CLIENT_POLICIES,
@@ -104,6 +106,13 @@ class ServeConfig:
     tls_handshake_timeout: float | None = None
     faults: FaultPlan | None = None  # --delay, --drop...: None, no faults
     raw: bool = False
+    exec: str | None = None  # --exec: a program per connection, split like argv
+    sh_exec: str | None = None  # --sh-exec: a shell line per connection
+    exec_stderr: str | None = None  # pass (None), client or discard
+    fd: int | None = None  # an inherited listening socket (--fd, or --activated's)
+    activated: bool = False  # --activated: systemd passed the socket
+    fd_name: str | None = None  # --fd-name: which of systemd's sockets
+    inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,6 +144,19 @@ class ServeConfig:
         self._check_room()
         self._check_access()
         self._check_output_framing()
+        check_exec(self.handler.builtin, self.exec, self.sh_exec, self.exec_stderr)
+        check_exec_mode(self.exec, self.sh_exec, self.concurrency, self.timeout)
+        check_inherited(self.fd, mode=self.mode, reuse_port=self.reuse_port)
+        refused = {
+            "--workers": self.workers > 1,
+            "--once": self.once,
+            "--max-requests": self.max_requests is not None,
+            "--print-address": self.print_address,
+            "--print-host-port": self.print_host_port,
+            "--mode": self.mode is not None,
+            "--reuse-port": self.reuse_port,
+        }
+        check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -292,6 +314,22 @@ class ServeConfig:
                 hint="check the path",
             ) from None
 
+    def exec_spec(self) -> ExecSpec:
+        """What the exec builtin runs (--exec or --sh-exec), for this transport and mode."""
+        if self.family == "unix":
+            limit = MAX_DATAGRAM
+        else:
+            ipv4 = self.family == "inet" or self.address.all_interfaces
+            limit = MAX_UDP_PAYLOAD["inet" if ipv4 else "inet6"]
+        return ExecSpec(
+            argv=exec_argv(self.exec, self.sh_exec),
+            command=self.exec if self.exec is not None else f"sh -c {self.sh_exec!r}",
+            transport=self.transport,
+            stderr=self.exec_stderr or "pass",  # type: ignore[arg-type]  # checked: a mode
+            reply_limit=limit,
+            forked=self.concurrency == "fork",
+        )
+
     @property
     def request_limit(self) -> int | None:
         """How many requests to serve before stopping (--once is 1), or None."""
@@ -303,7 +341,7 @@ class ServeConfig:
 def build_config(
     *,
     proto: str,
-    address: str | Address,
+    address: str | Address | None = None,
     handler: str | LoadedHandler | None = None,
     reply: bytes | None = None,
     reply_file: str | None = None,
@@ -370,6 +408,13 @@ def build_config(
     fault_rate: float | None = None,
     seed: int | None = None,
     raw: bool = False,
+    exec: str | None = None,
+    sh_exec: str | None = None,
+    exec_stderr: str | None = None,
+    fd: int | None = None,
+    activated: bool = False,
+    fd_name: str | None = None,
+    inetd: bool = False,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -381,12 +426,25 @@ def build_config(
     if proto not in TRANSPORTS:
         raise UsageError(f"unknown protocol {proto!r}", hint="use " + ", ".join(TRANSPORTS))
     wanted_family, socktype = resolve_transport(proto, family, type)
-    address = _address(address, wanted_family, proto)
-    concurrency = concurrency or default_concurrency(socktype)
+    fd = inherited_fd(address, fd, activated, fd_name, inetd)
+    if fd is not None:  # a socket sockserve did not create: its own family and type
+        address = inherited_address(fd, activated, proto, wanted_family, socktype, backlog)
+    elif inetd:  # the connection on stdin
+        if socktype != "stream" or backlog is not None:
+            raise UsageError(
+                "--inetd serves a stream connection: no datagram PROTO, no --backlog",
+                hint="use tcp or unix, without --backlog",
+            )
+        address = inetd_address(proto, wanted_family)
+    else:
+        assert address is not None
+        address = _address(address, wanted_family, proto)
+    concurrency = concurrency or ("sync" if inetd else default_concurrency(socktype))
 
     replies = reply is not None or reply_file is not None
     if handler is None and transcript is not None:
         handler = "replay"  # --transcript implies -H replay
+    handler = exec_handler(handler, exec, sh_exec)
     if handler is None:
         handler = "reply" if replies else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -473,6 +531,13 @@ def build_config(
             seed=seed,
         ),
         raw=raw,
+        exec=exec,
+        sh_exec=sh_exec,
+        exec_stderr=exec_stderr,
+        fd=fd,
+        activated=activated,
+        fd_name=fd_name,
+        inetd=inetd,
     )
 
 

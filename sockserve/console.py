@@ -100,6 +100,20 @@ def summary_text(stats: Stats, socktype: str) -> str:
     return text
 
 
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_text(status: int) -> str:
+    """exit 0, exit 3, or killed by SIGKILL: a program's end, from Popen's returncode."""
+    return f"exit {status}" if status >= 0 else f"killed by {_signal_name(-status)}"
+
+
 #: Where sockserve's own code lives: its frames lead into a user's handler.
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: Where the standard library lives (its site-packages excepted).
@@ -288,6 +302,19 @@ class PlainReporter:
         if not self.quiet and self.verbosity >= 1:
             self._emit(f"stdin to {format_client(client)}: {size} B out", "event")
 
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """Print `exec CLIENT: exit STATUS after SECONDS` (or the signal that killed it) at -v."""
+        if self.quiet or self.verbosity < 1:
+            return
+        self._emit(
+            f"exec {format_client(client)}: {exit_text(status)} after {seconds:.3f}s", "event"
+        )
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
+        """Print `stderr CLIENT: LINE` (even with -q: it is the program's own error output)."""
+        text = line.decode(errors="replace")
+        self._emit(f"stderr {format_client(client)}: {text}", "")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -452,6 +479,22 @@ class JsonReporter(PlainReporter):
     def sent(self, client: Any, size: int) -> None:
         """Write a `sent` event with the count."""
         self._event("sent", client=self._client(client), bytes_out=size)
+
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """Write an `exec` event: the program's exit status (or signal) and run time."""
+        signal_name = _signal_name(-status) if status < 0 else None
+        self._event(
+            "exec",
+            client=self._client(client),
+            status=status,
+            signal=signal_name,
+            seconds=round(seconds, 6),
+        )
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
+        """Write an `exec-stderr` event with the line (as text; bytes that are not UTF-8
+        replaced)."""
+        self._event("exec-stderr", client=self._client(client), line=line.decode(errors="replace"))
 
 
 def make_reporter(

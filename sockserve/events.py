@@ -146,6 +146,13 @@ class Events(Protocol):
         """`size` bytes were sent to `client` outside any request: the stdin that -H stdio
         forwards to a datagram client. They count in the run's bytes out."""
 
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """The program run for `client` (--exec) ended: `status` is its exit status, or minus
+        the signal that killed it; it ran `seconds`."""
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
+        """The program run for `client` wrote `line` to its stderr (--exec-stderr pass)."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -181,6 +188,12 @@ class NullEvents:
         """Ignore it."""
 
     def sent(self, client: Any, size: int) -> None:
+        """Ignore it."""
+
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """Ignore it."""
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
         """Ignore it."""
 
 

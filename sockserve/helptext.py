@@ -34,7 +34,18 @@ from click.shell_completion import (
 
 # Which help section each option belongs to, in order. "help" is click's help option.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Address": ("family", "type", "reuse_address", "reuse_port", "backlog", "mode"),
+    "Address": (
+        "family",
+        "type",
+        "reuse_address",
+        "reuse_port",
+        "backlog",
+        "mode",
+        "fd",
+        "activated",
+        "fd_name",
+        "inetd",
+    ),
     "Handler": (
         "handler",
         "reply",
@@ -87,6 +98,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "fault_rate",
         "seed",
     ),
+    "A program per connection": ("exec", "sh_exec", "exec_stderr"),
     "Output": (
         "print_address",
         "print_host_port",
@@ -102,7 +114,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 PROTO_HELP = "tcp, udp, unix or unix-dgram: the transport (family + socket type)."
 ADDRESS_HELP = (
     ":PORT (127.0.0.1), HOST:PORT, [V6]:PORT, *:PORT or 0.0.0.0:PORT (all interfaces), "
-    "port 0 to let the OS pick; for unix: a path, or @name (Linux abstract namespace)."
+    "port 0 to let the OS pick; for unix: a path, or @name (Linux abstract namespace). "
+    "Omitted with --fd or --activated."
 )
 
 #: (command line, what it does); shown at the end of --help and in the man page.

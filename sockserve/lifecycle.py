@@ -179,10 +179,25 @@ def _reset_in_child() -> None:
     # Ctrl-C and a closed terminal hit the whole process group: the parent decides.
     for sig in (signal.SIGINT, signal.SIGHUP, *IGNORED_SIGNALS):
         signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: shut_down_requests(server))
+    signal.signal(signal.SIGTERM, lambda signum, frame: _stop_in_child(server))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     with contextlib.suppress(ValueError):  # forked from another thread: nothing was set there
         signal.set_wakeup_fd(-1)
+
+
+def _stop_in_child(server: Any) -> None:
+    """SIGTERM in a request child: its programs (--exec) are told first, its connection
+    stays until the next SIGTERM; other handlers' connections are shut down at once."""
+    if not stop_programs(server, None):
+        shut_down_requests(server)
+
+
+def stop_programs(server: Any, force: bool | None) -> bool:
+    """Signal the programs the handler runs (--exec), if it runs any: SIGTERM (`force`
+    False), SIGKILL (True), or SIGTERM then SIGKILL on the next call (None). True if they
+    were only told to stop (their connections stay open)."""
+    hook = getattr(getattr(server, "RequestHandlerClass", None), "stop_programs", None)
+    return bool(hook(server, force)) if hook is not None else False
 
 
 def shut_down_requests(server: Any) -> None:
@@ -247,9 +262,12 @@ class Lifecycle:
             threading.Thread(target=self.monitor.info, args=(message,), daemon=True).start()
             return
         self.wake_loop()
+        stops = sum(sig in STOP_SIGNALS for sig, _ in self.queue.received)
+        if stops == 1:
+            stop_programs(self.server, False)  # --exec: SIGTERM, SIGKILL at the abort
         if not self.interruptible:
             return
-        if sum(sig in STOP_SIGNALS for sig, _ in self.queue.received) > 1:
+        if stops > 1:
             raise ForcedExit()
         self._arm_timer()
 
@@ -476,6 +494,7 @@ class Lifecycle:
             self.loop_server.close_connections(0)
             return outcome
         server = self.server
+        stop_programs(server, True)  # --exec: what still runs is killed
         server.block_on_close = False  # no more joining: the final server_close returns at once
         shut_down_requests(server)
         children = getattr(server, "active_children", None) or set()

@@ -40,6 +40,7 @@ BUILTIN_NAMES = (
     "reply",
     "broadcast",
     "chat",
+    "exec",
 )
 #: The builtins that put their clients in one room (`builtins.rooms`).
 ROOM_BUILTINS = frozenset({"broadcast", "chat"})
@@ -68,7 +69,12 @@ def builtin_handler(spec: str) -> LoadedHandler | None:
     return LoadedHandler(name=name, builtin=name) if known else None
 
 
-FORMS = "a builtin (" + ", ".join(BUILTIN_NAMES) + "), module:Class, file.py:Class or file.py"
+#: What -H takes (exec is what --exec and --sh-exec imply: not named here).
+FORMS = (
+    "a builtin ("
+    + ", ".join(name for name in BUILTIN_NAMES if name != "exec")
+    + "), module:Class, file.py:Class or file.py"
+)
 
 
 def load_handler(spec: str) -> LoadedHandler:

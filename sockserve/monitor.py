@@ -190,7 +190,10 @@ class RunMonitor:
         self.reporter.handler_error(client, exc)
 
     def warning(self, message: str) -> None:
-        """Report the warning."""
+        """Report the warning (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "warning", "m": message})
+            return
         self.reporter.warning(message)
 
     def info(self, message: str) -> None:
@@ -292,6 +295,13 @@ class RunMonitor:
         elif kind == "sent":
             self.stats.add_sent(int(rec["o"]))
             self.reporter.sent(_from_json(rec.get("c")), int(rec["o"]))
+        elif kind == "warning":
+            self.reporter.warning(str(rec.get("m")))
+        elif kind == "exec-exit":
+            self.reporter.exec_exit(_from_json(rec.get("c")), int(rec["s"]), float(rec["t"]))
+        elif kind == "exec-stderr":
+            line = bytes.fromhex(str(rec.get("l")))
+            self.reporter.exec_stderr(_from_json(rec.get("c")), line)
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""
@@ -327,6 +337,20 @@ class RunMonitor:
             return
         self.stats.add_sent(size)
         self.reporter.sent(client, size)
+
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        """Report the end of a program (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "exec-exit", "c": _jsonable(client), "s": status, "t": seconds})
+            return
+        self.reporter.exec_exit(client, status, seconds)
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
+        """Report a line of a program's stderr (from a child: forward it, in hex)."""
+        if self.in_child:
+            self._forward({"k": "exec-stderr", "c": _jsonable(client), "l": bytes(line).hex()})
+            return
+        self.reporter.exec_stderr(client, bytes(line))
 
 
 def _jsonable(client: Any) -> Any:

@@ -145,7 +145,7 @@ class HandlerType(click.ParamType):
         items = [
             CompletionItem(name, help=BUILTINS.get(name))
             for name in BUILTIN_NAMES
-            if name.startswith(incomplete)
+            if name.startswith(incomplete) and name != "exec"  # exec: what --exec implies
         ]
         if not incomplete or not items or "/" in incomplete or incomplete.startswith((".", "~")):
             items.append(CompletionItem(incomplete, type="pyfile"))

@@ -32,6 +32,12 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     loaded = config.handler
     if loaded.builtin is None:
         return loaded.cls
+    if loaded.builtin == "exec":  # a program per connection (ServeConfig refuses event mode)
+        from .builtins import program
+
+        if config.socktype == "stream":
+            return program.stream_program_handler(config.exec_spec(), monitor)
+        return program.datagram_program_handler(config.exec_spec(), monitor)
     options = bh.HandlerOptions(
         reply=config.reply,
         reply_file=config.reply_file,

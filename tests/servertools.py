@@ -120,6 +120,12 @@ class EventsRecorder:
     def sent(self, client: Any, size: int) -> None:
         self._add("sent", client, size)
 
+    def exec_exit(self, client: Any, status: int, seconds: float) -> None:
+        self._add("exec_exit", client, status, seconds)
+
+    def exec_stderr(self, client: Any, line: bytes) -> None:
+        self._add("exec_stderr", client, line)
+
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""
         self.polls += 1

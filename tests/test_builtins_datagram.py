@@ -35,6 +35,8 @@ from sockserve import builtins as bh, socketserver as ss
 
 DATAGRAMS = ["udp", "unix-dgram"]
 
+#: The builtins that answer bytes themselves (exec runs a program: see test_exec.py).
+
 
 @contextlib.contextmanager
 def serve(server: ss.BaseServer) -> Iterator[Any]:

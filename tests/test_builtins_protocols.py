@@ -30,6 +30,8 @@ from clitools import RecordsObserver
 from sockserve import builtins as bh
 from sockserve.builtins import protocols
 
+#: The builtins with protocols (exec runs a program, not in event mode).
+
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", SOLO)
@@ -203,3 +205,8 @@ def test_event_datagram_protocol_answers_like_respond_datagram(name: str) -> Non
         (3, len(replies[0])),
         (200, len(replies[1])),
     ]
+
+
+def test_exec_has_no_protocol() -> None:
+    with pytest.raises(ValueError, match="exec runs a program"):
+        bh.protocol_factory("exec", "stream", bh.HandlerOptions())

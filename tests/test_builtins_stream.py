@@ -42,6 +42,8 @@ from sockserve.builtins import output, stream
 
 STREAMS = sorted(STREAM)
 
+#: The builtins that answer bytes themselves (exec runs a program: see test_exec.py).
+
 
 def test_unknown_names_are_refused() -> None:
     options = bh.HandlerOptions()

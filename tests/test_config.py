@@ -145,6 +145,13 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "tls_min": ("1.3", "tls_min", "1.3"),
     "tls_handshake_timeout": (2.0, "tls_handshake_timeout", 2.0),
     "raw": (False, "raw", False),  # -H stdout and stdio only: see tests/test_framing.py
+    "exec": (None, "exec", None),  # not with -H upper: see tests/test_exec_command.py
+    "sh_exec": (None, "sh_exec", None),
+    "exec_stderr": (None, "exec_stderr", None),  # only with --exec
+    "fd": (None, "fd", None),  # not with ADDRESS: see tests/test_inherited.py
+    "activated": (False, "activated", False),
+    "fd_name": (None, "fd_name", None),
+    "inetd": (False, "inetd", False),
 }
 #: The fault options all reach one field, `faults` (a unix stream: no datagram faults, no reset).
 FAULTS = FaultPlan(

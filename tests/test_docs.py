@@ -382,6 +382,8 @@ def test_readme_lists_every_json_event() -> None:
     reporter.info("i")
     reporter.refused(client, "r")
     reporter.fault(client, "delay", "50ms")
+    reporter.exec_exit(client, -15, 0.5)
+    reporter.exec_stderr(client, b"oops")
     reporter.fatal("f", None)
     reporter.sent(client, 1)
     reporter.summary(Stats(), "stream", None)
@@ -390,11 +392,11 @@ def test_readme_lists_every_json_event() -> None:
     text = README.read_text()
     section = text[text.index("### JSON logs") :]
     section = section[: section.index("\n## ")]
-    header, *rows = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    header, *rows = re.findall(r"^\| `([\w-]+)` \|", section, flags=re.M)
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 14
+    assert len(written) == 16
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

@@ -56,6 +56,8 @@ MODES = ["sync", "thread", "fork", *(["event"] if HAS_EVENT else [])]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("sockserve")
 BANNER = re.compile(r"listening on (tcp|udp|unix|unix-dgram)://(\S+)")
 
+#: The builtins that answer bytes themselves (exec runs a program: see test_exec.py).
+
 
 # -- the server under test, in a subprocess ----------------------------------------------------
 

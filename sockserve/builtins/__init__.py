@@ -1,4 +1,6 @@
-"""The builtin handlers: echo, upper, discard, stdout, stdio, chargen, daytime, time, reply.
+"""The builtin handlers: echo, upper, discard, stdout, stdio, chargen, daytime, time, reply,
+and exec (a program per connection: `program`, made by `program.stream_program_handler` and
+`program.datagram_program_handler`, in sync, thread and fork mode only).
 
 Each builtin's behaviour is a pure core in `cores` (bytes in, bytes or nothing out; the
 one-answer streams as the small state machine `OneAnswer`), testable without sockets. Thin
@@ -92,6 +94,8 @@ def protocol_factory(
     OSError when a datagram `reply_file` cannot be read.
     """
     check_name(name)
+    if name == "exec":
+        raise ValueError("exec runs a program per connection: not as an asyncio protocol")
     if socktype not in ("stream", "dgram"):
         raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
     if socktype == "dgram" and name in ROOM_BUILTINS:
