@@ -35,6 +35,7 @@ from .options import (
     PROTO,
     SECONDS,
 )
+from .script_file import SCRIPT_FILE
 
 VERSION_MESSAGE = (
     f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
@@ -284,6 +285,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     help="unix: serve only peers running in this group (or as a --allow-uid user); repeatable.",
 )
 @click.option(
+    "--script",
+    type=SCRIPT_FILE,
+    help="Hold the conversation FILE describes (implies -H script): a banner, expect/send "
+    "steps, rules the first match of which answers each line (see SCRIPTS in the man "
+    "page). Checked whole at start-up. tcp and unix only.",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",
@@ -338,7 +346,7 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
         )
     options = {name: value for name, value in params.items() if name != "quiet"}
     if ctx.get_parameter_source("handler") is ParameterSource.DEFAULT:
-        options["handler"] = None  # echo, or reply when --reply or --reply-file is given
+        options["handler"] = None  # echo, or reply/script when --reply/--script is given
     try:
         return config.build_config(**options)
     except HandlerLoadError as exc:

@@ -26,6 +26,7 @@ from .loading import (
     check_compatible,
     load_handler,
 )
+from .script_model import Script
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
@@ -83,6 +84,7 @@ class ServeConfig:
     access: AccessRules = field(default_factory=AccessRules)
     to_all: bool = False
     slow_client: SlowClient = "disconnect"
+    script: Script | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -299,6 +301,7 @@ def build_config(
     allow_gid: Sequence[int] = (),
     to_all: bool = False,
     slow_client: SlowClient = "disconnect",
+    script: Script | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -315,12 +318,13 @@ def build_config(
 
     replies = reply is not None or reply_file is not None
     if handler is None:
-        handler = "reply" if replies else "echo"
+        handler = "reply" if replies else "script" if script is not None else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
     if loaded.builtin == "reply" and not replies:
         raise UsageError("-H reply needs --reply TEXT or --reply-file PATH")
     if loaded.builtin != "reply" and replies:
         raise UsageError(f"--reply/--reply-file only apply to -H reply, not -H {loaded.name}")
+    _check_script(loaded, script, socktype, proto)
     check_compatible(loaded, socktype, concurrency)
     if socktype == "dgram" and loaded.builtin == "reply":
         _check_reply_fits(reply, reply_file, address)
@@ -365,7 +369,26 @@ def build_config(
         access=build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid),
         to_all=to_all,
         slow_client=slow_client,
+        script=script,
     )
+
+
+def _check_script(loaded: LoadedHandler, script: Script | None, socktype: str, proto: str) -> None:
+    """--script implies -H script, a conversation on a stream connection."""
+    if loaded.builtin == "script" and script is None:
+        raise UsageError("-H script needs --script FILE", hint="give the script to run")
+    if script is None:
+        return
+    if loaded.builtin != "script":
+        raise UsageError(
+            f"--script runs its own handler (-H script): not with -H {loaded.name}",
+            hint="drop -H, or --script",
+        )
+    if socktype == "dgram":
+        raise UsageError(
+            f"--script holds a conversation on a connection: {proto} has none",
+            hint="serve it over tcp or unix",
+        )
 
 
 #: How an error names an address of each family.

@@ -44,6 +44,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "timeout",
         "to_all",
         "slow_client",
+        "script",
     ),
     "Concurrency": (
         "concurrency",

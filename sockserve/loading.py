@@ -40,6 +40,7 @@ BUILTIN_NAMES = (
     "reply",
     "broadcast",
     "chat",
+    "script",
 )
 #: The builtins that put their clients in one room (`builtins.rooms`).
 ROOM_BUILTINS = frozenset({"broadcast", "chat"})

@@ -38,6 +38,7 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
         observer=monitor,
         to_all=config.to_all,
         slow_client=config.slow_client,
+        script=config.script,
     )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)

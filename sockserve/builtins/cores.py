@@ -28,6 +28,7 @@ BUILTINS: dict[str, str] = {
     "reply": "answer each request with --reply TEXT or --reply-file PATH",
     "broadcast": "relay what each client sends to all the others (streams, one process)",
     "chat": "relay each client's lines, prefixed with its name; announce joins and leaves",
+    "script": "hold the conversation of --script FILE: a banner, expect/send steps, rules",
 }
 
 #: How long a closing stream connection keeps reading what the client still sends.
