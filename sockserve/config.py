@@ -379,6 +379,11 @@ def _check_script(loaded: LoadedHandler, script: Script | None, socktype: str, p
         raise UsageError("-H script needs --script FILE", hint="give the script to run")
     if script is None:
         return
+    if loaded.builtin == "reply":
+        raise UsageError(
+            "--script and --reply/--reply-file cannot be combined: each implies its own handler",
+            hint="give only one of them",
+        )
     if loaded.builtin != "script":
         raise UsageError(
             f"--script runs its own handler (-H script): not with -H {loaded.name}",

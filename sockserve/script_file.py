@@ -331,7 +331,7 @@ class _Parser:
                 flags |= _FLAGS[flag]
             rest = rest[flags_text.end() :]
             try:
-                regex = re.compile(body, flags)
+                regex = re.compile(body, flags | re.DOTALL)  # a RESP word may hold a newline
             except re.error as exc:
                 raise ScriptError(number, f"bad regex /{body}/: {exc}") from None
             self.variables.update(regex.groupindex)
