@@ -42,6 +42,7 @@ IMPLIED_DEFAULTS = {
     "deny_file": "none",
     "allow_uid": "every user",
     "allow_gid": "every group",
+    "script": "none",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

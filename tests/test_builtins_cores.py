@@ -28,6 +28,7 @@ def test_builtin_names() -> None:
         "reply",
         "broadcast",
         "chat",
+        "script",
     ]
     assert all(desc and "\n" not in desc for desc in bh.BUILTINS.values())
 

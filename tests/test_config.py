@@ -129,6 +129,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "allow_gid": ((), "access", AccessRules(uids=[1000])),
     "to_all": (False, "to_all", False),  # -H broadcast only: see tests/test_builtins_rooms.py
     "slow_client": ("disconnect", "slow_client", "disconnect"),  # likewise
+    "script": (None, "script", None),  # -H script only: see tests/test_builtins_script.py
 }
 
 
