@@ -146,7 +146,10 @@ def test_resp_arrays_are_lines_and_inline_commands_too():
     command = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nv\r\nw\n\r\n"
     assert conv.receive(command[:9]) == []  # an array arrives in pieces
     assert conv.receive(command[9:] + b"PING\r\n") == [Send(b"[SET k v\r\nw\n]"), Send(b"[PING]")]
-    assert conv.receive(b"*1\r\n:3\r\n") == [Log("not RESP (expected $ at byte 4): closing"), Close()]
+    assert conv.receive(b"*1\r\n:3\r\n") == [
+        Log("not RESP (expected $ at byte 4): closing"),
+        Close(),
+    ]
 
 
 def test_smtp_example_accepts_one_message():

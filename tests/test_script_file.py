@@ -44,7 +44,7 @@ def test_settings_states_steps_and_rules():
 def test_texts_references_escapes_and_braces():
     script = parse_script(
         'set quoted "  two spaces  "\n'
-        "on /(?P<key>\\w+) (\\w+)/ send ${#key}\\r\\n{key}{2}\\\\1 {{x}} \\{ {\"json\": 1}\n"
+        'on /(?P<key>\\w+) (\\w+)/ send ${#key}\\r\\n{key}{2}\\\\1 {{x}} \\{ {"json": 1}\n'
     )
     assert script.start.steps[0].text == Text((b"  two spaces  ",))
     (rule,) = script.start.rules
