@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -78,11 +79,24 @@ def parse_script(source: str, path: str = "<script>") -> Script:
     return parser.finish()
 
 
+@dataclass
+class _OpenRule:
+    """A rule whose indented actions may still come."""
+
+    line: int
+    kind: str  # on, else, timeout
+    pattern: Pattern | None = None
+    stored: Text | None = None
+    actions: list[Action] = field(default_factory=list)
+
+
 class _Parser:
+    """The parse of one script, a statement at a time (`statement`), then `finish`."""
+
     def __init__(self, script: Script) -> None:
         self.script = script
         self.state: State | None = None
-        self.rule: tuple[int, Pattern | None, list[Action], Text | None, str] | None = None
+        self.rule: _OpenRule | None = None
         self.texts: list[tuple[int, Text, int | None]] = []  # (line, text, groups it may use)
         self.gotos: list[Action] = []
         self.variables: set[str] = {"stored"}
@@ -96,7 +110,7 @@ class _Parser:
                     number,
                     "an indented line is an action of a rule: put it under an `on` or `else` line",
                 )
-            self.rule[2].append(self.action(number, word, rest, self.rule_groups()))
+            self.rule.actions.append(self.action(number, word, rest, _groups(self.rule.pattern)))
             return
         self.end_rule()
         if word in SETTINGS:
@@ -107,7 +121,7 @@ class _Parser:
             self.start_rule(number, word, rest)
         elif word in ACTIONS:
             state = self.current(number)
-            if state.rules or state.otherwise or state.on_timeout:
+            if state.rules or state.otherwise or state.on_timeout:  # steps come first
                 raise ScriptError(
                     number,
                     f"`{word}` after the state's rules: a state's steps "
@@ -126,7 +140,7 @@ class _Parser:
 
     def setting(self, number: int, word: str, rest: str) -> None:
         state = self.state
-        if word == "timeout" and state is not None and not (state.steps or state.rules):
+        if word == "timeout" and state is not None and not _has_content(state):
             state.timeout = self.duration(number, rest, positive=True)
             return
         if state is not None:
@@ -185,26 +199,21 @@ class _Parser:
                 number,
                 f"state {state.name!r} already has an `on timeout` (line {state.on_timeout.line})",
             )
-        self.rule = (number, pattern, [], stored, kind)
+        self.rule = _OpenRule(number, kind, pattern, stored)
         if rest:
             action_word, _, argument = _split(rest)
-            self.rule[2].append(self.action(number, action_word, argument, self.rule_groups()))
-
-    def rule_groups(self) -> int | None:
-        assert self.rule is not None
-        return _groups(self.rule[1])
+            self.rule.actions.append(self.action(number, action_word, argument, _groups(pattern)))
 
     def end_rule(self) -> None:
         if self.rule is None:
             return
-        number, pattern, actions, stored, kind = self.rule
-        self.rule = None
-        state = self.current(number)
-        _check_reachable(actions)
-        rule = Rule(number, pattern, tuple(actions), stored)
-        if kind == "else":
+        opened, self.rule = self.rule, None
+        state = self.current(opened.line)
+        _check_reachable(opened.actions)
+        rule = Rule(opened.line, opened.pattern, tuple(opened.actions), opened.stored)
+        if opened.kind == "else":
             state.otherwise = rule
-        elif kind == "timeout":
+        elif opened.kind == "timeout":
             state.on_timeout = rule
         else:
             state.rules.append(rule)
@@ -361,6 +370,10 @@ class _Parser:
         if not self.script.states:
             self.script.states["start"] = State("start", 1)
         return self.script
+
+
+def _has_content(state: State) -> bool:
+    return bool(state.steps or state.rules or state.otherwise or state.on_timeout)
 
 
 def _split(line: str) -> tuple[str, str, str]:
