@@ -288,8 +288,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--script",
     type=SCRIPT_FILE,
     help="Hold the conversation that FILE describes (implies -H script): a banner, "
-    "expect/send steps, and rules where the first match answers each line; see SCRIPTS in "
-    "the man page. Checked whole at start-up; tcp and unix only.",
+    "expect/send steps, and rules where the first match answers each line (the format: README, "
+    "man page). Checked whole at start-up; tcp and unix only.",
 )
 @click.option(
     "--print-address",

@@ -1,6 +1,6 @@
 """Read a `--script` file into a `script_model.Script`, or say what is wrong at FILE:LINE.
 
-The format (README "Scripted conversations" and the man page's SCRIPTS): one statement a
+The format (README and man page: "Scripted conversations"): one statement a
 line, `#` comment lines, indentation only for a rule's actions. Settings first (`banner`,
 `timeout`, `resp`), then states (`state NAME`; what comes before the first is `start`), each
 with steps (`send`, `expect`, `wait`, `set`, `store`, `unstore`, `log`, `goto`, `close`,
