@@ -143,9 +143,11 @@ def test_redis_client_ping_set_get_del(mode):
             client.close()
 
 
-@pytest.mark.parametrize("mode", ["sync", *MODES])
+@pytest.mark.parametrize("mode", ["sync", *MODES, "thread -vv", "event -vv"])
 def test_device_example_over_a_raw_socket(mode):
-    with serving("tcp", ":0", "-c", mode, "--script", str(EXAMPLES / "device.script")) as server:
+    mode, *watched = mode.split()  # -vv: the socket (transport) is watched, each chunk shown
+    device = str(EXAMPLES / "device.script")
+    with serving("tcp", ":0", "-c", mode, "--script", device, *watched) as server:
         with server.connect() as sock:
             sock.sendall(b"*IDN?\nVOLT 3.5\r\nVOLT?\nbogus\n")
             assert read_line(sock) == b"SOCKSERVE,MOCK-1,0001,1.0\n"
@@ -158,6 +160,8 @@ def test_device_example_over_a_raw_socket(mode):
             assert time.monotonic() - started >= 0.19  # `wait 200ms`
             sock.sendall(b"BYE\n")
             assert sock.recv(10) == b""
+        if watched:
+            server.wait_for("> 127.0.0.1:")  # a chunk out, in the hex dump's heading
 
 
 @pytest.mark.parametrize("mode", ["thread", "event"])
