@@ -46,6 +46,7 @@ IMPLIED_DEFAULTS = {
     "sh_exec": "none",
     "fd": "none",
     "fd_name": "the only socket passed",
+    "script": "none",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

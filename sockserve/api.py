@@ -179,6 +179,10 @@ def serve(proto: str, address: str | None = None, **options: Any) -> Server:
             f"{option} shapes the command's output or processes: not in the Python API",
             hint="drop it; the server records its events (server.connections, server.errors)",
         )
+    if options.get("script") is not None:  # a path, as on the command line
+        from .script_file import read_script  # its parser uses the command's value types
+
+        options["script"] = read_script(options["script"])
     handler = options.get("handler")
     if isinstance(handler, type):
         options["handler"] = _loaded_class(handler)

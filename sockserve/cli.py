@@ -47,6 +47,7 @@ from .options import (
     SECONDS,
     SIZE,
 )
+from .script_file import SCRIPT_FILE
 
 VERSION_MESSAGE = (
     f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
@@ -534,6 +535,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "unit's FileDescriptorName=).",
 )
 @click.option(
+    "--script",
+    type=SCRIPT_FILE,
+    help="Hold the conversation that FILE describes (implies -H script): a banner, "
+    "expect/send steps, and rules where the first match answers each line (the format: README, "
+    "man page). Checked whole at start-up; tcp and unix only.",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",
@@ -588,7 +596,7 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
         )
     options = {name: value for name, value in params.items() if name != "quiet"}
     if ctx.get_parameter_source("handler") is ParameterSource.DEFAULT:
-        options["handler"] = None  # echo, or reply when --reply or --reply-file is given
+        options["handler"] = None  # echo, or reply/script when --reply/--script is given
     try:
         return config.build_config(**options)
     except HandlerLoadError as exc:

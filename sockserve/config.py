@@ -29,6 +29,7 @@ from .loading import (
     check_compatible,
     load_handler,
 )
+from .script_model import Script
 from .tls_config import check_tls, parse_alpn
 from .transcripts import Transcript, read_transcript
 
@@ -113,6 +114,7 @@ class ServeConfig:
     activated: bool = False  # --activated: systemd passed the socket
     fd_name: str | None = None  # --fd-name: which of systemd's sockets
     inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
+    script: Script | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -415,6 +417,7 @@ def build_config(
     activated: bool = False,
     fd_name: str | None = None,
     inetd: bool = False,
+    script: Script | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -446,12 +449,13 @@ def build_config(
         handler = "replay"  # --transcript implies -H replay
     handler = exec_handler(handler, exec, sh_exec)
     if handler is None:
-        handler = "reply" if replies else "echo"
+        handler = "reply" if replies else "script" if script is not None else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
     if loaded.builtin == "reply" and not replies:
         raise UsageError("-H reply needs --reply TEXT or --reply-file PATH")
     if loaded.builtin != "reply" and replies:
         raise UsageError(f"--reply/--reply-file only apply to -H reply, not -H {loaded.name}")
+    _check_script(loaded, script, socktype, proto)
     check_compatible(loaded, socktype, concurrency)
     if socktype == "dgram" and loaded.builtin == "reply":
         _check_reply_fits(reply, reply_file, address)
@@ -462,7 +466,7 @@ def build_config(
         )
     if once and max_requests:
         raise UsageError("cannot combine --once and --max-requests (--once is --max-requests 1)")
-    record, script = check_recording(
+    record, transcript_read = check_recording(
         loaded, socktype, concurrency, record, transcript, timing, match
     )
 
@@ -500,7 +504,7 @@ def build_config(
         to_all=to_all,
         slow_client=slow_client,
         record=record,
-        transcript=script,
+        transcript=transcript_read,
         timing=timing or "recorded",
         match=match or "length",
         tls=tls or cert is not None or key is not None,  # --cert and --key imply --tls
@@ -538,7 +542,31 @@ def build_config(
         activated=activated,
         fd_name=fd_name,
         inetd=inetd,
+        script=script,
     )
+
+
+def _check_script(loaded: LoadedHandler, script: Script | None, socktype: str, proto: str) -> None:
+    """--script implies -H script, a conversation on a stream connection."""
+    if loaded.builtin == "script" and script is None:
+        raise UsageError("-H script needs --script FILE", hint="give the script to run")
+    if script is None:
+        return
+    if loaded.builtin == "reply":
+        raise UsageError(
+            "--script and --reply/--reply-file cannot be combined: each implies its own handler",
+            hint="give only one of them",
+        )
+    if loaded.builtin != "script":
+        raise UsageError(
+            f"--script runs its own handler (-H script): not with -H {loaded.name}",
+            hint="drop -H, or --script",
+        )
+    if socktype == "dgram":
+        raise UsageError(
+            f"--script holds a conversation on a connection: {proto} has none",
+            hint="serve it over tcp or unix",
+        )
 
 
 #: How an error names an address of each family.

@@ -55,6 +55,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "timeout",
         "to_all",
         "slow_client",
+        "script",
     ),
     "Framing": ("raw",),
     "Concurrency": (

@@ -41,6 +41,7 @@ BUILTIN_NAMES = (
     "broadcast",
     "chat",
     "exec",
+    "script",
 )
 #: The builtins that put their clients in one room (`builtins.rooms`).
 ROOM_BUILTINS = frozenset({"broadcast", "chat"})

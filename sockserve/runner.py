@@ -45,6 +45,7 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
         lines=not config.raw,
         to_all=config.to_all,
         slow_client=config.slow_client,
+        script=config.script,
     )
     if loaded.builtin == "replay":
         from .builtins.replay import replay_handler  # -H replay only

@@ -30,8 +30,11 @@ from sockserve.parts.watching import WatchPart
 TRANSPORTS = ["tcp", "udp", "unix", "unix-dgram"]
 #: The builtins that answer each connection or datagram on their own, on every transport
 #: (broadcast and chat join clients together: tests/test_builtins_rooms.py; exec runs a
-#: program: tests/test_exec.py).
-SOLO = [name for name in bh.BUILTINS if name not in ROOM_BUILTINS and name != "exec"]
+#: program: tests/test_exec.py; script holds the conversation of its --script, on streams
+#: only: tests/test_builtins_script.py).
+SOLO = [
+    name for name in bh.BUILTINS if name not in ROOM_BUILTINS and name not in ("exec", "script")
+]
 STREAM = {"tcp", "unix"}
 TIMEOUT = 5.0
 # Binary junk: every byte value, invalid UTF-8 sequences, a NUL and a lone CR.

@@ -29,6 +29,7 @@ def test_builtin_names() -> None:
         "broadcast",
         "chat",
         "exec",
+        "script",
     ]
     assert all(desc and "\n" not in desc for desc in bh.BUILTINS.values())
 

@@ -152,6 +152,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "activated": (False, "activated", False),
     "fd_name": (None, "fd_name", None),
     "inetd": (False, "inetd", False),
+    "script": (None, "script", None),  # -H script only: see tests/test_builtins_script.py
 }
 #: The fault options all reach one field, `faults` (a unix stream: no datagram faults, no reset).
 FAULTS = FaultPlan(

@@ -971,3 +971,14 @@ def test_readme_development_commands() -> None:
     )
     assert listing.returncode == 0 and "tcp" in listing.stdout, listing.stderr
     assert "benchmarks/RESULTS.md" in bench.read_text()
+
+
+def test_readme_script_files() -> None:
+    """Each --script example in the README is its file under examples/, verbatim (the file
+    named in its `--script` comment line); tests/test_builtins_script.py runs them."""
+    blocks = [b for b in _blocks("mirror") if b.arg == "test_readme_script_files"]
+    assert len(blocks) == 2
+    for block in blocks:
+        named = re.search(r"--script (examples/\S+\.script)", block.text)
+        assert named, block
+        assert block.text + "\n" == (ROOT / named[1]).read_text(), block

@@ -28,7 +28,9 @@ from sockserve.event import EventServer
 from sockserve.events import NullEvents
 from sockserve.loading import BUILTIN_NAMES, ROOM_BUILTINS
 
-SOLO = [name for name in BUILTIN_NAMES if name not in ROOM_BUILTINS and name != "exec"]
+SOLO = [
+    name for name in BUILTIN_NAMES if name not in ROOM_BUILTINS and name not in ("exec", "script")
+]
 
 pytestmark = pytest.mark.leakcheck
 

@@ -98,7 +98,7 @@ def protocol_factory(
         raise ValueError("exec runs a program per connection: not as an asyncio protocol")
     if socktype not in ("stream", "dgram"):
         raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
-    if socktype == "dgram" and name in ROOM_BUILTINS:
+    if socktype == "dgram" and (name in ROOM_BUILTINS or name == "script"):
         raise ValueError(f"{name} serves stream connections only")
     from .protocols import make_protocol_factory  # event mode only: loaded here
 

@@ -29,6 +29,7 @@ BUILTINS: dict[str, str] = {
     "broadcast": "relay what each client sends to all the others (streams, one process)",
     "chat": "relay each client's lines, prefixed with its name; announce joins and leaves",
     "exec": "run --exec PROG or --sh-exec LINE per connection (or datagram), on its stdin/stdout",
+    "script": "hold the conversation of --script FILE: a banner, expect/send steps, rules",
 }
 
 #: How long a closing stream connection keeps reading what the client still sends.

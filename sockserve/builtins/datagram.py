@@ -93,7 +93,7 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
     OSError when `reply_file` cannot be read.
     """
     check_name(name)
-    if name in ROOM_BUILTINS:
+    if name in ROOM_BUILTINS or name == "script":
         raise ValueError(f"{name} serves stream connections only")
     shared = Shared(name, options)
     reply = shared.datagram_reply_bytes() if name == "reply" else b""

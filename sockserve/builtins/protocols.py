@@ -534,6 +534,10 @@ def make_protocol_factory(
         from .broadcast_asyncio import room_protocol_factory  # broadcast and chat only
 
         factory = room_protocol_factory(shared, shared.room)
+    elif shared.name == "script":
+        from .script_asyncio import script_protocol_factory  # script only
+
+        factory = script_protocol_factory(shared)
     elif socktype == "dgram":
         factory = functools.partial(EventDatagram, shared, stdin)
     else:

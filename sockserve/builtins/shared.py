@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..events import Events
+from ..script_model import Script
 from .cores import chargen_block
 from .output import OutputWriter
 from .rooms import ROOM_BUILTINS, Room, SlowClient
@@ -37,6 +38,7 @@ class HandlerOptions:
     to_all: bool = False  # broadcast: back to the sender too
     slow_client: SlowClient = "disconnect"  # broadcast and chat (see `rooms`)
     lines: bool = False
+    script: Script | None = None  # script: the parsed --script file
 
 
 class Buffers:

@@ -433,4 +433,9 @@ def stream_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandle
 
         attrs["hub"] = ThreadRoom(shared.room, shared.observer)
         return type(f"{name.capitalize()}StreamHandler", (RoomStream,), attrs)
+    if name == "script":
+        from .script_stream import ScriptStream  # script only
+
+        attrs["store"] = {}
+        return type("ScriptStreamHandler", (ScriptStream,), attrs)
     return type(f"{name.capitalize()}StreamHandler", (STREAM_CLASSES[name],), attrs)
