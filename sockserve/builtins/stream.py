@@ -300,6 +300,12 @@ class ChargenStream(StreamBuiltin):
     def serve(self, sock: socket.socket) -> None:
         block = self.shared.chargen_block  # whole periods: each send goes on where the last ended
         size = len(block)
+        ssl = sys.modules.get("ssl")  # loaded already when TLS is on
+        if ssl is not None and isinstance(sock, ssl.SSLSocket):
+            # A TLS socket takes no MSG_DONTWAIT: the pattern goes out, its input waits.
+            while True:
+                sock.sendall(block)
+                self.sent += size
         pattern = memoryview(block * 2)  # a send may start anywhere in the block
         buffers = self.shared.buffers
         buf = buffers.get()
