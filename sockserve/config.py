@@ -17,6 +17,7 @@ from typing import Literal
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import LoadedHandler, check_compatible, load_handler
+from .upstreams import parse_upstream
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
@@ -71,6 +72,7 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
+    forward: Address | None = None  # -H forward's upstream
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +101,7 @@ class ServeConfig:
             raise UsageError(f"--mode {self.mode:o} is outside 000..777", hint="e.g. --mode 600")
 
     def _check_combinations(self) -> None:
+        _check_forward(self)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -124,7 +127,7 @@ class ServeConfig:
                 "--daemon-threads only applies to --concurrency thread",
                 hint="add --concurrency thread, or drop --daemon-threads",
             )
-        if self.timeout is not None and self.socktype == "dgram":
+        if self.timeout is not None and self.socktype == "dgram" and self.forward is None:
             raise UsageError(
                 "--timeout closes idle connections: a datagram socket has none",
                 hint="drop --timeout",
@@ -223,6 +226,7 @@ def build_config(
     verbose: int = 0,
     color: bool | None = None,
     traceback: bool = False,
+    forward: str | Address | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -238,6 +242,7 @@ def build_config(
     concurrency = concurrency or default_concurrency(socktype)
 
     replies = reply is not None or reply_file is not None
+    handler, upstream = _forward_handler(handler, forward, socktype)
     if handler is None:
         handler = "reply" if replies else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -286,7 +291,46 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
+        forward=upstream,
     )
+
+
+def _forward_handler(
+    handler: str | LoadedHandler | None, forward: str | Address | None, socktype: SockType
+) -> tuple[str | LoadedHandler | None, Address | None]:
+    """The handler and upstream of --forward: it implies -H forward, which needs it."""
+    name = handler if isinstance(handler, str) else handler.name if handler else None
+    if forward is None:
+        if name is not None and name.strip() == "forward":
+            raise UsageError(
+                "-H forward needs --forward UPSTREAM", hint="e.g. --forward 127.0.0.1:8080"
+            )
+        return handler, None
+    if name is not None and name.strip() != "forward":
+        raise UsageError(
+            f"--forward implies -H forward: it cannot be combined with -H {name}",
+            hint="drop -H, or --forward",
+        )
+    upstream = parse_upstream(forward, socktype) if isinstance(forward, str) else forward
+    return "forward", upstream
+
+
+def _check_forward(config: ServeConfig) -> None:
+    """What -H forward cannot do: datagrams with -c fork or --workers."""
+    if config.forward is None:
+        return
+    if config.socktype == "dgram" and config.concurrency == "fork":
+        raise UsageError(
+            f"{config.transport} forwarding cannot run with -c fork: each child sees one "
+            "datagram, and the upstream's replies would come back to a child that is gone",
+            hint="use -c sync (the default), thread or event",
+        )
+    if config.socktype == "dgram" and config.workers > 1:
+        raise UsageError(
+            f"{config.transport} forwarding keeps one association per client in one process: "
+            "not with --workers",
+            hint="drop --workers",
+        )
 
 
 #: How an error names an address of each family.

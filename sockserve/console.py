@@ -243,6 +243,11 @@ class PlainReporter:
         if not self.quiet:
             self._emit(message, "event")
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """Print `upstream CLIENT -> URL` at -v; a failure is the warning's line, not this."""
+        if error is None and not self.quiet and self.verbosity >= 1:
+            self._emit(f"upstream {format_client(client)} -> {upstream}", "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -374,6 +379,10 @@ class JsonReporter(PlainReporter):
     def info(self, message: str) -> None:
         """Write an `info` event."""
         self._event("info", message=message)
+
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """Write an `upstream` event: the upstream's URL, and the error (null: connected)."""
+        self._event("upstream", client=self._client(client), upstream=upstream, error=error)
 
 
 def make_reporter(

@@ -3,8 +3,8 @@
 Servers, server parts, builtin handlers and the event loop call these methods; the run's
 monitor (`monitor.RunMonitor`) implements them (counting, forwarding from forked children)
 and passes them on, unchanged, to the plain, rich or JSON reporter, which implements them
-too. Later capabilities extend the set (a TLS handshake, a fault applied, an upstream
-connected) with new methods here, and every implementation with them.
+too. Later capabilities extend the set (a TLS handshake, a fault applied), as `upstream`
+did with new methods here, and every implementation with them.
 
 `client` is the peer address as accepted (a tuple, a unix path or b"" for an unnamed unix
 peer, None for an error with no connection).
@@ -52,6 +52,10 @@ class Events(Protocol):
     def info(self, message: str) -> None:
         """A line of status."""
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """-H forward connected `client` to `upstream` (a URL: tcp://HOST:PORT, unix:///PATH),
+        or could not (`error`: the reason); a datagram client, when its association opens."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -75,6 +79,9 @@ class NullEvents:
         """Ignore it."""
 
     def info(self, message: str) -> None:
+        """Ignore it."""
+
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
         """Ignore it."""
 
 

@@ -45,6 +45,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "daemon_threads",
         "block_on_close",
     ),
+    "Forward": ("forward",),
     "Lifecycle": ("once", "max_requests", "grace"),
     "Output": (
         "print_address",

@@ -38,6 +38,7 @@ BUILTIN_NAMES = (
     "daytime",
     "time",
     "reply",
+    "forward",
 )
 
 

@@ -186,6 +186,13 @@ class RunMonitor:
         """Report the line."""
         self.reporter.info(message)
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """Report the upstream connected or failed (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "upstream", "c": _jsonable(client), "u": upstream, "e": error})
+            return
+        self.reporter.upstream(client, upstream, error)
+
     def _note(self, message: str) -> None:
         if self.in_child:
             self._forward({"k": "info", "m": message})
@@ -254,6 +261,9 @@ class RunMonitor:
             self._output_failed(str(rec.get("m")), rec.get("h"))
         elif kind == "info":
             self.reporter.info(str(rec.get("m")))
+        elif kind == "upstream":
+            error = rec.get("e")
+            self.reporter.upstream(_from_json(rec.get("c")), str(rec.get("u")), error)
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""

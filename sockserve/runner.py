@@ -21,6 +21,7 @@ from .console import PlainReporter, silence
 from .errors import ExitStatus
 from .lifecycle import run_loop
 from .monitor import RunMonitor
+from .upstreams import check_not_self
 
 __all__ = ["RunMonitor", "build_handler", "make_loop_server", "print_address", "serve"]
 
@@ -30,7 +31,13 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     loaded = config.handler
     if loaded.builtin is None:
         return loaded.cls
-    options = bh.HandlerOptions(reply=config.reply, reply_file=config.reply_file, observer=monitor)
+    options = bh.HandlerOptions(
+        reply=config.reply,
+        reply_file=config.reply_file,
+        observer=monitor,
+        upstream=config.forward,
+        idle_timeout=config.timeout,
+    )
     if config.concurrency == "event":
         return bh.protocol_factory(loaded.builtin, config.socktype, options)
     if config.socktype == "stream":
@@ -85,6 +92,8 @@ def serve(config: ServeConfig, reporter: PlainReporter) -> int:
     family = "unix" if config.family == "unix" else _family_of(server)
     try:
         sockaddr = server.server_address
+        if config.forward is not None:  # port 0 is known now, before serving
+            check_not_self(config.forward, family, sockaddr, config.address.all_interfaces)
 
         def announce() -> None:
             if config.print_address:

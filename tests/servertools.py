@@ -114,6 +114,9 @@ class EventsRecorder:
     def info(self, message: str) -> None:
         self._add("info", message)
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        self._add("upstream", client, upstream, error)
+
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""
         self.polls += 1

@@ -380,6 +380,7 @@ def test_readme_lists_every_json_event() -> None:
     reporter.handler_error(client, ValueError("x"))
     reporter.warning("w")
     reporter.info("i")
+    reporter.upstream(client, "tcp://127.0.0.1:6", None)
     reporter.fatal("f", None)
     reporter.summary(Stats(), "stream", None)
     written = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
@@ -390,7 +391,7 @@ def test_readme_lists_every_json_event() -> None:
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 10
+    assert len(written) == 11
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

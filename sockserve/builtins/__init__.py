@@ -1,4 +1,5 @@
-"""The builtin handlers: echo, upper, discard, stdout, stdio, chargen, daytime, time, reply.
+"""The builtin handlers: echo, upper, discard, stdout, stdio, chargen, daytime, time, reply,
+forward.
 
 Each builtin's behaviour is a pure core in `cores` (bytes in, bytes or nothing out; the
 one-answer streams as the small state machine `OneAnswer`), testable without sockets. Thin
@@ -31,6 +32,8 @@ Rules every adapter keeps:
   sends until it closes or `LINGER_SECONDS` pass (so an HTTP client is not cut off by a
   reset). A datagram is answered with the reply bytes (the file is read once). With neither
   set the reply is empty.
+- forward relays to `upstream` and back (`forward`, `forward_asyncio`): no pure core, only
+  the relaying.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ def protocol_factory(
     check_name(name)
     if socktype not in ("stream", "dgram"):
         raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
+    if name == "forward":
+        from .forward_asyncio import forward_protocol_factory  # forward only
+
+        return forward_protocol_factory(socktype, options)
     from .protocols import make_protocol_factory  # event mode only: loaded here
 
     shared = Shared(name, options)

@@ -26,6 +26,7 @@ BUILTINS: dict[str, str] = {
     "daytime": "send the date and time as one text line (RFC 867)",
     "time": "send seconds since 1900 as 32 bits, big-endian (RFC 868)",
     "reply": "answer each request with --reply TEXT or --reply-file PATH",
+    "forward": "relay each connection (or client's datagrams) to --forward UPSTREAM and back",
 }
 
 #: How long a closing stream connection keeps reading what the client still sends.

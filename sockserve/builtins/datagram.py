@@ -74,6 +74,10 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
     Raises ValueError for an unknown name, OSError when `reply_file` cannot be read.
     """
     check_name(name)
+    if name == "forward":
+        from .forward import forward_datagram_handler  # forward only
+
+        return forward_datagram_handler(options)
     shared = Shared(name, options)
     reply = shared.datagram_reply_bytes() if name == "reply" else b""
     attrs: dict[str, Any] = {

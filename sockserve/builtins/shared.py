@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from ..addresses import Address
 from ..events import Events
 from .cores import chargen_block
 from .output import OutputWriter
@@ -28,6 +29,9 @@ class HandlerOptions:
     input: BinaryIO | None = None
     observer: Events | None = None
     chunk_size: int = 65536
+    #: forward: where to relay; how long a datagram client's association lasts unused.
+    upstream: Address | None = None
+    idle_timeout: float | None = None
 
 
 class Buffers:
