@@ -58,11 +58,12 @@ class ClientSide(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.client_eof = False
         self.upstream_eof = False
+        self.early: list[bytes] = []  # what came before the upstream connection
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
-        transport.pause_reading()  # until the upstream is there to take it
+        transport.pause_reading()  # until the upstream is there to take it (asyncio's loop)
         self.task = asyncio.get_running_loop().create_task(self.connect())
 
     async def connect(self) -> None:
@@ -95,10 +96,19 @@ class ClientSide(asyncio.Protocol):
         self.up = transport
         if observer is not None:
             observer.upstream(self.client, url, None)
-        self.transport.resume_reading()
+        transport.writelines(self.early)
+        self.early.clear()
+        if self.client_eof:
+            transport.write_eof()
+        else:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
+        if self.up is None:  # read before the upstream is there (uvloop): keep it, wait
+            self.early.append(data)
+            self.transport.pause_reading()
+            return
         self.up.write(data)
 
     def eof_received(self) -> bool:
