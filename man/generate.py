@@ -36,6 +36,7 @@ IMPLIED_DEFAULTS = {
     "reply_file": "none",
     "banner": "none",
     "banner_file": "none",
+    "forward": "none",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

@@ -27,6 +27,8 @@ from sockserve import builtins as bh, socketserver as ss
 from sockserve.parts.watching import WatchPart
 
 TRANSPORTS = ["tcp", "udp", "unix", "unix-dgram"]
+#: The builtins that serve on their own: forward needs an upstream (tests/test_builtins_forward.py).
+STANDALONE = [name for name in bh.BUILTINS if name != "forward"]
 STREAM = {"tcp", "unix"}
 TIMEOUT = 5.0
 # Binary junk: every byte value, invalid UTF-8 sequences, a NUL and a lone CR.

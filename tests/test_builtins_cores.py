@@ -26,6 +26,7 @@ def test_builtin_names() -> None:
         "daytime",
         "time",
         "reply",
+        "forward",
     ]
     assert all(desc and "\n" not in desc for desc in bh.BUILTINS.values())
 

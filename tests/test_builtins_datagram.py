@@ -16,6 +16,7 @@ import pytest
 from builtin_checks import (
     CHECKS,
     FORKING,
+    STANDALONE,
     THREADING,
     TIMEOUT,
     Ctx,
@@ -51,7 +52,7 @@ def serve(server: ss.BaseServer) -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("transport", DATAGRAMS)
-@pytest.mark.parametrize("name", list(bh.BUILTINS))
+@pytest.mark.parametrize("name", STANDALONE)
 def test_builtin_threading(name: str, transport: str, sock_dir: str) -> None:
     with make_ctx(name, transport, sock_dir) as (ctx, options):
         handler = bh.datagram_handler(name, options)
@@ -60,7 +61,7 @@ def test_builtin_threading(name: str, transport: str, sock_dir: str) -> None:
 
 
 @pytest.mark.parametrize("transport", DATAGRAMS)
-@pytest.mark.parametrize("name", list(bh.BUILTINS))
+@pytest.mark.parametrize("name", STANDALONE)
 def test_builtin_forking(name: str, transport: str, sock_dir: str) -> None:
     if name == "stdio":
         pytest.skip("stdin is not forwarded to datagram clients in fork mode (documented)")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from builtin_checks import (
     CHECKS,
+    STANDALONE,
     TIMEOUT,
     TRANSPORTS,
     Ctx,
@@ -31,7 +32,7 @@ from sockserve.builtins import protocols
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("name", list(bh.BUILTINS))
+@pytest.mark.parametrize("name", STANDALONE)
 def test_builtin_event(name: str, transport: str, sock_dir: str) -> None:
     with make_ctx(name, transport, sock_dir) as (ctx, options):
         asyncio.run(serve_event(name, transport, options, sock_dir, lambda a: CHECKS[name](ctx, a)))
@@ -39,7 +40,7 @@ def test_builtin_event(name: str, transport: str, sock_dir: str) -> None:
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_event_protocols_are_asyncio_protocols(transport: str) -> None:
-    for name in bh.BUILTINS:
+    for name in STANDALONE:
         proto = bh.protocol_factory(name, "stream", bh.HandlerOptions())()
         assert isinstance(proto, asyncio.Protocol)
         dproto = bh.protocol_factory(name, "dgram", bh.HandlerOptions())()

@@ -21,6 +21,7 @@ import pytest
 from builtin_checks import (
     CHECKS,
     FORKING,
+    STANDALONE,
     STREAM,
     THREADING,
     TIMEOUT,
@@ -71,7 +72,7 @@ def test_classes_carry_their_options() -> None:
 
 
 @pytest.mark.parametrize("transport", STREAMS)
-@pytest.mark.parametrize("name", list(bh.BUILTINS))
+@pytest.mark.parametrize("name", STANDALONE)
 def test_builtin_threading(name: str, transport: str, sock_dir: str) -> None:
     with make_ctx(name, transport, sock_dir) as (ctx, options):
         handler = bh.stream_handler(name, options)
@@ -80,7 +81,7 @@ def test_builtin_threading(name: str, transport: str, sock_dir: str) -> None:
 
 
 @pytest.mark.parametrize("transport", STREAMS)
-@pytest.mark.parametrize("name", list(bh.BUILTINS))
+@pytest.mark.parametrize("name", STANDALONE)
 def test_builtin_forking(name: str, transport: str, sock_dir: str) -> None:
     with make_ctx(name, transport, sock_dir, forked=True) as (ctx, options):
         handler = bh.stream_handler(name, options)

@@ -119,6 +119,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "verbose": (2, "verbosity", 2),
     "color": (False, "color", False),
     "traceback": (True, "traceback", True),
+    "forward": (None, "forward", None),  # only with -H forward: see tests/test_upstreams.py
 }
 
 

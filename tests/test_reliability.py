@@ -54,6 +54,8 @@ HAS_EVENT = (Path(ss.__file__).parent.parent / "event.py").exists()
 MODES = ["sync", "thread", "fork", *(["event"] if HAS_EVENT else [])]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("sockserve")
 BANNER = re.compile(r"listening on (tcp|udp|unix|unix-dgram)://(\S+)")
+#: The builtins that serve on their own: forward needs an upstream (tests/test_forward.py).
+STANDALONE = [name for name in bh.BUILTINS if name != "forward"]
 
 
 # -- the server under test, in a subprocess ----------------------------------------------------
@@ -1106,7 +1108,7 @@ JUNK = bytes(range(256)) + b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28\xa1\xed\xa0\x80\xf
 
 
 @pytest.mark.parametrize("transport", ["udp", "udp6", "unix-dgram"])
-@pytest.mark.parametrize("builtin", list(bh.BUILTINS))
+@pytest.mark.parametrize("builtin", STANDALONE)
 def test_datagrams_of_0_bytes_and_maximum_size(sock_dir: str, transport: str, builtin: str) -> None:
     """0 bytes, the largest datagram, and binary junk, through every builtin: never
     truncated, answered as the builtin says, written whole by stdout."""
@@ -1175,7 +1177,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize("builtin", list(bh.BUILTINS))
+@pytest.mark.parametrize("builtin", STANDALONE)
 def test_binary_junk_through_every_stream_builtin_with_hexdump(builtin: str) -> None:
     """Invalid UTF-8 and every byte value, with -vv (hex dump of all traffic) on."""
     out_r, out_w = os.pipe()
