@@ -305,3 +305,24 @@ def test_buffering_is_bounded_when_one_side_does_not_read(
                 grown = rss(proc.pid) - before
     assert went < OFFERED // 4, f"{went // MB} MiB taken: nothing held it back"
     assert grown < 30 * MB, f"the proxy grew by {grown // MB} MiB"
+
+
+def test_fork_mode_children_tell_the_upstream_event(
+    listener: socket.socket, tmp_path: Path
+) -> None:
+    args = ("tcp", ":0", "--forward", addr(listener), "-c", "fork", "--json")
+    with proxy(*args, tmp=tmp_path) as (_, a, err):
+        with connect(a) as client:
+            far, _ = listener.accept()
+            with far:
+                client.sendall(b"abc")
+                client.shutdown(socket.SHUT_WR)
+                assert read_to_eof(far) == b"abc"
+            assert read_to_eof(client) == b""
+        deadline = time.monotonic() + TIMEOUT
+        while '"close"' not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    events = [json.loads(line) for line in err.read_text().splitlines()]
+    upstream = [e for e in events if e["event"] == "upstream"]
+    assert [(e["upstream"], e["error"]) for e in upstream] == [(f"tcp://{addr(listener)}", None)]
+    assert upstream[0]["client"].startswith("127.0.0.1:")
