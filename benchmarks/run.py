@@ -151,7 +151,7 @@ def haproxy(t: str, a: str, upstream: str) -> list[str]:
         raise Unavailable("haproxy proxies streams only")
     config = BIN / f"haproxy-{a.rpartition(':')[2]}.cfg"
     config.write_text(
-        "global\n  maxconn 20000\n  nbthread 1\n"
+        "global\n  maxconn 4000\n  nbthread 1\n"
         "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n"
         "  timeout server 120s\n"
         f"frontend front\n  bind {a}\n  default_backend back\n"
