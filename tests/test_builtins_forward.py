@@ -22,7 +22,7 @@ from servertools import EventsRecorder
 import sockserve as ss
 from sockserve import builtins as bh
 from sockserve.addresses import Address
-from sockserve.builtins import forward
+from sockserve.builtins import forward, forward_datagram
 from sockserve.event import EventServer, default_loop_factory
 
 pytestmark = pytest.mark.leakcheck
@@ -378,8 +378,8 @@ def test_unix_datagram_listener_to_udp_upstream(sock_dir: str) -> None:
 
 
 def test_associations_are_bounded_least_recently_used_first() -> None:
-    assocs = forward.Associations(idle=10, limit=2)
-    made = [forward.Association(n, None, None, last=0.0) for n in range(3)]  # type: ignore[arg-type]
+    assocs = forward_datagram.Associations(idle=10, limit=2)
+    made = [forward_datagram.Association(n, None, None, last=0.0) for n in range(3)]  # type: ignore[arg-type]
     assert assocs.add(made[0]) is None
     assert assocs.add(made[1]) is None
     assert assocs.get(0, 1.0) is made[0]  # 0 used last: 1 is pushed out next

@@ -132,7 +132,7 @@ def test_handler_file_resolves_to_its_class(tmp_path: Path) -> None:
 def test_handler_errors_echo_the_spec_and_the_forms() -> None:
     assert failure(HANDLER, "nope") == (
         "unknown handler 'nope': not a builtin, and no :Class given; use a builtin "
-        "(echo, upper, discard, stdout, stdio, chargen, daytime, time, reply), "
+        "(echo, upper, discard, stdout, stdio, chargen, daytime, time, reply, forward), "
         "module:Class, file.py:Class or file.py"
     )
     assert failure(HANDLER, "/no/such/file.py") == (

@@ -75,7 +75,7 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
     """
     check_name(name)
     if name == "forward":
-        from .forward import forward_datagram_handler  # forward only
+        from .forward_datagram import forward_datagram_handler  # forward only
 
         return forward_datagram_handler(options)
     shared = Shared(name, options)

@@ -22,16 +22,8 @@ from typing import Any, Literal
 
 from ..addresses import Address
 from ..upstreams import upstream_url
-from .forward import (
-    CONNECT_TIMEOUT,
-    DEFAULT_ASSOCIATION_IDLE,
-    Association,
-    Associations,
-    client_text,
-    describe,
-    open_upstream,
-    reset_on_close,
-)
+from .forward import CONNECT_TIMEOUT, client_text, describe, open_upstream, reset_on_close
+from .forward_datagram import DEFAULT_ASSOCIATION_IDLE, Association, Associations
 from .shared import HandlerOptions, Shared
 
 
