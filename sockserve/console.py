@@ -359,8 +359,14 @@ class JsonReporter(PlainReporter):
         self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
 
     def data(self, client: Any, direction: Direction, data: bytes) -> None:
-        """Write a `data` event with the chunk in hex."""
-        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
+        """Write a `data` event with the chunk's size and the chunk in hex."""
+        self._event(
+            "data",
+            client=self._client(client),
+            direction=direction,
+            bytes=len(data),
+            hex=data.hex(),
+        )
 
     def handler_error(self, client: Any, exc: BaseException) -> None:
         """Write an `error` event with the exception's type, message and traceback."""

@@ -138,8 +138,12 @@ def test_unix_listener_to_tcp_json_events(listener: socket.socket, tmp_path: Pat
     events = [json.loads(line) for line in err.read_text().splitlines()]
     (upstream,) = [e for e in events if e["event"] == "upstream"]
     assert upstream["upstream"] == f"tcp://{addr(listener)}" and upstream["error"] is None
-    data = [(e["direction"], bytes.fromhex(e["hex"])) for e in events if e["event"] == "data"]
-    assert data == [("in", b"hi"), ("out", b"hello")]
+    data = [
+        (e["direction"], e["bytes"], bytes.fromhex(e["hex"]))
+        for e in events
+        if e["event"] == "data"
+    ]
+    assert data == [("in", 2, b"hi"), ("out", 5, b"hello")]
     (close,) = [e for e in events if e["event"] == "close"]
     assert (close["bytes_in"], close["bytes_out"]) == (2, 5)
     assert not os.path.exists(path)
