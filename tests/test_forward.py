@@ -330,3 +330,25 @@ def test_fork_mode_children_tell_the_upstream_event(
     upstream = [e for e in events if e["event"] == "upstream"]
     assert [(e["upstream"], e["error"]) for e in upstream] == [(f"tcp://{addr(listener)}", None)]
     assert upstream[0]["client"].startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize("mode", ["thread", "event"])
+def test_an_idle_connection_is_closed_after_timeout(
+    mode: str, listener: socket.socket, tmp_path: Path
+) -> None:
+    args = ("tcp", ":0", "--forward", addr(listener), "--timeout", "300ms", "-c", mode)
+    with proxy(*args, tmp=tmp_path) as (_, a, err):
+        with connect(a) as client:
+            far, _ = listener.accept()
+            with far:
+                far.settimeout(TIMEOUT)
+                client.sendall(b"x")
+                assert far.recv(1) == b"x"
+                started = time.monotonic()
+                assert client.recv(10) == b""  # closed, not reset
+                assert far.recv(10) == b""
+                assert 0.25 < time.monotonic() - started < 5
+        deadline = time.monotonic() + TIMEOUT
+        while "closed idle connection" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert "closed idle connection 127.0.0.1:" in err.read_text()

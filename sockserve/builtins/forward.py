@@ -85,8 +85,8 @@ class StreamRelay:
     """Relay between `client` and `upstream` both ways until both directions have ended.
 
     `moved[0]` counts client → upstream bytes, `moved[1]` upstream → client. `idle`: the
-    sockets' timeout, if any; the relay ends (`timed_out`) once neither direction moved for
-    that long. After `run`, `reset_client` tells the client must be reset (the upstream
+    sockets' timeout, if any; the relay ends (`timed_out`: both closed in order) once neither
+    direction moved for that long. After `run`, `reset_client` tells the client must be reset (the upstream
     failed); the upstream is closed by `run`, reset when the client failed.
     """
 
@@ -105,7 +105,7 @@ class StreamRelay:
     @property
     def reset_client(self) -> bool:
         """True when the upstream failed: the client's connection is to be reset."""
-        return self.failed[1] or self.timed_out
+        return self.failed[1]
 
     def run(self) -> None:
         """Relay both ways on this thread and one more; close (or reset) the upstream."""
@@ -116,7 +116,7 @@ class StreamRelay:
         finally:
             back.join()
             upstream = self.sockets[1]
-            if self.failed[0] or self.timed_out:
+            if self.failed[0]:
                 reset_on_close(upstream)
             upstream.close()
 
@@ -211,7 +211,8 @@ class StreamRelay:
             pass
 
     def time_out(self) -> None:
-        """Neither direction moved for `idle`: stop both (each is reset at close)."""
+        """Neither direction moved for `idle`: stop both (each is closed, as event mode's
+        idle sweep closes them)."""
         self.timed_out = True
         for sock in self.sockets:
             try:
