@@ -86,8 +86,8 @@ class StreamRelay:
 
     `moved[0]` counts client → upstream bytes, `moved[1]` upstream → client. `idle`: the
     sockets' timeout, if any; the relay ends (`timed_out`: both closed in order) once neither
-    direction moved for that long. After `run`, `reset_client` tells the client must be reset (the upstream
-    failed); the upstream is closed by `run`, reset when the client failed.
+    direction moved for that long. After `run`, `reset_client` tells the client must be reset
+    (the upstream failed); the upstream is closed by `run`, reset when the client failed.
     """
 
     def __init__(
