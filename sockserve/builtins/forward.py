@@ -2,16 +2,17 @@
 datagram servers' is `forward_datagram`, event mode's `forward_asyncio`).
 
 Streams (tcp, unix). Each connection gets its own upstream connection, and each direction is
-relayed as it comes by its own thread (`StreamRelay`; the handler's thread carries client →
-upstream). What it keeps in hand is bounded: one buffer (or one pipe) per direction, and it
-reads a side only once the other took the last chunk, so a side that does not read stops the
-other (back-pressure). An EOF is passed on as shutdown(SHUT_WR): the connection ends once both
-directions have ended, as socat's two unidirectional flows. A reset (or any other error) on
-one side becomes a reset on the other (SO_LINGER 0, then close). An upstream that refuses or
-cannot be reached resets the client's connection; the run hears one `upstream` event and one
-warning, and goes on. Bulk data moves with `os.splice` (socket → pipe → socket, never through
-Python) when nobody watches the client's socket and neither socket has a timeout; otherwise
-with recv and sendall on the sockets the handler was given, so a watch sees the client side.
+relayed as it comes (`StreamRelay`). What it keeps in hand is bounded: one buffer (or one pipe)
+per direction, and it reads a side only once the other took the last chunk, so a side that does
+not read stops the other (back-pressure). An EOF is passed on as shutdown(SHUT_WR): the
+connection ends once both directions have ended, as socat's two unidirectional flows. A reset
+(or any other error) on one side becomes a reset on the other (SO_LINGER 0, then close). An
+upstream that refuses or cannot be reached resets the client's connection; the run hears one
+`upstream` event and one warning, and goes on. Bulk data moves with `os.splice` (socket → pipe
+→ socket, never through Python; both directions on the handler's thread, with non-blocking
+splices and poll) when nobody watches the client's socket and neither socket has a timeout;
+otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
+watch's stages may block), so a watch sees the client side.
 """
 
 from __future__ import annotations
@@ -108,23 +109,101 @@ class StreamRelay:
         return self.failed[1]
 
     def run(self) -> None:
-        """Relay both ways on this thread and one more; close (or reset) the upstream."""
-        back = threading.Thread(target=self.direction, args=(1,), name="forward (upstream)")
-        back.start()
+        """Relay both ways (spliced: on this thread; copied: on this thread and one more);
+        close (or reset) the upstream."""
         try:
-            self.direction(0)
+            if self.splice:
+                self.run_spliced()
+            else:
+                back = threading.Thread(target=self.direction, args=(1,), name="forward (up)")
+                back.start()
+                try:
+                    self.direction(0)
+                finally:
+                    back.join()
         finally:
-            back.join()
             upstream = self.sockets[1]
             if self.failed[0]:
                 reset_on_close(upstream)
             upstream.close()
 
+    def run_spliced(self) -> None:
+        """Both directions on this thread: non-blocking splices through a pipe each, the
+        sockets polled. A direction whose pipe holds data waits for its destination to take
+        it before reading its source again (the pipe is all it keeps in hand)."""
+        import select
+
+        socks = self.sockets
+        fds = [sock.fileno() for sock in socks]
+        for sock in socks:
+            sock.setblocking(False)
+        pipes = [os.pipe(), os.pipe()]
+        size = max(
+            RELAY_BUFFER,
+            min(grow_pipe(pipes[0][1], SPLICE_PIPE_SIZE), grow_pipe(pipes[1][1], SPLICE_PIPE_SIZE)),
+        )
+        held = [0, 0]  # bytes in each direction's pipe
+        relaying = [True, True]
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        splice = os.splice
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        try:
+            while relaying[0] or relaying[1]:
+                want = dict.fromkeys(fds, 0)
+                for d in (0, 1):
+                    if relaying[d]:
+                        if held[d]:
+                            want[fds[1 - d]] |= select.POLLOUT
+                        else:
+                            want[fds[d]] |= select.POLLIN
+                for fd, mask in want.items():
+                    if registered.get(fd) == mask:
+                        continue
+                    if mask:
+                        poller.register(fd, mask)
+                    elif fd in registered:
+                        poller.unregister(fd)  # nothing asked: no wake-up for its hang-up
+                    registered[fd] = mask
+                poller.poll()
+                for d in (0, 1):
+                    if not relaying[d]:
+                        continue
+                    r, w = pipes[d]
+                    if not held[d]:
+                        try:
+                            held[d] = splice(fds[d], w, size, flags=flags)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            self.failed[d] = True
+                            return
+                        if not held[d]:  # EOF: pass it on as a half-close
+                            relaying[d] = False
+                            try:
+                                socks[1 - d].shutdown(socket.SHUT_WR)
+                            except OSError:
+                                pass
+                            continue
+                    try:
+                        n = splice(r, fds[1 - d], held[d], flags=flags)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        self.failed[1 - d] = True
+                        return
+                    held[d] -= n
+                    self.moved[d] += n
+        finally:
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+
     def direction(self, index: int) -> None:
-        """Relay from side `index` to the other; pass its EOF on as a half-close."""
+        """Copy from side `index` to the other; pass its EOF on as a half-close."""
         dst = self.sockets[1 - index]
         try:
-            ended = self.splice_through(index) if self.splice else self.copy(index)
+            ended = self.copy(index)
         except BaseException:
             self.fail(index)
             raise
@@ -167,35 +246,6 @@ class StreamRelay:
                     self.last = time.monotonic()
         finally:
             view.release()
-
-    def splice_through(self, index: int) -> bool:
-        """os.splice source → pipe → destination; True at the source's EOF."""
-        src_fd = self.sockets[index].fileno()
-        dst_fd = self.sockets[1 - index].fileno()
-        r, w = os.pipe()
-        size = max(RELAY_BUFFER, grow_pipe(w, SPLICE_PIPE_SIZE))
-        splice = os.splice
-        move = os.SPLICE_F_MOVE
-        try:
-            while True:
-                try:
-                    n = splice(src_fd, w, size, flags=move)
-                except OSError:
-                    self.fail(index)
-                    return False
-                if not n:
-                    return True
-                left = n
-                while left:
-                    try:
-                        left -= splice(r, dst_fd, left, flags=move)
-                    except OSError:
-                        self.fail(1 - index)
-                        return False
-                self.moved[index] += n
-        finally:
-            os.close(r)
-            os.close(w)
 
     def fail(self, index: int) -> None:
         """Side `index` failed: the other is to be reset; wake the thread reading it."""
