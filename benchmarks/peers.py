@@ -2,10 +2,14 @@
 
     python benchmarks/peers.py stdlib TRANSPORT ADDRESS HANDLER MODE
     python benchmarks/peers.py asyncio TRANSPORT ADDRESS HANDLER [uvloop]
+    python benchmarks/peers.py proxy tcp ADDRESS UPSTREAM [uvloop]
 
 TRANSPORT is tcp, udp, unix or unix-dgram; ADDRESS is HOST:PORT (port 0 picks one) or a path;
 HANDLER is echo or discard; MODE is sync, thread or fork (the stdlib's TCPServer,
 ThreadingTCPServer, ForkingTCPServer and their UDP and unix equivalents).
+
+The proxy is a TCP proxy written the plain way on asyncio (uvloop): two protocols relaying to
+each other, each pausing the other's reading while its write buffer is full.
 
 Each prints its bound address on stdout once listening and serves until SIGTERM. The handlers
 do what sockserve's builtins do, the way a careful stdlib user would write them: read into one
@@ -145,7 +149,88 @@ def run_asyncio(transport: str, address: str, handler: str, loop_name: str) -> N
     asyncio.run(main())
 
 
+def run_proxy(address: str, upstream: str, loop_name: str) -> None:
+    """A TCP proxy the plain way: a protocol per side, each writing what the other receives."""
+    import asyncio
+
+    if loop_name == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    family, sockaddr = parse("tcp", address)
+    _, target = parse("tcp", upstream)
+
+    class Side(asyncio.Protocol):
+        peer: Any = None
+        transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.peer.transport.write(data)
+
+        def eof_received(self) -> bool:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.write_eof()
+            return True
+
+        def pause_writing(self) -> None:
+            self.peer.transport.pause_reading()
+
+        def resume_writing(self) -> None:
+            self.peer.transport.resume_reading()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.close()
+
+    class Client(Side):
+        early: list[bytes]
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.early = []
+            transport.pause_reading()
+            asyncio.get_running_loop().create_task(self.connect())
+
+        def data_received(self, data: bytes) -> None:
+            if self.peer is None:  # uvloop may read once before the pause takes
+                self.early.append(data)
+                return
+            self.peer.transport.write(data)
+
+        async def connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            up = Side()
+            up.peer = self
+            try:
+                await loop.create_connection(lambda: up, target[0], target[1])
+            except OSError:
+                self.transport.close()
+                return
+            self.peer = up
+            up.transport.writelines(self.early)
+            self.transport.resume_reading()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        server = await loop.create_server(
+            Client, sockaddr[0], sockaddr[1], family=family, backlog=BACKLOG
+        )
+        show(family, server.sockets[0].getsockname())
+        await stop
+        server.close()
+
+    asyncio.run(main())
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) >= 4 and argv[0] == "proxy" and argv[1] == "tcp":
+        run_proxy(argv[2], argv[3], argv[4] if len(argv) > 4 else "asyncio")
+        return
     if len(argv) < 4 or argv[0] not in ("stdlib", "asyncio"):
         raise SystemExit(__doc__)
     kind, transport, address, handler, *rest = argv

@@ -55,7 +55,7 @@ class Server:
     """One server under test: how to start it, and whether it prints its own address."""
 
     key: str
-    group: str  # sockserve | stdlib | asyncio | native
+    group: str  # sockserve | stdlib | asyncio | native | proxy
     mode: str  # sync thread fork event workers uvloop asyncio socat c
     argv: Argv
     prints_address: bool = True
@@ -182,6 +182,18 @@ def sockserve_tls(concurrency: str) -> Argv:
         cert, key = str(tls / "cert.pem"), str(tls / "key.pem")
         return [*sockserve(concurrency)(transport, address, handler), "--cert", cert, "--key", key]
 
+
+# -- proxies (forward scenarios): `handler` is then the upstream's address ------------------------
+
+
+def sockserve_forward(concurrency: str) -> Argv:
+    def argv(transport: str, address: str, upstream: str) -> list[str]:
+        return [PY, "-m", "sockserve", transport, address, "--forward", upstream, "-q"] + [
+            "--print-address",
+            "-c",
+            concurrency,
+        ]
+
     return argv
 
 
@@ -206,6 +218,38 @@ def ncat_tls(t: str, a: str, h: str) -> list[str]:
 
 def uvloop_tls(t: str, a: str, h: str) -> list[str]:
     return [PY, str(HERE / "tls_tools.py"), "echo", a, str(tls_files())]
+
+
+def socat_forward(t: str, a: str, upstream: str) -> list[str]:
+    host, _, port = a.rpartition(":")
+    if t == "udp":  # a child per datagram, which relays the upstream's answer back
+        return [
+            "socat",
+            f"UDP4-RECVFROM:{port},bind={host},reuseaddr,fork",
+            f"UDP4-SENDTO:{upstream}",
+        ]
+    listen = f"TCP4-LISTEN:{port},bind={host},reuseaddr,fork,backlog=128"
+    return ["socat", listen, f"TCP4:{upstream}"]
+
+
+def haproxy(t: str, a: str, upstream: str) -> list[str]:
+    if t != "tcp":
+        raise Unavailable("haproxy proxies streams only")
+    config = BIN / f"haproxy-{a.rpartition(':')[2]}.cfg"
+    config.write_text(
+        "global\n  maxconn 4000\n  nbthread 1\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n"
+        "  timeout server 120s\n"
+        f"frontend front\n  bind {a}\n  default_backend back\n"
+        f"backend back\n  server up {upstream}\n"
+    )
+    return ["haproxy", "-db", "-f", str(config)]
+
+
+def uvloop_proxy(t: str, a: str, upstream: str) -> list[str]:
+    if t != "tcp":
+        raise Unavailable("the plain uvloop proxy relays TCP only")
+    return [PY, str(HERE / "peers.py"), "proxy", "tcp", a, upstream, "uvloop"]
 
 
 OWN = "sockserve thread (own handler)"  # a user's handler (the stdlib peer's) in thread mode
@@ -248,6 +292,12 @@ SERVERS: dict[str, Server] = {
         Server("sockserve exec fork", "sockserve", "fork", sockserve_exec("fork")),
         Server(NCAT_EXEC, "native", "ncat", ncat_exec, prints_address=False, needs_port=True),
         Server(SOCAT_EXEC, "native", "socat", socat_exec, prints_address=False, needs_port=True),
+        Server("sockserve forward sync", "proxy", "sync", sockserve_forward("sync")),
+        Server("sockserve forward thread", "proxy", "thread", sockserve_forward("thread")),
+        Server("sockserve forward event", "proxy", "event", sockserve_forward("event")),
+        Server("socat forward", "proxy", "socat", socat_forward, False, needs_port=True),
+        Server("haproxy", "proxy", "haproxy", haproxy, prints_address=False, needs_port=True),
+        Server("uvloop proxy", "proxy", "uvloop", uvloop_proxy),
     ]
 }
 
@@ -264,6 +314,8 @@ class Scenario:
     servers: list[str]
     quick: list[str]
     unit: str
+    #: The servers are proxies in front of the C echo server (started for the scenario).
+    upstream: bool = False
 
     def __post_init__(self) -> None:
         order = list(SERVERS)
@@ -454,6 +506,45 @@ SCENARIOS.append(
         "req/s",
     )
 )
+FORWARD_TCP = ["sockserve forward thread", "sockserve forward event", "socat forward"]
+SCENARIOS += [
+    Scenario(
+        "fwd-tcp-bulk",
+        "forward: TCP bulk echo through the proxy to the C echo, 1 connection",
+        "bulk-echo",
+        "tcp",
+        1,
+        [*FORWARD_TCP, "haproxy", "uvloop proxy"],
+        [*FORWARD_TCP, "haproxy"],
+        "MB/s",
+        upstream=True,
+    ),
+    *(
+        Scenario(
+            f"fwd-tcp-pp{conns}",
+            f"forward: TCP ping-pong 64 B through the proxy, {conns} connections",
+            "pingpong",
+            "tcp",
+            conns,
+            [*FORWARD_TCP, "haproxy", "uvloop proxy"],
+            [*FORWARD_TCP, "uvloop proxy"],
+            "req/s",
+            upstream=True,
+        )
+        for conns in (10, 100)
+    ),
+    Scenario(
+        "fwd-udp",
+        "forward: UDP 64 B through the proxy, 10 outstanding",
+        "dgram",
+        "udp",
+        10,
+        ["sockserve forward sync", "sockserve forward event", "socat forward"],
+        ["sockserve forward sync", "sockserve forward event", "socat forward"],
+        "dgram/s",
+        upstream=True,
+    ),
+]
 SCENARIO_KEYS = [s.key for s in SCENARIOS] + ["startup"]
 
 # -- running servers ----------------------------------------------------------------------------
@@ -503,8 +594,11 @@ def tree_cpu(pid: int) -> float:
 class Running:
     """A started server: its process, address and log."""
 
-    def __init__(self, server: Server, scenario: Scenario, workdir: Path) -> None:
+    def __init__(
+        self, server: Server, scenario: Scenario, workdir: Path, upstream: str | None = None
+    ) -> None:
         self.server = server
+        self.upstream = upstream  # a proxy's: passed as the handler
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.error: str | None = None
@@ -524,7 +618,7 @@ class Running:
         else:
             address = "127.0.0.1:0"
         try:
-            argv = server.argv(transport, address, scenario.handler)
+            argv = server.argv(transport, address, self.upstream or scenario.handler)
         except Unavailable as exc:
             self.error = str(exc)
             return
@@ -647,6 +741,8 @@ class Sample:
         """What a target compares: the rate, or ("cpu") server CPU µs per operation."""
         if metric == "cpu":
             return self.server_cpu / self.ops * 1e6 if self.ops else None
+        if metric in ("p50", "p99"):
+            return getattr(self, metric)
         return self.rate
 
 
@@ -806,9 +902,14 @@ def run_scenario(scenario: Scenario, opts: argparse.Namespace) -> list[Result]:
     results = {name: Result(scenario.key, name) for name in names}
     tmp = Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
     running: list[Running] = []
+    upstream: Running | None = None
     try:
+        if scenario.upstream:  # the C echo behind every proxy
+            upstream = Running(SERVERS["C epoll"], scenario, tmp)
+            if upstream.error:
+                raise SystemExit(f"{scenario.key}: the C echo upstream failed: {upstream.error}")
         for name in names:
-            run = Running(SERVERS[name], scenario, tmp)
+            run = Running(SERVERS[name], scenario, tmp, upstream and upstream.address)
             if run.error:
                 results[name].note = f"unavailable: {run.error}"
             else:
@@ -835,6 +936,8 @@ def run_scenario(scenario: Scenario, opts: argparse.Namespace) -> list[Result]:
     finally:
         for run in running:
             run.stop()
+        if upstream is not None:
+            upstream.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return list(results.values())
 
@@ -995,6 +1098,32 @@ TARGETS = [
     Target("tls-pp10", "TLS ping-pong, 10 conns", TLS_EVENT, "uvloop tls", 0.9),
     Target("tcp-exec", "--exec cat, a connection each", EXEC_THREAD, NCAT_EXEC, 1.0),
     Target("tcp-exec", "--exec cat, a connection each", EXEC_THREAD, SOCAT_EXEC, 1.0),
+    Target("fwd-tcp-bulk", "forward TCP bulk", "sockserve forward thread", "socat forward", 1.0),
+    *(
+        Target(
+            f"fwd-tcp-pp{n}",
+            f"forward ping-pong {n} conns, {p}",
+            f"sockserve forward {mode}",
+            "socat forward",
+            1.0,
+            metric=p,
+            lower_is_better=True,
+        )
+        for n in (10, 100)
+        for mode in ("thread", "event")
+        for p in ("p50", "p99")
+    ),
+    *(
+        Target(
+            f"fwd-tcp-pp{n}",
+            f"forward ping-pong {n} conns",
+            "sockserve forward event",
+            "uvloop proxy",
+            0.9,
+        )
+        for n in (10, 100)
+    ),
+    Target("fwd-udp", "forward UDP", "sockserve forward sync", "socat forward", 1.0),
     Target(
         "startup",
         "exec → first accepted connection",
@@ -1032,6 +1161,8 @@ def target_value(res: Result | None, metric: str) -> float | None:
         return None
     if metric == "cpu":
         return res.cpu_per_op_us
+    if metric in ("p50", "p99"):
+        return res.median(metric)
     return res.rate
 
 
@@ -1151,7 +1282,7 @@ def targets_table(all_results: dict[str, list[Result]]) -> list[str]:
             peer_name = "asyncio"
         ours, peer = results.get(t.ours), results.get(peer_name)
         a, b = target_value(ours, t.metric), target_value(peer, t.metric)
-        unit = {"cpu": " µs/op", "startup": " ms"}.get(t.metric, "")
+        unit = {"cpu": " µs/op", "startup": " ms", "p50": " µs", "p99": " µs"}.get(t.metric, "")
         sign = "≤" if t.lower_is_better else "≥"
         if a is None or b is None or b == 0:
             why = (ours.note if ours and ours.note else None) or (peer.note if peer else None)
@@ -1328,11 +1459,15 @@ def check_peers() -> None:
         SERVERS[SOCAT_EXEC].unavailable = SERVERS["socat"].unavailable
     if shutil.which("ncat") is None:
         SERVERS[NCAT_EXEC].unavailable = "ncat not installed (apt-get install ncat)"
+        SERVERS["socat forward"].unavailable = SERVERS["socat"].unavailable
+    if shutil.which("haproxy") is None:
+        SERVERS["haproxy"].unavailable = "haproxy not installed (apt-get install haproxy)"
     try:
         import uvloop  # noqa: F401
     except ImportError:
         SERVERS["uvloop"].unavailable = "uvloop not installed (pip install uvloop)"
         SERVERS["uvloop tls"].unavailable = SERVERS["uvloop"].unavailable
+        SERVERS["uvloop proxy"].unavailable = SERVERS["uvloop"].unavailable
 
 
 @contextlib.contextmanager

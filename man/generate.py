@@ -47,6 +47,7 @@ IMPLIED_DEFAULTS = {
     "fd": "none",
     "fd_name": "the only socket passed",
     "script": "none",
+    "forward": "none",
 }
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 

@@ -234,7 +234,8 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "--timeout",
     type=POSITIVE_SECONDS,
     metavar="SECONDS",
-    help="Streams: close a connection idle for this long (2.5, 200ms, 1.5s, 2m).  [default: never]",
+    help="Streams: close a connection idle for this long (2.5, 200ms, 1.5s, 2m); with "
+    "--forward on datagrams, how long a client's association lasts unused.  [default: never]",
 )
 @click.option(
     "--mode",
@@ -540,6 +541,17 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     help="Hold the conversation that FILE describes (implies -H script): a banner, "
     "expect/send steps, and rules where the first match answers each line (the format: README, "
     "man page). Checked whole at start-up; tcp and unix only.",
+)
+@click.option(
+    "--forward",
+    metavar="UPSTREAM",
+    help="Relay each connection to UPSTREAM and back (implies -H forward): HOST:PORT, "
+    "[V6]:PORT, :PORT, a unix path or @name, optionally tcp://, udp://, unix:// or "
+    "unix-dgram:// first; the listener's socket type (a stream listener cannot forward to a "
+    "datagram upstream). Half-closes pass on as half-closes, resets as resets; an upstream "
+    "that cannot be reached resets the client. Streams: sync, thread, fork and event mode. "
+    "Datagrams: one upstream socket per client, expiring after --timeout (default 60s); "
+    "sync, thread and event mode (thread mode forwards on the loop thread), not fork.",
 )
 @click.option(
     "--print-address",

@@ -96,7 +96,7 @@ PART_ORDER: tuple[type, ...] = (
 #: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
 #: in thread mode they are answered on the loop thread (`LeanDatagramPart`).
 INLINE_DATAGRAM_BUILTINS = frozenset(
-    {"echo", "upper", "discard", "chargen", "daytime", "time", "reply"}
+    {"echo", "upper", "discard", "chargen", "daytime", "time", "reply", "forward"}
 )
 
 

@@ -32,6 +32,7 @@ from .loading import (
 from .script_model import Script
 from .tls_config import check_tls, parse_alpn
 from .transcripts import Transcript, read_transcript
+from .upstreams import parse_upstream
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
@@ -115,6 +116,7 @@ class ServeConfig:
     fd_name: str | None = None  # --fd-name: which of systemd's sockets
     inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
     script: Script | None = None
+    forward: Address | None = None  # -H forward's upstream
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,6 +161,7 @@ class ServeConfig:
             "--reuse-port": self.reuse_port,
         }
         check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
+        _check_forward(self)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -184,7 +187,7 @@ class ServeConfig:
                 "--daemon-threads only applies to --concurrency thread",
                 hint="add --concurrency thread, or drop --daemon-threads",
             )
-        if self.timeout is not None and self.socktype == "dgram":
+        if self.timeout is not None and self.socktype == "dgram" and self.forward is None:
             raise UsageError(
                 "--timeout closes idle connections: a datagram socket has none",
                 hint="drop --timeout",
@@ -418,6 +421,7 @@ def build_config(
     fd_name: str | None = None,
     inetd: bool = False,
     script: Script | None = None,
+    forward: str | Address | None = None,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -448,6 +452,7 @@ def build_config(
     if handler is None and transcript is not None:
         handler = "replay"  # --transcript implies -H replay
     handler = exec_handler(handler, exec, sh_exec)
+    handler, upstream = _forward_handler(handler, forward, socktype)
     if handler is None:
         handler = "reply" if replies else "script" if script is not None else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -543,6 +548,7 @@ def build_config(
         fd_name=fd_name,
         inetd=inetd,
         script=script,
+        forward=upstream,
     )
 
 
@@ -566,6 +572,44 @@ def _check_script(loaded: LoadedHandler, script: Script | None, socktype: str, p
         raise UsageError(
             f"--script holds a conversation on a connection: {proto} has none",
             hint="serve it over tcp or unix",
+        )
+
+
+def _forward_handler(
+    handler: str | LoadedHandler | None, forward: str | Address | None, socktype: SockType
+) -> tuple[str | LoadedHandler | None, Address | None]:
+    """The handler and upstream of --forward: it implies -H forward, which needs it."""
+    name = handler if isinstance(handler, str) else handler.name if handler else None
+    if forward is None:
+        if name is not None and name.strip() == "forward":
+            raise UsageError(
+                "-H forward needs --forward UPSTREAM", hint="e.g. --forward 127.0.0.1:8080"
+            )
+        return handler, None
+    if name is not None and name.strip() != "forward":
+        raise UsageError(
+            f"--forward implies -H forward: it cannot be combined with -H {name}",
+            hint="drop -H, or --forward",
+        )
+    upstream = parse_upstream(forward, socktype) if isinstance(forward, str) else forward
+    return "forward", upstream
+
+
+def _check_forward(config: ServeConfig) -> None:
+    """What -H forward cannot do: datagrams with -c fork or --workers."""
+    if config.forward is None:
+        return
+    if config.socktype == "dgram" and config.concurrency == "fork":
+        raise UsageError(
+            f"{config.transport} forwarding cannot run with -c fork: each child sees one "
+            "datagram, and the upstream's replies would come back to a child that is gone",
+            hint="use -c sync (the default), thread or event",
+        )
+    if config.socktype == "dgram" and config.workers > 1:
+        raise UsageError(
+            f"{config.transport} forwarding keeps one association per client in one process: "
+            "not with --workers",
+            hint="drop --workers",
         )
 
 

@@ -315,6 +315,11 @@ class PlainReporter:
         text = line.decode(errors="replace")
         self._emit(f"stderr {format_client(client)}: {text}", "")
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """Print `upstream CLIENT -> URL` at -v; a failure is the warning's line, not this."""
+        if error is None and not self.quiet and self.verbosity >= 1:
+            self._emit(f"upstream {format_client(client)} -> {upstream}", "event")
+
 
 class RichReporter(PlainReporter):
     """The same lines, coloured by rich on a terminal (rich is imported only here)."""
@@ -443,8 +448,14 @@ class JsonReporter(PlainReporter):
         self._event(name, client=self._client(client), bytes_in=received, bytes_out=sent)
 
     def data(self, client: Any, direction: Direction, data: bytes) -> None:
-        """Write a `data` event with the chunk in hex."""
-        self._event("data", client=self._client(client), direction=direction, hex=data.hex())
+        """Write a `data` event with the chunk's size and the chunk in hex."""
+        self._event(
+            "data",
+            client=self._client(client),
+            direction=direction,
+            bytes=len(data),
+            hex=data.hex(),
+        )
 
     def handler_error(self, client: Any, exc: BaseException) -> None:
         """Write an `error` event with the exception's type, message and traceback."""
@@ -495,6 +506,10 @@ class JsonReporter(PlainReporter):
         """Write an `exec-stderr` event with the line (as text; bytes that are not UTF-8
         replaced)."""
         self._event("exec-stderr", client=self._client(client), line=line.decode(errors="replace"))
+
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """Write an `upstream` event: the upstream's URL, and the error (null: connected)."""
+        self._event("upstream", client=self._client(client), upstream=upstream, error=error)
 
 
 def make_reporter(

@@ -3,8 +3,8 @@
 Servers, server parts, builtin handlers and the event loop call these methods; the run's
 monitor (`monitor.RunMonitor`) implements them (counting, forwarding from forked children)
 and passes them on, unchanged, to the plain, rich or JSON reporter, which implements them
-too. Later capabilities extend the set (a TLS handshake, a fault applied, an upstream
-connected) with new methods here, and every implementation with them.
+too. Later capabilities extend the set (a TLS handshake, a fault applied), as `upstream`
+did with new methods here, and every implementation with them.
 
 `client` is what the run's monitor made of the peer address as accepted: a `Client` (the
 address and the connection's id) where the events object numbers connections (it has
@@ -153,6 +153,10 @@ class Events(Protocol):
     def exec_stderr(self, client: Any, line: bytes) -> None:
         """The program run for `client` wrote `line` to its stderr (--exec-stderr pass)."""
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """-H forward connected `client` to `upstream` (a URL: tcp://HOST:PORT, unix:///PATH),
+        or could not (`error`: the reason); a datagram client, when its association opens."""
+
 
 class NullEvents:
     """Events that go nowhere: for a server run without a monitor (tests, library use)."""
@@ -194,6 +198,9 @@ class NullEvents:
         """Ignore it."""
 
     def exec_stderr(self, client: Any, line: bytes) -> None:
+        """Ignore it."""
+
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
         """Ignore it."""
 
 

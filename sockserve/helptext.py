@@ -67,6 +67,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "daemon_threads",
         "block_on_close",
     ),
+    "Forward": ("forward",),
     "Lifecycle": ("once", "max_requests", "grace"),
     "Access": ("allow", "deny", "allow_file", "deny_file", "allow_uid", "allow_gid"),
     "Recording and replay": ("record", "transcript", "timing", "match"),

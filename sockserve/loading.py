@@ -42,6 +42,7 @@ BUILTIN_NAMES = (
     "chat",
     "exec",
     "script",
+    "forward",
 )
 #: The builtins that put their clients in one room (`builtins.rooms`).
 ROOM_BUILTINS = frozenset({"broadcast", "chat"})

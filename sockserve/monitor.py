@@ -217,6 +217,13 @@ class RunMonitor:
                 del self._refused_at[next(iter(self._refused_at))]
         self.reporter.refused(client, reason)
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        """Report the upstream connected or failed (from a child: forward it)."""
+        if self.in_child:
+            self._forward({"k": "upstream", "c": _jsonable(client), "u": upstream, "e": error})
+            return
+        self.reporter.upstream(client, upstream, error)
+
     def _note(self, message: str) -> None:
         if self.in_child:
             self._forward({"k": "info", "m": message})
@@ -302,6 +309,9 @@ class RunMonitor:
         elif kind == "exec-stderr":
             line = bytes.fromhex(str(rec.get("l")))
             self.reporter.exec_stderr(_from_json(rec.get("c")), line)
+        elif kind == "upstream":
+            error = rec.get("e")
+            self.reporter.upstream(_from_json(rec.get("c")), str(rec.get("u")), error)
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""

@@ -23,6 +23,7 @@ from .console import PlainReporter, silence
 from .errors import ExitStatus
 from .lifecycle import RUN_SIGNALS, Lifecycle, run_loop
 from .monitor import RunMonitor
+from .upstreams import check_not_self
 
 __all__ = ["Run", "RunMonitor", "build_handler", "make_loop_server", "print_address", "serve"]
 
@@ -46,6 +47,8 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
         to_all=config.to_all,
         slow_client=config.slow_client,
         script=config.script,
+        upstream=config.forward,
+        idle_timeout=config.timeout,
     )
     if loaded.builtin == "replay":
         from .builtins.replay import replay_handler  # -H replay only
@@ -139,6 +142,20 @@ class Run:
             monitor.close()
             raise
         self.family = "unix" if config.family == "unix" else _family_of(self.server)
+        if config.forward is not None:  # port 0 is known now, before serving
+            try:
+                check_not_self(
+                    config.forward,
+                    self.family,
+                    self.server.server_address,
+                    config.address.all_interfaces,
+                )
+            except BaseException:
+                self.server.server_close()
+                if self.tls is not None:
+                    self.tls.close()
+                monitor.close()
+                raise
         self._lifecycle: Lifecycle | None = None
         self._stop_reason: str | None = None  # asked for before the lifecycle began
         self._lock = threading.Lock()

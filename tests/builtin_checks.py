@@ -31,9 +31,12 @@ TRANSPORTS = ["tcp", "udp", "unix", "unix-dgram"]
 #: The builtins that answer each connection or datagram on their own, on every transport
 #: (broadcast and chat join clients together: tests/test_builtins_rooms.py; exec runs a
 #: program: tests/test_exec.py; script holds the conversation of its --script, on streams
-#: only: tests/test_builtins_script.py).
+#: only: tests/test_builtins_script.py; forward needs an upstream:
+#: tests/test_builtins_forward.py).
 SOLO = [
-    name for name in bh.BUILTINS if name not in ROOM_BUILTINS and name not in ("exec", "script")
+    name
+    for name in bh.BUILTINS
+    if name not in ROOM_BUILTINS and name not in ("exec", "script", "forward")
 ]
 STREAM = {"tcp", "unix"}
 TIMEOUT = 5.0

@@ -126,6 +126,9 @@ class EventsRecorder:
     def exec_stderr(self, client: Any, line: bytes) -> None:
         self._add("exec_stderr", client, line)
 
+    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+        self._add("upstream", client, upstream, error)
+
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""
         self.polls += 1

@@ -30,6 +30,7 @@ def test_builtin_names() -> None:
         "chat",
         "exec",
         "script",
+        "forward",
     ]
     assert all(desc and "\n" not in desc for desc in bh.BUILTINS.values())
 

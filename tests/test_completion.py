@@ -105,6 +105,7 @@ def test_handler_completes_builtins_then_python_files() -> None:
         "broadcast",
         "chat",
         "script",
+        "forward",
     ]
     assert ("pyfile", "", None) in items  # the shell adds *.py files and directories
     assert [(t, v) for t, v, _ in _complete(["tcp", ":0", "-H"], "e")] == [("plain", "echo")]

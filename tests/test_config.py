@@ -153,6 +153,7 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "fd_name": (None, "fd_name", None),
     "inetd": (False, "inetd", False),
     "script": (None, "script", None),  # -H script only: see tests/test_builtins_script.py
+    "forward": (None, "forward", None),  # only with -H forward: see tests/test_upstreams.py
 }
 #: The fault options all reach one field, `faults` (a unix stream: no datagram faults, no reset).
 FAULTS = FaultPlan(

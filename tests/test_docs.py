@@ -384,6 +384,7 @@ def test_readme_lists_every_json_event() -> None:
     reporter.fault(client, "delay", "50ms")
     reporter.exec_exit(client, -15, 0.5)
     reporter.exec_stderr(client, b"oops")
+    reporter.upstream(client, "tcp://127.0.0.1:6", None)
     reporter.fatal("f", None)
     reporter.sent(client, 1)
     reporter.summary(Stats(), "stream", None)
@@ -396,7 +397,7 @@ def test_readme_lists_every_json_event() -> None:
     listed = set(rows)
     assert header == "event"
     assert written == listed
-    assert len(written) == 16
+    assert len(written) == 17
 
 
 @pytest.mark.parametrize("block", _blocks("file"), ids=str)

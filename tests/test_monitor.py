@@ -200,3 +200,25 @@ def test_a_remote_error_bears_the_childs_type_name() -> None:
     assert (str(exc), exc.tb) == ("'k'", "Traceback ...")
     assert type(remote_error("not a name", "m", None)) is RemoteError
     assert type(remote_error("KeyError", "other", None)) is type(exc)  # one class per name
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_childs_upstream_event_reaches_the_parent() -> None:
+    monitor, out = make_monitor("fork", json_output=True)
+    try:
+        in_a_child(
+            monitor,
+            ("upstream", (CLIENT, "tcp://127.0.0.1:5", None)),
+            ("upstream", (CLIENT, "unix:///tmp/u", "Connection refused")),
+        )
+    finally:
+        monitor.close()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["event"], e["client"], e["upstream"], e["error"]) for e in events] == [
+        ("upstream", "127.0.0.1:4000", "tcp://127.0.0.1:5", None),
+        ("upstream", "127.0.0.1:4000", "unix:///tmp/u", "Connection refused"),
+    ]
+    monitor, out = make_monitor()
+    monitor.upstream(CLIENT, "tcp://127.0.0.1:5", None)  # -v: one line
+    monitor.upstream(CLIENT, "tcp://127.0.0.1:5", "Connection refused")  # the warning's
+    assert out.getvalue() == "upstream 127.0.0.1:4000 -> tcp://127.0.0.1:5\n"

@@ -133,7 +133,7 @@ def test_handler_errors_echo_the_spec_and_the_forms() -> None:
     assert failure(HANDLER, "nope") == (
         "unknown handler 'nope': not a builtin, and no :Class given; use a builtin "
         "(echo, upper, discard, stdout, stdio, chargen, daytime, time, reply, broadcast, chat, "
-        "script), "
+        "script, forward), "
         "module:Class, file.py:Class or file.py"
     )
     assert failure(HANDLER, "/no/such/file.py") == (

@@ -55,6 +55,8 @@ HAS_EVENT = (Path(ss.__file__).parent.parent / "event.py").exists()
 MODES = ["sync", "thread", "fork", *(["event"] if HAS_EVENT else [])]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("sockserve")
 BANNER = re.compile(r"listening on (tcp|udp|unix|unix-dgram)://(\S+)")
+#: The builtins that serve on their own: forward needs an upstream (tests/test_forward.py).
+STANDALONE = [name for name in bh.BUILTINS if name != "forward"]
 
 #: The builtins that answer bytes themselves (exec runs a program: see test_exec.py).
 

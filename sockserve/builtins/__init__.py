@@ -1,5 +1,6 @@
 """The builtin handlers: echo, upper, discard, stdout, stdio, chargen, daytime, time, reply,
-and exec (a program per connection: `program`, made by `program.stream_program_handler` and
+broadcast and chat (`rooms`), script (`conversation`), replay, forward (`forward*`), and exec
+(a program per connection: `program`, made by `program.stream_program_handler` and
 `program.datagram_program_handler`, in sync, thread and fork mode only).
 
 Each builtin's behaviour is a pure core in `cores` (bytes in, bytes or nothing out; the
@@ -36,6 +37,8 @@ Rules every adapter keeps:
   sends until it closes or `LINGER_SECONDS` pass (so an HTTP client is not cut off by a
   reset). A datagram is answered with the reply bytes (the file is read once). With neither
   set the reply is empty.
+- forward relays to `upstream` and back (`forward`, `forward_asyncio`): no pure core, only
+  the relaying.
 """
 
 from __future__ import annotations
@@ -100,6 +103,10 @@ def protocol_factory(
         raise ValueError(f"socktype must be 'stream' or 'dgram', not {socktype!r}")
     if socktype == "dgram" and (name in ROOM_BUILTINS or name == "script"):
         raise ValueError(f"{name} serves stream connections only")
+    if name == "forward":
+        from .forward_asyncio import forward_protocol_factory  # forward only
+
+        return forward_protocol_factory(socktype, options)
     from .protocols import make_protocol_factory  # event mode only: loaded here
 
     shared = Shared(name, options)

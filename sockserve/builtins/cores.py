@@ -30,6 +30,7 @@ BUILTINS: dict[str, str] = {
     "chat": "relay each client's lines, prefixed with its name; announce joins and leaves",
     "exec": "run --exec PROG or --sh-exec LINE per connection (or datagram), on its stdin/stdout",
     "script": "hold the conversation of --script FILE: a banner, expect/send steps, rules",
+    "forward": "relay each connection (or client's datagrams) to --forward UPSTREAM and back",
 }
 
 #: How long a closing stream connection keeps reading what the client still sends.

@@ -95,6 +95,10 @@ def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHand
     check_name(name)
     if name in ROOM_BUILTINS or name == "script":
         raise ValueError(f"{name} serves stream connections only")
+    if name == "forward":
+        from .forward_datagram import forward_datagram_handler  # forward only
+
+        return forward_datagram_handler(options)
     shared = Shared(name, options)
     reply = shared.datagram_reply_bytes() if name == "reply" else b""
     attrs: dict[str, Any] = {

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from ..addresses import Address
 from ..events import Events
 from ..script_model import Script
 from .cores import chargen_block
@@ -39,6 +40,9 @@ class HandlerOptions:
     slow_client: SlowClient = "disconnect"  # broadcast and chat (see `rooms`)
     lines: bool = False
     script: Script | None = None  # script: the parsed --script file
+    #: forward: where to relay; how long a datagram client's association lasts unused.
+    upstream: Address | None = None
+    idle_timeout: float | None = None
 
 
 class Buffers:

@@ -419,9 +419,13 @@ STREAM_CLASSES: dict[str, type[StreamBuiltin]] = {
 def stream_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:
     """A new request handler class for stream servers running the builtin `name`.
 
-    Raises ValueError for an unknown name.
+    Raises ValueError for an unknown name (and for forward without `options.upstream`).
     """
     check_name(name)
+    if name == "forward":
+        from .forward import forward_stream_handler  # forward only
+
+        return forward_stream_handler(options)
     shared = Shared(name, options)
     attrs: dict[str, Any] = {
         "builtin": name,

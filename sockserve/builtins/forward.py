@@ -1,0 +1,335 @@
+"""forward: a transparent proxy, for stream servers in sync, thread and fork mode (the
+datagram servers' is `forward_datagram`, event mode's `forward_asyncio`).
+
+Streams (tcp, unix). Each connection gets its own upstream connection, and each direction is
+relayed as it comes (`StreamRelay`). What it keeps in hand is bounded: one buffer (or one pipe)
+per direction, and it reads a side only once the other took the last chunk, so a side that does
+not read stops the other (back-pressure). An EOF is passed on as shutdown(SHUT_WR): the
+connection ends once both directions have ended, as socat's two unidirectional flows. A reset
+(or any other error) on one side becomes a reset on the other (SO_LINGER 0, then close). An
+upstream that refuses or cannot be reached resets the client's connection; the run hears one
+`upstream` event and one warning, and goes on. Bulk data moves with `os.splice` (socket → pipe
+→ socket, never through Python; both directions on the handler's thread, with non-blocking
+splices and poll) when nobody watches the client's socket and neither socket has a timeout;
+otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
+watch's stages may block), so a watch sees the client side.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Any, ClassVar
+
+from ..addresses import Address
+from ..socketserver import BaseRequestHandler
+from ..upstreams import upstream_url
+from .shared import HandlerOptions, Shared
+from .stream import StreamBuiltin, grow_pipe
+
+#: How long connecting to the upstream may take (streams, without --timeout).
+CONNECT_TIMEOUT = 10.0
+#: The buffer each direction copies through (when not spliced).
+RELAY_BUFFER = 65536
+#: The pipe each spliced direction moves its data through: at most this much in flight.
+SPLICE_PIPE_SIZE = 1 << 18
+#: SO_LINGER on, 0 seconds: close() sends a reset.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+CAN_SPLICE = hasattr(os, "splice")
+
+
+def describe(exc: BaseException) -> str:
+    """The reason an OSError gives, in words (ECONNREFUSED: "Connection refused")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def reset_on_close(sock: Any) -> None:
+    """Make the next close of `sock` send a reset (SO_LINGER 0)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
+def open_upstream(upstream: Address, socktype: str, timeout: float | None) -> socket.socket:
+    """A socket connected to `upstream` (a `socktype` socket, with `timeout` to connect).
+
+    A unix datagram socket is bound to an automatic abstract name first (Linux), so the
+    upstream can answer it. Raises OSError.
+    """
+    kind = socket.SOCK_STREAM if socktype == "stream" else socket.SOCK_DGRAM
+    if upstream.family == "unix":
+        sock = socket.socket(socket.AF_UNIX, kind)
+        target: Any = upstream.sockaddr()
+    else:
+        family, _, _, _, target = socket.getaddrinfo(upstream.host, upstream.port, 0, kind)[0]
+        sock = socket.socket(family, kind)
+    try:
+        if upstream.family == "unix" and kind == socket.SOCK_DGRAM:
+            sock.bind("")  # autobind: an abstract address the upstream can send to
+        sock.settimeout(timeout)
+        sock.connect(target)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class StreamRelay:
+    """Relay between `client` and `upstream` both ways until both directions have ended.
+
+    `moved[0]` counts client → upstream bytes, `moved[1]` upstream → client. `idle`: the
+    sockets' timeout, if any; the relay ends (`timed_out`: both closed in order) once neither
+    direction moved for that long. After `run`, `reset_client` tells the client must be reset
+    (the upstream failed); the upstream is closed by `run`, reset when the client failed.
+    """
+
+    def __init__(
+        self, client: Any, upstream: socket.socket, splice: bool, idle: float | None
+    ) -> None:
+        self.sockets = (client, upstream)
+        self.splice = splice
+        self.idle = idle
+        self.moved = [0, 0]
+        self.failed = [False, False]  # the side reset, went away or failed
+        self.timed_out = False
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    @property
+    def reset_client(self) -> bool:
+        """True when the upstream failed: the client's connection is to be reset."""
+        return self.failed[1]
+
+    def run(self) -> None:
+        """Relay both ways (spliced: on this thread; copied: on this thread and one more);
+        close (or reset) the upstream."""
+        try:
+            if self.splice:
+                self.run_spliced()
+            else:
+                back = threading.Thread(target=self.direction, args=(1,), name="forward (up)")
+                back.start()
+                try:
+                    self.direction(0)
+                finally:
+                    back.join()
+        finally:
+            upstream = self.sockets[1]
+            if self.failed[0]:
+                reset_on_close(upstream)
+            upstream.close()
+
+    def run_spliced(self) -> None:
+        """Both directions on this thread: non-blocking splices through a pipe each, the
+        sockets polled. A direction whose pipe holds data waits for its destination to take
+        it before reading its source again (the pipe is all it keeps in hand)."""
+        import select
+
+        socks = self.sockets
+        fds = [sock.fileno() for sock in socks]
+        for sock in socks:
+            sock.setblocking(False)
+        pipes = [os.pipe(), os.pipe()]
+        size = max(
+            RELAY_BUFFER,
+            min(grow_pipe(pipes[0][1], SPLICE_PIPE_SIZE), grow_pipe(pipes[1][1], SPLICE_PIPE_SIZE)),
+        )
+        held = [0, 0]  # bytes in each direction's pipe
+        relaying = [True, True]
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        splice = os.splice
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        try:
+            while relaying[0] or relaying[1]:
+                want = dict.fromkeys(fds, 0)
+                for d in (0, 1):
+                    if relaying[d]:
+                        if held[d]:
+                            want[fds[1 - d]] |= select.POLLOUT
+                        else:
+                            want[fds[d]] |= select.POLLIN
+                for fd, mask in want.items():
+                    if registered.get(fd) == mask:
+                        continue
+                    if mask:
+                        poller.register(fd, mask)
+                    elif fd in registered:
+                        poller.unregister(fd)  # nothing asked: no wake-up for its hang-up
+                    registered[fd] = mask
+                poller.poll()
+                for d in (0, 1):
+                    if not relaying[d]:
+                        continue
+                    r, w = pipes[d]
+                    if not held[d]:
+                        try:
+                            held[d] = splice(fds[d], w, size, flags=flags)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            self.failed[d] = True
+                            return
+                        if not held[d]:  # EOF: pass it on as a half-close
+                            relaying[d] = False
+                            try:
+                                socks[1 - d].shutdown(socket.SHUT_WR)
+                            except OSError:
+                                pass
+                            continue
+                    try:
+                        n = splice(r, fds[1 - d], held[d], flags=flags)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        self.failed[1 - d] = True
+                        return
+                    held[d] -= n
+                    self.moved[d] += n
+        finally:
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+
+    def direction(self, index: int) -> None:
+        """Copy from side `index` to the other; pass its EOF on as a half-close."""
+        dst = self.sockets[1 - index]
+        try:
+            ended = self.copy(index)
+        except BaseException:
+            self.fail(index)
+            raise
+        if ended:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def copy(self, index: int) -> bool:
+        """recv and sendall; True at the source's EOF, False when a side failed."""
+        src, dst = self.sockets[index], self.sockets[1 - index]
+        buf = bytearray(RELAY_BUFFER)
+        view = memoryview(buf)
+        idle = self.idle
+        try:
+            while True:
+                try:
+                    n = src.recv_into(buf)
+                except TimeoutError:
+                    if time.monotonic() - self.last < idle:  # type: ignore[operator]  # idle is set
+                        continue  # the other direction is busy: not idle
+                    self.time_out()
+                    return False
+                except OSError:
+                    self.fail(index)
+                    return False
+                if not n:
+                    return True
+                try:
+                    dst.sendall(view[:n])
+                except TimeoutError:
+                    self.time_out()
+                    return False
+                except OSError:
+                    self.fail(1 - index)
+                    return False
+                self.moved[index] += n
+                if idle is not None:
+                    self.last = time.monotonic()
+        finally:
+            view.release()
+
+    def fail(self, index: int) -> None:
+        """Side `index` failed: the other is to be reset; wake the thread reading it."""
+        with self.lock:
+            if self.failed[index]:
+                return
+            self.failed[index] = True
+        other = self.sockets[1 - index]
+        reset_on_close(other)
+        try:
+            other.shutdown(socket.SHUT_RD)  # its reader sees an end, and stops
+        except OSError:
+            pass
+
+    def time_out(self) -> None:
+        """Neither direction moved for `idle`: stop both (each is closed, as event mode's
+        idle sweep closes them)."""
+        self.timed_out = True
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+
+class ForwardStream(StreamBuiltin):
+    """forward on a stream server: connect the upstream, relay both ways (`StreamRelay`)."""
+
+    upstream: ClassVar[Address]
+
+    def serve(self, sock: socket.socket) -> None:
+        observer = self.shared.observer
+        url = upstream_url(self.upstream, "stream")
+        idle = sock.gettimeout()
+        try:
+            upstream = open_upstream(self.upstream, "stream", idle or CONNECT_TIMEOUT)
+        except OSError as exc:
+            if observer is not None:
+                reason = describe(exc)
+                observer.upstream(self.client_address, url, reason)
+                observer.warning(
+                    f"upstream {url} failed for {client_text(self.client_address)}: {reason}; "
+                    "reset the client's connection"
+                )
+            reset_on_close(sock)
+            sock.close()  # now, before the server's shutdown could send an orderly FIN
+            return
+        upstream.settimeout(idle)
+        if observer is not None:
+            observer.upstream(self.client_address, url, None)
+        splice = CAN_SPLICE and not self.watched and idle is None
+        relay = StreamRelay(sock, upstream, splice, idle)
+        try:
+            relay.run()
+        finally:
+            self.received += relay.moved[0]
+            self.sent += relay.moved[1]
+        if relay.reset_client:
+            reset_on_close(sock)
+            sock.close()
+        if relay.timed_out:
+            raise TimeoutError(f"no traffic either way for {idle:g}s")
+
+
+def client_text(client: Any) -> str:
+    from ..console import format_client  # the warning's text only
+
+    return format_client(client)
+
+
+def upstream_of(options: HandlerOptions) -> Address:
+    if options.upstream is None:
+        raise ValueError("forward needs HandlerOptions(upstream=...)")
+    return options.upstream
+
+
+def forward_stream_handler(options: HandlerOptions) -> type[BaseRequestHandler]:
+    """A request handler class forwarding stream connections to `options.upstream`."""
+    shared = Shared("forward", options)
+    attrs = {
+        "builtin": "forward",
+        "options": options,
+        "shared": shared,
+        "upstream": upstream_of(options),
+        "__module__": __name__,
+    }
+    return type("ForwardStreamHandler", (ForwardStream,), attrs)

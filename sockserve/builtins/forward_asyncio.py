@@ -1,0 +1,299 @@
+"""forward as asyncio protocols, for `--concurrency event` (this module imports asyncio).
+
+Streams: each client connection (`ClientSide`) opens its upstream connection (`UpstreamSide`)
+and reads nothing until it is made. Each side writes what the other receives; a side whose
+write buffer is full (over the transport's high-water mark) pauses reading on the other
+(back-pressure). An EOF is passed on with write_eof; the two connections close once both
+EOFs have passed. A connection lost on an error (a reset) aborts the other with SO_LINGER 0,
+which resets it. An upstream that cannot be reached resets the client, as in the other modes
+(`forward`).
+
+Datagrams: one protocol for the server's socket (`ForwardDatagramProtocol`), one upstream
+socket per client read by the loop (`loop.add_reader`), the associations of `forward`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from ..addresses import Address
+from ..upstreams import upstream_url
+from .forward import CONNECT_TIMEOUT, client_text, describe, open_upstream, reset_on_close
+from .forward_datagram import DEFAULT_ASSOCIATION_IDLE, Association, Associations
+from .shared import HandlerOptions, Shared
+
+
+def reset(transport: Any) -> None:
+    """Close `transport` with a reset (SO_LINGER 0, then abort)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        reset_on_close(sock)
+    transport.abort()
+
+
+class ClientSide(asyncio.Protocol):
+    """One client connection of the proxy; `received` and `sent` count the client's bytes
+    (the event server's idle sweep reads them)."""
+
+    def __init__(self, shared: Shared, upstream: Address) -> None:
+        self.shared = shared
+        self.upstream = upstream
+        self.received = 0
+        self.sent = 0
+        self.client: Any = None
+        self.transport: Any = None
+        self.up: Any = None  # the upstream's transport, once connected
+        self.task: asyncio.Task[None] | None = None
+        self.client_eof = False
+        self.upstream_eof = False
+        self.early: list[bytes] = []  # what came before the upstream connection
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.client = transport.get_extra_info("peername")
+        transport.pause_reading()  # until the upstream is there to take it (asyncio's loop)
+        self.task = asyncio.get_running_loop().create_task(self.connect())
+
+    async def connect(self) -> None:
+        """Connect the upstream; reset the client if it cannot be reached."""
+        loop = asyncio.get_running_loop()
+        observer = self.shared.observer
+        url = upstream_url(self.upstream, "stream")
+        factory = functools.partial(UpstreamSide, self)
+        try:
+            if self.upstream.family == "unix":
+                made = loop.create_unix_connection(factory, self.upstream.sockaddr())
+            else:
+                host, port = self.upstream.sockaddr()
+                made = loop.create_connection(factory, host, port)
+            transport, _ = await asyncio.wait_for(made, CONNECT_TIMEOUT)
+        except (TimeoutError, OSError) as exc:
+            if observer is not None:
+                reason = describe(exc) if isinstance(exc, OSError) else "timed out"
+                observer.upstream(self.client, url, reason)
+                observer.warning(
+                    f"upstream {url} failed for {client_text(self.client)}: {reason}; "
+                    "reset the client's connection"
+                )
+            if not self.transport.is_closing():
+                reset(self.transport)
+            return
+        if self.transport.is_closing():  # the client went away meanwhile
+            transport.close()
+            return
+        self.up = transport
+        if observer is not None:
+            observer.upstream(self.client, url, None)
+        transport.writelines(self.early)
+        self.early.clear()
+        if self.client_eof:
+            transport.write_eof()
+        else:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.up is None:  # read before the upstream is there (uvloop): keep it, wait
+            self.early.append(data)
+            self.transport.pause_reading()
+            return
+        self.up.write(data)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.up is not None and not self.up.is_closing():
+            self.up.write_eof()
+        self.maybe_close()
+        return True  # the upstream may still answer
+
+    def pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.resume_reading()
+
+    def maybe_close(self) -> None:
+        """Both EOFs passed: close both connections (what they still hold goes out first)."""
+        if self.client_eof and self.upstream_eof:
+            self.transport.close()
+            if self.up is not None:
+                self.up.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        up = self.up
+        if up is not None and not up.is_closing():
+            if exc is not None:
+                reset(up)
+            else:
+                up.close()
+        recorder = self.shared.recorder
+        if recorder is not None:
+            recorder.record(self.client, self.received, self.sent)
+
+
+class UpstreamSide(asyncio.Protocol):
+    """The upstream connection of one `ClientSide`."""
+
+    def __init__(self, owner: ClientSide) -> None:
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        owner.sent += len(data)
+        owner.transport.write(data)
+
+    def eof_received(self) -> bool:
+        owner = self.owner
+        owner.upstream_eof = True
+        client = owner.transport
+        if not client.is_closing() and client.can_write_eof():
+            client.write_eof()
+        owner.maybe_close()
+        return True  # the client may still send
+
+    def pause_writing(self) -> None:
+        self.owner.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.owner.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.owner.transport
+        if client.is_closing():
+            return
+        if exc is not None:
+            reset(client)
+        else:
+            client.close()
+
+
+class ForwardDatagramProtocol(asyncio.DatagramProtocol):
+    """The server socket's protocol: each client's datagrams to its association, the
+    upstream's answers back to the client; idle associations expire."""
+
+    def __init__(self, shared: Shared, upstream: Address, idle: float | None) -> None:
+        self.shared = shared
+        self.upstream = upstream
+        self.url = upstream_url(upstream, "dgram")
+        self.associations = Associations(idle or DEFAULT_ASSOCIATION_IDLE)
+        self.transport: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assoc = self.associations.get(addr, time.monotonic())
+        if assoc is None:
+            assoc = self.associate(addr)
+            if assoc is None:
+                return
+        try:
+            assoc.sock.send(data)
+        except OSError:
+            pass  # the upstream's queue is full, or it refused an earlier one: lost
+        recorder = self.shared.recorder
+        if recorder is not None:
+            recorder.record(addr, len(data), 0)
+
+    def associate(self, client: Any) -> Association | None:
+        """Open the client's upstream socket, read by the loop; None when it cannot be."""
+        observer = self.shared.observer
+        try:
+            up = open_upstream(self.upstream, "dgram", None)
+        except OSError as exc:
+            if observer is not None:
+                observer.upstream(client, self.url, describe(exc))
+                observer.warning(
+                    f"upstream {self.url} failed for {client_text(client)}: {describe(exc)}; "
+                    "dropped its datagram"
+                )
+            return None
+        up.setblocking(False)
+        assoc = Association(client, up, self.transport)
+        pushed = self.associations.add(assoc)
+        if pushed is not None:
+            self.drop(pushed)
+        assert self.loop is not None
+        self.loop.add_reader(up.fileno(), self.pass_back, assoc)
+        if self.sweeper is None:
+            self.schedule_sweep()
+        if observer is not None:
+            observer.upstream(client, self.url, None)
+        return assoc
+
+    def pass_back(self, assoc: Association) -> None:
+        """Send what the upstream answered on `assoc` back to its client."""
+        recorder = self.shared.recorder
+        for _ in range(64):  # a burst, then the others' turn
+            try:
+                data = assoc.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # refused (an ICMP error for an earlier datagram)
+            assoc.last = time.monotonic()
+            if assoc.client and not self.transport.is_closing():
+                self.transport.sendto(data, assoc.client)
+                if recorder is not None:
+                    recorder.record(assoc.client, 0, len(data))
+
+    def drop(self, assoc: Association) -> None:
+        assert self.loop is not None
+        self.loop.remove_reader(assoc.sock.fileno())
+        assoc.sock.close()
+
+    def schedule_sweep(self) -> None:
+        assert self.loop is not None
+        self.sweeper = self.loop.call_later(self.associations.idle / 4, self.sweep)
+
+    def sweep(self) -> None:
+        """Close the associations unused for the idle time."""
+        self.sweeper = None
+        for assoc in self.associations.expired(time.monotonic()):
+            self.drop(assoc)
+        if len(self.associations):
+            self.schedule_sweep()
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: the client is gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        for assoc in self.associations.take_all():
+            self.drop(assoc)
+
+
+def forward_protocol_factory(
+    socktype: Literal["stream", "dgram"], options: HandlerOptions
+) -> Callable[[], asyncio.BaseProtocol]:
+    """Protocols forwarding to `options.upstream`; watched when the observer wants every
+    chunk (-vv), as the other builtins' are."""
+    if options.upstream is None:
+        raise ValueError("forward needs HandlerOptions(upstream=...)")
+    shared = Shared("forward", options)
+    factory: Callable[[], asyncio.BaseProtocol]
+    if socktype == "dgram":
+        factory = functools.partial(
+            ForwardDatagramProtocol, shared, options.upstream, options.idle_timeout
+        )
+    else:
+        factory = functools.partial(ClientSide, shared, options.upstream)
+    observer = shared.observer
+    if observer is None or not observer.wants_data:
+        return factory
+    from ..watch_asyncio import watching_factory
+
+    return watching_factory(factory, observer)
