@@ -1,28 +1,12 @@
-"""The client against misbehaving servers: sockserve's faults and TLS, as keywords.
+"""The client against misbehaving servers: sockserve's faults and TLS, as keywords."""
 
-Each test needs an option of sockserve's that may be newer than the sockserve installed;
-without it, the test is skipped with the reason.
-"""
-
-import inspect
 import ssl
 import time
 
 import pytest
 from lineclient import ClientError, LineClient, udp_request
 
-from sockserve.config import build_config
 
-OPTIONS = inspect.signature(build_config).parameters
-
-
-def needs(option):
-    """Skip unless this sockserve has --OPTION (the API takes it as a keyword)."""
-    flag = "--" + option.replace("_", "-")
-    return pytest.mark.skipif(option not in OPTIONS, reason=f"sockserve has no {flag} yet")
-
-
-@needs("fail_first")
 def test_retries_a_server_that_resets_the_first_connections(sockserve_server):
     server = sockserve_server("tcp", handler="upper", fail_first=2)
     client = LineClient(server.address, retries=2)
@@ -31,7 +15,6 @@ def test_retries_a_server_that_resets_the_first_connections(sockserve_server):
     assert len(server.wait_for_connections(3)) == 3
 
 
-@needs("stall")
 def test_times_out_on_a_server_that_never_answers(sockserve_server):
     server = sockserve_server("tcp", stall=True)
     client = LineClient(server.address, timeout=0.2, retries=1)
@@ -41,13 +24,11 @@ def test_times_out_on_a_server_that_never_answers(sockserve_server):
     assert time.monotonic() - started < 2  # two attempts of 0.2 s, not the default 2 s each
 
 
-@needs("chunk")
 def test_reads_a_reply_split_into_pieces(sockserve_server):
     server = sockserve_server("tcp", handler="upper", chunk=1)  # replies in 1-byte writes
     assert LineClient(server.address).request(b"in pieces") == b"IN PIECES"
 
 
-@needs("tls")
 def test_verifies_the_servers_certificate(sockserve_server):
     server = sockserve_server("tcp", handler="upper", tls=True)
     context = ssl.create_default_context(cafile=server.ca_file)
@@ -56,7 +37,6 @@ def test_verifies_the_servers_certificate(sockserve_server):
         LineClient(server.address, tls=ssl.create_default_context(), retries=0).request(b"x")
 
 
-@needs("drop")
 def test_udp_gives_up_when_every_datagram_is_lost(sockserve_server):
     server = sockserve_server("udp", drop=100)
     with pytest.raises(ClientError, match="no answer after 3 datagrams"):
