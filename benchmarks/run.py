@@ -182,6 +182,8 @@ def sockserve_tls(concurrency: str) -> Argv:
         cert, key = str(tls / "cert.pem"), str(tls / "key.pem")
         return [*sockserve(concurrency)(transport, address, handler), "--cert", cert, "--key", key]
 
+    return argv
+
 
 # -- proxies (forward scenarios): `handler` is then the upstream's address ------------------------
 

@@ -14,13 +14,13 @@ Every address is loopback; the certificate is for localhost, ECDSA P-256 (trustm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import socket
 import ssl
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -148,31 +148,39 @@ def load_pingpong(address: tuple[str, int], cafile: str, conns: int, seconds: fl
 
 
 def load_bulk(address: tuple[str, int], cafile: str, size: int) -> dict:
-    """`size` bytes through one TLS connection and back."""
+    """`size` bytes through one TLS connection and back, sent and read at once on one event
+    loop (one SSL object used from two threads is not safe: OpenSSL's objects are not)."""
+    return asyncio.run(_bulk(address, cafile, size))
+
+
+async def _bulk(address: tuple[str, int], cafile: str, size: int) -> dict:
     context = client_context(cafile)
-    raw = socket.create_connection(address, timeout=30)
-    sock = context.wrap_socket(raw, server_hostname="localhost")
+    reader, writer = await asyncio.open_connection(
+        *address, ssl=context, server_hostname="localhost", limit=1 << 20
+    )
     block = b"b" * 65536
     start = time.monotonic()
 
-    def send() -> None:
+    async def send() -> None:
         left = size
         while left > 0:
             n = min(left, len(block))
-            sock.sendall(block[:n])
+            writer.write(block[:n])
+            await writer.drain()
             left -= n
 
-    sender = threading.Thread(target=send)
-    sender.start()
+    sender = asyncio.create_task(send())
     got = 0
     while got < size:
-        chunk = sock.recv(262144)
+        chunk = await reader.read(262144)
         if not chunk:
             break
         got += len(chunk)
     secs = time.monotonic() - start
-    sender.join()
-    sock.close()
+    await sender
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()
     return {
         "mode": "tls-bulk-echo",
         "mb_per_s": got / secs / 1e6,

@@ -925,16 +925,21 @@ def test_readme_chat() -> None:
     try:
         assert proc.stdout is not None and proc.stderr is not None
         host, _, port = proc.stdout.readline().strip().rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=10) as alice:
-            alice_file = alice.makefile("rb")
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as alice,
+            alice.makefile("rb") as alice_file,  # closed too: a makefile keeps the fd open
+        ):
             while "joined the room" not in (line := proc.stderr.readline()):  # alice is in
                 assert line, "the server stopped"
-            with socket.create_connection((host, int(port)), timeout=10) as bob:
+            with (
+                socket.create_connection((host, int(port)), timeout=10) as bob,
+                bob.makefile("rb") as bob_file,
+            ):
                 bob_name = "{}:{}".format(*bob.getsockname())
                 assert alice_file.readline() == f"* {bob_name} joined\n".encode()
                 alice.sendall(b"hello, bob\n")
                 alice_name = "{}:{}".format(*alice.getsockname())
-                assert bob.makefile("rb").readline() == f"[{alice_name}] hello, bob\n".encode()
+                assert bob_file.readline() == f"[{alice_name}] hello, bob\n".encode()
     finally:
         proc.terminate()
         proc.wait(timeout=15)
