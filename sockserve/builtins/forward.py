@@ -25,6 +25,7 @@ import time
 from typing import Any, ClassVar
 
 from ..addresses import Address
+from ..events import Events
 from ..socketserver import BaseRequestHandler
 from ..upstreams import upstream_url
 from .shared import HandlerOptions, Shared
@@ -283,13 +284,9 @@ class ForwardStream(StreamBuiltin):
         try:
             upstream = open_upstream(self.upstream, "stream", idle or CONNECT_TIMEOUT)
         except OSError as exc:
-            if observer is not None:
-                reason = describe(exc)
-                observer.upstream(self.client_address, url, reason)
-                observer.warning(
-                    f"upstream {url} failed for {client_text(self.client_address)}: {reason}; "
-                    "reset the client's connection"
-                )
+            tell_failed(
+                observer, self.client_address, url, describe(exc), "reset the client's connection"
+            )
             reset_on_close(sock)
             sock.close()  # now, before the server's shutdown could send an orderly FIN
             return
@@ -308,6 +305,14 @@ class ForwardStream(StreamBuiltin):
             sock.close()
         if relay.timed_out:
             raise TimeoutError(f"no traffic either way for {idle:g}s")
+
+
+def tell_failed(observer: Events | None, client: Any, url: str, reason: str, then: str) -> None:
+    """The upstream could not be reached for `client`: an `upstream` event with the reason,
+    and a warning that says what became of the client's traffic (`then`)."""
+    if observer is not None:
+        observer.upstream(client, url, reason)
+        observer.warning(f"upstream {url} failed for {client_text(client)}: {reason}; {then}")
 
 
 def client_text(client: Any) -> str:

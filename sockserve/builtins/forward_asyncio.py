@@ -22,7 +22,13 @@ from typing import Any, Literal
 
 from ..addresses import Address
 from ..upstreams import upstream_url
-from .forward import CONNECT_TIMEOUT, client_text, describe, open_upstream, reset_on_close
+from .forward import (
+    CONNECT_TIMEOUT,
+    describe,
+    open_upstream,
+    reset_on_close,
+    tell_failed,
+)
 from .forward_datagram import DEFAULT_ASSOCIATION_IDLE, Association, Associations
 from .shared import HandlerOptions, Shared
 
@@ -72,13 +78,8 @@ class ClientSide(asyncio.Protocol):
                 made = loop.create_connection(factory, host, port)
             transport, _ = await asyncio.wait_for(made, CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as exc:
-            if observer is not None:
-                reason = describe(exc) if isinstance(exc, OSError) else "timed out"
-                observer.upstream(self.client, url, reason)
-                observer.warning(
-                    f"upstream {url} failed for {client_text(self.client)}: {reason}; "
-                    "reset the client's connection"
-                )
+            reason = describe(exc) if isinstance(exc, OSError) else "timed out"
+            tell_failed(observer, self.client, url, reason, "reset the client's connection")
             if not self.transport.is_closing():
                 reset(self.transport)
             return
@@ -212,12 +213,7 @@ class ForwardDatagramProtocol(asyncio.DatagramProtocol):
         try:
             up = open_upstream(self.upstream, "dgram", None)
         except OSError as exc:
-            if observer is not None:
-                observer.upstream(client, self.url, describe(exc))
-                observer.warning(
-                    f"upstream {self.url} failed for {client_text(client)}: {describe(exc)}; "
-                    "dropped its datagram"
-                )
+            tell_failed(observer, client, self.url, describe(exc), "dropped its datagram")
             return None
         up.setblocking(False)
         assoc = Association(client, up, self.transport)

@@ -25,7 +25,7 @@ from ..events import address_of
 from ..socketserver import BaseRequestHandler
 from ..upstreams import upstream_url
 from ..watch import is_watched
-from .forward import client_text, describe, open_upstream, upstream_of
+from .forward import describe, open_upstream, tell_failed, upstream_of
 from .shared import HandlerOptions, Shared, send_datagram
 
 #: How long a datagram client's association lives unused, without --timeout.
@@ -140,12 +140,7 @@ class DatagramRelay:
         try:
             up = open_upstream(self.upstream, "dgram", None)
         except OSError as exc:
-            if observer is not None:
-                observer.upstream(client, self.url, describe(exc))
-                observer.warning(
-                    f"upstream {self.url} failed for {client_text(client)}: {describe(exc)}; "
-                    "dropped its datagram"
-                )
+            tell_failed(observer, client, self.url, describe(exc), "dropped its datagram")
             return None
         up.setblocking(False)
         assoc = Association(address_of(client), up, sock)
