@@ -118,7 +118,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     default="echo",
     show_default=True,
     help="Builtin name (echo upper discard stdout stdio chargen daytime time reply broadcast "
-    "chat replay), "
+    "chat; forward, script and replay with their option), "
     "module:Class, or file.py[:Class].",
 )
 @click.option(
