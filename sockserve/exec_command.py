@@ -6,7 +6,6 @@ The exec builtin (`sockserve.builtins.program`) runs an `ExecSpec` per connectio
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +66,8 @@ def find_program(program: str) -> str | None:
         if not os.access(program, os.X_OK):
             return f"{program} is not executable"
         return None
+    import shutil  # --exec only: the command's other runs never load it
+
     if shutil.which(program) is None:
         return f"{program} is not found in PATH"
     return None

@@ -19,7 +19,6 @@ turns it into what replay sends and what it waits for before each send.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,8 @@ Dir = Literal["in", "out"]
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
+    import json  # only runs that write or read transcripts load it
+
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
@@ -216,6 +217,8 @@ def read_transcript(path: str) -> Transcript:
 
 def _lines(raw: bytes) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON or None when it is not JSON) for each non-blank line."""
+    import json  # only runs that write or read transcripts load it
+
     for number, line in enumerate(raw.split(b"\n"), 1):
         if not line.strip():
             continue
