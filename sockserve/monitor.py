@@ -46,6 +46,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
 
 
+def read_lines(fd: int, partial: bytes) -> tuple[list[bytes], bytes]:
+    """Read what a non-blocking pipe holds; return its complete lines, and the rest of a line
+    still to come (`partial` is the rest the last call returned)."""
+    chunks = [partial]
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # BlockingIOError: all read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    *lines, rest = b"".join(chunks).split(b"\n")
+    return lines, rest
+
+
 class RunMonitor:
     """Count and report the events of one run; forward them from forked children.
 
@@ -260,16 +276,7 @@ class RunMonitor:
             return
         import json  # the child pipe's lines (fork mode only): other runs never load it
 
-        chunks = [self._partial]
-        while True:
-            try:
-                chunk = os.read(self._pipe[0], 65536)
-            except OSError:  # BlockingIOError: all read
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        *lines, self._partial = b"".join(chunks).split(b"\n")
+        lines, self._partial = read_lines(self._pipe[0], self._partial)
         for line in lines:
             try:
                 rec = json.loads(line)

@@ -24,7 +24,7 @@ from typing import Any
 from .config import ServeConfig
 from .errors import ExitStatus
 from .lifecycle import IGNORED_SIGNALS, RUN_SIGNALS, STOP_HINT, SignalQueue
-from .monitor import RunMonitor
+from .monitor import RunMonitor, read_lines
 
 #: Runs the usual serve loop in a worker, stopped by the given signals; returns its status.
 ServeOne = Callable[[tuple[int, ...]], int]
@@ -180,16 +180,7 @@ class Supervisor:
         """Note which workers serve, and whose loop ended in order."""
         if self.news_fd < 0:
             return
-        chunks = [self._news]
-        while True:
-            try:
-                chunk = os.read(self.news_fd, 4096)
-            except OSError:  # BlockingIOError: all read
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        *lines, self._news = b"".join(chunks).split(b"\n")
+        lines, self._news = read_lines(self.news_fd, self._news)
         for line in lines:
             kind, pid = line[:1], line[1:]
             if pid.isdigit():

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,30 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
 
 def _default_sighup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """Run `python -m sockserve ARGS --print-address -q` (no pty) until the block ends; yield
+    the address it printed. Then SIGTERM (unless it ended by itself): it must exit 0 with no
+    traceback on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", *args, "--print-address", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        address = proc.stdout.readline().strip()
+        assert address, proc.stderr.read()
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def wait_listening(child: pexpect.spawn) -> str:

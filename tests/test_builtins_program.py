@@ -71,12 +71,12 @@ def test_reply_is_bounded() -> None:
 
 def test_programs_get_sigterm_then_sigkill(tmp_path: Path) -> None:
     """stop(None) escalates: SIGTERM first, SIGKILL the next time; the whole group gets it."""
-    spec = ExecSpec(argv=("sh", "-c", "trap '' TERM; sleep 30 & wait"), command="x")
-    proc = program.spawn(spec, dict(os.environ), subprocess.DEVNULL, subprocess.DEVNULL, None)
+    spec = ExecSpec(argv=("sh", "-c", "trap '' TERM; echo ready; sleep 30 & wait"), command="x")
+    proc = program.spawn(spec, dict(os.environ), subprocess.DEVNULL, subprocess.PIPE, None)
     try:
         assert os.getpgid(proc.pid) == proc.pid  # a group of its own
         assert proc.pid in program.PROGRAMS.pids()
-        time.sleep(0.2)  # let the shell set its trap
+        assert proc.stdout.readline() == b"ready\n"  # the shell has set its trap
         assert program.PROGRAMS.stop(None) is True  # SIGTERM: ignored
         time.sleep(0.2)
         assert proc.poll() is None
@@ -88,6 +88,7 @@ def test_programs_get_sigterm_then_sigkill(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
     assert proc.pid not in program.PROGRAMS.pids()
 
 

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,24 @@ class Slow(socketserver.StreamRequestHandler):
         time.sleep(0.4)
         self.wfile.write(b"bye " + line)
 """
+
+
+#: The servers the running test started (`no_server_left` ends what a failing test left).
+STARTED: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    """End (by its pid) any server a test left running, as a failed assertion does."""
+    yield
+    while STARTED:
+        proc = STARTED.pop().proc
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 class Server:
@@ -57,6 +76,7 @@ class Server:
         if not line:
             _, err = self.proc.communicate(timeout=10)
             raise AssertionError(f"no address: {err.decode()}")
+        STARTED.append(self)
         self.text = line
         if line.startswith("["):
             host, port = line[1:].rsplit("]:", 1)

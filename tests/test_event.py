@@ -21,18 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builtin_checks import SOLO
 from clitools import RecordsObserver, finish, inet_address, spawn, tcp_exchange, wait_listening
 
 from sockserve import builtins as bh
 from sockserve.event import EventServer
 from sockserve.events import NullEvents
-from sockserve.loading import BUILTIN_NAMES, ROOM_BUILTINS
-
-SOLO = [
-    name
-    for name in BUILTIN_NAMES
-    if name not in ROOM_BUILTINS and name not in ("exec", "script", "forward")
-]
 
 pytestmark = pytest.mark.leakcheck
 

@@ -335,7 +335,7 @@ def test_stop_sends_sigterm_at_once(tmp_path: Path, mode: str) -> None:
 def test_once_lets_the_program_finish(tmp_path: Path) -> None:
     with serving(tmp_path, "tcp", "--sh-exec", "read x; echo got $x", "--once") as server:
         with server.connect() as sock:
-            time.sleep(0.2)  # the run has begun its stop: the program still runs
+            server.wait_event("connect")  # --once: the run stops now, the program still runs
             sock.sendall(b"it\n")
             assert read_all(sock) == b"got it\n"
         assert server.proc.wait(10) == 0

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import clitools
 import pytest
 
 COMMAND = [sys.executable, "-m", "sockserve"]
@@ -23,23 +24,9 @@ COMMAND = [sys.executable, "-m", "sockserve"]
 
 @contextlib.contextmanager
 def serving(*args: str) -> Iterator[int]:
-    """Run `sockserve ARGS --print-address -q` until the block ends; yield its port."""
-    proc = subprocess.Popen(
-        [*COMMAND, *args, "--print-address", "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = proc.stdout.readline().strip()
-        port = line.rpartition(":")[2]
-        assert port.isdigit(), (line, proc.stderr.read() if not line else "")
-        yield int(port)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
+    """`clitools.serving`, yielding the port."""
+    with clitools.serving(*args) as address:
+        yield int(address.rpartition(":")[2])
 
 
 def refused(*args: str) -> str:

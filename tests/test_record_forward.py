@@ -4,40 +4,12 @@ answered."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-COMMAND = [sys.executable, "-m", "sockserve"]
-
-
-@contextlib.contextmanager
-def serving(*args: str) -> Iterator[str]:
-    """Run `sockserve ARGS --print-address -q`; yield its address; SIGTERM it at the end."""
-    proc = subprocess.Popen(
-        [*COMMAND, *args, "--print-address", "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address, proc.stderr.read() if proc.stderr else ""
-        yield address
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+from clitools import serving
 
 
 def ask(address: str, lines: list[bytes]) -> bytes:

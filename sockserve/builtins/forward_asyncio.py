@@ -25,11 +25,15 @@ from ..upstreams import upstream_url
 from .forward import (
     CONNECT_TIMEOUT,
     describe,
-    open_upstream,
     reset_on_close,
     tell_failed,
 )
-from .forward_datagram import DEFAULT_ASSOCIATION_IDLE, Association, Associations
+from .forward_datagram import (
+    DEFAULT_ASSOCIATION_IDLE,
+    Association,
+    Associations,
+    open_association,
+)
 from .shared import HandlerOptions, Shared
 
 
@@ -210,12 +214,9 @@ class ForwardDatagramProtocol(asyncio.DatagramProtocol):
     def associate(self, client: Any) -> Association | None:
         """Open the client's upstream socket, read by the loop; None when it cannot be."""
         observer = self.shared.observer
-        try:
-            up = open_upstream(self.upstream, "dgram", None)
-        except OSError as exc:
-            tell_failed(observer, client, self.url, describe(exc), "dropped its datagram")
+        up = open_association(self.upstream, self.url, observer, client)
+        if up is None:
             return None
-        up.setblocking(False)
         assoc = Association(client, up, self.transport)
         pushed = self.associations.add(assoc)
         if pushed is not None:

@@ -100,6 +100,18 @@ class Associations:
         return every
 
 
+def open_association(upstream: Address, url: str, observer: Any, client: Any) -> Any:
+    """A new non-blocking datagram socket to `upstream` for `client`; None (told as a failed
+    upstream: its datagram is dropped) when it cannot be opened."""
+    try:
+        up = open_upstream(upstream, "dgram", None)
+    except OSError as exc:
+        tell_failed(observer, client, url, describe(exc), "dropped its datagram")
+        return None
+    up.setblocking(False)
+    return up
+
+
 class DatagramRelay:
     """Forward datagrams to the upstream, one association per client; one thread sends the
     replies back, expires associations, and stops once the server's socket is closed."""
@@ -137,12 +149,9 @@ class DatagramRelay:
     def associate(self, sock: Any, client: Any) -> Association | None:
         """Open the client's upstream socket (under the lock); None when it cannot be."""
         observer = self.observer
-        try:
-            up = open_upstream(self.upstream, "dgram", None)
-        except OSError as exc:
-            tell_failed(observer, client, self.url, describe(exc), "dropped its datagram")
+        up = open_association(self.upstream, self.url, observer, client)
+        if up is None:
             return None
-        up.setblocking(False)
         assoc = Association(address_of(client), up, sock)
         pushed = self.associations.add(assoc)
         if pushed is not None:
