@@ -12,7 +12,9 @@ upstream that refuses or cannot be reached resets the client's connection; the r
 → socket, never through Python; both directions on the handler's thread, with non-blocking
 splices and poll) when nobody watches the client's socket and neither socket has a timeout;
 otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
-watch's stages may block), so a watch sees the client side.
+watch's stages may block), so a watch sees the client side. Faults on the upstream side
+(--faults-to, `sockserve.relay_faults`) put the upstream socket behind a watch of its own;
+a side a fault reset is passed on as a reset, one it closed as an orderly end.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from typing import Any, ClassVar
 
 from ..addresses import Address
 from ..events import Events
+from ..fault_stages import Connection
+from ..faults import attach_socket
+from ..relay_faults import side_connection, upstream_watch
 from ..socketserver import BaseRequestHandler
 from ..upstreams import upstream_url
+from ..watch import WatchedSocket
 from .shared import HandlerOptions, Shared
 from .stream import StreamBuiltin, grow_pipe
 
@@ -90,6 +96,8 @@ class StreamRelay:
     sockets' timeout, if any; the relay ends (`timed_out`: both closed in order) once neither
     direction moved for that long. After `run`, `reset_client` tells the client must be reset
     (the upstream failed); the upstream is closed by `run`, reset when the client failed.
+    `faults`: each side's fault Connection (--faults-to), if any: a side one reset counts
+    as failed (the other is reset), in the copied relay.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class StreamRelay:
         self.timed_out = False
         self.last = time.monotonic()
         self.lock = threading.Lock()
+        self.faults: tuple[Connection | None, Connection | None] = (None, None)
 
     @property
     def reset_client(self) -> bool:
@@ -208,7 +217,10 @@ class StreamRelay:
         except BaseException:
             self.fail(index)
             raise
-        if ended:
+        conn = self.faults[index]
+        if conn is not None and conn.ended == "reset":  # a fault reset the source
+            self.fail(index)
+        elif ended:
             try:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
@@ -293,13 +305,21 @@ class ForwardStream(StreamBuiltin):
         upstream.settimeout(idle)
         if observer is not None:
             observer.upstream(self.client_address, url, None)
+        watch = getattr(sock, "watch", None)
+        faulted = upstream_watch(watch)  # --faults-to upstream or both: its own watch
+        if faulted is not None:
+            upstream = WatchedSocket.adopt(upstream, faulted[0])
+            attach_socket(faulted[0], upstream)
         splice = CAN_SPLICE and not self.watched and idle is None
         relay = StreamRelay(sock, upstream, splice, idle)
+        relay.faults = (side_connection(watch), None if faulted is None else faulted[1])
         try:
             relay.run()
         finally:
             self.received += relay.moved[0]
             self.sent += relay.moved[1]
+            if faulted is not None:
+                faulted[0].close()
         if relay.reset_client:
             reset_on_close(sock)
             sock.close()
