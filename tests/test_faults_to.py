@@ -251,17 +251,19 @@ def test_unix_listener_delays_toward_a_unix_upstream() -> None:
     assert back - arrived < PROMPT
 
 
-def test_throttle_to_client_slows_the_reply_not_the_request() -> None:
+@pytest.mark.parametrize("mode", STREAM_MODES)
+def test_throttle_to_client_slows_the_reply_not_the_request(mode: str) -> None:
     """20 KB/s toward the client: 6000 bytes take about 0.3 s to come back; the upstream
     has them at once."""
     payload = bytes(range(256)) * 23 + b"x" * 112  # 6000 bytes
     with (
         upstream() as up,
         proxy(
-            "tcp", ":0", "--forward", up.address, "--throttle", "20K", "--faults-to", "client"
+            "tcp", ":0", "--forward", up.address, "-c", mode, "--throttle", "20K",
+            "--faults-to", "client",
         ) as served,
         connect(served.address) as sock,
-    ):
+    ):  # fmt: skip
         sent = time.monotonic()
         sock.sendall(payload)
         got = b""
