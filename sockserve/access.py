@@ -110,6 +110,26 @@ class AccessRules:
     def __hash__(self) -> int:
         return hash((self.rules, self.uids, self.gids))
 
+    def check(self, family: str, transport: str) -> None:
+        """Network rules need an IP peer; credentials, a unix stream peer. Raises
+        UsageError."""
+        if self.rules and family == "unix":
+            raise UsageError(
+                "--allow/--deny match IP addresses: a unix socket's peers have none",
+                hint="use --allow-uid or --allow-gid, or the socket file's --mode",
+            )
+        if (self.uids or self.gids) and transport != "unix":
+            raise UsageError(
+                "--allow-uid/--allow-gid match a unix stream peer's credentials: "
+                f"a {transport} peer has none",
+                hint="use --allow/--deny with addresses, or serve unix",
+            )
+        if (self.uids or self.gids) and not peer_credentials_supported():
+            raise UsageError(
+                "--allow-uid/--allow-gid need SO_PEERCRED, which this platform lacks",
+                hint="use the socket file's --mode instead",
+            )
+
     def describe(self) -> str:
         """The rules in one line, for the banner."""
         words = [str(rule) for rule in sorted(self.rules, key=lambda r: r.text)]

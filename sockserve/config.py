@@ -14,13 +14,10 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .access import AccessRules, build_rules, peer_credentials_supported
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
-from .exec_command import ExecSpec, check_exec, check_exec_mode, exec_argv, exec_handler
-from .faultplan import FailMode, FaultPlan, FaultsTo, fault_plan
 from .inherited import check_inetd, check_inherited, inetd_address, inherited_address, inherited_fd
 from .loading import (
     ROOM_BUILTINS,
@@ -30,15 +27,18 @@ from .loading import (
     check_compatible,
     load_handler,
 )
-from .script_model import Script
 from .tls_config import check_tls, parse_alpn
-from .transcripts import Transcript, read_transcript
-from .upstreams import parse_upstream
+from .upstreams import check_forward, forward_handler
+
+if TYPE_CHECKING:  # each capability's module is loaded when a run gives its options
+    from .access import AccessRules
+    from .exec_command import ExecSpec
+    from .faultplan import FailMode, FaultPlan, FaultsTo
+    from .script_model import Script
+    from .transcripts import Match, Timing, Transcript
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
 OutputMode = Literal["rich", "json"]
-Timing = Literal["recorded", "asap"]
-Match = Literal["length", "content"]
 
 CONCURRENCIES: tuple[Concurrency, ...] = ("sync", "thread", "fork", "event")
 
@@ -90,7 +90,7 @@ class ServeConfig:
     verbosity: int = 0
     color: bool | None = None
     traceback: bool = False
-    access: AccessRules = field(default_factory=AccessRules)
+    access: AccessRules | None = None  # --allow, --deny...: None, every peer is served
     to_all: bool = False
     slow_client: SlowClient = "disconnect"
     record: str | None = None  # --record DIR, absolute, checked writable
@@ -148,10 +148,10 @@ class ServeConfig:
 
     def _check_combinations(self) -> None:
         self._check_room()
-        self._check_access()
+        if self.access is not None:
+            self.access.check(self.family, self.transport)
         self._check_output_framing()
-        check_exec(self.handler.builtin, self.exec, self.sh_exec, self.exec_stderr)
-        check_exec_mode(self.exec, self.sh_exec, self.concurrency, self.timeout)
+        self._check_exec()
         check_inherited(self.fd, mode=self.mode, reuse_port=self.reuse_port)
         refused = {
             "--workers": self.workers > 1,
@@ -163,7 +163,7 @@ class ServeConfig:
             "--reuse-port": self.reuse_port,
         }
         check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
-        _check_forward(self)
+        check_forward(self.forward, self.socktype, self.transport, self.concurrency, self.workers)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -229,25 +229,15 @@ class ServeConfig:
             )
         check_tls(self)
 
-    def _check_access(self) -> None:
-        """Network rules need an IP peer; credentials, a unix stream peer."""
-        access = self.access
-        if access.rules and self.family == "unix":
-            raise UsageError(
-                "--allow/--deny match IP addresses: a unix socket's peers have none",
-                hint="use --allow-uid or --allow-gid, or the socket file's --mode",
-            )
-        if (access.uids or access.gids) and self.transport != "unix":
-            raise UsageError(
-                "--allow-uid/--allow-gid match a unix stream peer's credentials: "
-                f"a {self.transport} peer has none",
-                hint="use --allow/--deny with addresses, or serve unix",
-            )
-        if (access.uids or access.gids) and not peer_credentials_supported():
-            raise UsageError(
-                "--allow-uid/--allow-gid need SO_PEERCRED, which this platform lacks",
-                hint="use the socket file's --mode instead",
-            )
+    def _check_exec(self) -> None:
+        """--exec, --sh-exec and --exec-stderr (and -H exec, which needs one of them)."""
+        running = self.exec is not None or self.sh_exec is not None
+        if not running and self.exec_stderr is None and self.handler.builtin != "exec":
+            return
+        from .exec_command import check_exec, check_exec_mode
+
+        check_exec(self.handler.builtin, self.exec, self.sh_exec, self.exec_stderr)
+        check_exec_mode(self.exec, self.sh_exec, self.concurrency, self.timeout)
 
     def _check_room(self) -> None:
         """broadcast and chat: streams, and one process that sees every client."""
@@ -332,6 +322,8 @@ class ServeConfig:
 
     def exec_spec(self) -> ExecSpec:
         """What the exec builtin runs (--exec or --sh-exec), for this transport and mode."""
+        from .exec_command import ExecSpec, exec_argv
+
         if self.family == "unix":
             limit = MAX_DATAGRAM
         else:
@@ -463,8 +455,11 @@ def build_config(
     replies = reply is not None or reply_file is not None
     if handler is None and transcript is not None:
         handler = "replay"  # --transcript implies -H replay
-    handler = exec_handler(handler, exec, sh_exec)
-    handler, upstream = _forward_handler(handler, forward, socktype)
+    if exec is not None or sh_exec is not None:
+        from .exec_command import exec_handler
+
+        handler = exec_handler(handler, exec, sh_exec)
+    handler, upstream = forward_handler(handler, forward, socktype)
     if handler is None:
         handler = "reply" if replies else "script" if script is not None else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -472,7 +467,10 @@ def build_config(
         raise UsageError("-H reply needs --reply TEXT or --reply-file PATH")
     if loaded.builtin != "reply" and replies:
         raise UsageError(f"--reply/--reply-file only apply to -H reply, not -H {loaded.name}")
-    _check_script(loaded, script, socktype, proto)
+    if script is not None or loaded.builtin == "script":
+        from .script_model import check_script
+
+        check_script(loaded.builtin, loaded.name, script, socktype, proto)
     check_compatible(loaded, socktype, concurrency)
     if socktype == "dgram" and loaded.builtin == "reply":
         _check_reply_fits(reply, reply_file, address)
@@ -483,9 +481,15 @@ def build_config(
         )
     if once and max_requests:
         raise UsageError("cannot combine --once and --max-requests (--once is --max-requests 1)")
-    record, transcript_read = check_recording(
-        loaded, socktype, concurrency, record, transcript, timing, match
-    )
+    transcript_read = None
+    if any(value is not None for value in (record, transcript, timing, match)) or (
+        loaded.builtin == "replay"
+    ):
+        from .transcripts import check_recording
+
+        record, transcript_read = check_recording(
+            loaded.builtin, loaded.name, socktype, concurrency, record, transcript, timing, match
+        )
 
     return ServeConfig(
         family=address.family,
@@ -517,7 +521,7 @@ def build_config(
         verbosity=verbose,
         color=color,
         traceback=traceback,
-        access=build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid),
+        access=_access_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid),
         to_all=to_all,
         slow_client=slow_client,
         record=record,
@@ -534,7 +538,7 @@ def build_config(
         alpn=parse_alpn(alpn),
         tls_min=tls_min,
         tls_handshake_timeout=tls_handshake_timeout,
-        faults=fault_plan(
+        faults=_fault_plan(
             delay=delay,
             delay_accept=delay_accept,
             throttle=throttle,
@@ -565,65 +569,29 @@ def build_config(
     )
 
 
-def _check_script(loaded: LoadedHandler, script: Script | None, socktype: str, proto: str) -> None:
-    """--script implies -H script, a conversation on a stream connection."""
-    if loaded.builtin == "script" and script is None:
-        raise UsageError("-H script needs --script FILE", hint="give the script to run")
-    if script is None:
-        return
-    if loaded.builtin == "reply":
-        raise UsageError(
-            "--script and --reply/--reply-file cannot be combined: each implies its own handler",
-            hint="give only one of them",
-        )
-    if loaded.builtin != "script":
-        raise UsageError(
-            f"--script runs its own handler (-H script): not with -H {loaded.name}",
-            hint="drop -H, or --script",
-        )
-    if socktype == "dgram":
-        raise UsageError(
-            f"--script holds a conversation on a connection: {proto} has none",
-            hint="serve it over tcp or unix",
-        )
+def _access_rules(
+    allow: Sequence[str],
+    deny: Sequence[str],
+    allow_file: str | None,
+    deny_file: str | None,
+    allow_uid: Sequence[int],
+    allow_gid: Sequence[int],
+) -> AccessRules | None:
+    """The access rules of the options (`sockserve.access`), or None when none is given."""
+    if not (allow or deny or allow_uid or allow_gid) and allow_file is None and deny_file is None:
+        return None
+    from .access import build_rules
+
+    return build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid)
 
 
-def _forward_handler(
-    handler: str | LoadedHandler | None, forward: str | Address | None, socktype: SockType
-) -> tuple[str | LoadedHandler | None, Address | None]:
-    """The handler and upstream of --forward: it implies -H forward, which needs it."""
-    name = handler if isinstance(handler, str) else handler.name if handler else None
-    if forward is None:
-        if name is not None and name.strip() == "forward":
-            raise UsageError(
-                "-H forward needs --forward UPSTREAM", hint="e.g. --forward 127.0.0.1:8080"
-            )
-        return handler, None
-    if name is not None and name.strip() != "forward":
-        raise UsageError(
-            f"--forward implies -H forward: it cannot be combined with -H {name}",
-            hint="drop -H, or --forward",
-        )
-    upstream = parse_upstream(forward, socktype) if isinstance(forward, str) else forward
-    return "forward", upstream
+def _fault_plan(**options: Any) -> FaultPlan | None:
+    """The plan of the fault options (`sockserve.faultplan`), or None when none is given."""
+    if all(value is None or value is False for value in options.values()):
+        return None
+    from .faultplan import fault_plan
 
-
-def _check_forward(config: ServeConfig) -> None:
-    """What -H forward cannot do: datagrams with -c fork or --workers."""
-    if config.forward is None:
-        return
-    if config.socktype == "dgram" and config.concurrency == "fork":
-        raise UsageError(
-            f"{config.transport} forwarding cannot run with -c fork: each child sees one "
-            "datagram, and the upstream's replies would come back to a child that is gone",
-            hint="use -c sync (the default), thread or event",
-        )
-    if config.socktype == "dgram" and config.workers > 1:
-        raise UsageError(
-            f"{config.transport} forwarding keeps one association per client in one process: "
-            "not with --workers",
-            hint="drop --workers",
-        )
+    return fault_plan(**options)
 
 
 def _check_faults_to(config: ServeConfig) -> None:
@@ -735,79 +703,3 @@ def _check_reply_fits(reply: bytes | None, reply_file: str | None, address: Addr
         f"{what}: more than one {carrier} carries (at most {limit} bytes{why})",
         hint="use a smaller reply, or serve it over tcp or unix (streams have no limit)",
     )
-
-
-def check_recording(
-    loaded: LoadedHandler,
-    socktype: SockType,
-    concurrency: Concurrency,
-    record: str | None,
-    transcript: str | None,
-    timing: Timing | None,
-    match: Match | None,
-) -> tuple[str | None, Transcript | None]:
-    """Check --record and -H replay's options: (the record directory, absolute and
-    writable, made if missing; the transcript read). Raises UsageError."""
-    if record is not None:
-        record = _record_directory(record)
-        if socktype == "dgram" and concurrency == "fork":
-            raise UsageError(
-                "--record keeps a transcript per datagram peer in one process: not with "
-                "--concurrency fork, where each datagram has a child of its own",
-                hint="use -c sync, thread or event",
-            )
-    replay = loaded.builtin == "replay"
-    if transcript is not None and not replay:
-        raise UsageError(
-            f"--transcript implies -H replay: it cannot be combined with -H {loaded.name}",
-            hint="drop -H, or --transcript",
-        )
-    if replay and transcript is None:
-        raise UsageError("-H replay needs --transcript FILE (a file --record wrote)")
-    for option, value in (("--timing", timing), ("--match", match)):
-        if value is not None and not replay:
-            raise UsageError(f"{option} only applies to -H replay", hint=f"drop {option}")
-    if transcript is None:
-        return record, None
-    script = read_transcript(transcript)
-    if script.socktype != socktype:
-        kinds = "tcp or unix" if script.socktype == "stream" else "udp or unix-dgram"
-        raise UsageError(
-            f"--transcript {transcript} is a {script.transport} transcript: replay it on {kinds}"
-        )
-    if socktype == "dgram":
-        if concurrency == "fork":
-            raise UsageError(
-                "-H replay on datagrams keeps each peer's place in the transcript in one "
-                "process: not with --concurrency fork",
-                hint="use -c sync, thread or event",
-            )
-        for option, value in (("--timing", timing), ("--match", match)):
-            if value is not None:
-                raise UsageError(
-                    f"{option} applies to stream transcripts: datagram replay answers the "
-                    "n-th datagram of a peer with the datagrams recorded after the n-th, at once",
-                    hint=f"drop {option}",
-                )
-    return record, script
-
-
-def _record_directory(path: str) -> str:
-    """The absolute path of --record's directory, made (mode 700) if missing; raise
-    UsageError unless a file can be created in it."""
-    import tempfile
-
-    where = os.path.abspath(path)
-    if os.path.exists(where) and not os.path.isdir(where):
-        raise UsageError(f"--record {path}: not a directory", hint="name a directory")
-    try:
-        os.makedirs(where, mode=0o700, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".sockserve-probe-", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(
-            f"--record {path}: cannot write in this directory ({exc.strerror or exc})",
-            hint="name a directory you may write to",
-        ) from None
-    return where

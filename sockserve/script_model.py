@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import UsageError
+
 #: A reference in a Text: `\\1` or `{1}` (a group of the last match), `{name}` (a variable),
 #: `{#name}` (its length in bytes).
 RefKind = Literal["group", "var"]
@@ -119,3 +121,29 @@ class Script:
         if expect is not None and expect.seconds is not None:
             return expect.seconds
         return state.timeout if state.timeout is not None else self.timeout
+
+
+def check_script(
+    builtin: str | None, name: str, script: Script | None, socktype: str, proto: str
+) -> None:
+    """--script implies -H script, a conversation on a stream connection (`builtin` and
+    `name`: the handler's). Raises UsageError."""
+    if builtin == "script" and script is None:
+        raise UsageError("-H script needs --script FILE", hint="give the script to run")
+    if script is None:
+        return
+    if builtin == "reply":
+        raise UsageError(
+            "--script and --reply/--reply-file cannot be combined: each implies its own handler",
+            hint="give only one of them",
+        )
+    if builtin != "script":
+        raise UsageError(
+            f"--script runs its own handler (-H script): not with -H {name}",
+            hint="drop -H, or --script",
+        )
+    if socktype == "dgram":
+        raise UsageError(
+            f"--script holds a conversation on a connection: {proto} has none",
+            hint="serve it over tcp or unix",
+        )

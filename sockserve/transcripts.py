@@ -20,6 +20,7 @@ turns it into what replay sends and what it waits for before each send.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,8 +31,11 @@ __all__ = [
     "FORMAT_KEY",
     "FORMAT_VERSION",
     "Chunk",
+    "Match",
     "Step",
+    "Timing",
     "Transcript",
+    "check_recording",
     "chunk_line",
     "close_line",
     "header_line",
@@ -45,6 +49,9 @@ TRANSPORTS = ("tcp", "udp", "unix", "unix-dgram")
 HINT = "a transcript is a file --record DIR wrote (see README, Recording and replaying)"
 
 Dir = Literal["in", "out"]
+#: -H replay's --timing and --match.
+Timing = Literal["recorded", "asap"]
+Match = Literal["length", "content"]
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -271,3 +278,81 @@ def _chunk(obj: dict[str, Any], t: float) -> Chunk:
     except (TypeError, ValueError):
         raise _Bad('"hex" is not hexadecimal digits') from None
     return Chunk(t, direction, data, False)
+
+
+def check_recording(
+    builtin: str | None,
+    name: str,
+    socktype: str,
+    concurrency: str,
+    record: str | None,
+    transcript: str | None,
+    timing: Timing | None,
+    match: Match | None,
+) -> tuple[str | None, Transcript | None]:
+    """Check --record and -H replay's options (`builtin` and `name`: the handler's): (the
+    record directory, absolute and writable, made if missing; the transcript read). Raises
+    UsageError."""
+    if record is not None:
+        record = _record_directory(record)
+        if socktype == "dgram" and concurrency == "fork":
+            raise UsageError(
+                "--record keeps a transcript per datagram peer in one process: not with "
+                "--concurrency fork, where each datagram has a child of its own",
+                hint="use -c sync, thread or event",
+            )
+    replay = builtin == "replay"
+    if transcript is not None and not replay:
+        raise UsageError(
+            f"--transcript implies -H replay: it cannot be combined with -H {name}",
+            hint="drop -H, or --transcript",
+        )
+    if replay and transcript is None:
+        raise UsageError("-H replay needs --transcript FILE (a file --record wrote)")
+    for option, value in (("--timing", timing), ("--match", match)):
+        if value is not None and not replay:
+            raise UsageError(f"{option} only applies to -H replay", hint=f"drop {option}")
+    if transcript is None:
+        return record, None
+    script = read_transcript(transcript)
+    if script.socktype != socktype:
+        kinds = "tcp or unix" if script.socktype == "stream" else "udp or unix-dgram"
+        raise UsageError(
+            f"--transcript {transcript} is a {script.transport} transcript: replay it on {kinds}"
+        )
+    if socktype == "dgram":
+        if concurrency == "fork":
+            raise UsageError(
+                "-H replay on datagrams keeps each peer's place in the transcript in one "
+                "process: not with --concurrency fork",
+                hint="use -c sync, thread or event",
+            )
+        for option, value in (("--timing", timing), ("--match", match)):
+            if value is not None:
+                raise UsageError(
+                    f"{option} applies to stream transcripts: datagram replay answers the "
+                    "n-th datagram of a peer with the datagrams recorded after the n-th, at once",
+                    hint=f"drop {option}",
+                )
+    return record, script
+
+
+def _record_directory(path: str) -> str:
+    """The absolute path of --record's directory, made (mode 700) if missing; raise
+    UsageError unless a file can be created in it."""
+    import tempfile
+
+    where = os.path.abspath(path)
+    if os.path.exists(where) and not os.path.isdir(where):
+        raise UsageError(f"--record {path}: not a directory", hint="name a directory")
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sockserve-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"--record {path}: cannot write in this directory ({exc.strerror or exc})",
+            hint="name a directory you may write to",
+        ) from None
+    return where

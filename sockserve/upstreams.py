@@ -16,8 +16,15 @@ from typing import Any
 
 from .addresses import TRANSPORTS, Address, SockType, parse_address
 from .errors import UsageError
+from .loading import LoadedHandler
 
-__all__ = ["check_not_self", "parse_upstream", "upstream_url"]
+__all__ = [
+    "check_forward",
+    "check_not_self",
+    "forward_handler",
+    "parse_upstream",
+    "upstream_url",
+]
 
 _KIND = {"stream": "stream", "dgram": "datagram"}
 
@@ -122,4 +129,44 @@ def check_not_self(upstream: Address, family: str, bound: Any, all_interfaces: b
             f"--forward {upstream} is this server's own address: each connection would be "
             "relayed to itself",
             hint="forward to another server's address",
+        )
+
+
+def forward_handler(
+    handler: str | LoadedHandler | None, forward: str | Address | None, socktype: SockType
+) -> tuple[str | LoadedHandler | None, Address | None]:
+    """The handler and upstream of --forward: it implies -H forward, which needs it."""
+    name = handler if isinstance(handler, str) else handler.name if handler else None
+    if forward is None:
+        if name is not None and name.strip() == "forward":
+            raise UsageError(
+                "-H forward needs --forward UPSTREAM", hint="e.g. --forward 127.0.0.1:8080"
+            )
+        return handler, None
+    if name is not None and name.strip() != "forward":
+        raise UsageError(
+            f"--forward implies -H forward: it cannot be combined with -H {name}",
+            hint="drop -H, or --forward",
+        )
+    upstream = parse_upstream(forward, socktype) if isinstance(forward, str) else forward
+    return "forward", upstream
+
+
+def check_forward(
+    forward: Address | None, socktype: str, transport: str, concurrency: str, workers: int
+) -> None:
+    """What -H forward cannot do: datagrams with -c fork or --workers."""
+    if forward is None:
+        return
+    if socktype == "dgram" and concurrency == "fork":
+        raise UsageError(
+            f"{transport} forwarding cannot run with -c fork: each child sees one "
+            "datagram, and the upstream's replies would come back to a child that is gone",
+            hint="use -c sync (the default), thread or event",
+        )
+    if socktype == "dgram" and workers > 1:
+        raise UsageError(
+            f"{transport} forwarding keeps one association per client in one process: "
+            "not with --workers",
+            hint="drop --workers",
         )
