@@ -18,24 +18,18 @@ from .arrival import replies_from_arrival
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
-from .faults import FaultDresser
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
-from .parts.access import AccessPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.banner import BannerPart, counting_banner
 from .parts.client_ids import ClientIdsPart
 from .parts.datagrams import LeanDatagramPart
-from .parts.faults import FaultPart
 from .parts.idle import IdleTimeoutPart
-from .parts.inherited import InetdPart, InheritedSocketPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
-from .parts.recording import Recorder, RecordPart
 from .parts.reply_source import ReplySourcePart
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
-from .parts.tls import TlsPart, TlsWrapPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
 from .parts.whole_datagrams import WholeDatagramPart
@@ -67,33 +61,37 @@ _MIXINS: dict[str, type | None] = {
     "fork": getattr(ss, "ForkingMixIn", None),
     "event": None,  # the event loop runs on the socket this class binds
 }
-#: Every part, in the order of the bases: the first sees a step first (see `sockserve.parts`).
-PART_ORDER: tuple[type, ...] = (
-    FaultPart,
-    ReportingPart,
-    PinningPart,
-    AcceptingThreadsPart,
-    LeanDatagramPart,
-    AcceptBatchPart,
-    ChildClosesListenerPart,
-    NodelayListenerPart,
-    TlsPart,
-    BannerPart,
-    DispatchRefusalPart,
-    RequestsPart,
-    AccessPart,
-    IdleTimeoutPart,
-    WatchPart,
-    RecordPart,
-    TlsWrapPart,
-    ClientIdsPart,
-    ReplySourcePart,
-    WholeDatagramPart,
-    AcceptBackoffPart,
-    UnixFilePart,
-    InheritedSocketPart,
-    InetdPart,
+#: Every part by name, in the order of the bases: the first sees a step first (see
+#: `sockserve.parts`). A capability's parts (faults, TLS, access rules, --record, inherited
+#: sockets) are imported only by a run that gives its option.
+PART_ORDER: tuple[str, ...] = (
+    "FaultPart",
+    "ReportingPart",
+    "PinningPart",
+    "AcceptingThreadsPart",
+    "LeanDatagramPart",
+    "AcceptBatchPart",
+    "ChildClosesListenerPart",
+    "NodelayListenerPart",
+    "TlsPart",
+    "BannerPart",
+    "DispatchRefusalPart",
+    "RequestsPart",
+    "AccessPart",
+    "IdleTimeoutPart",
+    "WatchPart",
+    "RecordPart",
+    "TlsWrapPart",
+    "ClientIdsPart",
+    "ReplySourcePart",
+    "WholeDatagramPart",
+    "AcceptBackoffPart",
+    "UnixFilePart",
+    "InheritedSocketPart",
+    "InetdPart",
 )
+#: The parts that serve a socket sockserve did not create (no unix socket file of its own).
+_NOT_OUR_FILE = {"InheritedSocketPart", "InetdPart"}
 #: Datagram builtins whose answer never waits (no stdin, no stdout that a reader may stall):
 #: in thread mode they are answered on the loop thread (`LeanDatagramPart`).
 INLINE_DATAGRAM_BUILTINS = frozenset(
@@ -114,9 +112,9 @@ def server_class(
     if concurrency == "fork" and mixin is None:  # pragma: no cover - platforms without fork
         raise UsageError("--concurrency fork needs fork(), which this platform lacks")
     chosen = {RequestsPart, AcceptBackoffPart, *parts}
-    if family == "unix" and not chosen & {InheritedSocketPart, InetdPart}:  # else not our file
+    if family == "unix" and not {part.__name__ for part in chosen} & _NOT_OUR_FILE:
         chosen.add(UnixFilePart)
-    ordered = [part for part in PART_ORDER if part in chosen]
+    ordered = sorted(chosen, key=lambda part: PART_ORDER.index(part.__name__))
     bases: tuple[type, ...] = (*ordered, base) if mixin is None else (*ordered, mixin, base)
     prefix = {"thread": "Threading", "fork": "Forking"}.get(concurrency, "")
     attrs: dict[str, Any] = {"__module__": __name__, "max_packet_size": MAX_DATAGRAM}
@@ -163,6 +161,8 @@ def choose_parts(
     watching = monitor is not None and monitor.wants_data
     counting = builtin is None and monitor is not None and monitor.wants_counts
     if config.access:
+        from .parts.access import AccessPart
+
         parts.append(AccessPart)
         settings["access_rules"] = config.access
     delays = config.faults is not None and config.faults.delay > 0  # in the handler's thread
@@ -175,14 +175,17 @@ def choose_parts(
     dressers = watch_dressers(config)
     if dressers:
         settings["watch_dressers"] = dressers  # WatchPart's, and LeanDatagramPart's
-    recorder = next((d for d in dressers if isinstance(d, Recorder)), None)
-    if recorder is not None:  # it learns the bound address, and closes with the server
+    if config.record is not None:  # the recorder learns the bound address, closes with the server
+        from .parts.recording import Recorder, RecordPart
+
         parts.append(RecordPart)
-        settings["recorder"] = recorder
-    faults = next((d for d in dressers if isinstance(d, FaultDresser)), None)
-    if faults is not None:
+        settings["recorder"] = next(d for d in dressers if isinstance(d, Recorder))
+    if config.faults is not None:
+        from .faults import FaultDresser
+        from .parts.faults import FaultPart
+
         parts.append(FaultPart)
-        settings["fault_dresser"] = faults
+        settings["fault_dresser"] = next(d for d in dressers if isinstance(d, FaultDresser))
     if watching or counting or dressers:
         parts.append(WatchPart)
         settings["watch_data"] = watching
@@ -191,6 +194,8 @@ def choose_parts(
         parts.append(ReplySourcePart)
         settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
     if config.tls:  # ServeConfig refuses TLS on datagrams
+        from .parts.tls import TlsPart, TlsWrapPart
+
         parts += [TlsPart, TlsWrapPart]
         settings["tls_records_failures"] = builtin is not None  # they record their own
     if config.family == "unix" and not stream:  # past UDP's 64 KiB: read each one whole
@@ -208,9 +213,13 @@ def choose_parts(
         parts.append(BannerPart)
         settings["banner"] = banner
     if config.fd is not None:  # --fd, --activated: served as it is
+        from .parts.inherited import InheritedSocketPart
+
         parts.append(InheritedSocketPart)
         settings["inherited_fd"] = config.fd
     if config.inetd:  # the one connection on stdin and stdout
+        from .parts.inherited import InetdPart
+
         parts.append(InetdPart)
     return parts, settings
 
@@ -220,6 +229,8 @@ def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
     any, every request goes through a watch."""
     dressers: list[Dresser] = []
     if config.faults is not None:
+        from .faults import FaultDresser
+
         loop = config.concurrency == "event"
         datagram = config.socktype == "dgram"
         if config.forward is not None:  # a relay: each side as --faults-to says
@@ -228,6 +239,8 @@ def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
         else:
             dressers.append(FaultDresser(config.faults, datagram, loop))
     if config.record is not None:  # after the faults: a transcript has what went on the wire
+        from .parts.recording import Recorder
+
         dressers.append(Recorder(config.record, config.transport))
     return tuple(dressers)
 
