@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
+from click.shell_completion import CompletionItem
 
 from . import __version__, config, runner
 from .config import ServeConfig
@@ -47,11 +48,33 @@ from .options import (
     SECONDS,
     SIZE,
 )
-from .script_file import SCRIPT_FILE
 
 VERSION_MESSAGE = (
     f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
 )
+
+
+class ScriptFileType(click.ParamType):
+    """A script FILE → Script, checked whole (`script_file.read_script`, loaded when
+    --script is given); completes file names."""
+
+    name = "FILE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .script_file import read_script
+
+        try:
+            return read_script(value)
+        except UsageError as exc:
+            self.fail(exc.one_line(), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        return [CompletionItem(incomplete, type="file")]
+
+
+SCRIPT_FILE = ScriptFileType()
 
 
 class Invocation:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 import threading
 import time
-import traceback
 from collections.abc import Mapping
-from typing import IO, Any
+from functools import cache
+from typing import IO, TYPE_CHECKING, Any
 
 from .events import Client, Direction, RemoteError, Stats
+
+if TYPE_CHECKING:
+    from traceback import TracebackException
 
 __all__ = [
     "JsonReporter",
@@ -116,10 +118,16 @@ def exit_text(status: int) -> str:
 
 #: Where sockserve's own code lives: its frames lead into a user's handler.
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-#: Where the standard library lives (its site-packages excepted).
-_STDLIB_DIRS = tuple(
-    {os.path.abspath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")}
-)
+
+
+@cache
+def _stdlib_dirs() -> tuple[str, ...]:
+    """Where the standard library lives (its site-packages excepted); asked on the first
+    traceback a run prints."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return tuple({os.path.abspath(paths[key]) + os.sep for key in ("stdlib", "platstdlib")})
 
 
 def _is_user_frame(filename: str) -> bool:
@@ -129,11 +137,11 @@ def _is_user_frame(filename: str) -> bool:
     path = os.path.abspath(filename)
     if path.startswith(_PACKAGE_DIR):
         return False
-    in_stdlib = path.startswith(_STDLIB_DIRS)
+    in_stdlib = path.startswith(_stdlib_dirs())
     return not in_stdlib or "site-packages" in path or "dist-packages" in path
 
 
-def _trim(te: traceback.TracebackException, keep_all: bool, seen: set[int]) -> None:
+def _trim(te: TracebackException, keep_all: bool, seen: set[int]) -> None:
     """Drop the frames before the first user frame, and importlib's frames, as Python does."""
     if id(te) in seen:
         return
@@ -143,7 +151,9 @@ def _trim(te: traceback.TracebackException, keep_all: bool, seen: set[int]) -> N
     if first is not None or not keep_all:
         kept = [] if first is None else frames[first:]
         kept = [f for f in kept if not f.filename.startswith("<frozen importlib")]
-        te.stack = traceback.StackSummary.from_list(kept)
+        from traceback import StackSummary
+
+        te.stack = StackSummary.from_list(kept)
     for chained in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
         if chained is not None:
             _trim(chained, keep_all, seen)
@@ -157,7 +167,9 @@ def format_user_traceback(exc: BaseException, keep_all: bool = True) -> str:
     user frame (an error in a builtin) stays whole, or, with `keep_all` False, is left out
     (a syntax error in the handler's file: the error itself shows where).
     """
-    te = traceback.TracebackException.from_exception(exc)
+    from traceback import TracebackException  # loaded by the first traceback a run prints
+
+    te = TracebackException.from_exception(exc)
     _trim(te, keep_all, set())
     return "".join(te.format())
 

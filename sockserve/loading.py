@@ -14,7 +14,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import traceback
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,6 +180,8 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
             _one_line(f"syntax error in {place}: {exc.msg}"),
             hint="fix the handler file and try again",
         )
+    import traceback  # a failing import of the user's code only
+
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "importlib" not in f.filename]
     location = f" ({user[-1].filename}, line {user[-1].lineno})" if user else ""

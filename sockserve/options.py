@@ -23,7 +23,6 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
-from .access import parse_networks
 from .addresses import Address, Family, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import BUILTIN_NAMES, LoadedHandler, load_handler
@@ -170,7 +169,9 @@ class OctalType(click.ParamType):
         return mode
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?", re.ASCII)
+#: The patterns below are compiled on first use (re caches them): a run that gives no such
+#: option never compiles them.
+_DURATION = r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?"
 _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -189,7 +190,7 @@ class SecondsType(click.ParamType):
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
         else:
-            match = _DURATION.fullmatch(str(value).strip())
+            match = re.fullmatch(_DURATION, str(value).strip(), re.ASCII)
             if match is None:
                 self.fail(f"{value!r}: expected seconds, e.g. 2.5 or 200ms", param, ctx)
             seconds = float(match[1]) * _SECONDS_PER_UNIT[match[2]]
@@ -207,6 +208,8 @@ class NetworkType(click.ParamType):
     name = "CIDR|HOST"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from .access import parse_networks  # --allow/--deny only: ipaddress loads with it
+
         try:
             parse_networks(str(value))
         except ValueError as exc:
@@ -214,14 +217,14 @@ class NetworkType(click.ParamType):
         return str(value)
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kKMG]i?)?B?", re.ASCII)
+_SIZE = r"(\d+(?:\.\d*)?|\.\d+)\s*([kKMG]i?)?B?"
 _SIZE_UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 
 
 def parse_size(text: str) -> int | None:
     """`1500`, `64K`, `1.5M`, `1Mi` → bytes (K/M/G powers of 1000, Ki/Mi/Gi of 1024); None
     if `text` is no size."""
-    match = _SIZE.fullmatch(text.strip())
+    match = re.fullmatch(_SIZE, text.strip(), re.ASCII)
     if match is None:
         return None
     unit = match[2][0].upper() + match[2][1:] if match[2] else None
@@ -323,9 +326,7 @@ class EscapedTextType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-_ESCAPE = re.compile(
-    r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|.?)", re.S
-)
+_ESCAPE = r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|.?)"
 _SINGLE = {
     "\\": b"\\",
     "'": b"'",
@@ -352,7 +353,7 @@ def decode_escapes(text: str) -> bytes:
     """
     out = bytearray()
     pos = 0
-    for match in _ESCAPE.finditer(text):
+    for match in re.finditer(_ESCAPE, text, re.S):
         out += _literal(text[pos : match.start()])
         out += _escaped(match[1])
         pos = match.end()

@@ -14,10 +14,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import click
-from click.shell_completion import CompletionItem
 
 from .errors import UsageError
 from .options import POSITIVE_SECONDS, SECONDS, decode_escapes
@@ -392,23 +390,3 @@ def _check_reachable(actions: list[Action]) -> None:
     for before, after in zip(actions, actions[1:], strict=False):
         if before.name in ("goto", "close", "reset"):
             raise ScriptError(after.line, f"`{after.name}` after `{before.name}` never runs")
-
-
-class ScriptFileType(click.ParamType):
-    """A script FILE → Script, checked whole (`read_script`); completes file names."""
-
-    name = "FILE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return read_script(value)
-        except UsageError as exc:
-            self.fail(exc.one_line(), param, ctx)
-
-    def shell_complete(
-        self, ctx: click.Context, param: click.Parameter, incomplete: str
-    ) -> list[CompletionItem]:
-        return [CompletionItem(incomplete, type="file")]
-
-
-SCRIPT_FILE = ScriptFileType()

@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from ..loading import ROOM_BUILTINS
 from .cores import (
     BUILTINS,
     CHARGEN_PERIOD,
@@ -61,7 +62,6 @@ from .cores import (
 )
 from .datagram import datagram_handler
 from .output import OutputClosed
-from .rooms import ROOM_BUILTINS
 from .shared import HandlerOptions, Shared
 from .stream import stream_handler
 

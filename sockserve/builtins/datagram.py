@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..events import Client, address_of
+from ..loading import ROOM_BUILTINS
 from ..socketserver import BaseRequestHandler
 from .cores import check_name, datagram_answer
 from .framing import datagram_line
-from .rooms import ROOM_BUILTINS
 from .shared import HandlerOptions, Shared, send_datagram
 
 if TYPE_CHECKING:  # stdin is loaded for stdio only

@@ -6,14 +6,17 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..addresses import Address
 from ..events import Events
-from ..script_model import Script
+from ..loading import ROOM_BUILTINS, SlowClient
 from .cores import chargen_block
 from .output import OutputWriter
-from .rooms import ROOM_BUILTINS, Room, SlowClient
+
+if TYPE_CHECKING:
+    from ..script_model import Script  # --script only: the run that gives it has loaded it
+    from .rooms import Room  # broadcast and chat only: loaded by their Shared
 
 #: The largest UDP payload (IPv4): what one datagram of stdin may carry on UDP.
 MAX_UDP_PAYLOAD = 65507
@@ -98,6 +101,8 @@ class Shared:
         self.chargen_block = chargen_block(options.chunk_size) if name == "chargen" else b""
         self.room: Room | None = None
         if name in ROOM_BUILTINS:
+            from .rooms import Room
+
             self.room = Room(name == "chat", options.to_all, options.slow_client)
 
     def datagram_reply_bytes(self) -> bytes:

@@ -7,7 +7,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
@@ -307,6 +306,8 @@ class BaseServer:
             client_address,
             file=sys.stderr,
         )
+        import traceback  # as the stdlib's socketserver: loaded by the first error only
+
         traceback.print_exc()
         print(rule, file=sys.stderr)
 
