@@ -14,26 +14,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import socketserver as ss
-from .arrival import replies_from_arrival
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
 from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
-from .parts.banner import BannerPart, counting_banner
 from .parts.client_ids import ClientIdsPart
-from .parts.datagrams import LeanDatagramPart
-from .parts.idle import IdleTimeoutPart
 from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
-from .parts.reply_source import ReplySourcePart
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
-from .parts.whole_datagrams import WholeDatagramPart
-from .relay_faults import relay_dresser
 from .watch import Dresser
 
 __all__ = [
@@ -62,8 +55,9 @@ _MIXINS: dict[str, type | None] = {
     "event": None,  # the event loop runs on the socket this class binds
 }
 #: Every part by name, in the order of the bases: the first sees a step first (see
-#: `sockserve.parts`). A capability's parts (faults, TLS, access rules, --record, inherited
-#: sockets) are imported only by a run that gives its option.
+#: `sockserve.parts`). The parts of a capability (faults, TLS, access rules, --record,
+#: inherited sockets), of an option (--banner, --timeout) or of datagrams are imported only by
+#: a run that needs them.
 PART_ORDER: tuple[str, ...] = (
     "FaultPart",
     "ReportingPart",
@@ -171,6 +165,8 @@ def choose_parts(
         if concurrency == "sync" or (
             concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS and not delays
         ):
+            from .parts.datagrams import LeanDatagramPart
+
             parts.append(LeanDatagramPart)
     dressers = watch_dressers(config)
     if dressers:
@@ -191,6 +187,8 @@ def choose_parts(
         settings["watch_data"] = watching
         settings["record_counts"] = counting
     if replies_need_source(config):
+        from .parts.reply_source import ReplySourcePart
+
         parts.append(ReplySourcePart)
         settings["reply_from_arrival"] = True  # LeanDatagramPart receives as the part does
     if config.tls:  # ServeConfig refuses TLS on datagrams
@@ -199,8 +197,12 @@ def choose_parts(
         parts += [TlsPart, TlsWrapPart]
         settings["tls_records_failures"] = builtin is not None  # they record their own
     if config.family == "unix" and not stream:  # past UDP's 64 KiB: read each one whole
+        from .parts.whole_datagrams import WholeDatagramPart
+
         parts.append(WholeDatagramPart)  # LeanDatagramPart peeks as the part says
     if stream and config.timeout is not None:
+        from .parts.idle import IdleTimeoutPart
+
         parts.append(IdleTimeoutPart)
         settings["idle_timeout"] = config.timeout
     if stream and builtin is not None and config.family != "unix":
@@ -210,6 +212,8 @@ def choose_parts(
     # ServeConfig refuses a banner on datagrams; the event loop sends its own (`event.py`).
     banner = config.banner_bytes() if stream and config.concurrency != "event" else b""
     if banner:
+        from .parts.banner import BannerPart
+
         parts.append(BannerPart)
         settings["banner"] = banner
     if config.fd is not None:  # --fd, --activated: served as it is
@@ -234,6 +238,8 @@ def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
         loop = config.concurrency == "event"
         datagram = config.socktype == "dgram"
         if config.forward is not None:  # a relay: each side as --faults-to says
+            from .relay_faults import relay_dresser
+
             sides = config.faults_to or "both"
             dressers.append(relay_dresser(config.faults, datagram, loop, sides))
         else:
@@ -251,6 +257,8 @@ def replies_need_source(config: ServeConfig) -> bool:
     if config.socktype != "dgram" or not config.address.all_interfaces:
         return False
     family = socket.AF_INET6 if config.family == "inet6" else socket.AF_INET
+    from .arrival import replies_from_arrival
+
     return replies_from_arrival(family)
 
 
@@ -291,7 +299,9 @@ def make_server(
     concurrency = "sync" if config.concurrency == "event" else config.concurrency  # event binds
     parts, settings = choose_parts(config, concurrency, monitor)
     cls = server_class(family, config.socktype, concurrency, parts)
-    if BannerPart in parts and config.handler.builtin is not None:
+    if "banner" in settings and config.handler.builtin is not None:
+        from .parts.banner import counting_banner
+
         handler = counting_banner(handler, len(settings["banner"]))  # they count their own
     settings.update(
         request_limit=config.request_limit,

@@ -11,7 +11,6 @@ shows it).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import unicodedata
@@ -157,6 +156,8 @@ def _import_file(path: str) -> Any:
     modname = f"sockserve_handler_{stem}_{abs(hash(real)):x}"
     if modname in sys.modules:
         return sys.modules[modname]
+    import importlib.util  # a handler file only: a builtin or module:Class never loads it
+
     spec = importlib.util.spec_from_file_location(modname, real)
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"cannot load {path} as Python", hint="name a .py file")
