@@ -5,6 +5,11 @@ underscores (`--max-threads` → `max_threads=`), so the command line and Python
 the same ServeConfig. Every rule a value breaks raises `errors.UsageError(message, hint)`,
 worded for the user; this module knows nothing of click. It opens no socket, but one: a
 unix datagram pair, to learn how big a datagram the system sends (`unix_datagram_limit`).
+
+The rules of each capability live with it (access rules in `access`, faults in `faultplan`,
+--exec in `exec_command`, --script in `script_model`, --record and replay in `transcripts`,
+--forward in `upstreams`, TLS in `tls_config`); a capability's module is imported only when
+one of its options is given, so a plain run never loads it.
 """
 
 from __future__ import annotations
