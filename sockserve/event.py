@@ -21,16 +21,17 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .access import AccessRules
 from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
 from .events import Client, Events, NullEvents
-from .faults import admit_connection
 from .watch import Dresser, Watch
 from .watch_asyncio import watched
+
+if TYPE_CHECKING:
+    from .access import AccessRules  # built by config when --allow/--deny... is given
 
 logger = logging.getLogger(__name__)  # routed to the reporter (`logs.setup_logging`)
 
@@ -492,6 +493,8 @@ class _Served:
         if self.server._opened(self):
             watch = getattr(self.protocol, "watch", None)  # a watched protocol's
             if watch is not None and self.server.watch_dressers:  # faults: --fail-first...
+                from .faults import admit_connection  # faults and --record only
+
                 self.begun = False
                 admit_connection(watch, transport, self.client, self.admitted)
                 return
