@@ -456,8 +456,8 @@ class EventServer:
 
 class _Served:
     """One stream connection: the protocol's connection_made and connection_lost are hooked
-    on the instance, so data goes straight from the transport to the protocol; the hooks are
-    removed when the connection ends."""
+    on the instance, so data goes straight from the transport to the protocol; each hook is
+    removed when called, and the protocol's own method called in its place."""
 
     transport: Any = None
     client: Any = None
@@ -475,14 +475,13 @@ class _Served:
     def __init__(self, server: EventServer, protocol: Any) -> None:
         self.server = server
         self.protocol = protocol
-        self.made = protocol.connection_made
-        self.lost = protocol.connection_lost
         protocol.connection_made = self.connection_made
         protocol.connection_lost = self.connection_lost
 
     def connection_made(self, transport: Any) -> None:
         """Register the connection, or refuse it (stopping, the limit reached, the access
         rules); then begin it, unless faults or a TLS handshake come first."""
+        del self.protocol.connection_made  # unhooked: the protocol's own from now on
         self.transport = transport
         server = self.server
         self.client = peer = transport.get_extra_info("peername")
@@ -529,7 +528,7 @@ class _Served:
             protocol.client = self.client
         if self.server.banner:
             self.greet(transport)
-        self.made(transport)
+        protocol.connection_made(transport)
 
     def greet(self, transport: Any) -> None:
         """Write the banner before the protocol hears of the connection; count it as sent
@@ -565,18 +564,18 @@ class _Served:
             builtin.sent += len(banner)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        try:  # unhook: nothing on the protocol points back here any more
-            del self.protocol.connection_made, self.protocol.connection_lost
-        except AttributeError:
-            pass  # already unhooked: a second call (a TLS handshake's end, then the loop's)
-        if self.refused or self.ended:
+        if self.ended:  # told already: a TLS handshake's end, then the loop
             return
         self.ended = True
+        protocol = self.protocol
+        del protocol.connection_lost  # unhooked: nothing on the protocol points back here
+        if self.refused:
+            return
         if not self.begun:  # held back (faults, a TLS handshake): the protocol never knew
             self.server._closed(self)
             return
         try:
-            self.lost(exc)
+            protocol.connection_lost(exc)
         finally:
             self.server._closed(self)
 
