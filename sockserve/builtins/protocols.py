@@ -90,7 +90,7 @@ class EventEcho(EventStream):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sent += self.received  # after a --banner the loop counted
-        super().connection_lost(exc)
+        EventStream.connection_lost(self, exc)
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()
