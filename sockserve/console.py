@@ -242,6 +242,10 @@ class PlainReporter:
         """True if `record` prints anything for a datagram."""
         return not self.quiet and self.verbosity >= 1
 
+    def shows_connections(self) -> bool:
+        """True if `connected` prints anything."""
+        return not self.quiet
+
     def connected(self, client: Any) -> None:
         """Print `connect CLIENT`."""
         if not self.quiet:
@@ -451,6 +455,10 @@ class JsonReporter(PlainReporter):
 
     def shows_datagram_records(self) -> bool:
         """Every datagram is a `request` event."""
+        return True
+
+    def shows_connections(self) -> bool:
+        """Every connection is a `connect` event."""
         return True
 
     def connected(self, client: Any) -> None:

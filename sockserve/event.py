@@ -121,6 +121,10 @@ class EventServer:
         self.access = access if access else None
         self.tls = tls
         self.stream = sock.type == socket.SOCK_STREAM
+        # A connection goes straight to its protocol unless faults or TLS come first.
+        self._holds_back = bool(self.watch_dressers) or tls is not None
+        self._plain = not count_bytes and not self.watch_dressers  # `_make`: no watch
+        self._client_ids = getattr(self.events, "client_ids", None)  # the run's monitor's
         self.requests_started = 0
         self.stop_reason: str | None = None
         self._conns: set[_Served] = set()
@@ -259,7 +263,7 @@ class EventServer:
 
     def _new_connection(self) -> Any:
         try:
-            protocol = self._make()
+            protocol = self.protocol_factory() if self._plain else self._make()
         except HANDLER_ERRORS:  # reported: the loop must not see it (uvloop's listener would
             return _Unserved()  # stop accepting, a SystemExit would stop the loop)
         return _Served(self, protocol).protocol
@@ -274,7 +278,7 @@ class EventServer:
         except HANDLER_ERRORS as exc:
             self._report(_NO_CLIENT, exc)
             raise
-        if not self.count_bytes and not self.watch_dressers:
+        if self._plain:
             return protocol
         events = self.events
         # A protocol that counts for itself (a builtin) is only dressed here: under -vv
@@ -376,24 +380,13 @@ class EventServer:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _opened(self, conn: _Served) -> bool:
-        """Register a new connection; False when it must be refused (stopping, limit)."""
-        if self._refusing or not self._admits(conn.client, conn.transport):
-            return False
-        self._conns.add(conn)
-        self.requests_started += 1
-        ids = getattr(self.events, "client_ids", None)  # the run's monitor numbers them
-        if ids is not None:
-            conn.client = Client(conn.client, ids.next())
-        self.events.connected(conn.client)
-        if self.idle_timeout is not None:
-            conn.mark = conn.activity()
-            assert self._loop is not None  # connections come from the running loop
-            conn.since = self._loop.time()
-            if self._sweeper is None:
-                self._schedule_sweep()
-        self._count_request()
-        return True
+    def _watch_idle(self, conn: _Served) -> None:
+        """Start timing a new connection's silence (`idle_timeout`)."""
+        conn.mark = conn.activity()
+        assert self._loop is not None  # connections come from the running loop
+        conn.since = self._loop.time()
+        if self._sweeper is None:
+            self._schedule_sweep()
 
     def _admits(self, client: Any, transport: Any = None) -> bool:
         """True if the access rules serve `client` (a stream's `transport` gives its socket,
@@ -419,7 +412,8 @@ class EventServer:
         if self.count_bytes:  # a watched protocol (`_make`): the server records its counts
             sent = conn.protocol.sent + conn.banner_sent
             self.events.record(conn.client, conn.protocol.received, sent)
-        self._maybe_drained()
+        if self._draining:
+            self._maybe_drained()
 
     def _count_request(self) -> None:
         limit = self.request_limit
@@ -463,8 +457,8 @@ class EventServer:
 
 class _Served:
     """One stream connection: the protocol's connection_made and connection_lost are hooked
-    on the instance, so data goes straight from the transport to the protocol; the hooks are
-    removed when the connection ends."""
+    on the instance, so data goes straight from the transport to the protocol; each hook is
+    removed when called, and the protocol's own method called in its place."""
 
     transport: Any = None
     client: Any = None
@@ -482,26 +476,41 @@ class _Served:
     def __init__(self, server: EventServer, protocol: Any) -> None:
         self.server = server
         self.protocol = protocol
-        self.made = protocol.connection_made
-        self.lost = protocol.connection_lost
         protocol.connection_made = self.connection_made
         protocol.connection_lost = self.connection_lost
 
     def connection_made(self, transport: Any) -> None:
+        """Register the connection, or refuse it (stopping, the limit reached, the access
+        rules); then begin it, unless faults or a TLS handshake come first."""
+        del self.protocol.connection_made  # unhooked: the protocol's own from now on
         self.transport = transport
-        self.client = transport.get_extra_info("peername")
-        if self.server._opened(self):
-            watch = getattr(self.protocol, "watch", None)  # a watched protocol's
-            if watch is not None and self.server.watch_dressers:  # faults: --fail-first...
-                from .faults import admit_connection  # faults and --record only
-
-                self.begun = False
-                admit_connection(watch, transport, self.client, self.admitted)
-                return
-            self.admitted(transport)
+        server = self.server
+        self.client = peer = transport.get_extra_info("peername")
+        if server._refusing or (server.access is not None and not server._admits(peer, transport)):
+            self.refused = True
+            transport.abort()
             return
-        self.refused = True
-        transport.abort()
+        server._conns.add(self)
+        server.requests_started += 1
+        ids = server._client_ids
+        if ids is not None:
+            self.client = Client(peer, ids.next())
+        server.events.connected(self.client)
+        if server.idle_timeout is not None:
+            server._watch_idle(self)
+        if server.request_limit is not None:
+            server._count_request()
+        if not server._holds_back:
+            self.begin(transport)
+            return
+        watch = getattr(self.protocol, "watch", None)  # a watched protocol's
+        if watch is not None and server.watch_dressers:  # faults: --fail-first...
+            from .faults import admit_connection  # faults and --record only
+
+            self.begun = False
+            admit_connection(watch, transport, self.client, self.admitted)
+            return
+        self.admitted(transport)
 
     def admitted(self, transport: Any) -> None:
         """The connection passed its faults: the TLS handshake (a task), or begin at once."""
@@ -522,7 +531,7 @@ class _Served:
             protocol.client = self.client
         if self.server.banner:
             self.greet(transport)
-        self.made(transport)
+        protocol.connection_made(transport)
 
     def greet(self, transport: Any) -> None:
         """Write the banner before the protocol hears of the connection; count it as sent
@@ -558,17 +567,18 @@ class _Served:
             builtin.sent += len(banner)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        attrs = vars(self.protocol)
-        attrs.pop("connection_made", None)
-        attrs.pop("connection_lost", None)
-        if self.refused or self.ended:
+        if self.ended:  # told already: a TLS handshake's end, then the loop
             return
         self.ended = True
+        protocol = self.protocol
+        del protocol.connection_lost  # unhooked: nothing on the protocol points back here
+        if self.refused:
+            return
         if not self.begun:  # held back (faults, a TLS handshake): the protocol never knew
             self.server._closed(self)
             return
         try:
-            self.lost(exc)
+            protocol.connection_lost(exc)
         finally:
             self.server._closed(self)
 

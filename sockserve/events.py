@@ -15,6 +15,7 @@ the plain address: only reporting code gets the `Client`.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any, Literal, Protocol
@@ -65,8 +66,9 @@ class ClientIds:
     """
 
     def __init__(self) -> None:
-        self._next = 1
-        self._step = 1
+        # next() of an itertools.count is atomic (with or without a GIL): no lock needed,
+        # unless each id is also written to a cell.
+        self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._cells: Any = None  # --workers: where the slot's last id is kept (shared memory)
         self._slot = 0
@@ -75,18 +77,17 @@ class ClientIds:
         """Number `first`, `first + step`...; write each id to `cells[slot]` if given (so
         that a worker started again in the slot goes on after the last one)."""
         with self._lock:
-            self._next = first
-            self._step = step
+            self._numbers = itertools.count(first, step)
             self._cells = cells
             self._slot = slot
 
     def next(self) -> int:
         """A new id."""
-        with self._lock:
-            n = self._next
-            self._next = n + self._step
-            if self._cells is not None:
-                self._cells[self._slot] = n
+        if self._cells is None:
+            return next(self._numbers)
+        with self._lock:  # the cell keeps the last id: draw and write in turn
+            n = next(self._numbers)
+            self._cells[self._slot] = n
             return n
 
     def new(self, address: Any) -> Client:

@@ -100,6 +100,8 @@ class RunMonitor:
         ):
             # A record per datagram, all from one thread, that the reporter would not show.
             self.record = self._count  # type: ignore[method-assign]  # a cheaper record, per run
+        if not self.wants_counts and not reporter.shows_connections():  # --quiet
+            self.connected = self._count_connection  # type: ignore[method-assign]  # per run
 
     def _count(self, client: Any, received: int, sent: int) -> None:
         """`record` where it only has to count: one thread, nothing to print or forward."""
@@ -107,6 +109,11 @@ class RunMonitor:
         stats.requests += 1
         stats.bytes_in += received
         stats.bytes_out += sent
+
+    def _count_connection(self, client: Any) -> None:
+        """`connected` where the reporter shows neither connections nor counts (--quiet):
+        only count it."""
+        self.stats.add_connection()
 
     def become_worker(self) -> None:
         """In a --workers process: act as the parent of its own request children."""

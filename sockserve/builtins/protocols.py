@@ -39,16 +39,16 @@ class EventStream(asyncio.Protocol):
     connection's `events.Client`) before connection_made; else it is the peer's address.
     """
 
-    transport: Any
+    transport: Any = None
     takes_client = True
+    client: Any = None
+    # The byte counts: class defaults, so that a new connection sets no more than it needs.
+    received = 0
+    sent = 0
 
     def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
         self.shared = shared
         self.stdin = stdin
-        self.received = 0
-        self.sent = 0
-        self.client: Any = None
-        self.transport = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -80,8 +80,27 @@ class EventStream(asyncio.Protocol):
         pass
 
 
-class EventTransform(EventStream):
-    """echo and upper; reading pauses while the client does not read our replies."""
+class EventEcho(EventStream):
+    """echo: write the data back as it came, count it; reading pauses while the client does
+    not read our replies."""
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.received += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sent += self.received  # after a --banner the loop counted
+        EventStream.connection_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class EventTransform(EventEcho):
+    """upper (and echo, with no transform): each chunk goes back transformed."""
 
     def __init__(self, shared: Shared, stdin: EventStdin | None = None) -> None:
         super().__init__(shared, stdin)
@@ -91,24 +110,6 @@ class EventTransform(EventStream):
         transform = self.transform
         self.transport.write(data if transform is None else transform(data))
         self.received += len(data)  # upper keeps the length: received == sent
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.sent += self.received  # after a --banner the loop counted
-        super().connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
-
-class EventEcho(EventTransform):
-    """echo: write the data back as it came, count it."""
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-        self.received += len(data)
 
 
 class EventStdout(EventStream):
