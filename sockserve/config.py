@@ -30,7 +30,7 @@ from .loading import (
     load_handler,
 )
 from .script_model import Script
-from .tls_config import check_tls, parse_alpn
+from .tls_config import check_forward_tls, check_tls, parse_alpn
 from .transcripts import Transcript, read_transcript
 from .upstreams import parse_upstream
 
@@ -117,6 +117,12 @@ class ServeConfig:
     inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
     script: Script | None = None
     forward: Address | None = None  # -H forward's upstream
+    forward_tls: bool = False  # TLS to the upstream (streams)
+    forward_ca: str | None = None
+    forward_sni: str | None = None
+    forward_cert: str | None = None
+    forward_key: str | None = None
+    forward_no_verify: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,6 +168,7 @@ class ServeConfig:
         }
         check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
         _check_forward(self)
+        check_forward_tls(self)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -422,6 +429,12 @@ def build_config(
     inetd: bool = False,
     script: Script | None = None,
     forward: str | Address | None = None,
+    forward_tls: bool = False,
+    forward_ca: str | None = None,
+    forward_sni: str | None = None,
+    forward_cert: str | None = None,
+    forward_key: str | None = None,
+    forward_no_verify: bool = False,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -549,6 +562,12 @@ def build_config(
         inetd=inetd,
         script=script,
         forward=upstream,
+        forward_tls=forward_tls,
+        forward_ca=forward_ca,
+        forward_sni=forward_sni,
+        forward_cert=forward_cert,
+        forward_key=forward_key,
+        forward_no_verify=forward_no_verify,
     )
 
 

@@ -12,7 +12,10 @@ upstream that refuses or cannot be reached resets the client's connection; the r
 → socket, never through Python; both directions on the handler's thread, with non-blocking
 splices and poll) when nobody watches the client's socket and neither socket has a timeout;
 otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
-watch's stages may block), so a watch sees the client side.
+watch's stages may block), so a watch sees the client side. TLS on either side
+(`--tls`, `--forward-tls`) is copied, through `sockserve.tls_duplex`: one SSL object is never
+used by both threads at once; a TLS handshake with the upstream that fails is an upstream
+that cannot be reached.
 """
 
 from __future__ import annotations
@@ -276,13 +279,17 @@ class ForwardStream(StreamBuiltin):
     """forward on a stream server: connect the upstream, relay both ways (`StreamRelay`)."""
 
     upstream: ClassVar[Address]
+    upstream_tls: ClassVar[Any] = None
 
     def serve(self, sock: socket.socket) -> None:
         observer = self.shared.observer
         url = upstream_url(self.upstream, "stream")
         idle = sock.gettimeout()
+        secure = self.upstream_tls  # --forward-tls: a `sockserve.upstream_tls.UpstreamTls`
         try:
-            upstream = open_upstream(self.upstream, "stream", idle or CONNECT_TIMEOUT)
+            upstream: Any = open_upstream(self.upstream, "stream", idle or CONNECT_TIMEOUT)
+            if secure is not None:
+                upstream = secure.secure(upstream, idle or CONNECT_TIMEOUT)
         except OSError as exc:
             tell_failed(
                 observer, self.client_address, url, describe(exc), "reset the client's connection"
@@ -292,14 +299,22 @@ class ForwardStream(StreamBuiltin):
             return
         upstream.settimeout(idle)
         if observer is not None:
-            observer.upstream(self.client_address, url, None)
-        splice = CAN_SPLICE and not self.watched and idle is None
-        relay = StreamRelay(sock, upstream, splice, idle)
+            extra = {} if secure is None else {"tls": secure.details(upstream)}
+            observer.upstream(self.client_address, url, None, **extra)
+        splice = CAN_SPLICE and not self.watched and idle is None and secure is None
+        client: Any = sock
+        if getattr(sock, "encrypted", False):  # --tls: its SSL object, safe for two threads
+            from ..tls_duplex import SocketTls
+
+            client = SocketTls(sock)
+        relay = StreamRelay(client, upstream, splice, idle)
         try:
             relay.run()
         finally:
             self.received += relay.moved[0]
             self.sent += relay.moved[1]
+            if client is not sock:
+                client.release()
         if relay.reset_client:
             reset_on_close(sock)
             sock.close()
@@ -335,6 +350,7 @@ def forward_stream_handler(options: HandlerOptions) -> type[BaseRequestHandler]:
         "options": options,
         "shared": shared,
         "upstream": upstream_of(options),
+        "upstream_tls": options.upstream_tls,
         "__module__": __name__,
     }
     return type("ForwardStreamHandler", (ForwardStream,), attrs)
