@@ -76,6 +76,7 @@ class BioTls:
         self.send_lock = threading.Lock()  # the raw socket's writes, in order
         self.plain = bytearray()  # decrypted before a half-close, not taken yet
         self.ended = False  # the peer's end of data (close_notify or EOF) was read
+        self.alert: str | None = None  # the TLS error that ended reading, if any
         sock.setblocking(False)
 
     # -- what the relays call ---------------------------------------------------------------
@@ -184,6 +185,9 @@ class BioTls:
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a bare FIN
             self.ended = True
             return 0
+        except ssl.SSLError as exc:  # an alert: TLS 1.3 refuses a client certificate so
+            self.alert = (exc.reason or str(exc)).lower().replace("_", " ")
+            raise
         return int(got)
 
     def _take_all(self) -> None:

@@ -50,14 +50,21 @@ class UpstreamTls:
         return tls
 
     @staticmethod
-    def details(tls: BioTls) -> dict[str, Any]:
-        """What the `upstream` event tells of a TLS upstream: version and cipher."""
-        cipher = tls.sslobj.cipher()
-        info: dict[str, Any] = {"version": tls.sslobj.version(), "cipher": cipher and cipher[0]}
-        alpn = tls.sslobj.selected_alpn_protocol()
+    def details(tls: Any) -> dict[str, Any]:
+        """What the `upstream` event tells of a TLS upstream (a `BioTls`, or asyncio's
+        ssl.SSLObject): version and cipher."""
+        sslobj = getattr(tls, "sslobj", tls)
+        cipher = sslobj.cipher()
+        info: dict[str, Any] = {"version": sslobj.version(), "cipher": cipher and cipher[0]}
+        alpn = sslobj.selected_alpn_protocol()
         if alpn:
             info["alpn"] = alpn
         return info
+
+    @staticmethod
+    def describe_failure(exc: BaseException, timeout: float | None) -> str:
+        """Why the handshake failed, in a few words (`failure_reason`)."""
+        return failure_reason(exc, timeout)
 
 
 def failure_reason(exc: BaseException, timeout: float | None) -> str:

@@ -318,6 +318,8 @@ class ForwardStream(StreamBuiltin):
         if relay.reset_client:
             reset_on_close(sock)
             sock.close()
+            if getattr(upstream, "alert", None):  # after a TLS 1.3 handshake: a refusal
+                tell_failed(observer, self.client_address, url, upstream.alert, "reset it")
         if relay.timed_out:
             raise TimeoutError(f"no traffic either way for {idle:g}s")
 

@@ -74,15 +74,24 @@ class ClientSide(asyncio.Protocol):
         observer = self.shared.observer
         url = upstream_url(self.upstream, "stream")
         factory = functools.partial(UpstreamSide, self)
+        secure = self.shared.options.upstream_tls  # --forward-tls: asyncio's TLS, verified
+        tls: dict[str, Any] = {}
+        if secure is not None:
+            tls = {"ssl": secure.context, "server_hostname": secure.server_name or ""}
         try:
             if self.upstream.family == "unix":
-                made = loop.create_unix_connection(factory, self.upstream.sockaddr())
+                made = loop.create_unix_connection(factory, self.upstream.sockaddr(), **tls)
             else:
                 host, port = self.upstream.sockaddr()
-                made = loop.create_connection(factory, host, port)
+                made = loop.create_connection(factory, host, port, **tls)
             transport, _ = await asyncio.wait_for(made, CONNECT_TIMEOUT)
-        except (TimeoutError, OSError) as exc:
-            reason = describe(exc) if isinstance(exc, OSError) else "timed out"
+        except (TimeoutError, OSError, ValueError) as exc:
+            if secure is not None and not isinstance(exc, ConnectionRefusedError):
+                reason = secure.describe_failure(exc, CONNECT_TIMEOUT)
+            elif isinstance(exc, OSError):
+                reason = describe(exc)
+            else:
+                reason = "timed out"
             tell_failed(observer, self.client, url, reason, "reset the client's connection")
             if not self.transport.is_closing():
                 reset(self.transport)
@@ -92,11 +101,15 @@ class ClientSide(asyncio.Protocol):
             return
         self.up = transport
         if observer is not None:
-            observer.upstream(self.client, url, None)
+            extra = {}
+            if secure is not None:
+                extra["tls"] = secure.details(transport.get_extra_info("ssl_object"))
+            observer.upstream(self.client, url, None, **extra)
         transport.writelines(self.early)
         self.early.clear()
         if self.client_eof:
-            transport.write_eof()
+            if transport.can_write_eof():
+                transport.write_eof()
         else:
             self.transport.resume_reading()
 
@@ -110,8 +123,9 @@ class ClientSide(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.up is not None and not self.up.is_closing():
-            self.up.write_eof()
+        up = self.up
+        if up is not None and not up.is_closing() and up.can_write_eof():
+            up.write_eof()  # asyncio's TLS cannot: the upstream ends the connection
         self.maybe_close()
         return True  # the upstream may still answer
 
