@@ -73,7 +73,7 @@ def test_a_tls_upstream_in_every_mode(serve: Callable[..., Served], mode: str) -
     assert proxy.stop()[0] == 0 and upstream.stop()[0] == 0
 
 
-@pytest.mark.parametrize("mode", ["thread", "fork", "sync"])
+@pytest.mark.parametrize("mode", MODES)
 def test_half_close_reaches_the_tls_upstream_and_its_end_comes_back(
     serve: Callable[..., Served], mode: str
 ) -> None:
@@ -132,7 +132,8 @@ def test_tls_on_both_sides_both_directions_at_once(serve: Callable[..., Served],
     upstream = serve("tcp", "127.0.0.1:0", "--tls", "-H", "echo")
     proxy = forward(serve, upstream, "--tls", mode=mode)
     body = hashlib.sha256(b"seed").digest() * (4 * 1024 * 1024 // 32)
-    # asyncio's TLS has no half-close: in event mode the echo is read by count
+    # event mode: the client's side is asyncio's TLS (--tls), which takes a close_notify for
+    # the end of the whole connection; there the echo is read by count
     got = tls_client_exchange(proxy.address, proxy.ca, body, half_close=mode != "event")
     assert len(got) == len(body) and hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
     assert proxy.stop()[0] == 0 and upstream.stop()[0] == 0
@@ -197,11 +198,17 @@ def tls_client_exchange(address: Any, ca: str, body: bytes, half_close: bool) ->
 
 
 @pytest.mark.parametrize(
-    "case",
-    ["system CAs", "another CA", "wrong name", "plain upstream"],
+    ("case", "mode"),
+    [
+        ("system CAs", "thread"),
+        ("another CA", "event"),
+        ("wrong name", "fork"),
+        ("plain upstream", "sync"),
+        ("plain upstream", "event"),
+    ],
 )
 def test_a_failed_handshake_resets_the_client_and_the_server_goes_on(
-    serve: Callable[..., Served], tmp_path: Path, case: str
+    serve: Callable[..., Served], tmp_path: Path, case: str, mode: str
 ) -> None:
     tls = [] if case == "plain upstream" else ["--tls"]
     upstream = serve("tcp", "127.0.0.1:0", *tls, "-H", "upper")
@@ -214,7 +221,7 @@ def test_a_failed_handshake_resets_the_client_and_the_server_goes_on(
         trust = ["--forward-ca", upstream.ca, "--forward-sni", "elsewhere.example"]
     elif case == "plain upstream":
         trust = ["--forward-ca", serve("tcp", "127.0.0.1:0", "--tls").ca]
-    proxy = serve("tcp", ":0", "--forward", f"{host}:{port}", "--forward-tls", *trust)
+    proxy = serve("tcp", ":0", "-c", mode, "--forward", f"{host}:{port}", "--forward-tls", *trust)
     expected = {
         "system CAs": "TLS certificate not trusted: unable to get local issuer certificate",
         "another CA": "TLS certificate not trusted: unable to get local issuer certificate",
@@ -298,6 +305,37 @@ def test_refusals_are_one_line_and_exit_2(case: str, monkeypatch: pytest.MonkeyP
     errors = [line for line in result.output.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and word in errors[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_the_forward_tls_keywords_reach_their_fields() -> None:
+    from sockserve.config import build_config
+
+    given = {
+        "forward_tls": True,
+        "forward_ca": "ca.pem",
+        "forward_sni": "example.test",
+        "forward_cert": "me.pem",
+        "forward_key": "me.key",
+    }
+    config = build_config(proto="tcp", address=":0", forward="127.0.0.1:9", **given)
+    assert {name: getattr(config, name) for name in given} == given
+    insecure = build_config(
+        proto="unix", address="/tmp/x.sock", forward="/tmp/up.sock", forward_tls=True,
+        forward_no_verify=True,
+    )  # fmt: skip
+    assert insecure.forward_no_verify  # no name to check, none needed
+
+
+def test_the_upstream_line_tells_the_tls_version_at_v() -> None:
+    import io
+
+    from sockserve.console import PlainReporter
+
+    out = io.StringIO()
+    reporter = PlainReporter(verbosity=1, stream=out)
+    tls = {"version": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256"}
+    reporter.upstream(("127.0.0.1", 5), "tcp://127.0.0.1:9", None, tls=tls)
+    assert "-> tcp://127.0.0.1:9, TLSv1.3, TLS_AES_128_GCM_SHA256" in out.getvalue()
 
 
 def test_a_ca_file_that_is_not_pem_is_one_line_and_exit_2(tmp_path: Path) -> None:

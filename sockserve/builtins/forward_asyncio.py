@@ -6,7 +6,8 @@ write buffer is full (over the transport's high-water mark) pauses reading on th
 (back-pressure). An EOF is passed on with write_eof; the two connections close once both
 EOFs have passed. A connection lost on an error (a reset) aborts the other with SO_LINGER 0,
 which resets it. An upstream that cannot be reached resets the client, as in the other modes
-(`forward`).
+(`forward`). Over `--forward-tls` the upstream's TLS is `forward_tls_asyncio`'s, which can
+pass an EOF on (asyncio's own cannot).
 
 Datagrams: one protocol for the server's socket (`ForwardDatagramProtocol`), one upstream
 socket per client read by the loop (`loop.add_reader`), the associations of `forward`.
@@ -74,16 +75,18 @@ class ClientSide(asyncio.Protocol):
         observer = self.shared.observer
         url = upstream_url(self.upstream, "stream")
         factory = functools.partial(UpstreamSide, self)
-        secure = self.shared.options.upstream_tls  # --forward-tls: asyncio's TLS, verified
-        tls: dict[str, Any] = {}
-        if secure is not None:
-            tls = {"ssl": secure.context, "server_hostname": secure.server_name or ""}
+        secure = self.shared.options.upstream_tls  # --forward-tls
+        made: Any
         try:
-            if self.upstream.family == "unix":
-                made = loop.create_unix_connection(factory, self.upstream.sockaddr(), **tls)
+            if secure is not None:  # TLS of ours, not the loop's: it can half-close
+                from .forward_tls_asyncio import open_tls_upstream
+
+                made = open_tls_upstream(self.upstream, secure, factory)
+            elif self.upstream.family == "unix":
+                made = loop.create_unix_connection(factory, self.upstream.sockaddr())
             else:
                 host, port = self.upstream.sockaddr()
-                made = loop.create_connection(factory, host, port, **tls)
+                made = loop.create_connection(factory, host, port)
             transport, _ = await asyncio.wait_for(made, CONNECT_TIMEOUT)
         except (TimeoutError, OSError, ValueError) as exc:
             if secure is not None and not isinstance(exc, ConnectionRefusedError):
@@ -108,8 +111,7 @@ class ClientSide(asyncio.Protocol):
         transport.writelines(self.early)
         self.early.clear()
         if self.client_eof:
-            if transport.can_write_eof():
-                transport.write_eof()
+            transport.write_eof()
         else:
             self.transport.resume_reading()
 
@@ -123,9 +125,8 @@ class ClientSide(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        up = self.up
-        if up is not None and not up.is_closing() and up.can_write_eof():
-            up.write_eof()  # asyncio's TLS cannot: the upstream ends the connection
+        if self.up is not None and not self.up.is_closing():
+            self.up.write_eof()
         self.maybe_close()
         return True  # the upstream may still answer
 
