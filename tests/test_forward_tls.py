@@ -139,10 +139,13 @@ def test_tls_on_both_sides_both_directions_at_once(serve: Callable[..., Served],
     assert proxy.stop()[0] == 0 and upstream.stop()[0] == 0
 
 
-def tls_client_exchange(address: Any, ca: str, body: bytes, half_close: bool) -> bytes:
+def tls_client_exchange(
+    address: Any, ca: str, body: bytes, half_close: bool, expect: int | None = None
+) -> bytes:
     """Send `body` over TLS while reading what comes back, in one thread (an SSLObject over
     memory BIOs, the socket polled); with `half_close`, close_notify and a FIN after it and
-    read to the end, else read len(body) bytes."""
+    read to the end, else read `expect` (default len(body)) bytes."""
+    expect = len(body) if expect is None else expect
     context = ssl.create_default_context(cafile=ca)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
@@ -154,7 +157,7 @@ def tls_client_exchange(address: Any, ca: str, body: bytes, half_close: bool) ->
     ready = ended = shut = False
     deadline = time.monotonic() + 60
     with raw:
-        while not ended and (half_close or len(got) < len(body)):
+        while not ended and (half_close or len(got) < expect or sent < len(body) or wire):
             assert time.monotonic() < deadline, "the exchange stalled"
             if not ready:
                 try:

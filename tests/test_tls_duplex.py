@@ -7,16 +7,20 @@ import hashlib
 import select
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import trustme
+from test_cli_tls import Served, serve
 
 from sockserve import tls_duplex
 from sockserve.tls_duplex import BioTls, SocketTls, wait_for
 from sockserve.upstream_tls import HandshakeFailed, UpstreamTls
+
+__all__ = ["serve"]  # the fixture, shared with test_cli_tls
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +225,33 @@ def test_a_certificate_for_another_name_fails_in_words(ca: trustme.CA) -> None:
         UpstreamTls(client_ctx, "elsewhere.example").secure(raw, 10)
     assert raw.fileno() == -1  # closed
     thread.join(10)
+
+
+def test_stdio_over_tls_sends_stdin_while_it_reads_the_client(
+    serve: Callable[..., Served],
+) -> None:
+    """-H stdio --tls: the stdin thread writes the connection while the handler reads it;
+    both ways at once, 2 MiB each, whole and in order."""
+    from test_forward_tls import tls_client_exchange
+
+    served = serve("tcp", ":0", "--tls", "-H", "stdio", "--raw", stdin=subprocess.PIPE)
+    to_client = hashlib.sha256(b"stdin").digest() * (2 * 1024 * 1024 // 32)
+    from_client = hashlib.sha256(b"client").digest() * (2 * 1024 * 1024 // 32)
+    stdin = served.proc.stdin
+    assert stdin is not None
+    feeder = threading.Thread(target=lambda: (stdin.write(to_client), stdin.flush()))
+    feeder.start()
+    stdout = served.proc.stdout
+    assert stdout is not None
+    out: list[bytes] = []
+    drain = threading.Thread(target=lambda: out.append(stdout.read()), daemon=True)
+    drain.start()  # a full stdout pipe would stop the handler's reading
+    got = tls_client_exchange(served.address, served.ca, from_client, half_close=False,
+                              expect=len(to_client))  # fmt: skip
+    feeder.join(30)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(to_client).digest()
+    stdin.close()  # stdin's end ends the connection (the client may still read: half-close)
+    served.wait_for("close")
+    status, _ = served.stop()
+    drain.join(10)
+    assert status == 0 and hashlib.sha256(out[0]).digest() == hashlib.sha256(from_client).digest()
