@@ -73,6 +73,48 @@ def test_a_tls_upstream_in_every_mode(serve: Callable[..., Served], mode: str) -
     assert proxy.stop()[0] == 0 and upstream.stop()[0] == 0
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+@pytest.mark.parametrize("mode", ["thread", "event"])
+def test_openssl_s_server_as_the_upstream(
+    serve: Callable[..., Served], tmp_path: Path, mode: str
+) -> None:
+    """Another TLS implementation upstream: `openssl s_server -rev` (each line reversed)."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "s.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    with socket.socket() as probe:  # a free port for s_server, which cannot tell its own
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-rev", "-naccept", "1", "-accept", f"127.0.0.1:{port}",
+         "-cert", str(tmp_path / "s.pem")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        while (line := server.stdout.readline()) and line.strip() != b"ACCEPT":
+            pass
+        assert line, "openssl s_server did not start"
+        proxy = serve(
+            "tcp", ":0", "-c", mode, "--forward", f"127.0.0.1:{port}", "--forward-tls",
+            "--forward-ca", str(tmp_path / "ca.pem"),
+        )  # fmt: skip
+        with plain_client(proxy.address) as sock:
+            sock.sendall(b"hello\n")
+            sock.shutdown(socket.SHUT_WR)  # close_notify: s_server ends the connection
+            assert read_to_end(sock) == b"olleh\n"
+        assert proxy.wait_for("upstream")["tls"]["version"] == "TLSv1.3"
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_half_close_reaches_the_tls_upstream_and_its_end_comes_back(
     serve: Callable[..., Served], mode: str
