@@ -483,6 +483,16 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "repeats; per process: each --workers worker draws the same sequence.  [default: random]",
 )
 @click.option(
+    "--faults-to",
+    type=click.Choice(["client", "upstream", "both"]),
+    help="-H forward: the side the faults break. client: what the proxy sends the client is "
+    "delayed, throttled, chunked, dropped..., and close, reset and stall act on the client's "
+    "connection; upstream: the same toward the upstream; both: each side. A cut passes on as "
+    "that side's own (a close as an orderly end, a reset as a reset). --fail-first and "
+    "--delay-accept act on the client's connection as it is accepted (not with upstream "
+    "alone).  [default: both]",
+)
+@click.option(
     "--raw",
     is_flag=True,
     help="-H stdout and -H stdio: write the bytes as they come, with no framing.  [default: "

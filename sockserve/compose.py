@@ -39,6 +39,7 @@ from .parts.tls import TlsPart, TlsWrapPart
 from .parts.unix_file import UnixFilePart, prepare_unix_path
 from .parts.watching import WatchPart
 from .parts.whole_datagrams import WholeDatagramPart
+from .relay_faults import relay_dresser
 from .watch import Dresser
 
 __all__ = [
@@ -220,7 +221,12 @@ def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
     dressers: list[Dresser] = []
     if config.faults is not None:
         loop = config.concurrency == "event"
-        dressers.append(FaultDresser(config.faults, config.socktype == "dgram", loop))
+        datagram = config.socktype == "dgram"
+        if config.forward is not None:  # a relay: each side as --faults-to says
+            sides = config.faults_to or "both"
+            dressers.append(relay_dresser(config.faults, datagram, loop, sides))
+        else:
+            dressers.append(FaultDresser(config.faults, datagram, loop))
     if config.record is not None:  # after the faults: a transcript has what went on the wire
         dressers.append(Recorder(config.record, config.transport))
     return tuple(dressers)

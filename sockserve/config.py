@@ -9,6 +9,7 @@ unix datagram pair, to learn how big a datagram the system sends (`unix_datagram
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from .access import AccessRules, build_rules, peer_credentials_supported
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
 from .exec_command import ExecSpec, check_exec, check_exec_mode, exec_argv, exec_handler
-from .faultplan import FailMode, FaultPlan, fault_plan
+from .faultplan import FailMode, FaultPlan, FaultsTo, fault_plan
 from .inherited import check_inetd, check_inherited, inetd_address, inherited_address, inherited_fd
 from .loading import (
     ROOM_BUILTINS,
@@ -107,6 +108,7 @@ class ServeConfig:
     tls_min: str | None = None
     tls_handshake_timeout: float | None = None
     faults: FaultPlan | None = None  # --delay, --drop...: None, no faults
+    faults_to: FaultsTo | None = None  # -H forward: the side the faults break (None: both)
     raw: bool = False
     exec: str | None = None  # --exec: a program per connection, split like argv
     sh_exec: str | None = None  # --sh-exec: a shell line per connection
@@ -224,8 +226,7 @@ class ServeConfig:
             raise UsageError(
                 "--banner and --banner-file cannot be combined", hint="give only one of them"
             )
-        if self.faults is not None:
-            self.faults.check(self.socktype, self.family, self.concurrency)
+        _check_faults_to(self)
         if self.socktype == "dgram" and (self.banner is not None or self.banner_file is not None):
             option = "--banner" if self.banner is not None else "--banner-file"
             raise UsageError(
@@ -304,6 +305,16 @@ class ServeConfig:
                 "share stdin with the next one",
                 hint="use -c sync (the default for datagrams), thread or event",
             )
+
+    @property
+    def fault_sides(self) -> tuple[str, ...]:
+        """The sides the faults break: ("client",) on a server; a relay's as --faults-to
+        says (both by default)."""
+        if self.forward is None or self.faults_to == "client":
+            return ("client",)
+        if self.faults_to == "upstream":
+            return ("upstream",)
+        return ("client", "upstream")
 
     @property
     def transport(self) -> str:
@@ -419,6 +430,7 @@ def build_config(
     reorder: float | None = None,
     fault_rate: float | None = None,
     seed: int | None = None,
+    faults_to: FaultsTo | None = None,
     raw: bool = False,
     exec: str | None = None,
     sh_exec: str | None = None,
@@ -552,6 +564,7 @@ def build_config(
             fault_rate=fault_rate,
             seed=seed,
         ),
+        faults_to=faults_to,
         raw=raw,
         exec=exec,
         sh_exec=sh_exec,
@@ -630,6 +643,38 @@ def _check_forward(config: ServeConfig) -> None:
             "not with --workers",
             hint="drop --workers",
         )
+
+
+def _check_faults_to(config: ServeConfig) -> None:
+    """The fault options against the transport and mode, on the sides they break: a
+    server's connections, or a relay's client and upstream (--faults-to)."""
+    plan = config.faults
+    if config.faults_to is not None and config.forward is None:
+        raise UsageError(
+            "--faults-to chooses a side of -H forward: a server has only its clients",
+            hint="add --forward UPSTREAM, or drop --faults-to",
+        )
+    if plan is None:
+        if config.faults_to is not None:
+            raise UsageError(
+                "--faults-to tells where faults apply, but no fault is given",
+                hint="add a fault such as --delay 50ms or --drop 10, or drop --faults-to",
+            )
+        return
+    sides = config.fault_sides
+    if sides == ("upstream",) and (plan.fail_first or plan.delay_accept):
+        option = "--fail-first" if plan.fail_first else "--delay-accept"
+        raise UsageError(
+            f"{option} acts on the client's connection as the proxy accepts it: not with "
+            "--faults-to upstream",
+            hint="use --faults-to client or both",
+        )
+    if "client" in sides:
+        plan.check(config.socktype, config.family, config.concurrency)
+    if "upstream" in sides:
+        assert config.forward is not None  # the accept's faults are the client's
+        upstream = dataclasses.replace(plan, fail_first=0, fail_mode="reset", delay_accept=0.0)
+        upstream.check(config.socktype, config.forward.family, config.concurrency)
 
 
 #: How an error names an address of each family.

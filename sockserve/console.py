@@ -292,10 +292,13 @@ class PlainReporter:
                     shown.append(f"{key.replace('_', ' ')} {info[key]}")
             self._emit(f"tls {format_client(client)}: {', '.join(shown)}", "event")
 
-    def fault(self, client: Any, kind: str, detail: str) -> None:
-        """Print `fault CLIENT: KIND DETAIL`."""
+    def fault(self, client: Any, kind: str, detail: str, side: str | None = None) -> None:
+        """Print `fault CLIENT: KIND DETAIL`, and `(to SIDE)` on a relay."""
         if not self.quiet:
-            self._emit(f"fault {format_client(client)}: {kind} {detail}".rstrip(), "event")
+            text = f"fault {format_client(client)}: {kind} {detail}".rstrip()
+            if side is not None:
+                text += f" (to {side})"
+            self._emit(text, "event")
 
     def sent(self, client: Any, size: int) -> None:
         """Print `stdin to CLIENT: N B out` at -v, as a datagram's line."""
@@ -491,9 +494,12 @@ class JsonReporter(PlainReporter):
         """Write a `tls` event: the handshake's details, or its `error`."""
         self._event("tls", client=self._client(client), **info)
 
-    def fault(self, client: Any, kind: str, detail: str) -> None:
-        """Write a `fault` event: its kind and detail."""
-        self._event("fault", client=self._client(client), kind=kind, detail=detail)
+    def fault(self, client: Any, kind: str, detail: str, side: str | None = None) -> None:
+        """Write a `fault` event: its kind and detail (and `side`, on a relay)."""
+        fields: dict[str, Any] = {"kind": kind, "detail": detail}
+        if side is not None:
+            fields["side"] = side
+        self._event("fault", client=self._client(client), **fields)
 
     def sent(self, client: Any, size: int) -> None:
         """Write a `sent` event with the count."""

@@ -137,10 +137,11 @@ class Events(Protocol):
         for a handshake that failed, only `error`, the reason in a few words.
         """
 
-    def fault(self, client: Any, kind: str, detail: str) -> None:
+    def fault(self, client: Any, kind: str, detail: str, side: str | None = None) -> None:
         """A fault was applied to `client`'s connection or datagram (`sockserve.faults`):
         `kind` names it (delay, throttle, chunk, close, reset, stall, fail-reset,
-        fail-close, delay-accept, drop, duplicate, reorder), `detail` says how."""
+        fail-close, delay-accept, drop, duplicate, reorder), `detail` says how; on a relay,
+        `side` is the connection it hit: "client" or "upstream" (--faults-to)."""
 
     def sent(self, client: Any, size: int) -> None:
         """`size` bytes were sent to `client` outside any request: the stdin that -H stdio
@@ -191,7 +192,7 @@ class NullEvents:
     def tls(self, client: Any, info: dict[str, Any]) -> None:
         """Ignore it."""
 
-    def fault(self, client: Any, kind: str, detail: str) -> None:
+    def fault(self, client: Any, kind: str, detail: str, side: str | None = None) -> None:
         """Ignore it."""
 
     def sent(self, client: Any, size: int) -> None:

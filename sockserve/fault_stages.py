@@ -98,6 +98,7 @@ class Connection:
         self.told: set[str] = set()
         self.sock: socket.socket | None = None
         self.transport: Any = None
+        self.side: str | None = None  # a relay's: "client" or "upstream" (--faults-to)
 
     def fire(self, kind: str, detail: str = "", once: bool = False) -> None:
         """Tell of a fault applied (`once`: only its first time on this connection)."""
@@ -106,8 +107,12 @@ class Connection:
                 return
             self.told.add(kind)
         events = self.watch.events
-        if events is not None:
+        if events is None:
+            return
+        if self.side is None:
             events.fault(self.watch.client, kind, detail)
+        else:
+            events.fault(self.watch.client, kind, detail, side=self.side)
 
     def gone(self) -> bool:
         """True once the transport (event loop) is closing."""
@@ -160,6 +165,10 @@ def reset_now(sock: socket.socket | None, transport: Any = None) -> None:
         return
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    except OSError:
+        pass
+    try:
+        sock.shutdown(socket.SHUT_RD)  # wakes a thread reading it (a relay's other direction)
     except OSError:
         pass
     dead, other = socket.socketpair()

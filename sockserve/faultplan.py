@@ -12,6 +12,8 @@ from typing import Literal
 from .errors import UsageError
 
 FailMode = Literal["reset", "close"]
+#: --faults-to: which side of a relay (forward) the faults break.
+FaultsTo = Literal["client", "upstream", "both"]
 
 #: The options only a stream can take, and those only a datagram socket can.
 STREAM_ONLY = (

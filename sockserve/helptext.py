@@ -107,6 +107,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "reorder",
         "fault_rate",
         "seed",
+        "faults_to",
     ),
     "A program per connection": ("exec", "sh_exec", "exec_stderr"),
     "Output": (

@@ -309,7 +309,13 @@ class RunMonitor:
                 self.stats.add_tls_failure()
             self.reporter.tls(_from_json(rec.get("c")), info)
         elif kind == "fault":
-            self.reporter.fault(_from_json(rec.get("c")), str(rec.get("f")), str(rec.get("d")))
+            side = rec.get("s")
+            self.reporter.fault(
+                _from_json(rec.get("c")),
+                str(rec.get("f")),
+                str(rec.get("d")),
+                side=None if side is None else str(side),
+            )
         elif kind == "sent":
             self.stats.add_sent(int(rec["o"]))
             self.reporter.sent(_from_json(rec.get("c")), int(rec["o"]))
@@ -345,12 +351,15 @@ class RunMonitor:
             self.stats.add_tls_failure()
         self.reporter.tls(client, info)
 
-    def fault(self, client: Any, kind: str, detail: str) -> None:
+    def fault(self, client: Any, kind: str, detail: str, side: str | None = None) -> None:
         """Report a fault applied (from a child: forward it)."""
         if self.in_child:
-            self._forward({"k": "fault", "c": _jsonable(client), "f": kind, "d": detail})
+            record = {"k": "fault", "c": _jsonable(client), "f": kind, "d": detail}
+            if side is not None:
+                record["s"] = side
+            self._forward(record)
             return
-        self.reporter.fault(client, kind, detail)
+        self.reporter.fault(client, kind, detail, side=side)
 
     def sent(self, client: Any, size: int) -> None:
         """Count the bytes out and report them (from a child: forward them)."""

@@ -208,6 +208,8 @@ class Run:
                 }
                 if config.faults is not None:
                     details["faults"] = config.faults.describe()
+                    if config.forward is not None:  # a relay: the sides they break
+                        details["faults"] += "; to " + " and ".join(config.fault_sides)
                 if config.record is not None:
                     details["record"] = config.record  # where the transcripts go
                 if config.workers > 1:

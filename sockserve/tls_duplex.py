@@ -9,8 +9,9 @@ while the other goes on. Two kinds, with the same methods (those the relays call
 
 - `BioTls`, the upstream of ``--forward-tls`` (made by `sockserve.upstream_tls`): an
   ssl.SSLObject over memory BIOs; the reading thread reads the raw socket, the records to
-  send go out under a send lock. Its half-close is exact: what arrived is decrypted first,
-  then close_notify and a FIN go out, and what the peer sends afterwards still arrives.
+  send go out under a send lock; a watch (``--faults-to upstream``) sees the plaintext.
+  Its half-close is exact: what arrived is decrypted first, then close_notify and a FIN go
+  out, and what the peer sends afterwards still arrives.
 - `SocketTls`, a served connection (the ssl.SSLSocket that `parts.tls` made and shook
   hands on): the socket made non-blocking, each SSLSocket call under the lock, a watch
   (`WatchedTlsSocket`) run outside it. CPython's SSLSocket.unwrap calls SSL_shutdown
@@ -77,6 +78,8 @@ class BioTls:
         self.plain = bytearray()  # decrypted before a half-close, not taken yet
         self.ended = False  # the peer's end of data (close_notify or EOF) was read
         self.alert: str | None = None  # the TLS error that ended reading, if any
+        #: Sees the plaintext, outside the lock (forward's --faults-to upstream sets it).
+        self.watch: Any = None
         sock.setblocking(False)
 
     # -- what the relays call ---------------------------------------------------------------
@@ -123,6 +126,9 @@ class BioTls:
             if flush:
                 self.flush(wait=False)
             if got is not None:
+                if got and self.watch is not None:
+                    with memoryview(buffer) as view, view.cast("B") as octets:
+                        self.watch.incoming(octets[:got])
                 return got
             if not self.feed(self.timeout):
                 with self.lock:
@@ -133,12 +139,20 @@ class BioTls:
         return bytes(buf[: self.recv_into(buf)])
 
     def sendall(self, data: Any) -> None:
-        """Encrypt and send all of `data`; returns once it went to the socket."""
+        """Encrypt and send all of `data` (through the watch, if any); returns once it went
+        to the socket."""
+        if self.watch is not None:
+            self.watch.outgoing(data, self._send_plain)
+            return
         with memoryview(data) as view, view.cast("B") as octets:
-            for start in range(0, len(octets), WRITE_PIECE):
-                with self.lock:
-                    self.sslobj.write(octets[start : start + WRITE_PIECE])
-                self.flush(wait=True)
+            self._send_plain(octets)
+
+    def _send_plain(self, chunk: memoryview) -> int:
+        for start in range(0, len(chunk), WRITE_PIECE):
+            with self.lock:
+                self.sslobj.write(chunk[start : start + WRITE_PIECE])
+            self.flush(wait=True)
+        return len(chunk)
 
     def send(self, data: Any) -> int:
         self.sendall(data)

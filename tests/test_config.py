@@ -187,6 +187,7 @@ NOT_DEFAULT.update(
         "reorder": (None, "faults", FAULTS),
         "fault_rate": (50.0, "faults", FAULTS),
         "seed": (1, "faults", FAULTS),
+        "faults_to": (None, "faults_to", None),  # -H forward only: see tests/test_faults_to.py
     }
 )
 #: Only with --forward: see tests/test_forward_tls.py.

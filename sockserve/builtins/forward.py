@@ -12,10 +12,12 @@ upstream that refuses or cannot be reached resets the client's connection; the r
 → socket, never through Python; both directions on the handler's thread, with non-blocking
 splices and poll) when nobody watches the client's socket and neither socket has a timeout;
 otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
-watch's stages may block), so a watch sees the client side. TLS on either side
-(`--tls`, `--forward-tls`) is copied, through `sockserve.tls_duplex`: one SSL object is never
-used by both threads at once; a TLS handshake with the upstream that fails is an upstream
-that cannot be reached.
+watch's stages may block), so a watch sees the client side. Faults on the upstream side
+(--faults-to, `sockserve.relay_faults`) put the upstream socket behind a watch of its own;
+a side a fault reset is passed on as a reset, one it closed as an orderly end. TLS on either
+side (`--tls`, `--forward-tls`) is copied, through `sockserve.tls_duplex`: one SSL object is
+never used by both threads at once; a TLS handshake with the upstream that fails is an
+upstream that cannot be reached.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ from typing import Any, ClassVar
 
 from ..addresses import Address
 from ..events import Events
+from ..fault_stages import Connection
+from ..faults import attach_socket
+from ..relay_faults import side_connection, upstream_watch
 from ..socketserver import BaseRequestHandler
 from ..upstreams import upstream_url
+from ..watch import WatchedSocket
 from .shared import HandlerOptions, Shared
 from .stream import StreamBuiltin, grow_pipe
 
@@ -93,6 +99,8 @@ class StreamRelay:
     sockets' timeout, if any; the relay ends (`timed_out`: both closed in order) once neither
     direction moved for that long. After `run`, `reset_client` tells the client must be reset
     (the upstream failed); the upstream is closed by `run`, reset when the client failed.
+    `faults`: each side's fault Connection (--faults-to), if any: a side one reset counts
+    as failed (the other is reset), in the copied relay.
     """
 
     def __init__(
@@ -106,6 +114,7 @@ class StreamRelay:
         self.timed_out = False
         self.last = time.monotonic()
         self.lock = threading.Lock()
+        self.faults: tuple[Connection | None, Connection | None] = (None, None)
 
     @property
     def reset_client(self) -> bool:
@@ -211,7 +220,10 @@ class StreamRelay:
         except BaseException:
             self.fail(index)
             raise
-        if ended:
+        conn = self.faults[index]
+        if conn is not None and conn.ended == "reset":  # a fault reset the source
+            self.fail(index)
+        elif ended:
             try:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
@@ -301,6 +313,15 @@ class ForwardStream(StreamBuiltin):
         if observer is not None:
             extra = {} if secure is None else {"tls": secure.details(upstream)}
             observer.upstream(self.client_address, url, None, **extra)
+        watch = getattr(sock, "watch", None)
+        faulted = upstream_watch(watch)  # --faults-to upstream or both: its own watch
+        if faulted is not None:
+            if secure is not None:  # the plaintext, through the TLS connection's watch
+                upstream.watch = faulted[0]
+                attach_socket(faulted[0], upstream.sock)
+            else:
+                upstream = WatchedSocket.adopt(upstream, faulted[0])
+                attach_socket(faulted[0], upstream)
         splice = CAN_SPLICE and not self.watched and idle is None and secure is None
         client: Any = sock
         if getattr(sock, "encrypted", False):  # --tls: its SSL object, safe for two threads
@@ -308,11 +329,14 @@ class ForwardStream(StreamBuiltin):
 
             client = SocketTls(sock)
         relay = StreamRelay(client, upstream, splice, idle)
+        relay.faults = (side_connection(watch), None if faulted is None else faulted[1])
         try:
             relay.run()
         finally:
             self.received += relay.moved[0]
             self.sent += relay.moved[1]
+            if faulted is not None:
+                faulted[0].close()
             if client is not sock:
                 client.release()
         if relay.reset_client:

@@ -6,8 +6,10 @@ write buffer is full (over the transport's high-water mark) pauses reading on th
 (back-pressure). An EOF is passed on with write_eof; the two connections close once both
 EOFs have passed. A connection lost on an error (a reset) aborts the other with SO_LINGER 0,
 which resets it. An upstream that cannot be reached resets the client, as in the other modes
-(`forward`). Over `--forward-tls` the upstream's TLS is `forward_tls_asyncio`'s, which can
-pass an EOF on (asyncio's own cannot).
+(`forward`). Faults on the upstream side (--faults-to, `sockserve.relay_faults`) put the
+upstream protocol behind a watch of its own; an EOF or a close waits for what a side's faults
+hold back (`after_paced`), a side a fault reset resets the other. Over `--forward-tls` the
+upstream's TLS is `forward_tls_asyncio`'s, which can pass an EOF on (asyncio's own cannot).
 
 Datagrams: one protocol for the server's socket (`ForwardDatagramProtocol`), one upstream
 socket per client read by the loop (`loop.add_reader`), the associations of `forward`.
@@ -22,7 +24,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from ..addresses import Address
+from ..fault_stages import Connection
+from ..faults import attach_transport
+from ..relay_faults import after_paced, side_connection, upstream_watch
 from ..upstreams import upstream_url
+from ..watch import Watch
 from .forward import (
     CONNECT_TIMEOUT,
     describe,
@@ -33,7 +39,9 @@ from .forward_datagram import (
     DEFAULT_ASSOCIATION_IDLE,
     Association,
     Associations,
+    association_watch,
     open_association,
+    send_upstream,
 )
 from .shared import HandlerOptions, Shared
 
@@ -44,6 +52,50 @@ def reset(transport: Any) -> None:
     if sock is not None:
         reset_on_close(sock)
     transport.abort()
+
+
+def faulted_watch(transport: Any) -> Watch | None:
+    """The watch a relay's faults dressed, among those `transport` goes through (a watched
+    transport's, under a -vv one's); None without faults."""
+    while transport is not None and hasattr(transport, "_owner"):
+        watch = transport._owner.watch
+        if side_connection(watch) is not None:
+            return watch
+        transport = getattr(transport, "_transport", None)
+    return None
+
+
+def was_reset(conn: Connection | None) -> bool:
+    """True when a fault reset that side (--reset-after): the other is reset too."""
+    return conn is not None and conn.ended == "reset"
+
+
+def pass_reset_on(watch: Watch | None, transport: Any) -> None:
+    """A fault reset the other side: reset `transport` too, once what it was already given
+    (and its faults hold back) has gone out, as the copying relay does."""
+
+    def after() -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            reset_on_close(sock)
+        transport.close()  # sends what it holds, then closes: a reset, with SO_LINGER 0
+
+    after_paced(watch, after)
+
+
+def close_after_paced(watch: Watch | None, transport: Any) -> None:
+    """Close `transport` once what its side's faults hold back has gone."""
+    after_paced(watch, transport.close)
+
+
+def eof_after_paced(watch: Watch | None, transport: Any) -> None:
+    """Pass an EOF on to `transport` once what its side's faults hold back has gone."""
+
+    def eof() -> None:
+        if not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    after_paced(watch, eof)
 
 
 class ClientSide(asyncio.Protocol):
@@ -62,10 +114,14 @@ class ClientSide(asyncio.Protocol):
         self.client_eof = False
         self.upstream_eof = False
         self.early: list[bytes] = []  # what came before the upstream connection
+        self.watch: Watch | None = None  # the client side's, when faults dress it
+        self.up_watch: Watch | None = None  # the upstream side's, when faults dress it
+        self.faults: tuple[Connection | None, Connection | None] = (None, None)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
+        self.watch = faulted_watch(transport)
         transport.pause_reading()  # until the upstream is there to take it (asyncio's loop)
         self.task = asyncio.get_running_loop().create_task(self.connect())
 
@@ -74,7 +130,14 @@ class ClientSide(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         observer = self.shared.observer
         url = upstream_url(self.upstream, "stream")
-        factory = functools.partial(UpstreamSide, self)
+        factory: Callable[[], asyncio.BaseProtocol] = functools.partial(UpstreamSide, self)
+        faulted = upstream_watch(self.watch)  # --faults-to upstream or both
+        if faulted is not None:
+            from ..watch_asyncio import watched
+
+            self.up_watch = faulted[0]
+            factory = functools.partial(watched_upstream, self, faulted[0], watched)
+        self.faults = (side_connection(self.watch), None if faulted is None else faulted[1])
         secure = self.shared.options.upstream_tls  # --forward-tls
         made: Any
         try:
@@ -87,7 +150,7 @@ class ClientSide(asyncio.Protocol):
             else:
                 host, port = self.upstream.sockaddr()
                 made = loop.create_connection(factory, host, port)
-            transport, _ = await asyncio.wait_for(made, CONNECT_TIMEOUT)
+            transport, protocol = await asyncio.wait_for(made, CONNECT_TIMEOUT)
         except (TimeoutError, OSError, ValueError) as exc:
             if secure is not None and not isinstance(exc, ConnectionRefusedError):
                 reason = secure.describe_failure(exc, CONNECT_TIMEOUT)
@@ -99,19 +162,28 @@ class ClientSide(asyncio.Protocol):
             if not self.transport.is_closing():
                 reset(self.transport)
             return
-        if self.transport.is_closing():  # the client went away meanwhile
+        gone = self.transport.is_closing()  # the client went away meanwhile
+        if gone and not was_reset(self.faults[0]):
             transport.close()
             return
+        extra = {}
+        if secure is not None:
+            extra["tls"] = secure.details(transport.get_extra_info("ssl_object"))
+        if self.up_watch is not None:
+            attach_transport(self.up_watch, transport)
+            inner: Any = protocol  # a watched protocol: its UpstreamSide has the watched transport
+            transport = inner.protocol.transport
         self.up = transport
         if observer is not None:
-            extra = {}
-            if secure is not None:
-                extra["tls"] = secure.details(transport.get_extra_info("ssl_object"))
             observer.upstream(self.client, url, None, **extra)
+        if gone:  # a fault reset the client: what it sent goes on, then the reset
+            transport.writelines(self.early)
+            pass_reset_on(self.up_watch, transport)
+            return
         transport.writelines(self.early)
         self.early.clear()
         if self.client_eof:
-            transport.write_eof()
+            eof_after_paced(self.up_watch, transport)
         else:
             self.transport.resume_reading()
 
@@ -126,7 +198,7 @@ class ClientSide(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True
         if self.up is not None and not self.up.is_closing():
-            self.up.write_eof()
+            eof_after_paced(self.up_watch, self.up)
         self.maybe_close()
         return True  # the upstream may still answer
 
@@ -141,29 +213,37 @@ class ClientSide(asyncio.Protocol):
     def maybe_close(self) -> None:
         """Both EOFs passed: close both connections (what they still hold goes out first)."""
         if self.client_eof and self.upstream_eof:
-            self.transport.close()
+            close_after_paced(self.watch, self.transport)
             if self.up is not None:
-                self.up.close()
+                close_after_paced(self.up_watch, self.up)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.task is not None and not self.task.done():
-            self.task.cancel()
+            if not was_reset(self.faults[0]):  # else the upstream hears of it, once made
+                self.task.cancel()
         up = self.up
         if up is not None and not up.is_closing():
             if exc is not None:
                 reset(up)
+            elif was_reset(self.faults[0]):
+                pass_reset_on(self.up_watch, up)
             else:
-                up.close()
+                close_after_paced(self.up_watch, up)
         recorder = self.shared.recorder
         if recorder is not None:
             recorder.record(self.client, self.received, self.sent)
 
 
 class UpstreamSide(asyncio.Protocol):
-    """The upstream connection of one `ClientSide`."""
+    """The upstream connection of one `ClientSide`; `transport` is the one it was given (a
+    watched transport, when faults break the upstream side)."""
 
     def __init__(self, owner: ClientSide) -> None:
         self.owner = owner
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -173,9 +253,7 @@ class UpstreamSide(asyncio.Protocol):
     def eof_received(self) -> bool:
         owner = self.owner
         owner.upstream_eof = True
-        client = owner.transport
-        if not client.is_closing() and client.can_write_eof():
-            client.write_eof()
+        eof_after_paced(owner.watch, owner.transport)
         owner.maybe_close()
         return True  # the client may still send
 
@@ -186,13 +264,22 @@ class UpstreamSide(asyncio.Protocol):
         self.owner.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        client = self.owner.transport
+        owner = self.owner
+        client = owner.transport
         if client.is_closing():
             return
         if exc is not None:
             reset(client)
+        elif was_reset(owner.faults[1]):
+            pass_reset_on(owner.watch, client)
         else:
-            client.close()
+            close_after_paced(owner.watch, client)
+
+
+def watched_upstream(owner: ClientSide, watch: Watch, watched: Any) -> asyncio.BaseProtocol:
+    """The upstream protocol of `owner` behind `watch` (its faults)."""
+    protocol: asyncio.BaseProtocol = watched(UpstreamSide(owner), watch)
+    return protocol
 
 
 class ForwardDatagramProtocol(asyncio.DatagramProtocol):
@@ -218,10 +305,7 @@ class ForwardDatagramProtocol(asyncio.DatagramProtocol):
             assoc = self.associate(addr)
             if assoc is None:
                 return
-        try:
-            assoc.sock.send(data)
-        except OSError:
-            pass  # the upstream's queue is full, or it refused an earlier one: lost
+        send_upstream(assoc, data, faulted_watch(self.transport))
         recorder = self.shared.recorder
         if recorder is not None:
             recorder.record(addr, len(data), 0)
@@ -233,6 +317,7 @@ class ForwardDatagramProtocol(asyncio.DatagramProtocol):
         if up is None:
             return None
         assoc = Association(client, up, self.transport)
+        assoc.watch = association_watch(faulted_watch(self.transport))
         pushed = self.associations.add(assoc)
         if pushed is not None:
             self.drop(pushed)

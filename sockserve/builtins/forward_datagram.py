@@ -22,9 +22,11 @@ from typing import Any, ClassVar
 
 from ..addresses import Address
 from ..events import address_of
+from ..faults import connection_of
+from ..relay_faults import upstream_watch
 from ..socketserver import BaseRequestHandler
 from ..upstreams import upstream_url
-from ..watch import is_watched
+from ..watch import Watch, is_watched
 from .forward import describe, open_upstream, tell_failed, upstream_of
 from .shared import HandlerOptions, Shared, send_datagram
 
@@ -34,6 +36,8 @@ DEFAULT_ASSOCIATION_IDLE = 60.0
 MAX_ASSOCIATIONS = 512
 #: The reply thread looks at the server socket (closed: it stops) this often, at least.
 REPLY_TICK = 0.25
+#: A datagram to the upstream that --reorder held back this long is sent (on the next tick).
+REORDER_KEPT = 0.1
 
 
 @dataclass
@@ -45,6 +49,39 @@ class Association:
     reply_to: Any
     last: float = field(default_factory=time.monotonic)
     closed: bool = False
+    watch: Watch | None = None  # the upstream side's, when faults dress it (--faults-to)
+
+
+def association_watch(client_watch: Watch | None) -> Watch | None:
+    """The upstream side's watch of a new association, dressed with its faults; None when
+    that side takes none."""
+    faulted = upstream_watch(client_watch)
+    return None if faulted is None else faulted[0]
+
+
+def upstream_held(watch: Watch) -> Any:
+    """The --reorder hold of an upstream watch's faults."""
+    conn = connection_of(watch)
+    return None if conn is None else conn.owner.held
+
+
+def send_upstream(assoc: Association, data: Any, client_watch: Watch | None) -> None:
+    """Send a client's datagram on `assoc` (through its faults, told with the client's id
+    as `client_watch` has it); a datagram the upstream cannot take is lost."""
+
+    def send(chunk: memoryview) -> int:
+        try:
+            return assoc.sock.send(chunk)
+        except OSError:  # its queue is full, it refused an earlier one, or it expired: lost
+            return len(chunk)
+
+    watch = assoc.watch
+    if watch is None:
+        send(memoryview(data))
+        return
+    if client_watch is not None:
+        watch.client = client_watch.client
+    watch.outgoing(data, send)
 
 
 class Associations:
@@ -127,10 +164,12 @@ class DatagramRelay:
         self.thread: threading.Thread | None = None
         self.server_socket: Any = None
         self.doomed: list[Association] = []  # pushed out: the reply thread closes them
+        self.held: Any = None  # the upstream side's --reorder hold, sent if kept too long
 
     def forward(self, data: Any, sock: Any, client: Any) -> None:
         """Send one datagram from `client` (received on `sock`) on to the upstream."""
         now = time.monotonic()
+        client_watch = getattr(sock, "watch", None)
         with self.lock:
             # By the peer's address: `client` may be this datagram's `events.Client`.
             assoc = self.associations.get(address_of(client), now)
@@ -139,10 +178,10 @@ class DatagramRelay:
                 if assoc is None:
                     return
             assoc.reply_to = sock
-            try:
-                assoc.sock.send(data)
-            except OSError:
-                pass  # the upstream's queue is full, or it refused an earlier one: lost
+            if assoc.watch is None:
+                send_upstream(assoc, data, None)
+        if assoc.watch is not None:  # faults may hold it a while: not under the lock
+            send_upstream(assoc, data, client_watch)
         if self.recorder is not None:
             self.recorder.record(client, len(data), 0)
 
@@ -153,6 +192,9 @@ class DatagramRelay:
         if up is None:
             return None
         assoc = Association(address_of(client), up, sock)
+        assoc.watch = association_watch(getattr(sock, "watch", None))
+        if assoc.watch is not None:
+            self.held = upstream_held(assoc.watch)
         pushed = self.associations.add(assoc)
         if pushed is not None:
             self.doomed.append(pushed)
@@ -181,6 +223,8 @@ class DatagramRelay:
             while self.server_socket.fileno() != -1:
                 for key, _ in selector.select(tick):
                     self.pass_back(key.data)
+                if self.held is not None:
+                    self.held.flush(older_than=REORDER_KEPT)
                 with self.lock:
                     gone = self.associations.expired(time.monotonic()) + self.doomed
                     self.doomed = []

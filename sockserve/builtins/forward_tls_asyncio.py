@@ -25,7 +25,7 @@ class TlsLayer(asyncio.Protocol):
     """TLS (client side) over a plain connection for one plaintext protocol (`app`), which
     hears of it once the handshake is done (`ready`)."""
 
-    def __init__(self, secure: Any, app_factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, secure: Any, app_factory: Callable[[], Any]) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.sslobj = secure.context.wrap_bio(
             self.incoming, self.outgoing, server_hostname=secure.server_name
@@ -198,8 +198,8 @@ class TlsTransport(asyncio.Transport):
 
 
 async def open_tls_upstream(
-    upstream: Address, secure: Any, app_factory: Callable[[], asyncio.Protocol]
-) -> tuple[TlsTransport, asyncio.Protocol]:
+    upstream: Address, secure: Any, app_factory: Callable[[], Any]
+) -> tuple[TlsTransport, Any]:
     """Connect to `upstream` and shake hands (`secure`: a `sockserve.upstream_tls.UpstreamTls`);
     the plaintext transport and the app's protocol. Raises OSError, ssl.SSLError (a
     certificate that does not verify...); a cancelled open closes the connection."""
