@@ -326,6 +326,24 @@ def test_a_client_certificate_for_an_mtls_upstream(
     assert "client_subject" in upstream.wait_for("tls", 2)
 
 
+@pytest.mark.parametrize("mode", ["thread", "event"])
+def test_faults_toward_a_tls_upstream_act_on_its_plaintext(
+    serve: Callable[..., Served], mode: str
+) -> None:
+    """--faults-to upstream --delay: what goes to the TLS upstream leaves 200ms late (the
+    plaintext is delayed, then encrypted); the fault event names the upstream's side."""
+    upstream = serve("tcp", "127.0.0.1:0", "--tls", "-H", "upper")
+    proxy = forward(serve, upstream, "--delay", "200ms", "--faults-to", "upstream", mode=mode)
+    with plain_client(proxy.address) as sock:
+        sent = time.monotonic()
+        sock.sendall(b"slow\n")
+        assert sock.recv(10) == b"SLOW\n"
+        assert time.monotonic() - sent >= 0.18
+    fault = proxy.wait_for("fault")
+    assert (fault["kind"], fault["side"]) == ("delay", "upstream")
+    assert proxy.stop()[0] == 0 and upstream.stop()[0] == 0
+
+
 #: Command lines --forward-tls refuses, and a word of each one's line.
 REFUSED = {
     "no --forward-tls": (
