@@ -66,8 +66,14 @@ class BioTls:
 
     encrypted = True
 
-    def __init__(self, sock: socket.socket, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO,
-                 outgoing: ssl.MemoryBIO, timeout: float | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sock: socket.socket,
+        sslobj: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        timeout: float | None,
+    ) -> None:
         self.sock = sock
         self.sslobj = sslobj
         self.incoming = incoming

@@ -305,12 +305,13 @@ def test_a_unix_upstream_with_a_named_certificate(
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
+@pytest.mark.parametrize("mode", ["thread", "event"])
 def test_a_client_certificate_for_an_mtls_upstream(
-    serve: Callable[..., Served], tmp_path: Path
+    serve: Callable[..., Served], tmp_path: Path, mode: str
 ) -> None:
     keys = tmp_path / "client"
     upstream = serve("tcp", "127.0.0.1:0", "--tls", "--tls-client-cert-out", str(keys))
-    without = forward(serve, upstream)
+    without = forward(serve, upstream, mode=mode)
     with plain_client(without.address) as sock, pytest.raises(ConnectionResetError):
         sock.sendall(b"x")
         sock.recv(10)
@@ -318,7 +319,7 @@ def test_a_client_certificate_for_an_mtls_upstream(
     assert "certificate required" in without.wait_for("warning")["message"]
     with_cert = forward(
         serve, upstream, "--forward-cert", str(keys / "client.pem"),
-        "--forward-key", str(keys / "client.key"),
+        "--forward-key", str(keys / "client.key"), mode=mode,
     )  # fmt: skip
     with plain_client(with_cert.address) as sock:
         sock.sendall(b"mtls\n")

@@ -144,7 +144,12 @@ class ClientSide(asyncio.Protocol):
             if secure is not None:  # TLS of ours, not the loop's: it can half-close
                 from .forward_tls_asyncio import open_tls_upstream
 
-                made = open_tls_upstream(self.upstream, secure, factory)
+                made = open_tls_upstream(
+                    self.upstream,
+                    secure,
+                    factory,
+                    lambda why: tell_failed(observer, self.client, url, why, "reset it"),
+                )
             elif self.upstream.family == "unix":
                 made = loop.create_unix_connection(factory, self.upstream.sockaddr())
             else:

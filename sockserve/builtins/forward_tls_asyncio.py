@@ -25,7 +25,12 @@ class TlsLayer(asyncio.Protocol):
     """TLS (client side) over a plain connection for one plaintext protocol (`app`), which
     hears of it once the handshake is done (`ready`)."""
 
-    def __init__(self, secure: Any, app_factory: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        secure: Any,
+        app_factory: Callable[[], Any],
+        on_alert: Callable[[str], None] | None = None,
+    ) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.sslobj = secure.context.wrap_bio(
             self.incoming, self.outgoing, server_hostname=secure.server_name
@@ -38,6 +43,7 @@ class TlsLayer(asyncio.Protocol):
         self.write_closed = False  # our close_notify went out
         self.failed: BaseException | None = None
         self.app_made = False  # the app has the transport (after the handshake)
+        self.on_alert = on_alert  # told why an alert ended the connection
 
     # -- the plain connection's protocol ----------------------------------------------------
 
@@ -107,6 +113,8 @@ class TlsLayer(asyncio.Protocol):
                 chunk = b""
             except ssl.SSLError as exc:  # an alert (a refused client certificate...)
                 self.failed = exc
+                if self.on_alert is not None:
+                    self.on_alert((exc.reason or str(exc)).lower().replace("_", " "))
                 self.flush()
                 self.raw.abort()
                 return
@@ -198,16 +206,21 @@ class TlsTransport(asyncio.Transport):
 
 
 async def open_tls_upstream(
-    upstream: Address, secure: Any, app_factory: Callable[[], Any]
+    upstream: Address,
+    secure: Any,
+    app_factory: Callable[[], Any],
+    on_alert: Callable[[str], None] | None = None,
 ) -> tuple[TlsTransport, Any]:
     """Connect to `upstream` and shake hands (`secure`: a `sockserve.upstream_tls.UpstreamTls`);
     the plaintext transport and the app's protocol. Raises OSError, ssl.SSLError (a
-    certificate that does not verify...); a cancelled open closes the connection."""
+    certificate that does not verify...); a cancelled open closes the connection. `on_alert`
+    is told the reason when an alert from the upstream ends the connection later (TLS 1.3
+    refuses a client certificate after the handshake)."""
     loop = asyncio.get_running_loop()
     layers: list[TlsLayer] = []
 
     def make() -> TlsLayer:
-        layers.append(TlsLayer(secure, app_factory))
+        layers.append(TlsLayer(secure, app_factory, on_alert))
         return layers[-1]
 
     if upstream.family == "unix":
