@@ -104,11 +104,12 @@ def test_socket_tls_reads_and_writes_from_two_threads(
 
 
 def test_socket_tls_half_close_waits_for_what_came_in(
-    pair: Callable[[], tuple[ssl.SSLSocket, ssl.SSLSocket]],
+    pair: Callable[[], tuple[ssl.SSLSocket, ssl.SSLSocket]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Data waits to be read when the write side closes: close_notify waits for the reader
     (CPython's unwrap would read that record and break the connection); the data, and what
     the peer sends after our end, arrive whole."""
+    monkeypatch.setattr(tls_duplex, "CLOSE_NOTIFY_WAIT", 30.0)  # a busy machine's reader
     served, peer = pair()
     conn = SocketTls(served)
     peer.sendall(b"first")
