@@ -44,6 +44,7 @@ class TlsLayer(asyncio.Protocol):
         self.failed: BaseException | None = None
         self.app_made = False  # the app has the transport (after the handshake)
         self.on_alert = on_alert  # told why an alert ended the connection
+        self.heard = False  # some plaintext came from the upstream
 
     # -- the plain connection's protocol ----------------------------------------------------
 
@@ -68,6 +69,13 @@ class TlsLayer(asyncio.Protocol):
             return
         if not self.app_made:
             return  # the handshake failed or was given up: the app never was
+        if exc is not None and not self.heard and self.failed is None and self.on_alert:
+            # the alert may be lost to the reset (our write met the closed socket first)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.on_alert(
+                f"{why} before any data, right after the TLS handshake (does the upstream "
+                "want a client certificate?)"
+            )
         failed = self.failed
         self.app.connection_lost(exc or (failed if isinstance(failed, Exception) else None))
 
@@ -122,6 +130,7 @@ class TlsLayer(asyncio.Protocol):
                 self.ended = True
                 self.app.eof_received()
                 break
+            self.heard = True
             self.app.data_received(chunk)
         self.flush()
 
