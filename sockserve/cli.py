@@ -587,6 +587,44 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
     "sync, thread and event mode (thread mode forwards on the loop thread), not fork.",
 )
 @click.option(
+    "--forward-tls",
+    is_flag=True,
+    help="Speak TLS to the --forward upstream (streams), verifying its certificate against the "
+    "system's CAs (or --forward-ca) for its host name (or --forward-sni), which is also sent "
+    "as SNI. A handshake that fails resets the client, as an unreachable upstream does.",
+)
+@click.option(
+    "--forward-ca",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Trust only the CAs of this PEM file for the upstream's certificate (e.g. the tls_ca "
+    "file another sockserve --tls names).  [default: the system's CAs]",
+)
+@click.option(
+    "--forward-sni",
+    metavar="NAME",
+    help="The name the upstream's certificate must carry, also sent as SNI; needed for a unix "
+    "upstream.  [default: the upstream's host]",
+)
+@click.option(
+    "--forward-cert",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Present this PEM client certificate to the upstream (mTLS).  [default: none]",
+)
+@click.option(
+    "--forward-key",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="The PEM private key of --forward-cert.  [default: in the --forward-cert file]",
+)
+@click.option(
+    "--forward-no-verify",
+    is_flag=True,
+    help="Do not verify the upstream's certificate (as curl -k): anyone in between can read "
+    "the traffic.",
+)
+@click.option(
     "--print-address",
     is_flag=True,
     help="Print the bound address (e.g. 127.0.0.1:43125) on stdout once listening.",

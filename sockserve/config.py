@@ -32,7 +32,7 @@ from .loading import (
     check_compatible,
     load_handler,
 )
-from .tls_config import check_tls, parse_alpn
+from .tls_config import check_forward_tls, check_tls, parse_alpn
 from .upstreams import check_forward, forward_handler
 
 if TYPE_CHECKING:  # each capability's module is loaded when a run gives its options
@@ -124,6 +124,12 @@ class ServeConfig:
     inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
     script: Script | None = None
     forward: Address | None = None  # -H forward's upstream
+    forward_tls: bool = False  # TLS to the upstream (streams)
+    forward_ca: str | None = None
+    forward_sni: str | None = None
+    forward_cert: str | None = None
+    forward_key: str | None = None
+    forward_no_verify: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,6 +175,7 @@ class ServeConfig:
         }
         check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
         check_forward(self.forward, self.socktype, self.transport, self.concurrency, self.workers)
+        check_forward_tls(self)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -431,6 +438,12 @@ def build_config(
     inetd: bool = False,
     script: Script | None = None,
     forward: str | Address | None = None,
+    forward_tls: bool = False,
+    forward_ca: str | None = None,
+    forward_sni: str | None = None,
+    forward_cert: str | None = None,
+    forward_key: str | None = None,
+    forward_no_verify: bool = False,
 ) -> ServeConfig:
     """Check the options of one run and combine them into a ServeConfig.
 
@@ -571,6 +584,12 @@ def build_config(
         inetd=inetd,
         script=script,
         forward=upstream,
+        forward_tls=forward_tls,
+        forward_ca=forward_ca,
+        forward_sni=forward_sni,
+        forward_cert=forward_cert,
+        forward_key=forward_key,
+        forward_no_verify=forward_no_verify,
     )
 
 

@@ -334,10 +334,18 @@ class PlainReporter:
         text = line.decode(errors="replace")
         self._emit(f"stderr {format_client(client)}: {text}", "")
 
-    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
-        """Print `upstream CLIENT -> URL` at -v; a failure is the warning's line, not this."""
+    def upstream(
+        self, client: Any, upstream: str, error: str | None, tls: Mapping[str, Any] | None = None
+    ) -> None:
+        """Print `upstream CLIENT -> URL` at -v (over TLS: `, TLSv1.3 CIPHER`); a failure is
+        the warning's line, not this."""
         if error is None and not self.quiet and self.verbosity >= 1:
-            self._emit(f"upstream {format_client(client)} -> {upstream}", "event")
+            shown = ""
+            if tls is not None:
+                shown = ", " + ", ".join(str(tls.get(key)) for key in ("version", "cipher"))
+                if tls.get("alpn"):
+                    shown += f", alpn {tls['alpn']}"
+            self._emit(f"upstream {format_client(client)} -> {upstream}{shown}", "event")
 
 
 class RichReporter(PlainReporter):
@@ -533,9 +541,15 @@ class JsonReporter(PlainReporter):
         replaced)."""
         self._event("exec-stderr", client=self._client(client), line=line.decode(errors="replace"))
 
-    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
-        """Write an `upstream` event: the upstream's URL, and the error (null: connected)."""
-        self._event("upstream", client=self._client(client), upstream=upstream, error=error)
+    def upstream(
+        self, client: Any, upstream: str, error: str | None, tls: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write an `upstream` event: the upstream's URL, and the error (null: connected);
+        over --forward-tls, `tls`: its version and cipher."""
+        extra = {} if tls is None else {"tls": dict(tls)}
+        self._event(
+            "upstream", client=self._client(client), upstream=upstream, error=error, **extra
+        )
 
 
 def make_reporter(

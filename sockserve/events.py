@@ -155,9 +155,12 @@ class Events(Protocol):
     def exec_stderr(self, client: Any, line: bytes) -> None:
         """The program run for `client` wrote `line` to its stderr (--exec-stderr pass)."""
 
-    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+    def upstream(
+        self, client: Any, upstream: str, error: str | None, tls: dict[str, Any] | None = None
+    ) -> None:
         """-H forward connected `client` to `upstream` (a URL: tcp://HOST:PORT, unix:///PATH),
-        or could not (`error`: the reason); a datagram client, when its association opens."""
+        or could not (`error`: the reason); a datagram client, when its association opens.
+        `tls`: over --forward-tls, the upstream's TLS version and cipher."""
 
 
 class NullEvents:
@@ -202,7 +205,9 @@ class NullEvents:
     def exec_stderr(self, client: Any, line: bytes) -> None:
         """Ignore it."""
 
-    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+    def upstream(
+        self, client: Any, upstream: str, error: str | None, tls: dict[str, Any] | None = None
+    ) -> None:
         """Ignore it."""
 
 

@@ -240,12 +240,16 @@ class RunMonitor:
                 del self._refused_at[next(iter(self._refused_at))]
         self.reporter.refused(client, reason)
 
-    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
+    def upstream(
+        self, client: Any, upstream: str, error: str | None, tls: dict[str, Any] | None = None
+    ) -> None:
         """Report the upstream connected or failed (from a child: forward it)."""
+        extra = {} if tls is None else {"tls": tls}
         if self.in_child:
-            self._forward({"k": "upstream", "c": _jsonable(client), "u": upstream, "e": error})
+            rec = {"k": "upstream", "c": _jsonable(client), "u": upstream, "e": error}
+            self._forward({**rec, "t": tls} if tls is not None else rec)
             return
-        self.reporter.upstream(client, upstream, error)
+        self.reporter.upstream(client, upstream, error, **extra)
 
     def _note(self, message: str) -> None:
         if self.in_child:
@@ -331,7 +335,8 @@ class RunMonitor:
             self.reporter.exec_stderr(_from_json(rec.get("c")), line)
         elif kind == "upstream":
             error = rec.get("e")
-            self.reporter.upstream(_from_json(rec.get("c")), str(rec.get("u")), error)
+            extra = {"tls": rec["t"]} if rec.get("t") is not None else {}
+            self.reporter.upstream(_from_json(rec.get("c")), str(rec.get("u")), error, **extra)
 
     def close(self) -> None:
         """Report what children sent last; close the pipe."""

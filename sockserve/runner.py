@@ -48,6 +48,7 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
         slow_client=config.slow_client,
         script=config.script,
         upstream=config.forward,
+        upstream_tls=upstream_tls(config),
         idle_timeout=config.timeout,
     )
     if loaded.builtin == "replay":
@@ -67,6 +68,22 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
     if config.socktype == "stream":
         return bh.stream_handler(loaded.builtin, options)
     return bh.datagram_handler(loaded.builtin, options)
+
+
+def upstream_tls(config: ServeConfig) -> Any:
+    """The TLS of the --forward upstream (`sockserve.upstream_tls.UpstreamTls`), or None."""
+    if not config.forward_tls or config.forward is None:
+        return None
+    from .upstream_tls import prepare_upstream_tls  # ssl: only for --forward-tls
+
+    return prepare_upstream_tls(
+        config.forward,
+        config.forward_ca,
+        config.forward_sni,
+        config.forward_cert,
+        config.forward_key,
+        config.forward_no_verify,
+    )
 
 
 def make_loop_server(

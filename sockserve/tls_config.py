@@ -3,7 +3,7 @@ serves TLS, imports it)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import UsageError
 
@@ -52,6 +52,84 @@ class TlsFields(Protocol):
     def socktype(self) -> str: ...
     @property
     def transport(self) -> str: ...
+
+
+class ForwardTlsFields(Protocol):
+    """What `check_forward_tls` reads of a ServeConfig."""
+
+    @property
+    def forward(self) -> Any: ...
+    @property
+    def forward_tls(self) -> bool: ...
+    @property
+    def forward_ca(self) -> str | None: ...
+    @property
+    def forward_sni(self) -> str | None: ...
+    @property
+    def forward_cert(self) -> str | None: ...
+    @property
+    def forward_key(self) -> str | None: ...
+    @property
+    def forward_no_verify(self) -> bool: ...
+    @property
+    def socktype(self) -> str: ...
+    @property
+    def transport(self) -> str: ...
+
+
+#: The options that need --forward-tls, with their ServeConfig fields.
+_NEED_FORWARD_TLS = (
+    ("--forward-ca", "forward_ca"),
+    ("--forward-sni", "forward_sni"),
+    ("--forward-cert", "forward_cert"),
+    ("--forward-key", "forward_key"),
+    ("--forward-no-verify", "forward_no_verify"),
+)
+
+
+def check_forward_tls(config: ForwardTlsFields) -> None:
+    """Refuse --forward-tls and its options where they cannot apply: without --forward, on
+    datagrams (no DTLS), a unix upstream with no name to check."""
+    if not config.forward_tls:
+        for option, name in _NEED_FORWARD_TLS:
+            if getattr(config, name):
+                raise UsageError(
+                    f"{option} only applies with --forward-tls", hint="add --forward-tls"
+                )
+        return
+    if config.forward is None:
+        raise UsageError(
+            "--forward-tls needs --forward UPSTREAM (the TLS server to relay to)",
+            hint="e.g. --forward example.org:443 --forward-tls",
+        )
+    if config.socktype != "stream":
+        raise UsageError(
+            f"--forward-tls needs a stream: a {config.transport} server cannot forward over "
+            "TLS (DTLS is not supported)",
+            hint="use tcp or unix, or drop --forward-tls",
+        )
+    if config.forward_key is not None and config.forward_cert is None:
+        raise UsageError(
+            "--forward-key needs --forward-cert (the certificate it signs)",
+            hint="add --forward-cert FILE",
+        )
+    if config.forward_no_verify and config.forward_ca is not None:
+        raise UsageError(
+            "--forward-ca and --forward-no-verify contradict each other",
+            hint="drop one of them",
+        )
+    if (
+        config.forward.family == "unix"
+        and config.forward_sni is None
+        and not config.forward_no_verify
+    ):
+        raise UsageError(
+            f"--forward-tls to the unix socket {config.forward}: no host name to check its "
+            "certificate against",
+            hint="name it with --forward-sni NAME (e.g. --forward-sni localhost)",
+        )
+    if config.forward_sni is not None and not config.forward_sni.strip():
+        raise UsageError("--forward-sni names nothing", hint="e.g. --forward-sni localhost")
 
 
 def check_tls(config: TlsFields) -> None:

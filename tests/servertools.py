@@ -126,8 +126,10 @@ class EventsRecorder:
     def exec_stderr(self, client: Any, line: bytes) -> None:
         self._add("exec_stderr", client, line)
 
-    def upstream(self, client: Any, upstream: str, error: str | None) -> None:
-        self._add("upstream", client, upstream, error)
+    def upstream(
+        self, client: Any, upstream: str, error: str | None, tls: dict[str, Any] | None = None
+    ) -> None:
+        self._add("upstream", client, upstream, error, *([] if tls is None else [tls]))
 
     def poll(self) -> None:
         """What the run's monitor does on each loop iteration (forked children's news)."""

@@ -190,6 +190,20 @@ NOT_DEFAULT.update(
         "faults_to": (None, "faults_to", None),  # -H forward only: see tests/test_faults_to.py
     }
 )
+#: Only with --forward: see tests/test_forward_tls.py.
+NOT_DEFAULT.update(
+    {
+        name: (default, name, default)
+        for name, default in (
+            ("forward_tls", False),
+            ("forward_ca", None),
+            ("forward_sni", None),
+            ("forward_cert", None),
+            ("forward_key", None),
+            ("forward_no_verify", False),
+        )
+    }
+)
 
 
 def test_every_keyword_reaches_its_field() -> None:

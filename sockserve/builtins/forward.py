@@ -14,7 +14,10 @@ splices and poll) when nobody watches the client's socket and neither socket has
 otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
 watch's stages may block), so a watch sees the client side. Faults on the upstream side
 (--faults-to, `sockserve.relay_faults`) put the upstream socket behind a watch of its own;
-a side a fault reset is passed on as a reset, one it closed as an orderly end.
+a side a fault reset is passed on as a reset, one it closed as an orderly end. TLS on either
+side (`--tls`, `--forward-tls`) is copied, through `sockserve.tls_duplex`: one SSL object is
+never used by both threads at once; a TLS handshake with the upstream that fails is an
+upstream that cannot be reached.
 """
 
 from __future__ import annotations
@@ -288,13 +291,17 @@ class ForwardStream(StreamBuiltin):
     """forward on a stream server: connect the upstream, relay both ways (`StreamRelay`)."""
 
     upstream: ClassVar[Address]
+    upstream_tls: ClassVar[Any] = None
 
     def serve(self, sock: socket.socket) -> None:
         observer = self.shared.observer
         url = upstream_url(self.upstream, "stream")
         idle = sock.gettimeout()
+        secure = self.upstream_tls  # --forward-tls: a `sockserve.upstream_tls.UpstreamTls`
         try:
-            upstream = open_upstream(self.upstream, "stream", idle or CONNECT_TIMEOUT)
+            upstream: Any = open_upstream(self.upstream, "stream", idle or CONNECT_TIMEOUT)
+            if secure is not None:
+                upstream = secure.secure(upstream, idle or CONNECT_TIMEOUT)
         except OSError as exc:
             tell_failed(
                 observer, self.client_address, url, describe(exc), "reset the client's connection"
@@ -304,14 +311,24 @@ class ForwardStream(StreamBuiltin):
             return
         upstream.settimeout(idle)
         if observer is not None:
-            observer.upstream(self.client_address, url, None)
+            extra = {} if secure is None else {"tls": secure.details(upstream)}
+            observer.upstream(self.client_address, url, None, **extra)
         watch = getattr(sock, "watch", None)
         faulted = upstream_watch(watch)  # --faults-to upstream or both: its own watch
         if faulted is not None:
-            upstream = WatchedSocket.adopt(upstream, faulted[0])
-            attach_socket(faulted[0], upstream)
-        splice = CAN_SPLICE and not self.watched and idle is None
-        relay = StreamRelay(sock, upstream, splice, idle)
+            if secure is not None:  # the plaintext, through the TLS connection's watch
+                upstream.watch = faulted[0]
+                attach_socket(faulted[0], upstream.sock)
+            else:
+                upstream = WatchedSocket.adopt(upstream, faulted[0])
+                attach_socket(faulted[0], upstream)
+        splice = CAN_SPLICE and not self.watched and idle is None and secure is None
+        client: Any = sock
+        if getattr(sock, "encrypted", False):  # --tls: its SSL object, safe for two threads
+            from ..tls_duplex import SocketTls
+
+            client = SocketTls(sock)
+        relay = StreamRelay(client, upstream, splice, idle)
         relay.faults = (side_connection(watch), None if faulted is None else faulted[1])
         try:
             relay.run()
@@ -320,9 +337,13 @@ class ForwardStream(StreamBuiltin):
             self.sent += relay.moved[1]
             if faulted is not None:
                 faulted[0].close()
+            if client is not sock:
+                client.release()
         if relay.reset_client:
             reset_on_close(sock)
             sock.close()
+            if getattr(upstream, "alert", None):  # after a TLS 1.3 handshake: a refusal
+                tell_failed(observer, self.client_address, url, upstream.alert, "reset it")
         if relay.timed_out:
             raise TimeoutError(f"no traffic either way for {idle:g}s")
 
@@ -355,6 +376,7 @@ def forward_stream_handler(options: HandlerOptions) -> type[BaseRequestHandler]:
         "options": options,
         "shared": shared,
         "upstream": upstream_of(options),
+        "upstream_tls": options.upstream_tls,
         "__module__": __name__,
     }
     return type("ForwardStreamHandler", (ForwardStream,), attrs)

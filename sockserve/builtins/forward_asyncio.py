@@ -8,7 +8,8 @@ EOFs have passed. A connection lost on an error (a reset) aborts the other with 
 which resets it. An upstream that cannot be reached resets the client, as in the other modes
 (`forward`). Faults on the upstream side (--faults-to, `sockserve.relay_faults`) put the
 upstream protocol behind a watch of its own; an EOF or a close waits for what a side's faults
-hold back (`after_paced`), a side a fault reset resets the other.
+hold back (`after_paced`), a side a fault reset resets the other. Over `--forward-tls` the
+upstream's TLS is `forward_tls_asyncio`'s, which can pass an EOF on (asyncio's own cannot).
 
 Datagrams: one protocol for the server's socket (`ForwardDatagramProtocol`), one upstream
 socket per client read by the loop (`loop.add_reader`), the associations of `forward`.
@@ -137,15 +138,31 @@ class ClientSide(asyncio.Protocol):
             self.up_watch = faulted[0]
             factory = functools.partial(watched_upstream, self, faulted[0], watched)
         self.faults = (side_connection(self.watch), None if faulted is None else faulted[1])
+        secure = self.shared.options.upstream_tls  # --forward-tls
+        made: Any
         try:
-            if self.upstream.family == "unix":
+            if secure is not None:  # TLS of ours, not the loop's: it can half-close
+                from .forward_tls_asyncio import open_tls_upstream
+
+                made = open_tls_upstream(
+                    self.upstream,
+                    secure,
+                    factory,
+                    lambda why: tell_failed(observer, self.client, url, why, "reset it"),
+                )
+            elif self.upstream.family == "unix":
                 made = loop.create_unix_connection(factory, self.upstream.sockaddr())
             else:
                 host, port = self.upstream.sockaddr()
                 made = loop.create_connection(factory, host, port)
             transport, protocol = await asyncio.wait_for(made, CONNECT_TIMEOUT)
-        except (TimeoutError, OSError) as exc:
-            reason = describe(exc) if isinstance(exc, OSError) else "timed out"
+        except (TimeoutError, OSError, ValueError) as exc:
+            if secure is not None and not isinstance(exc, ConnectionRefusedError):
+                reason = secure.describe_failure(exc, CONNECT_TIMEOUT)
+            elif isinstance(exc, OSError):
+                reason = describe(exc)
+            else:
+                reason = "timed out"
             tell_failed(observer, self.client, url, reason, "reset the client's connection")
             if not self.transport.is_closing():
                 reset(self.transport)
@@ -154,13 +171,16 @@ class ClientSide(asyncio.Protocol):
         if gone and not was_reset(self.faults[0]):
             transport.close()
             return
+        extra = {}
+        if secure is not None:
+            extra["tls"] = secure.details(transport.get_extra_info("ssl_object"))
         if self.up_watch is not None:
             attach_transport(self.up_watch, transport)
             inner: Any = protocol  # a watched protocol: its UpstreamSide has the watched transport
             transport = inner.protocol.transport
         self.up = transport
         if observer is not None:
-            observer.upstream(self.client, url, None)
+            observer.upstream(self.client, url, None, **extra)
         if gone:  # a fault reset the client: what it sent goes on, then the reset
             transport.writelines(self.early)
             pass_reset_on(self.up_watch, transport)

@@ -45,6 +45,8 @@ class HandlerOptions:
     script: Script | None = None  # script: the parsed --script file
     #: forward: where to relay; how long a datagram client's association lasts unused.
     upstream: Address | None = None
+    #: forward over TLS (--forward-tls): a `sockserve.upstream_tls.UpstreamTls`, or None.
+    upstream_tls: Any = None
     idle_timeout: float | None = None
 
 

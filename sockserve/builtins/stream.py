@@ -270,14 +270,21 @@ class StdioStream(StdoutStream):
         cls.stdio.release()
 
     def serve(self, sock: socket.socket) -> None:
-        peer = self.stdio.attach(sock)
+        conn: Any = sock
+        if getattr(sock, "encrypted", False):  # TLS: the stdin thread writes as this one reads
+            from ..tls_duplex import SocketTls
+
+            conn = SocketTls(sock)
+        peer = self.stdio.attach(conn)
         try:
-            super().serve(sock)
+            super().serve(conn)
             peer.client_done()  # from now on, stdin it never gets goes to the next client
-            wait_hangup(sock)  # the client is done sending; stdin may still have more for it
+            wait_hangup(conn)  # the client is done sending; stdin may still have more for it
         finally:
             self.stdio.detach(peer)
             self.sent += peer.sent
+            if conn is not sock:
+                conn.release()
 
 
 def wait_hangup(sock: socket.socket) -> None:

@@ -76,12 +76,16 @@ class TranscriptFile:
         self.closed = False
         self.counts = {"in_chunks": 0, "in_bytes": 0, "out_chunks": 0, "out_bytes": 0}
         self.lock = threading.Lock()
+        self.last = self.start  # the time of the last line written
 
     def chunk(self, direction: Dir, data: bytes, at: float) -> None:
-        """Write one chunk's line."""
+        """Write one chunk's line. Lines keep their order in time: a chunk timed just
+        before another direction's, but written after it (each direction has its thread),
+        takes that one's time."""
         with self.lock:
             if self.failed or self.closed:
                 return
+            at = self.last = max(at, self.last)
             self.counts[f"{direction}_chunks"] += 1
             self.counts[f"{direction}_bytes"] += len(data)
             self._write(chunk_line(at - self.start, direction, data))
