@@ -296,6 +296,7 @@ SERVERS: dict[str, Server] = {
         Server(SOCAT_EXEC, "native", "socat", socat_exec, prints_address=False, needs_port=True),
         Server("sockserve forward sync", "proxy", "sync", sockserve_forward("sync")),
         Server("sockserve forward thread", "proxy", "thread", sockserve_forward("thread")),
+        Server("sockserve forward fork", "proxy", "fork", sockserve_forward("fork")),
         Server("sockserve forward event", "proxy", "event", sockserve_forward("event")),
         Server("socat forward", "proxy", "socat", socat_forward, False, needs_port=True),
         Server("haproxy", "proxy", "haproxy", haproxy, prints_address=False, needs_port=True),
@@ -509,6 +510,7 @@ SCENARIOS.append(
     )
 )
 FORWARD_TCP = ["sockserve forward thread", "sockserve forward event", "socat forward"]
+FORWARD_FORK = "sockserve forward fork"
 SCENARIOS += [
     Scenario(
         "fwd-tcp-bulk",
@@ -516,7 +518,7 @@ SCENARIOS += [
         "bulk-echo",
         "tcp",
         1,
-        [*FORWARD_TCP, "haproxy", "uvloop proxy"],
+        [*FORWARD_TCP, FORWARD_FORK, "haproxy", "uvloop proxy"],
         [*FORWARD_TCP, "haproxy"],
         "MB/s",
         upstream=True,
@@ -528,7 +530,7 @@ SCENARIOS += [
             "pingpong",
             "tcp",
             conns,
-            [*FORWARD_TCP, "haproxy", "uvloop proxy"],
+            [*FORWARD_TCP, FORWARD_FORK, "haproxy", "uvloop proxy"],
             [*FORWARD_TCP, "uvloop proxy"],
             "req/s",
             upstream=True,

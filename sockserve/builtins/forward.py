@@ -49,6 +49,7 @@ SPLICE_PIPE_SIZE = 1 << 18
 #: SO_LINGER on, 0 seconds: close() sends a reset.
 _LINGER_RESET = struct.pack("ii", 1, 0)
 CAN_SPLICE = hasattr(os, "splice")
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 def describe(exc: BaseException) -> str:
@@ -141,76 +142,54 @@ class StreamRelay:
             upstream.close()
 
     def run_spliced(self) -> None:
-        """Both directions on this thread: non-blocking splices through a pipe each, the
-        sockets polled. A direction whose pipe holds data waits for its destination to take
-        it before reading its source again (the pipe is all it keeps in hand)."""
+        """Both directions on this thread, the sockets non-blocking and polled (`Flow`: each
+        direction copies small chunks and splices bulk). A direction holding data waits for
+        its destination to take it before reading its source again."""
         import select
 
         socks = self.sockets
         fds = [sock.fileno() for sock in socks]
         for sock in socks:
             sock.setblocking(False)
-        pipes = [os.pipe(), os.pipe()]
-        size = max(
-            RELAY_BUFFER,
-            min(grow_pipe(pipes[0][1], SPLICE_PIPE_SIZE), grow_pipe(pipes[1][1], SPLICE_PIPE_SIZE)),
-        )
-        held = [0, 0]  # bytes in each direction's pipe
-        relaying = [True, True]
-        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        splice = os.splice
+        flows = (Flow(socks[0], socks[1]), Flow(socks[1], socks[0]))
         poller = select.poll()
-        registered: dict[int, int] = {}
+        masks = [select.POLLIN, select.POLLIN]
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
         try:
-            while relaying[0] or relaying[1]:
-                want = dict.fromkeys(fds, 0)
-                for d in (0, 1):
-                    if relaying[d]:
-                        if held[d]:
-                            want[fds[1 - d]] |= select.POLLOUT
-                        else:
-                            want[fds[d]] |= select.POLLIN
-                for fd, mask in want.items():
-                    if registered.get(fd) == mask:
-                        continue
-                    if mask:
-                        poller.register(fd, mask)
-                    elif fd in registered:
-                        poller.unregister(fd)  # nothing asked: no wake-up for its hang-up
-                    registered[fd] = mask
-                poller.poll()
-                for d in (0, 1):
-                    if not relaying[d]:
-                        continue
-                    r, w = pipes[d]
-                    if not held[d]:
-                        try:
-                            held[d] = splice(fds[d], w, size, flags=flags)
-                        except BlockingIOError:
-                            continue
-                        except OSError:
-                            self.failed[d] = True
-                            return
-                        if not held[d]:  # EOF: pass it on as a half-close
-                            relaying[d] = False
-                            try:
-                                socks[1 - d].shutdown(socket.SHUT_WR)
-                            except OSError:
-                                pass
-                            continue
-                    try:
-                        n = splice(r, fds[1 - d], held[d], flags=flags)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        self.failed[1 - d] = True
+            while flows[0].relaying or flows[1].relaying:
+                for fd, events in poller.poll():
+                    side = 0 if fd == fds[0] else 1
+                    source, sink = (
+                        flows[side],
+                        flows[1 - side],
+                    )  # fd is the one's source, the other's sink
+                    if events & ~select.POLLOUT and source.relaying and not source.held:
+                        source.read()
+                    if events & ~select.POLLIN and sink.relaying and sink.held:
+                        sink.flush()
+                for d, flow in enumerate(flows):
+                    if flow.broken is not None:  # 0: its source, 1: its destination
+                        self.failed[d if flow.broken == 0 else 1 - d] = True
                         return
-                    held[d] -= n
-                    self.moved[d] += n
+                for i in (0, 1):  # what each socket waits for now
+                    mask = 0
+                    if flows[i].relaying and not flows[i].held:
+                        mask |= select.POLLIN
+                    if flows[1 - i].relaying and flows[1 - i].held:
+                        mask |= select.POLLOUT
+                    if mask != masks[i]:
+                        if not mask:
+                            poller.unregister(fds[i])  # nothing asked: no wake-up for a hang-up
+                        elif masks[i]:
+                            poller.modify(fds[i], mask)
+                        else:
+                            poller.register(fds[i], mask)
+                        masks[i] = mask
         finally:
-            for r, w in pipes:
-                os.close(r)
-                os.close(w)
+            for d, flow in enumerate(flows):
+                self.moved[d] += flow.moved
+                flow.close()
 
     def direction(self, index: int) -> None:
         """Copy from side `index` to the other; pass its EOF on as a half-close."""
@@ -285,6 +264,74 @@ class StreamRelay:
                 sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
+
+
+class Flow:
+    """One direction of the polled relay, `src` to `dst` (both non-blocking): chunks are
+    copied (recv, send) until a read fills the buffer; from then on they are spliced through a
+    pipe (bulk never passes through Python). It reads only when nothing is held: the buffer or
+    the pipe is all it keeps in hand. `broken`: 0 when `src` failed, 1 when `dst` did."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src, self.dst = src, dst
+        self.relaying = True
+        self.held = 0  # bytes read and not yet taken by dst
+        self.moved = 0
+        self.broken: int | None = None
+        self.buffer = bytearray(RELAY_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.start = 0  # where the held bytes begin in the buffer
+        self.bulk = False  # the last read filled the buffer: splice from the next one
+        self.pipe: tuple[int, int] | None = None
+        self.size = RELAY_BUFFER  # how much one splice moves
+
+    def read(self) -> None:
+        """Read what `src` has (nothing held); pass an EOF on as a half-close."""
+        try:
+            if self.pipe is None and self.bulk:
+                self.pipe = os.pipe()
+                self.size = max(RELAY_BUFFER, grow_pipe(self.pipe[1], SPLICE_PIPE_SIZE))
+            if self.pipe is not None:
+                n = os.splice(self.src.fileno(), self.pipe[1], self.size, flags=SPLICE_FLAGS)
+            else:
+                n = self.src.recv_into(self.buffer)
+                self.bulk = n == RELAY_BUFFER
+        except BlockingIOError:
+            return
+        except OSError:
+            self.broken = 0
+            return
+        if not n:
+            self.relaying = False
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            return
+        self.held, self.start = n, 0
+        self.flush()
+
+    def flush(self) -> None:
+        """Give `dst` what it takes of the held bytes."""
+        try:
+            if self.pipe is not None:
+                n = os.splice(self.pipe[0], self.dst.fileno(), self.held, flags=SPLICE_FLAGS)
+            else:
+                n = self.dst.send(self.view[self.start : self.start + self.held])
+        except BlockingIOError:
+            return
+        except OSError:
+            self.broken = 1
+            return
+        self.held -= n
+        self.start += n
+        self.moved += n
+
+    def close(self) -> None:
+        self.view.release()
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
 
 
 class ForwardStream(StreamBuiltin):
