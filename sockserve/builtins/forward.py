@@ -8,11 +8,12 @@ not read stops the other (back-pressure). An EOF is passed on as shutdown(SHUT_W
 connection ends once both directions have ended, as socat's two unidirectional flows. A reset
 (or any other error) on one side becomes a reset on the other (SO_LINGER 0, then close). An
 upstream that refuses or cannot be reached resets the client's connection; the run hears one
-`upstream` event and one warning, and goes on. Bulk data moves with `os.splice` (socket → pipe
-→ socket, never through Python; both directions on the handler's thread, with non-blocking
-splices and poll) when nobody watches the client's socket and neither socket has a timeout;
-otherwise with recv and sendall on the sockets the handler was given (a thread per direction: a
-watch's stages may block), so a watch sees the client side. Faults on the upstream side
+`upstream` event and one warning, and goes on. When nobody watches the client's socket and
+neither socket has a timeout, both directions are polled (`forward_loop`: small chunks copied,
+bulk spliced socket → pipe → socket, never through Python), on the handler's thread, or in
+thread mode on one loop thread all connections share; otherwise with recv and sendall on the
+sockets the handler was given (a thread per direction: a watch's stages may block), so a
+watch sees the client side. Faults on the upstream side
 (--faults-to, `sockserve.relay_faults`) put the upstream socket behind a watch of its own;
 a side a fault reset is passed on as a reset, one it closed as an orderly end. TLS on either
 side (`--tls`, `--forward-tls`) is copied, through `sockserve.tls_duplex`: one SSL object is
@@ -34,11 +35,11 @@ from ..events import Events
 from ..fault_stages import Connection
 from ..faults import attach_socket
 from ..relay_faults import side_connection, upstream_watch
-from ..socketserver import BaseRequestHandler
+from ..socketserver import BaseRequestHandler, ThreadingMixIn
 from ..upstreams import upstream_url
 from ..watch import WatchedSocket
 from .shared import HandlerOptions, Shared
-from .stream import StreamBuiltin, grow_pipe
+from .stream import StreamBuiltin
 
 #: How long connecting to the upstream may take (streams, without --timeout).
 CONNECT_TIMEOUT = 10.0
@@ -49,7 +50,6 @@ SPLICE_PIPE_SIZE = 1 << 18
 #: SO_LINGER on, 0 seconds: close() sends a reset.
 _LINGER_RESET = struct.pack("ii", 1, 0)
 CAN_SPLICE = hasattr(os, "splice")
-SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 def describe(exc: BaseException) -> str:
@@ -105,10 +105,16 @@ class StreamRelay:
     """
 
     def __init__(
-        self, client: Any, upstream: socket.socket, splice: bool, idle: float | None
+        self,
+        client: Any,
+        upstream: socket.socket,
+        splice: bool,
+        idle: float | None,
+        shared: bool = False,
     ) -> None:
         self.sockets = (client, upstream)
         self.splice = splice
+        self.shared = shared
         self.idle = idle
         self.moved = [0, 0]
         self.failed = [False, False]  # the side reset, went away or failed
@@ -142,54 +148,19 @@ class StreamRelay:
             upstream.close()
 
     def run_spliced(self) -> None:
-        """Both directions on this thread, the sockets non-blocking and polled (`Flow`: each
-        direction copies small chunks and splices bulk). A direction holding data waits for
-        its destination to take it before reading its source again."""
-        import select
+        """Both directions polled (`forward_loop`): on the loop the server's threads share
+        (`shared`), else on this thread."""
+        from .forward_loop import Relay, relay_here, relay_shared
 
-        socks = self.sockets
-        fds = [sock.fileno() for sock in socks]
-        for sock in socks:
-            sock.setblocking(False)
-        flows = (Flow(socks[0], socks[1]), Flow(socks[1], socks[0]))
-        poller = select.poll()
-        masks = [select.POLLIN, select.POLLIN]
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
+        relay = Relay(*self.sockets)
         try:
-            while flows[0].relaying or flows[1].relaying:
-                for fd, events in poller.poll():
-                    side = 0 if fd == fds[0] else 1
-                    source, sink = (
-                        flows[side],
-                        flows[1 - side],
-                    )  # fd is the one's source, the other's sink
-                    if events & ~select.POLLOUT and source.relaying and not source.held:
-                        source.read()
-                    if events & ~select.POLLIN and sink.relaying and sink.held:
-                        sink.flush()
-                for d, flow in enumerate(flows):
-                    if flow.broken is not None:  # 0: its source, 1: its destination
-                        self.failed[d if flow.broken == 0 else 1 - d] = True
-                        return
-                for i in (0, 1):  # what each socket waits for now
-                    mask = 0
-                    if flows[i].relaying and not flows[i].held:
-                        mask |= select.POLLIN
-                    if flows[1 - i].relaying and flows[1 - i].held:
-                        mask |= select.POLLOUT
-                    if mask != masks[i]:
-                        if not mask:
-                            poller.unregister(fds[i])  # nothing asked: no wake-up for a hang-up
-                        elif masks[i]:
-                            poller.modify(fds[i], mask)
-                        else:
-                            poller.register(fds[i], mask)
-                        masks[i] = mask
+            if self.shared:
+                relay_shared(relay)
+            else:
+                relay_here(relay)
         finally:
-            for d, flow in enumerate(flows):
-                self.moved[d] += flow.moved
-                flow.close()
+            self.moved[0], self.moved[1] = relay.moved
+            self.failed[:] = relay.failed
 
     def direction(self, index: int) -> None:
         """Copy from side `index` to the other; pass its EOF on as a half-close."""
@@ -266,74 +237,6 @@ class StreamRelay:
                 pass
 
 
-class Flow:
-    """One direction of the polled relay, `src` to `dst` (both non-blocking): chunks are
-    copied (recv, send) until a read fills the buffer; from then on they are spliced through a
-    pipe (bulk never passes through Python). It reads only when nothing is held: the buffer or
-    the pipe is all it keeps in hand. `broken`: 0 when `src` failed, 1 when `dst` did."""
-
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
-        self.src, self.dst = src, dst
-        self.relaying = True
-        self.held = 0  # bytes read and not yet taken by dst
-        self.moved = 0
-        self.broken: int | None = None
-        self.buffer = bytearray(RELAY_BUFFER)
-        self.view = memoryview(self.buffer)
-        self.start = 0  # where the held bytes begin in the buffer
-        self.bulk = False  # the last read filled the buffer: splice from the next one
-        self.pipe: tuple[int, int] | None = None
-        self.size = RELAY_BUFFER  # how much one splice moves
-
-    def read(self) -> None:
-        """Read what `src` has (nothing held); pass an EOF on as a half-close."""
-        try:
-            if self.pipe is None and self.bulk:
-                self.pipe = os.pipe()
-                self.size = max(RELAY_BUFFER, grow_pipe(self.pipe[1], SPLICE_PIPE_SIZE))
-            if self.pipe is not None:
-                n = os.splice(self.src.fileno(), self.pipe[1], self.size, flags=SPLICE_FLAGS)
-            else:
-                n = self.src.recv_into(self.buffer)
-                self.bulk = n == RELAY_BUFFER
-        except BlockingIOError:
-            return
-        except OSError:
-            self.broken = 0
-            return
-        if not n:
-            self.relaying = False
-            try:
-                self.dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            return
-        self.held, self.start = n, 0
-        self.flush()
-
-    def flush(self) -> None:
-        """Give `dst` what it takes of the held bytes."""
-        try:
-            if self.pipe is not None:
-                n = os.splice(self.pipe[0], self.dst.fileno(), self.held, flags=SPLICE_FLAGS)
-            else:
-                n = self.dst.send(self.view[self.start : self.start + self.held])
-        except BlockingIOError:
-            return
-        except OSError:
-            self.broken = 1
-            return
-        self.held -= n
-        self.start += n
-        self.moved += n
-
-    def close(self) -> None:
-        self.view.release()
-        if self.pipe is not None:
-            for fd in self.pipe:
-                os.close(fd)
-
-
 class ForwardStream(StreamBuiltin):
     """forward on a stream server: connect the upstream, relay both ways (`StreamRelay`)."""
 
@@ -375,7 +278,8 @@ class ForwardStream(StreamBuiltin):
             from ..tls_duplex import SocketTls
 
             client = SocketTls(sock)
-        relay = StreamRelay(client, upstream, splice, idle)
+        shared = splice and isinstance(self.server, ThreadingMixIn)  # one loop for all threads
+        relay = StreamRelay(client, upstream, splice, idle, shared)
         relay.faults = (side_connection(watch), None if faulted is None else faulted[1])
         try:
             relay.run()
