@@ -135,3 +135,24 @@ def test_a_bug_ends_its_relay_with_the_error_and_the_loop_goes_on() -> None:
         client.sendall(b"still relayed")
         assert upstream.recv(100) == b"still relayed"
         assert not healthy.done.is_set()
+
+
+def test_a_bug_in_the_loop_itself_ends_its_relays_and_the_next_starts_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_step(*args: Any) -> None:
+        raise RuntimeError("a bug in the loop")
+
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+    with monkeypatch.context() as patch:
+        patch.setattr(forward_loop.SharedLoop, "step", broken_step)
+        with relayed(relay_shared) as (_, _, relay, raised):
+            assert relay.done.wait(TIMEOUT)
+            assert wait_until(lambda: raised)
+    assert str(raised["error"]) == "the forward relay loop failed"
+    assert wait_until(lambda: not loop_threads())
+    assert [str(exc) for exc in seen] == ["a bug in the loop"]
+    with relayed(relay_shared) as (client, upstream, _, _):
+        client.sendall(b"again")
+        assert upstream.recv(10) == b"again"

@@ -214,6 +214,7 @@ class SharedLoop:
                 if not sides and self.retire():
                     return
         finally:
+            self.abandon()
             epoll.close()
             os.close(wake)
 
@@ -226,6 +227,19 @@ class SharedLoop:
             if _loop is self:
                 _loop = None
             return True
+
+    def abandon(self) -> None:
+        """After a bug in the loop itself: end the relays it still had (their handlers raise)
+        and let the next connection start another loop."""
+        global _loop
+        with _lock:
+            if _loop is self:
+                _loop = None
+            left = [relay for relay, side in self.sides.values() if side == 0] + self.arrived
+            self.arrived = []
+        for relay in left:
+            relay.error = relay.error or RuntimeError("the forward relay loop failed")
+            relay.finish()
 
     def take_arrived(self) -> None:
         """Register the relays handed over since the last wake-up."""
