@@ -5,7 +5,8 @@ on one shared loop thread (`relay_shared`), whose handler threads wait for their
 One thread moving every connection's bytes is faster than a hundred moving one each: the
 relay is a few microseconds of Python between system calls, and each thread that takes the
 GIL after a system call makes the others wait for it (a hand-off per call). On the shared
-loop the handler threads sleep until their relay ends, and nobody waits for the GIL.
+loop the handler threads sleep until their relay ends, and nobody waits for the GIL (see
+benchmarks/RESULTS.md).
 
 Each direction is a `Flow`: it copies small chunks (recv, send) and splices bulk through a
 pipe once a read fills its buffer; it reads its source only when the destination took all it
