@@ -873,12 +873,20 @@ def test_readme_clients_run_whatever_the_nc(tmp_path: Path, nc: str) -> None:
     assert flavour == {"ncat": "ncat", "none": "none"}.get(nc, flavour)
     env = make_shell_env(tmp_path / "env", path)
     assert (tmp_path / "env" / "bin" / "nc").exists() == (flavour != "openbsd")
-    for group in (
+    groups = (
         "sockserve tcp :9999 -H upper\necho hello | nc -N 127.0.0.1 9999  # → HELLO",
         "sockserve udp :9999 -H upper\necho hello | nc -u -w1 127.0.0.1 9999  # → HELLO",
         "sockserve unix /tmp/u.sock -H upper\necho hello | nc -N -U /tmp/u.sock  # → HELLO",
-    ):
-        run_session(group, env, f"{nc} nc: {group.splitlines()[1]}")
+    )
+    # At once, as the README's sessions are (each has its own port and directory): the udp
+    # client's -w1 second then costs the test no more than itself.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        runs = [
+            pool.submit(run_session, group, env, f"{nc} nc: {group.splitlines()[1]}")
+            for group in groups
+        ]
+        for run in runs:
+            run.result()
 
 
 def test_gnu_only_blocks_skip_where_the_tools_are_not_gnu(tmp_path: Path) -> None:
