@@ -12,6 +12,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
     and then under load.
     """
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
-    return pexpect.spawn(
+    child = pexpect.spawn(
         sys.executable,
         ["-m", "sockserve", *args],
         timeout=timeout,
@@ -41,6 +42,10 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
         dimensions=(50, 200),
         preexec_fn=_in_child,
     )
+    # pexpect waits 50 ms before each send, for programs that turn echo off to read a
+    # password; sockserve never changes the terminal's modes.
+    child.delaybeforesend = None
+    return child
 
 
 def _in_child() -> None:
@@ -97,6 +102,21 @@ def finish(child: pexpect.spawn, timeout: float = 15) -> tuple[int | None, str]:
     child.ptyproc.delayafterclose = 0
     child.close()
     return child.exitstatus, out
+
+
+def wait_process(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """`proc.wait(timeout)`, woken by the exit itself (a pidfd): Popen.wait polls, up to
+    50 ms late."""
+    if proc.returncode is None:
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ProcessLookupError):  # reaped already
+            fd = os.pidfd_open(proc.pid)
+            try:
+                select.select([fd], [], [], timeout)
+            finally:
+                os.close(fd)
+        timeout = max(0.0, deadline - time.monotonic())
+    return proc.wait(timeout)
 
 
 def wait_exited(pid: int, timeout: float) -> None:

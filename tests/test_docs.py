@@ -46,7 +46,7 @@ import click
 import pexpect
 import pytest
 from click.testing import CliRunner
-from clitools import write_sockserve_wrapper
+from clitools import wait_process, write_sockserve_wrapper
 
 from sockserve import __version__, cli
 from sockserve.builtins import BUILTINS
@@ -680,7 +680,7 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGINT)
         try:
-            self.proc.wait(timeout=15)
+            wait_process(self.proc, 15)
         finally:
             self.kill()
         self.reader.join(timeout=5)

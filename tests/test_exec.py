@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import wait_process
 
 MODES = ["sync", "thread", "fork"]
 
@@ -40,7 +41,7 @@ class Server:
     def stop(self, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout)
+        return wait_process(self.proc, timeout)
 
     def stderr(self) -> str:
         return self.err.read_text()

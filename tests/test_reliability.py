@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from builtin_checks import SOLO
+from clitools import wait_process
 
 from sockserve import builtins as bh, socketserver as ss
 from sockserve.addresses import parse_address
@@ -173,7 +174,7 @@ class Server:
             os.kill(self.pid, sig)
 
     def wait(self, timeout: float = TIMEOUT) -> int:
-        code = self.proc.wait(timeout)
+        code = wait_process(self.proc, timeout)
         self.reader.join(timeout)
         return code
 

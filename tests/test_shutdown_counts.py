@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clitools import finish, spawn
+from clitools import finish, spawn, wait_process
 
 MODES = ("sync", "thread", "fork", "event")
 N = 64 * 1024
@@ -144,7 +144,7 @@ def stop(server: subprocess.Popen[bytes], forced: bool) -> tuple[int, float]:
             break
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGINT)
-    status = server.wait(15)
+    status = wait_process(server, 15)
     return status, time.monotonic() - started
 
 
