@@ -675,7 +675,7 @@ class Server:
         """
         if finishes:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+                wait_process(self.proc, 10)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGINT)
@@ -776,8 +776,11 @@ def session_outcomes(shell_env: dict[str, str]) -> dict[str, BaseException | Non
             return exc
         return None
 
+    # The groups whose clients wait (`nc -u -w1` waits a second for each reply) start first,
+    # so that the others run meanwhile rather than after them.
+    slowest_first = sorted(SESSION_GROUPS, key=lambda item: -item[0].count(" -w"))
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        futures = {where: pool.submit(outcome, group, where) for group, where in SESSION_GROUPS}
+        futures = {where: pool.submit(outcome, group, where) for group, where in slowest_first}
         return {where: future.result() for where, future in futures.items()}
 
 
