@@ -33,7 +33,7 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
     and then under load.
     """
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
-    child = pexpect.spawn(
+    return pexpect.spawn(
         sys.executable,
         ["-m", "sockserve", *args],
         timeout=timeout,
@@ -42,10 +42,6 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
         dimensions=(50, 200),
         preexec_fn=_in_child,
     )
-    # pexpect waits 50 ms before each send, for programs that turn echo off to read a
-    # password; sockserve never changes the terminal's modes.
-    child.delaybeforesend = None
-    return child
 
 
 def _in_child() -> None:

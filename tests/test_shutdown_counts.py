@@ -140,7 +140,7 @@ def stop(server: subprocess.Popen[bytes], forced: bool) -> tuple[int, float]:
     os.killpg(server.pid, signal.SIGINT)
     while forced:  # the grace period is long: only a second Ctrl-C ends the run
         try:
-            server.wait(0.1)
+            wait_process(server, 0.1)
             break
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGINT)
