@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,10 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
     """Start `python -m sockserve ARGS` in a pty (no colours, a wide terminal).
 
     SIGHUP starts at its default action, as in a terminal, even when the tests themselves
-    run under nohup (sockserve keeps an inherited ignored SIGHUP ignored).
+    run under nohup (sockserve keeps an inherited ignored SIGHUP ignored). The terminal has
+    NOFLSH set: without it, `sendintr()` makes the tty discard the output the program wrote
+    that the pty had not yet passed on, and a line printed just before Ctrl-C is lost now
+    and then under load.
     """
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
     return pexpect.spawn(
@@ -34,12 +40,15 @@ def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -
         env=env,
         cwd=cwd,
         dimensions=(50, 200),
-        preexec_fn=_default_sighup,
+        preexec_fn=_in_child,
     )
 
 
-def _default_sighup() -> None:
+def _in_child() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    attrs = termios.tcgetattr(0)  # the pty, as stdin
+    attrs[3] |= termios.NOFLSH  # lflag: Ctrl-C (SIGINT) keeps the output not yet read
+    termios.tcsetattr(0, termios.TCSANOW, attrs)
 
 
 @contextlib.contextmanager
@@ -84,8 +93,39 @@ def finish(child: pexpect.spawn, timeout: float = 15) -> tuple[int | None, str]:
     """Wait for the process to end; return (exit status, everything it printed)."""
     child.expect(pexpect.EOF, timeout=timeout)
     out = (child.before or b"").decode(errors="replace")
+    wait_exited(child.pid, timeout)
+    # It has exited: close() need not give the kernel its 0.1 s before it looks.
+    child.ptyproc.delayafterclose = 0
     child.close()
     return child.exitstatus, out
+
+
+def wait_process(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """`proc.wait(timeout)`, woken by the exit itself (a pidfd): Popen.wait polls, up to
+    50 ms late."""
+    if proc.returncode is None:
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ProcessLookupError):  # reaped already
+            fd = os.pidfd_open(proc.pid)
+            try:
+                select.select([fd], [], [], timeout)
+            finally:
+                os.close(fd)
+        timeout = max(0.0, deadline - time.monotonic())
+    return proc.wait(timeout)
+
+
+def wait_exited(pid: int, timeout: float) -> None:
+    """Wait (at most `timeout` seconds) until the child `pid` has exited (reaped or not)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # reaped already
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"pid {pid} still running {timeout}s after it closed its output"
+    finally:
+        os.close(fd)
 
 
 def tcp_exchange(address: tuple[str, int], payload: bytes, expect: int | None = None) -> bytes:

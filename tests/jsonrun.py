@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from clitools import wait_process
+
 Event = dict[str, Any]
 
 
@@ -95,7 +97,7 @@ class JsonRun:
         """SIGTERM, then the exit status once stderr is read to its end."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        status = self.proc.wait(timeout)
+        status = wait_process(self.proc, timeout)
         self.reader.join(timeout)
         return status
 

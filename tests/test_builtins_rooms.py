@@ -326,7 +326,9 @@ def test_block_makes_every_sender_wait_for_the_slowest(mode):
 
             writer = threading.Thread(target=send, daemon=True)
             writer.start()
-            reader.settimeout(1.0)
+            # Read until the flow stops (0.3 s without a byte) or 1.5 s: were nobody held
+            # back, 8 MiB would flow through loopback in far less.
+            reader.settimeout(0.3)
             deadline = time.monotonic() + 1.5
             with contextlib.suppress(TimeoutError):
                 while time.monotonic() < deadline:  # the idle client holds everyone back

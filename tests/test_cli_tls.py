@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import wait_process
 
 MODES = ("thread", "fork", "sync", "event")
 
@@ -106,7 +107,7 @@ class Served:
         """SIGTERM; return the exit status and everything it wrote on stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        status = self.proc.wait(timeout=20)
+        status = wait_process(self.proc, 20)
         self.reader.join(10)
         return status, "\n".join(self.lines)
 

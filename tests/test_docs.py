@@ -46,7 +46,7 @@ import click
 import pexpect
 import pytest
 from click.testing import CliRunner
-from clitools import write_sockserve_wrapper
+from clitools import wait_process, write_sockserve_wrapper
 
 from sockserve import __version__, cli
 from sockserve.builtins import BUILTINS
@@ -675,12 +675,12 @@ class Server:
         """
         if finishes:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+                wait_process(self.proc, 10)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGINT)
         try:
-            self.proc.wait(timeout=15)
+            wait_process(self.proc, 15)
         finally:
             self.kill()
         self.reader.join(timeout=5)
@@ -776,8 +776,11 @@ def session_outcomes(shell_env: dict[str, str]) -> dict[str, BaseException | Non
             return exc
         return None
 
+    # The groups whose clients wait (`nc -u -w1` waits a second for each reply) start first,
+    # so that the others run meanwhile rather than after them.
+    slowest_first = sorted(SESSION_GROUPS, key=lambda item: -item[0].count(" -w"))
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        futures = {where: pool.submit(outcome, group, where) for group, where in SESSION_GROUPS}
+        futures = {where: pool.submit(outcome, group, where) for group, where in slowest_first}
         return {where: future.result() for where, future in futures.items()}
 
 
@@ -873,12 +876,20 @@ def test_readme_clients_run_whatever_the_nc(tmp_path: Path, nc: str) -> None:
     assert flavour == {"ncat": "ncat", "none": "none"}.get(nc, flavour)
     env = make_shell_env(tmp_path / "env", path)
     assert (tmp_path / "env" / "bin" / "nc").exists() == (flavour != "openbsd")
-    for group in (
+    groups = (
         "sockserve tcp :9999 -H upper\necho hello | nc -N 127.0.0.1 9999  # → HELLO",
         "sockserve udp :9999 -H upper\necho hello | nc -u -w1 127.0.0.1 9999  # → HELLO",
         "sockserve unix /tmp/u.sock -H upper\necho hello | nc -N -U /tmp/u.sock  # → HELLO",
-    ):
-        run_session(group, env, f"{nc} nc: {group.splitlines()[1]}")
+    )
+    # At once, as the README's sessions are (each has its own port and directory): the udp
+    # client's -w1 second then costs the test no more than itself.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        runs = [
+            pool.submit(run_session, group, env, f"{nc} nc: {group.splitlines()[1]}")
+            for group in groups
+        ]
+        for run in runs:
+            run.result()
 
 
 def test_gnu_only_blocks_skip_where_the_tools_are_not_gnu(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import wait_process
 
 MODES = ["sync", "thread", "fork"]
 
@@ -40,7 +41,7 @@ class Server:
     def stop(self, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout)
+        return wait_process(self.proc, timeout)
 
     def stderr(self) -> str:
         return self.err.read_text()
@@ -308,7 +309,8 @@ def test_the_mode_bounds_the_programs_alive(tmp_path: Path, mode: str, limit: st
 def test_stop_terms_then_kills_after_grace(tmp_path: Path, mode: str) -> None:
     """On stop, SIGTERM; a program that ignores it is killed when --grace is over."""
     line = "trap '' TERM; echo $$; sleep 30"
-    with serving(tmp_path, "tcp", "--sh-exec", line, "-c", mode, "--grace", "1") as server:
+    grace = 0.3
+    with serving(tmp_path, "tcp", "--sh-exec", line, "-c", mode, "--grace", f"{grace}") as server:
         sock = server.connect()
         pid = int(sock.recv(100).split()[0])
         assert alive(pid)
@@ -316,7 +318,7 @@ def test_stop_terms_then_kills_after_grace(tmp_path: Path, mode: str) -> None:
         assert server.stop() == 0
         took = time.monotonic() - started
         sock.close()
-    assert 0.9 <= took < 8
+    assert grace * 0.9 <= took < 8
     assert not alive(pid)
     exits = server.events("exec")
     if exits:  # the run told it (fork mode: unless the child itself was killed first)

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from builtin_checks import SOLO
+from clitools import wait_process
 
 from sockserve import builtins as bh, socketserver as ss
 from sockserve.addresses import parse_address
@@ -173,7 +174,7 @@ class Server:
             os.kill(self.pid, sig)
 
     def wait(self, timeout: float = TIMEOUT) -> int:
-        code = self.proc.wait(timeout)
+        code = wait_process(self.proc, timeout)
         self.reader.join(timeout)
         return code
 
@@ -216,17 +217,22 @@ class Server:
 
 
 def children_of(parent: int) -> list[tuple[int, str]]:
+    try:  # each of its threads' children (see conftest.child_pids), then their states
+        pids: set[int] = set()
+        for tid in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{tid}/children") as f:
+                pids.update(int(pid) for pid in f.read().split())
+    except OSError:  # gone, no such file, or a thread that just ended: scan /proc
+        pids = {int(name) for name in os.listdir("/proc") if name.isdigit()}
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in sorted(pids):
         try:
-            with open(f"/proc/{name}/stat") as f:
+            with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
             continue  # gone meanwhile
         if int(fields[1]) == parent:
-            found.append((int(name), fields[0]))
+            found.append((pid, fields[0]))
     return found
 
 
@@ -1028,7 +1034,7 @@ def test_second_signal_forces_the_exit(
             while server.proc.poll() is None and time.monotonic() - started < TIMEOUT:
                 server.send_signal(signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    server.proc.wait(0.05)
+                    wait_process(server.proc, 0.05)
         assert server.wait() == 130
         took = time.monotonic() - started
         assert took < 3

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clitools import finish, spawn
+from clitools import finish, spawn, wait_process
 
 MODES = ("sync", "thread", "fork", "event")
 N = 64 * 1024
@@ -140,11 +140,11 @@ def stop(server: subprocess.Popen[bytes], forced: bool) -> tuple[int, float]:
     os.killpg(server.pid, signal.SIGINT)
     while forced:  # the grace period is long: only a second Ctrl-C ends the run
         try:
-            server.wait(0.1)
+            wait_process(server, 0.1)
             break
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGINT)
-    status = server.wait(15)
+    status = wait_process(server, 15)
     return status, time.monotonic() - started
 
 
