@@ -159,11 +159,11 @@ def choose_parts(
 
         parts.append(AccessPart)
         settings["access_rules"] = config.access
-    delays = config.faults is not None and config.faults.delay > 0  # in the handler's thread
-    # Datagrams answered on the loop thread skip verify_request: not with access rules.
+    # Datagrams answered on the loop thread skip verify_request: not with access rules. A
+    # --delay does not hold the loop thread there: its `SendSchedule` sends them later.
     if not stream and builtin is not None and not config.access:
         if concurrency == "sync" or (
-            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS and not delays
+            concurrency == "thread" and builtin in INLINE_DATAGRAM_BUILTINS
         ):
             from .parts.datagrams import LeanDatagramPart
 
@@ -237,13 +237,18 @@ def watch_dressers(config: ServeConfig) -> tuple[Dresser, ...]:
 
         loop = config.concurrency == "event"
         datagram = config.socktype == "dgram"
+        schedule = None
+        if datagram and config.concurrency in ("sync", "thread") and config.faults.delay:
+            from .send_schedule import SendSchedule  # delayed datagrams: side by side
+
+            schedule = SendSchedule()
         if config.forward is not None:  # a relay: each side as --faults-to says
             from .relay_faults import relay_dresser
 
             sides = config.faults_to or "both"
-            dressers.append(relay_dresser(config.faults, datagram, loop, sides))
+            dressers.append(relay_dresser(config.faults, datagram, loop, sides, schedule))
         else:
-            dressers.append(FaultDresser(config.faults, datagram, loop))
+            dressers.append(FaultDresser(config.faults, datagram, loop, schedule))
     if config.record is not None:  # after the faults: a transcript has what went on the wire
         from .parts.recording import Recorder
 

@@ -1,7 +1,9 @@
 """The fault stages (`sockserve.faults` puts them on watches): each one small, toxiproxy's way.
 
-`Pacer` hands pieces on at their due times, by sleeping in the caller's thread or, on an event
-loop, with call_later. A `Connection` is what the stages of one connection share.
+`Pacer` hands pieces on at their due times, by sleeping in the caller's thread, on an event
+loop with call_later, or, for a datagram socket in sync or thread mode, through the owner's
+`SendSchedule` (one sender thread: datagrams are delayed side by side, not one after
+another). A `Connection` is what the stages of one connection share.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .events import Direction
+from .events import Direction, address_of
 from .faultplan import FaultPlan
+from .send_schedule import SendSchedule
 from .watch import Sink, Stage, Watch
 
 #: Throttled output leaves in slices of at most this share of a second's worth.
@@ -33,21 +36,32 @@ def milliseconds(seconds: float) -> str:
 
 class Pacer:
     """Hands pieces on at due times (time.monotonic()), in order: sleeping in the caller's
-    thread, or, on an event loop (`loop`), with call_later (each piece copied).
+    thread, or, on an event loop (`loop`), with call_later (each piece copied), or, given a
+    `schedule`, by its thread, in order within the flow `flow()` names (each piece copied).
 
     `gone()` true: the connection is lost, queued pieces are dropped.
     """
 
-    def __init__(self, loop: bool, gone: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        loop: bool,
+        gone: Callable[[], bool] | None = None,
+        schedule: SendSchedule | None = None,
+        flow: Callable[[], Any] | None = None,
+    ) -> None:
         self.loop = loop
         self.gone = gone
+        self.schedule = schedule
+        self.flow = flow
         self.last = 0.0
         self.queue: deque[tuple[float, Callable[[memoryview], int], bytes]] = deque()
         self.timer: Any = None
 
     def at(self, due: float, hand: Callable[[memoryview], int], piece: memoryview) -> int:
         """Hand `piece` on at `due` (not before a piece handed earlier); return how many
-        bytes of it were taken (on a loop: all, later)."""
+        bytes of it were taken (on a loop or a schedule: all, later)."""
+        if self.schedule is not None:
+            return self.schedule.at(self.flow() if self.flow else None, due, hand, piece)
         due = max(due, self.last)
         self.last = due
         if not self.loop:
@@ -99,6 +113,8 @@ class Connection:
         self.sock: socket.socket | None = None
         self.transport: Any = None
         self.side: str | None = None  # a relay's: "client" or "upstream" (--faults-to)
+        #: A datagram socket's in sync or thread mode: what sends the delayed datagrams.
+        self.schedule: SendSchedule | None = getattr(owner, "schedule", None)
 
     def fire(self, kind: str, detail: str = "", once: bool = False) -> None:
         """Tell of a fault applied (`once`: only its first time on this connection)."""
@@ -113,6 +129,10 @@ class Connection:
             events.fault(self.watch.client, kind, detail)
         else:
             events.fault(self.watch.client, kind, detail, side=self.side)
+
+    def flow(self) -> Any:
+        """The flow a datagram sent now belongs to: this side's, toward its peer."""
+        return self.side, address_of(self.watch.client)
 
     def gone(self) -> bool:
         """True once the transport (event loop) is closing."""
@@ -186,7 +206,7 @@ class FaultStage(Stage):
         super().__init__()
         self.conn = conn
         self.direction: Direction = direction
-        self.pacer = Pacer(conn.loop, conn.gone)
+        self.pacer = Pacer(conn.loop, conn.gone, conn.schedule, conn.flow)
 
     def hand_on(self, sink: Sink) -> Callable[[memoryview], int]:
         """What hands a piece to the next stage (or `sink`)."""

@@ -9,13 +9,15 @@ counts, and how to close or reset it (`attach_socket` for a blocking socket,
 `attach_transport` on an event loop).
 
 The stages themselves are in `sockserve.fault_stages`. Timing: a stage hands a chunk on at
-its due time through a `Pacer`, which sleeps in the caller's thread (a handler's thread or
-child: the handler waits, as on a slow network) or, on an event loop, schedules it with
-call_later (the loop never waits). What is received reaches the handler whole (it already
-holds it): a throttle on "in" waits before the next chunk (blocking) or pauses reading
-(event loop). Each application of a fault is told with `Events.fault`; delay, throttle and
-chunk once per connection (or datagram). A relay (`--faults-to`) dresses each side's watch
-with `FaultDresser.dress(watch, directions)`.
+its due time through a `Pacer`, which sleeps in the caller's thread (a stream's handler
+thread or child: the handler waits, as on a slow network), on an event loop schedules it
+with call_later (the loop never waits), and on a datagram socket in sync or thread mode
+gives it to the dresser's `SendSchedule` (one sender thread for the run: a datagram leaves
+its delay after it was handed over, whatever was handed over before it). What is received
+reaches the handler whole (it already holds it): a throttle on "in" waits before the next
+chunk (blocking) or pauses reading (event loop). Each application of a fault is told with
+`Events.fault`; delay, throttle and chunk once per connection (or datagram). A relay
+(`--faults-to`) dresses each side's watch with `FaultDresser.dress(watch, directions)`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .fault_stages import (
     reset_now,
 )
 from .faultplan import FaultPlan
+from .send_schedule import SendSchedule
 from .watch import Stage, Watch
 
 __all__ = [
@@ -96,13 +99,18 @@ class FaultDresser:
 
     One random generator per process, seeded by --seed, draws the choice and each
     connection's own generator, in the order the watches are made. `loop`: the watches are
-    an event loop's (`sockserve.watch_asyncio`).
+    an event loop's (`sockserve.watch_asyncio`). `schedule`: what sends the datagrams a
+    delay holds back (a datagram server in sync or thread mode); the server closes it
+    (`close`) when it closes.
     """
 
-    def __init__(self, plan: FaultPlan, datagram: bool, loop: bool) -> None:
+    def __init__(
+        self, plan: FaultPlan, datagram: bool, loop: bool, schedule: SendSchedule | None = None
+    ) -> None:
         self.plan = plan
         self.datagram = datagram
         self.loop = loop
+        self.schedule = schedule
         self.rng = random.Random(plan.seed)
         self.lock = threading.Lock()
         self.failed = 0  # connections failed by --fail-first so far
@@ -129,6 +137,11 @@ class FaultDresser:
             for stage in fault_stages(conn, direction, self.datagram):
                 watch.append(direction, stage)
         return conn
+
+    def close(self) -> None:
+        """The server closes: send the datagrams still held back, then stop sending."""
+        if self.schedule is not None:
+            self.schedule.close()
 
     def take_failure(self) -> bool:
         """True for the first --fail-first connections chosen (counted here)."""

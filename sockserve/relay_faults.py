@@ -41,6 +41,7 @@ from .fault_stages import (
 )
 from .faultplan import FaultPlan, FaultsTo
 from .faults import FaultDresser, connection_of
+from .send_schedule import SendSchedule
 from .watch import Sink, Stage, Watch
 
 __all__ = [
@@ -94,21 +95,30 @@ def relay_stages(conn: Connection, direction: str, datagram: bool) -> list[Stage
 
 
 class _UpstreamOwner:
-    """What the upstream side's stages need of their owner: its own --reorder hold."""
+    """What the upstream side's stages need of their owner: its own --reorder hold, and the
+    relay's `SendSchedule` (each side's datagrams a flow of their own in it)."""
 
-    def __init__(self, loop: bool) -> None:
+    def __init__(self, loop: bool, schedule: SendSchedule | None) -> None:
         self.loop = loop
         self.held = Held()
+        self.schedule = schedule
 
 
 class RelayFaultDresser(FaultDresser):
     """The faults of a relay: `sides` is --faults-to. Called with each client watch (as any
     dresser); `dress_upstream` dresses the upstream watch of a client it chose."""
 
-    def __init__(self, plan: FaultPlan, datagram: bool, loop: bool, sides: FaultsTo) -> None:
-        super().__init__(plan, datagram, loop)
+    def __init__(
+        self,
+        plan: FaultPlan,
+        datagram: bool,
+        loop: bool,
+        sides: FaultsTo,
+        schedule: SendSchedule | None = None,
+    ) -> None:
+        super().__init__(plan, datagram, loop, schedule)
         self.sides = sides
-        self.upstream_owner = _UpstreamOwner(loop)
+        self.upstream_owner = _UpstreamOwner(loop, schedule)
 
     def dress(self, watch: Watch, directions: tuple[Any, ...] = ("in", "out")) -> Connection | None:
         """Choose the client's `watch` or not; if chosen, dress it with the client side's
@@ -150,9 +160,15 @@ class RelayFaultDresser(FaultDresser):
         return conn if dressed else None
 
 
-def relay_dresser(plan: FaultPlan, datagram: bool, loop: bool, sides: FaultsTo) -> FaultDresser:
+def relay_dresser(
+    plan: FaultPlan,
+    datagram: bool,
+    loop: bool,
+    sides: FaultsTo,
+    schedule: SendSchedule | None = None,
+) -> FaultDresser:
     """The dresser of a relay's faults (`compose.watch_dressers`)."""
-    return RelayFaultDresser(plan, datagram, loop, sides)
+    return RelayFaultDresser(plan, datagram, loop, sides, schedule)
 
 
 def side_connection(watch: Watch | None) -> Connection | None:

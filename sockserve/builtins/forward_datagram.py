@@ -3,7 +3,9 @@
 Each client address gets one upstream socket (an association, `Associations`): datagrams from
 the client go out on it, and what the upstream answers on it goes back to that client from the
 server's socket, sent by one reply thread for all clients (through the request's watched
-socket when it has one, so -vv and the watch's stages see the replies). An association unused
+socket when it has one, so -vv and the watch's stages see the replies). A --delay on either
+side never waits in that thread or the server's: the faults' `SendSchedule` sends each
+delayed datagram at its own time. An association unused
 for `idle_timeout` seconds (--timeout; default `DEFAULT_ASSOCIATION_IDLE`) expires, and at most
 `MAX_ASSOCIATIONS` live at once (the least recently used goes first). Fork mode cannot serve
 them (each child sees one datagram); the configuration refuses it. Each datagram forwarded is

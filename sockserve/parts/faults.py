@@ -18,10 +18,11 @@ class FaultPart(TCPServer):
     Extends get_request (the faults learn the watched socket, TCP_NODELAY is set),
     verify_request (--fail-first resets or closes the first connections chosen, on the
     loop, in accept order; a datagram the faults dropped is not served), finish_request
-    (--delay-accept waits in the request's own thread or child) and service_actions (a
-    datagram --reorder held back too long is sent). Comes before `WatchPart`, which makes
-    the watches, and before `ReportingPart`, so a failed connection is reported connected
-    first.
+    (--delay-accept waits in the request's own thread or child), service_actions (a
+    datagram --reorder held back too long is sent) and server_close (the datagrams a
+    --delay still holds are sent first, at their times: `FaultDresser.close`). Comes before
+    `WatchPart`, which makes the watches, and before `ReportingPart`, so a failed connection
+    is reported connected first.
     """
 
     fault_dresser: FaultDresser | None = None
@@ -72,3 +73,9 @@ class FaultPart(TCPServer):
         dresser = self.fault_dresser
         if dresser is not None and self.socket_type == socket.SOCK_DGRAM:
             dresser.held.flush(older_than=0.1)
+
+    def server_close(self) -> None:
+        """Send the datagrams a delay still holds back (at their times), then close."""
+        if self.fault_dresser is not None:
+            self.fault_dresser.close()
+        super().server_close()
