@@ -30,17 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .fault_stages import (
-    Chunk,
     Connection,
     Cutoff,
-    DatagramOut,
-    Delay,
     FaultStage,
     Held,
-    Throttle,
 )
 from .faultplan import FaultPlan, FaultsTo
-from .faults import FaultDresser, connection_of
+from .faults import FaultDresser, connection_of, fault_stages
 from .send_schedule import SendSchedule
 from .watch import Sink, Stage, Watch
 
@@ -77,21 +73,7 @@ def relay_stages(conn: Connection, direction: str, datagram: bool) -> list[Stage
         return stages
     if datagram:
         stages.append(ChooseDatagram(conn, "out"))
-    if plan.delay:
-        stages.append(Delay(conn, "out"))
-    if plan.throttle is not None:
-        stages.append(Throttle(conn, "out"))
-    if plan.chunk is not None:
-        stages.append(Chunk(conn, "out"))
-    if datagram:
-        if plan.drop or plan.duplicate or plan.reorder:
-            stages.append(DatagramOut(conn, "out"))
-    elif (
-        any(value is not None for value in (plan.close_after, plan.reset_after, plan.stall_after))
-        or plan.stall
-    ):
-        stages.append(Cutoff(conn, "out"))
-    return stages
+    return stages + fault_stages(conn, "out", datagram)  # what it sends: as a server's
 
 
 class _UpstreamOwner:

@@ -28,6 +28,7 @@ from typing import Any
 from .config import ServeConfig
 from .errors import UsageError
 from .tls_config import DEFAULT_HANDSHAKE_TIMEOUT
+from .tls_duplex import tls_reason
 from .watch import Watch
 
 __all__ = [
@@ -232,7 +233,7 @@ def prepare_tls(config: ServeConfig) -> TlsSetup:
                 context.load_verify_locations(cafile=config.client_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise UsageError(
-                    f"cannot use --client-ca {config.client_ca}: {_why(exc)}",
+                    f"cannot use --client-ca {config.client_ca}: {tls_reason(exc)}",
                     hint="give a PEM file of CA certificates",
                 ) from None
         if config.tls_client_cert_out is not None:
@@ -325,14 +326,6 @@ def _write_client(folder: str, leaf: Any) -> None:
         ) from None
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return (exc.reason or str(exc)).lower().replace("_", " ")
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
 def _load_own(context: ssl.SSLContext, cert: str, key: str | None) -> None:
     """Load --cert and --key; refuse what cannot serve, in one line each."""
     try:
@@ -386,6 +379,6 @@ def _load_own(context: ssl.SSLContext, cert: str, key: str | None) -> None:
             ) from None
         where = f"--key {key}" if key is not None else f"--cert {cert} (no --key)"
         raise UsageError(
-            f"{where} holds no PEM private key that OpenSSL can load ({_why(exc)})",
+            f"{where} holds no PEM private key that OpenSSL can load ({tls_reason(exc)})",
             hint="give a file with a -----BEGIN PRIVATE KEY----- block",
         ) from None

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["CLOSE_NOTIFY_WAIT", "BioTls", "SocketTls"]
+__all__ = ["CLOSE_NOTIFY_WAIT", "BioTls", "SocketTls", "tls_reason"]
 
 #: What one SSL_write takes at most (a few TLS records).
 WRITE_PIECE = 65536
@@ -400,3 +400,13 @@ class SocketTls:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def tls_reason(exc: BaseException) -> str:
+    """Why a TLS set-up or handshake failed, in words (an SSLError's reason, an OSError's
+    strerror): for the one-line errors and warnings of both TLS sides."""
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or str(exc)).lower().replace("_", " ")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .addresses import Address
 from .errors import UsageError
-from .tls_duplex import BioTls
+from .tls_duplex import BioTls, tls_reason
 
 __all__ = ["HandshakeFailed", "UpstreamTls", "prepare_upstream_tls"]
 
@@ -107,7 +107,7 @@ def prepare_upstream_tls(
             context.load_verify_locations(cafile=ca)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(
-                f"cannot use --forward-ca {ca}: {_why(exc)}",
+                f"cannot use --forward-ca {ca}: {tls_reason(exc)}",
                 hint="give a PEM file of CA certificates (e.g. the tls_ca file of sockserve --tls)",
             ) from None
     if no_verify:
@@ -126,16 +126,8 @@ def prepare_upstream_tls(
             raise UsageError(
                 f"cannot use --forward-cert {cert}"
                 + (f" with --forward-key {key}" if key else "")
-                + f": {_why(exc)}",
+                + f": {tls_reason(exc)}",
                 hint="give a PEM certificate and its unencrypted private key",
             ) from None
     name = sni if sni is not None else upstream.host
     return UpstreamTls(context, name or None)
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return (exc.reason or str(exc)).lower().replace("_", " ")
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
