@@ -32,7 +32,6 @@ from .loading import (
     check_compatible,
     load_handler,
 )
-from .tls_config import check_forward_tls, check_tls, parse_alpn
 from .upstreams import check_forward, forward_handler
 
 if TYPE_CHECKING:  # each capability's module is loaded when a run gives its options
@@ -40,6 +39,7 @@ if TYPE_CHECKING:  # each capability's module is loaded when a run gives its opt
     from .exec_command import ExecSpec
     from .faultplan import FailMode, FaultPlan, FaultsTo
     from .script_model import Script
+    from .tls_config import ForwardTls, TlsSettings
     from .transcripts import Match, Timing, Transcript
 
 Concurrency = Literal["sync", "thread", "fork", "event"]
@@ -62,9 +62,14 @@ def default_concurrency(socktype: SockType) -> Concurrency:
     return "thread" if socktype == "stream" else "sync"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ServeConfig:
-    """Everything a run needs, validated; built by `build_config`, read by the runner."""
+    """Everything a run needs, validated; built by `build_config`, read by the runner.
+
+    A run's settings are compared by identity (`eq=False`): no field-by-field `__eq__` and
+    `__hash__` to generate at import, which for this many fields is a visible share of
+    start-up.
+    """
 
     family: Family
     socktype: SockType
@@ -102,16 +107,7 @@ class ServeConfig:
     transcript: Transcript | None = None  # --transcript FILE, read and checked
     timing: Timing = "recorded"
     match: Match = "length"
-    tls: bool = False
-    cert: str | None = None
-    key: str | None = None
-    tls_name: tuple[str, ...] = ()
-    tls_ca_out: str | None = None
-    client_ca: str | None = None
-    tls_client_cert_out: str | None = None
-    alpn: tuple[str, ...] | None = None
-    tls_min: str | None = None
-    tls_handshake_timeout: float | None = None
+    tls: TlsSettings | None = None  # --tls, --cert...: None, no TLS
     faults: FaultPlan | None = None  # --delay, --drop...: None, no faults
     faults_to: FaultsTo | None = None  # -H forward: the side the faults break (None: both)
     raw: bool = False
@@ -124,12 +120,7 @@ class ServeConfig:
     inetd: bool = False  # --inetd: serve the one connection on stdin and stdout
     script: Script | None = None
     forward: Address | None = None  # -H forward's upstream
-    forward_tls: bool = False  # TLS to the upstream (streams)
-    forward_ca: str | None = None
-    forward_sni: str | None = None
-    forward_cert: str | None = None
-    forward_key: str | None = None
-    forward_no_verify: bool = False
+    forward_tls: ForwardTls | None = None  # --forward-tls...: None, plain TCP to the upstream
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -175,7 +166,10 @@ class ServeConfig:
         }
         check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
         check_forward(self.forward, self.socktype, self.transport, self.concurrency, self.workers)
-        check_forward_tls(self)
+        if self.forward_tls is not None:
+            from .tls_config import check_forward_tls
+
+            check_forward_tls(self.forward_tls, self.forward, self.socktype, self.transport)
         if self.max_children is not None and self.concurrency != "fork":
             raise UsageError(
                 "--max-children only applies to --concurrency fork",
@@ -239,7 +233,10 @@ class ServeConfig:
                 "speak first",
                 hint=f"drop {option}",
             )
-        check_tls(self)
+        if self.tls is not None:
+            from .tls_config import check_tls_transport
+
+            check_tls_transport(self.socktype, self.transport)
 
     def _check_exec(self) -> None:
         """--exec, --sh-exec and --exec-stderr (and -H exec, which needs one of them)."""
@@ -546,16 +543,18 @@ def build_config(
         transcript=transcript_read,
         timing=timing or "recorded",
         match=match or "length",
-        tls=tls or cert is not None or key is not None,  # --cert and --key imply --tls
-        cert=cert,
-        key=key,
-        tls_name=tuple(tls_name),
-        tls_ca_out=tls_ca_out,
-        client_ca=client_ca,
-        tls_client_cert_out=tls_client_cert_out,
-        alpn=parse_alpn(alpn),
-        tls_min=tls_min,
-        tls_handshake_timeout=tls_handshake_timeout,
+        tls=_tls_settings(
+            tls=tls,
+            cert=cert,
+            key=key,
+            tls_name=tls_name,
+            tls_ca_out=tls_ca_out,
+            client_ca=client_ca,
+            tls_client_cert_out=tls_client_cert_out,
+            alpn=alpn,
+            tls_min=tls_min,
+            tls_handshake_timeout=tls_handshake_timeout,
+        ),
         faults=_fault_plan(
             delay=delay,
             delay_accept=delay_accept,
@@ -584,12 +583,14 @@ def build_config(
         inetd=inetd,
         script=script,
         forward=upstream,
-        forward_tls=forward_tls,
-        forward_ca=forward_ca,
-        forward_sni=forward_sni,
-        forward_cert=forward_cert,
-        forward_key=forward_key,
-        forward_no_verify=forward_no_verify,
+        forward_tls=_forward_tls(
+            forward_tls=forward_tls,
+            forward_ca=forward_ca,
+            forward_sni=forward_sni,
+            forward_cert=forward_cert,
+            forward_key=forward_key,
+            forward_no_verify=forward_no_verify,
+        ),
     )
 
 
@@ -607,6 +608,24 @@ def _access_rules(
     from .access import build_rules
 
     return build_rules(allow, deny, allow_file, deny_file, allow_uid, allow_gid)
+
+
+def _tls_settings(**options: Any) -> TlsSettings | None:
+    """The TLS of the options (`sockserve.tls_config`), or None when none is given."""
+    if all(value is None or value is False or value == () for value in options.values()):
+        return None
+    from .tls_config import tls_settings
+
+    return tls_settings(**options)
+
+
+def _forward_tls(**options: Any) -> ForwardTls | None:
+    """The upstream's TLS of the options (`sockserve.tls_config`), or None when none is given."""
+    if all(value is None or value is False for value in options.values()):
+        return None
+    from .tls_config import forward_tls_settings
+
+    return forward_tls_settings(**options)
 
 
 def _fault_plan(**options: Any) -> FaultPlan | None:

@@ -72,17 +72,13 @@ def build_handler(config: ServeConfig, monitor: RunMonitor) -> Any:
 
 def upstream_tls(config: ServeConfig) -> Any:
     """The TLS of the --forward upstream (`sockserve.upstream_tls.UpstreamTls`), or None."""
-    if not config.forward_tls or config.forward is None:
+    settings = config.forward_tls
+    if settings is None or config.forward is None:
         return None
     from .upstream_tls import prepare_upstream_tls  # ssl: only for --forward-tls
 
     return prepare_upstream_tls(
-        config.forward,
-        config.forward_ca,
-        config.forward_sni,
-        config.forward_cert,
-        config.forward_key,
-        config.forward_no_verify,
+        config.forward, settings.ca, settings.sni, settings.cert, settings.key, settings.no_verify
     )
 
 

@@ -199,20 +199,22 @@ def prepare_tls(config: ServeConfig) -> TlsSetup:
     """Build the run's SSLContext and write the files it shares (the CA certificate, a client
     certificate when asked). Raises UsageError for a certificate or key that cannot serve."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = TLS_VERSIONS[config.tls_min or "1.2"]
+    settings = config.tls
+    assert settings is not None  # a run that serves TLS
+    context.minimum_version = TLS_VERSIONS[settings.min_version or "1.2"]
     context.sslsocket_class = TlsSocket
     context.sni_callback = _remember_sni
-    if config.alpn:
-        context.set_alpn_protocols(list(config.alpn))
-    timeout = config.tls_handshake_timeout
+    if settings.alpn:
+        context.set_alpn_protocols(list(settings.alpn))
+    timeout = settings.handshake_timeout
     setup = TlsSetup(context, DEFAULT_HANDSHAKE_TIMEOUT if timeout is None else timeout)
     try:
         ca = None
-        if config.cert is None or config.tls_client_cert_out is not None:
+        if settings.cert is None or settings.client_cert_out is not None:
             import trustme  # only a run with throwaway certificates loads it
 
             ca = trustme.CA(organization_name="sockserve", organization_unit_name="throwaway CA")
-        if config.cert is None:
+        if settings.cert is None:
             assert ca is not None
             now = datetime.datetime.now(datetime.UTC)
             leaf = ca.issue_cert(
@@ -224,19 +226,19 @@ def prepare_tls(config: ServeConfig) -> TlsSetup:
             )
             with _memory_file(leaf.private_key_and_cert_chain_pem.bytes()) as path:
                 context.load_cert_chain(path)
-            setup.ca_path = _write_ca(setup, ca.cert_pem.bytes(), config.tls_ca_out)
+            setup.ca_path = _write_ca(setup, ca.cert_pem.bytes(), settings.ca_out)
         else:
-            _load_own(context, config.cert, config.key)
-        if config.client_ca is not None:
+            _load_own(context, settings.cert, settings.key)
+        if settings.client_ca is not None:
             context.verify_mode = ssl.CERT_REQUIRED
             try:
-                context.load_verify_locations(cafile=config.client_ca)
+                context.load_verify_locations(cafile=settings.client_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise UsageError(
-                    f"cannot use --client-ca {config.client_ca}: {tls_reason(exc)}",
+                    f"cannot use --client-ca {settings.client_ca}: {tls_reason(exc)}",
                     hint="give a PEM file of CA certificates",
                 ) from None
-        if config.tls_client_cert_out is not None:
+        if settings.client_cert_out is not None:
             assert ca is not None
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(cadata=ca.cert_pem.bytes().decode())
@@ -248,8 +250,8 @@ def prepare_tls(config: ServeConfig) -> TlsSetup:
                 not_before=now - SKEW,
                 not_after=now + VALIDITY,
             )
-            _write_client(config.tls_client_cert_out, client)
-            setup.client_cert_dir = config.tls_client_cert_out
+            _write_client(settings.client_cert_out, client)
+            setup.client_cert_dir = settings.client_cert_out
     except BaseException:
         setup.close()
         raise
@@ -263,7 +265,7 @@ def server_names(config: ServeConfig) -> list[str]:
     address = config.address
     if address.family != "unix" and address.host:
         names.append(socket.gethostname() if address.all_interfaces else address.host)
-    names += ["localhost", "127.0.0.1", "::1", *config.tls_name]
+    names += ["localhost", "127.0.0.1", "::1", *(config.tls.names if config.tls else ())]
     return list(dict.fromkeys(names))
 
 

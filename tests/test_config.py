@@ -17,6 +17,7 @@ from sockserve.config import ServeConfig, build_config
 from sockserve.errors import ExitStatus, HandlerLoadError, UsageError
 from sockserve.faultplan import FaultPlan
 from sockserve.loading import LoadedHandler, load_handler
+from sockserve.tls_config import TlsSettings
 
 
 def usage_error(**options: Any) -> tuple[str, str | None]:
@@ -134,16 +135,6 @@ NOT_DEFAULT: dict[str, tuple[Any, str, Any]] = {
     "transcript": (None, "transcript", None),  # -H replay only: see tests/test_cli_record.py
     "timing": (None, "timing", "recorded"),  # -H replay only
     "match": (None, "match", "length"),  # -H replay only
-    "tls": (True, "tls", True),
-    "cert": (None, "cert", None),  # not with --tls-name: see tests/test_tls_config.py
-    "key": (None, "key", None),
-    "tls_name": (("a.test",), "tls_name", ("a.test",)),
-    "tls_ca_out": ("ca.pem", "tls_ca_out", "ca.pem"),
-    "client_ca": ("clients.pem", "client_ca", "clients.pem"),
-    "tls_client_cert_out": ("certs", "tls_client_cert_out", "certs"),
-    "alpn": ("h2,http/1.1", "alpn", ("h2", "http/1.1")),
-    "tls_min": ("1.3", "tls_min", "1.3"),
-    "tls_handshake_timeout": (2.0, "tls_handshake_timeout", 2.0),
     "raw": (False, "raw", False),  # -H stdout and stdio only: see tests/test_framing.py
     "exec": (None, "exec", None),  # not with -H upper: see tests/test_exec_command.py
     "sh_exec": (None, "sh_exec", None),
@@ -190,10 +181,35 @@ NOT_DEFAULT.update(
         "faults_to": (None, "faults_to", None),  # -H forward only: see tests/test_faults_to.py
     }
 )
-#: Only with --forward: see tests/test_forward_tls.py.
+#: The TLS options all reach one field, `tls` (--cert, --key: not with --tls-name, see
+#: tests/test_tls_config.py).
+TLS = TlsSettings(
+    names=("a.test",),
+    ca_out="ca.pem",
+    client_ca="clients.pem",
+    client_cert_out="certs",
+    alpn=("h2", "http/1.1"),
+    min_version="1.3",
+    handshake_timeout=2.0,
+)
 NOT_DEFAULT.update(
     {
-        name: (default, name, default)
+        "tls": (True, "tls", TLS),
+        "cert": (None, "tls", TLS),
+        "key": (None, "tls", TLS),
+        "tls_name": (("a.test",), "tls", TLS),
+        "tls_ca_out": ("ca.pem", "tls", TLS),
+        "client_ca": ("clients.pem", "tls", TLS),
+        "tls_client_cert_out": ("certs", "tls", TLS),
+        "alpn": ("h2,http/1.1", "tls", TLS),
+        "tls_min": ("1.3", "tls", TLS),
+        "tls_handshake_timeout": (2.0, "tls", TLS),
+    }
+)
+#: Only with --forward (see tests/test_forward_tls.py): `forward_tls` stays None.
+NOT_DEFAULT.update(
+    {
+        name: (default, "forward_tls", None)
         for name, default in (
             ("forward_tls", False),
             ("forward_ca", None),

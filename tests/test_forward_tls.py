@@ -379,6 +379,7 @@ def test_refusals_are_one_line_and_exit_2(case: str, monkeypatch: pytest.MonkeyP
 
 def test_the_forward_tls_keywords_reach_their_fields() -> None:
     from sockserve.config import build_config
+    from sockserve.tls_config import ForwardTls
 
     given = {
         "forward_tls": True,
@@ -388,12 +389,12 @@ def test_the_forward_tls_keywords_reach_their_fields() -> None:
         "forward_key": "me.key",
     }
     config = build_config(proto="tcp", address=":0", forward="127.0.0.1:9", **given)
-    assert {name: getattr(config, name) for name in given} == given
+    assert config.forward_tls == ForwardTls("ca.pem", "example.test", "me.pem", "me.key")
     insecure = build_config(
         proto="unix", address="/tmp/x.sock", forward="/tmp/up.sock", forward_tls=True,
         forward_no_verify=True,
     )  # fmt: skip
-    assert insecure.forward_no_verify  # no name to check, none needed
+    assert insecure.forward_tls and insecure.forward_tls.no_verify  # no name to check
 
 
 def test_the_upstream_line_tells_the_tls_version_at_v() -> None:

@@ -14,14 +14,14 @@ from sockserve.errors import UsageError
 
 def test_cert_and_key_imply_tls() -> None:
     config = build_config(proto="tcp", address=":0", cert="c.pem", key="k.pem")
-    assert config.tls and (config.cert, config.key) == ("c.pem", "k.pem")
+    assert config.tls and (config.tls.cert, config.tls.key) == ("c.pem", "k.pem")
     assert build_config(proto="tcp", address=":0", cert="both.pem").tls
     assert not build_config(proto="tcp", address=":0").tls
 
 
 def test_alpn_is_a_list() -> None:
     config = build_config(proto="tcp", address=":0", tls=True, alpn=" h2 ,http/1.1,")
-    assert config.alpn == ("h2", "http/1.1")
+    assert config.tls and config.tls.alpn == ("h2", "http/1.1")
 
 
 @pytest.mark.parametrize(
