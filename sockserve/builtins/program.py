@@ -84,6 +84,9 @@ class Programs:
         with self.lock:
             self._live.pop(proc.pid, None)
 
+    def pids(self) -> list[int]:
+        return list(self._live)
+
     def group_of(self, proc: subprocess.Popen[bytes]) -> int:
         return self._live.get(proc.pid, proc.pid)
 
