@@ -166,7 +166,8 @@ def spawn_in_child_group(spec: ExecSpec, env: dict[str, str], stdio: tuple[Any, 
     group then holds only programs: the child signals them there without signalling itself,
     and the parent kills what is left of it when the child is gone (`ProgramGroupsPart`).
 
-    No preexec_fn (PR_SET_PDEATHSIG): Popen would fork this whole process, not vfork it."""
+    No preexec_fn (PR_SET_PDEATHSIG): Popen would fork this whole process, not vfork it
+    (see benchmarks/RESULTS.md)."""
     home = os.getpgrp()
     os.setpgid(0, 0)
     try:
