@@ -70,6 +70,7 @@ PART_ORDER: tuple[str, ...] = (
     "TlsPart",
     "BannerPart",
     "DispatchRefusalPart",
+    "ProgramGroupsPart",
     "RequestsPart",
     "AccessPart",
     "IdleTimeoutPart",
@@ -209,6 +210,10 @@ def choose_parts(
         parts.append(NodelayListenerPart)
     if stream and concurrency == "fork":
         parts.append(ChildClosesListenerPart)
+    if config.handler.builtin == "exec" and concurrency == "fork":
+        from .parts.program_groups import ProgramGroupsPart
+
+        parts.append(ProgramGroupsPart)
     # ServeConfig refuses a banner on datagrams; the event loop sends its own (`event.py`).
     banner = config.banner_bytes() if stream and config.concurrency != "event" else b""
     if banner:

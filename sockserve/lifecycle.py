@@ -200,6 +200,15 @@ def stop_programs(server: Any, force: bool | None) -> bool:
     return bool(hook(server, force)) if hook is not None else False
 
 
+def stop_leftovers(server: Any, children: list[int]) -> None:
+    """The aborted request `children` are gone: kill what their programs left (--exec in
+    fork mode: `ProgramGroupsPart`), as collect_children does for those it reaps."""
+    kill = getattr(server, "kill_leftovers", None)
+    if kill is not None:
+        for pid in children:
+            kill(pid)
+
+
 def shut_down_requests(server: Any) -> None:
     """Shut down every connection `server` is handling: each handler sees the end of its input
     (or a broken pipe) and ends."""
@@ -498,6 +507,7 @@ class Lifecycle:
         server.block_on_close = False  # no more joining: the final server_close returns at once
         shut_down_requests(server)
         children = getattr(server, "active_children", None) or set()
+        aborted = list(children)
         for pid in list(children):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)  # the child shuts its connection down and reports
@@ -511,6 +521,7 @@ class Lifecycle:
                 os.kill(pid, signal.SIGKILL)  # it did not end in time: its report is lost
         _reap(children, time.monotonic() + ABORT_WAIT, self.monitor.poll)
         children.clear()
+        stop_leftovers(server, aborted)
         wait_closed = getattr(server, "wait_closed", None)
         if wait_closed is not None:
             wait_closed(deadline)  # the threads' handlers report as they end

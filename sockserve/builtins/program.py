@@ -19,11 +19,17 @@ Each run ends with `exec_exit(client, status, seconds)` (status as Popen's retur
 exit status, or minus the signal that killed it). The program's stderr is passed on as
 `exec_stderr` lines (pass), sent to the client with its stdout (client), or dropped (discard).
 
-Every program runs in a process group of its own (Ctrl-C at a terminal reaches sockserve
-only) and is listed in `PROGRAMS` while it lives. The run's stop calls the handler class's
-`stop_programs`: SIGTERM at the first stop signal, SIGKILL when the grace period is over (a
-forked request child escalates on each SIGTERM its parent sends, and its programs die with
-it: PR_SET_PDEATHSIG).
+Every program runs in a process group other than sockserve's (Ctrl-C at a terminal reaches
+sockserve only) and is listed in `PROGRAMS` while it lives. The run's stop calls the handler
+class's `stop_programs`: SIGTERM at the first stop signal, SIGKILL when the grace period is
+over (a forked request child escalates on each SIGTERM its parent sends).
+
+Outside fork mode a program leads a group of its own. In fork mode its group bears the pid of
+its request child (`spawn_in_child_group`), so that the parent, which knows that pid, kills
+what is left of the group once the child is gone, however it ended
+(`parts.program_groups.ProgramGroupsPart`, and the lifecycle's abort): a program never
+outlives its request child. The program is started without a `preexec_fn`, which would make
+Popen fork the whole request child (tens of MB) instead of vfork it.
 """
 
 from __future__ import annotations
@@ -51,8 +57,6 @@ from .shared import send_datagram
 RELAY_CHUNK = 65536
 #: The longest stderr line passed on as one event; a longer one is cut in pieces.
 STDERR_LINE_MAX = 4096
-#: prctl(2) option: the signal a process gets when its parent dies.
-_PR_SET_PDEATHSIG = 1
 
 
 # -- the live programs ----------------------------------------------------------------------------
@@ -66,15 +70,15 @@ class Programs:
     """
 
     def __init__(self) -> None:
-        self._live: dict[int, subprocess.Popen[bytes]] = {}
+        self._live: dict[int, int] = {}  # program pid: its process group
         self.lock = threading.Lock()
         self.terminated = False
 
-    def add(self, proc: subprocess.Popen[bytes]) -> None:
+    def add(self, proc: subprocess.Popen[bytes], group: int) -> None:
         with self.lock:
-            self._live[proc.pid] = proc
+            self._live[proc.pid] = group
         if self.terminated:  # started while the run stops: it is told at once
-            _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(group, signal.SIGTERM)
 
     def discard(self, proc: subprocess.Popen[bytes]) -> None:
         with self.lock:
@@ -83,14 +87,20 @@ class Programs:
     def pids(self) -> list[int]:
         return list(self._live)
 
+    def group_of(self, proc: subprocess.Popen[bytes]) -> int:
+        return self._live.get(proc.pid, proc.pid)
+
+    def groups(self) -> set[int]:
+        return set(self._live.values())
+
     def stop(self, force: bool | None) -> bool:
         """Signal every live program; return True if it was a SIGTERM (not a kill)."""
         if force is None:
             force = self.terminated
         self.terminated = True
         sig = signal.SIGKILL if force else signal.SIGTERM
-        for pid in self.pids():
-            _signal_group(pid, sig)
+        for group in self.groups():
+            _signal_group(group, sig)
         return not force
 
 
@@ -113,54 +123,58 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_programs)
 
 
-_prctl: Any = None
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """What a program forked from a request child runs before exec: PR_SET_PDEATHSIG, so it
-    dies with that child (ctypes loaded here once, not in each new process)."""
-    global _prctl
-    if _prctl is None:
-        try:
-            import ctypes
-
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):
-            _prctl = False
-    if _prctl is False:
-        return None
-    prctl = _prctl
-
-    def die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return die_with_parent
-
-
 class StartFailed(Exception):
     """The program could not be started (it vanished, or lost its execute permission)."""
 
 
 def spawn(spec: ExecSpec, env: dict[str, str], stdin: Any, stdout: Any, stderr: Any) -> Any:
-    """Start the program in a process group of its own, listed in `PROGRAMS`.
+    """Start the program in a process group other than sockserve's, listed in `PROGRAMS`:
+    a group of its own, or in fork mode the one that bears its request child's pid.
 
     Raises StartFailed with the reason.
     """
+    stdio = (stdin, stdout, stderr)
+    if spec.forked:
+        proc = spawn_in_child_group(spec, env, stdio)
+        group = os.getpid()
+    else:
+        proc = _popen(spec, env, stdio, process_group=0)
+        group = proc.pid
+    PROGRAMS.add(proc, group)
+    return proc
+
+
+def _popen(spec: ExecSpec, env: dict[str, str], stdio: tuple[Any, ...], **options: Any) -> Any:
+    stdin, stdout, stderr = stdio
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             spec.argv,
             executable=spec.executable,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             env=env,
-            process_group=0,
-            preexec_fn=_die_with_parent_hook() if spec.forked else None,
+            **options,
         )
     except OSError as exc:
         raise StartFailed(f"cannot start {spec.command}: {exc.strerror or exc}") from None
-    PROGRAMS.add(proc)
-    return proc
+
+
+def spawn_in_child_group(spec: ExecSpec, env: dict[str, str], stdio: tuple[Any, ...]) -> Any:
+    """In a request child: start the program in the process group that bears this child's
+    pid, which the child leads for the start only, then leaves for its former group. The
+    group then holds only programs: the child signals them there without signalling itself,
+    and the parent kills what is left of it when the child is gone (`ProgramGroupsPart`).
+
+    No preexec_fn (PR_SET_PDEATHSIG): Popen would fork this whole process, not vfork it
+    (see benchmarks/RESULTS.md)."""
+    home = os.getpgrp()
+    os.setpgid(0, 0)
+    try:
+        return _popen(spec, env, stdio)  # the program inherits the group
+    finally:
+        with contextlib.suppress(OSError):  # sockserve's group: gone only with sockserve
+            os.setpgid(0, home)
 
 
 def stop_programs(server: Any, force: bool | None) -> bool:
@@ -250,7 +264,7 @@ class ProgramHandler(BaseRequestHandler):
         """Reap the program (killing it first if it still runs: an abort), report its end."""
         try:
             if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGKILL)
+                _signal_group(PROGRAMS.group_of(proc), signal.SIGKILL)
             status = proc.wait()
         finally:
             PROGRAMS.discard(proc)
@@ -504,10 +518,10 @@ def read_reply(stdout: Any, limit: int) -> tuple[bytes, bool]:
 
 
 def _prepared(spec: ExecSpec) -> ExecSpec:
-    """`spec` with its program found in PATH once (not at each start); in fork mode, ctypes
-    loaded here, not in each request child."""
+    """`spec` with its program found in PATH once (not at each start); in fork mode, json
+    loaded here (each request child sends its events in it), not in the first children."""
     if spec.forked:
-        _die_with_parent_hook()
+        import json  # noqa: F401
     if spec.executable is None and os.sep not in spec.argv[0]:
         import dataclasses
         import shutil

@@ -14,6 +14,7 @@ builds the class with `type()`, in this order (the first part sees a step first)
     NodelayListenerPart     listener.py      TCP_NODELAY once on the listener, for the builtins
     BannerPart              banner.py        --banner sent on connect, before the handler
     DispatchRefusalPart     backoff.py       a thread or child that cannot start: refuse, go on
+    ProgramGroupsPart       program_groups.py  --exec, fork mode: a gone child's programs killed
     RequestsPart            requests.py      counted, limited (--once, --max-requests), stoppable
     IdleTimeoutPart         idle.py          --timeout on every connection
     WatchPart               watching.py      each request's socket watched (-vv) or counted
