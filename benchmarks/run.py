@@ -921,12 +921,14 @@ def run_scenario(scenario: Scenario, opts: argparse.Namespace) -> list[Result]:
         warmup = min(opts.duration, 0.3 if not opts.quick else 0.1)
         live = list(running)
         for rnd in range(-1, opts.rounds):  # round -1 warms up (JIT-free, but caches and pools)
-            wait_quiet()
             shift = rnd % len(live) if live else 0
             for run in live[shift:] + live[:shift]:
                 res = results[run.server.key]
                 if res.note:
                     continue
+                # Before each server, not only each round: a fork server's children still
+                # exiting after its run would otherwise land on the next server's figures.
+                wait_quiet()
                 try:
                     bulk = opts.bulk_mib << 20 if rnd >= 0 else min(opts.bulk_mib, 32) << 20
                     sample = measure(run, scenario, warmup if rnd < 0 else opts.duration, bulk, tmp)
