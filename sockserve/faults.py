@@ -124,15 +124,9 @@ class FaultDresser:
     ) -> Connection | None:
         """Choose `watch` or not; if chosen, append the stages of `directions` (a relay
         breaking one side only passes one) and return its Connection."""
-        plan = self.plan
-        with self.lock:
-            chosen = self.datagram or plan.fault_rate >= 100
-            if not chosen:
-                chosen = self.rng.random() * 100 < plan.fault_rate
-            seed = self.rng.getrandbits(64) if chosen else 0
-        if not chosen:
+        conn = self.choose(watch)
+        if conn is None:
             return None
-        conn = Connection(plan, random.Random(seed), watch, self)
         for direction in directions:
             for stage in fault_stages(conn, direction, self.datagram):
                 watch.append(direction, stage)
@@ -142,6 +136,19 @@ class FaultDresser:
         """The server closes: send the datagrams still held back, then stop sending."""
         if self.schedule is not None:
             self.schedule.close()
+
+    def choose(self, watch: Watch) -> Connection | None:
+        """Draw whether `watch` takes faults (--fault-rate; every datagram socket does, and
+        chooses per datagram); if so, its Connection, with a generator of its own."""
+        plan = self.plan
+        with self.lock:
+            chosen = self.datagram or plan.fault_rate >= 100
+            if not chosen:
+                chosen = self.rng.random() * 100 < plan.fault_rate
+            seed = self.rng.getrandbits(64) if chosen else 0
+        if not chosen:
+            return None
+        return Connection(plan, random.Random(seed), watch, self)
 
     def take_failure(self) -> bool:
         """True for the first --fail-first connections chosen (counted here)."""

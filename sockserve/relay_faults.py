@@ -105,15 +105,9 @@ class RelayFaultDresser(FaultDresser):
     def dress(self, watch: Watch, directions: tuple[Any, ...] = ("in", "out")) -> Connection | None:
         """Choose the client's `watch` or not; if chosen, dress it with the client side's
         stages (none with `upstream` alone: a stage that passes all marks it chosen)."""
-        plan = self.plan
-        with self.lock:
-            chosen = self.datagram or plan.fault_rate >= 100
-            if not chosen:
-                chosen = self.rng.random() * 100 < plan.fault_rate
-            seed = self.rng.getrandbits(64) if chosen else 0
-        if not chosen:
+        conn = self.choose(watch)
+        if conn is None:
             return None
-        conn = Connection(plan, random.Random(seed), watch, self)
         conn.side = "client"
         stages: list[Stage] = []
         if self.sides != "upstream":

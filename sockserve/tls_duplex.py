@@ -56,7 +56,28 @@ def readable_now(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-class BioTls:
+class _OverSocket:
+    """What both kinds answer of the socket they run over (`sock`), as the relays ask a
+    socket; `timeout` is their own (each wait's bound), not the non-blocking socket's."""
+
+    sock: Any
+    timeout: float | None
+
+    @property
+    def family(self) -> int:
+        return int(self.sock.family)
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def setsockopt(self, *args: Any) -> None:
+        self.sock.setsockopt(*args)
+
+
+class BioTls(_OverSocket):
     """A client TLS connection over `sock` (a connected socket), driven through memory BIOs.
 
     `handshake(timeout)` first, from one thread; then `recv_into` in one thread and
@@ -90,21 +111,8 @@ class BioTls:
 
     # -- what the relays call ---------------------------------------------------------------
 
-    @property
-    def family(self) -> int:
-        return self.sock.family
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def gettimeout(self) -> float | None:
-        return self.timeout
-
     def settimeout(self, timeout: float | None) -> None:
         self.timeout = timeout
-
-    def setsockopt(self, *args: Any) -> None:
-        self.sock.setsockopt(*args)
 
     def handshake(self, timeout: float | None) -> None:
         """Shake hands within `timeout` seconds. Raises ssl.SSLError (a certificate that
@@ -270,7 +278,7 @@ class BioTls:
                     wait_for(self.sock, select.POLLOUT, self.timeout)
 
 
-class SocketTls:
+class SocketTls(_OverSocket):
     """A served TLS connection (`sock`: an ssl.SSLSocket, handshake done) that one thread
     reads while another writes. `sock` stays non-blocking until `release()`; its timeout
     bounds each wait, as it did (TimeoutError). A watch (`sock.watch`, a
@@ -287,19 +295,6 @@ class SocketTls:
         self.ended = False  # the peer's end of data was read
         self.unwrapped = False  # both close_notify passed: sock is a plain socket now
         sock.settimeout(0)
-
-    @property
-    def family(self) -> int:
-        return self.sock.family
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def gettimeout(self) -> float | None:
-        return self.timeout
-
-    def setsockopt(self, *args: Any) -> None:
-        self.sock.setsockopt(*args)
 
     def release(self) -> None:
         """Give `sock` its timeout back (single-threaded again)."""
