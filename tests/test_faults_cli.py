@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,9 +28,15 @@ class Served:
     proc: subprocess.Popen[str]
     events: list[dict[str, Any]] = field(default_factory=list)
     status: int | None = None
+    #: stderr's lines as they come (read by a thread while it runs)
+    lines: list[str] = field(default_factory=list)
 
     def faults(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == "fault"]
+
+    def drops_so_far(self) -> int:
+        """How many datagrams the running server has reported dropped."""
+        return sum('"kind": "drop"' in line for line in list(self.lines))
 
 
 @contextlib.contextmanager
@@ -50,11 +57,16 @@ def serving(*args: str) -> Iterator[Served]:
             pytest.fail(f"sockserve did not start: {proc.stderr.read() if proc.stderr else ''}")
         host, _, port = line.rpartition(":")
         served = Served((host, int(port)), proc)
+        assert proc.stderr is not None
+        reader = threading.Thread(target=served.lines.extend, args=(proc.stderr,), daemon=True)
+        reader.start()
         yield served
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        proc.wait(15)
+    reader.join(15)
+    err = "".join(served.lines)
     served.status = proc.returncode
     served.events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert "Traceback" not in err
@@ -191,27 +203,39 @@ def test_a_users_stream_handler_is_delayed_without_changes(tmp_path: Any) -> Non
         assert time.monotonic() - start >= 0.045
 
 
-def udp_round(served: Served, count: int = 20) -> list[int]:
-    """Send datagrams 0..count-1; return the numbers of the replies, in arrival order."""
+def udp_round(served: Served, count: int = 20, accounted: bool = False) -> list[int]:
+    """Send datagrams 0..count-1; return the numbers of the replies, in arrival order, once
+    0.25 s pass without one. `accounted` (only --drop in play: each datagram is either
+    answered once or reported dropped): stop as soon as replies and drops make `count`."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.25)
         for i in range(count):
             s.sendto(b"%d" % i, served.address)
             time.sleep(0.002)
-        got = []
-        with contextlib.suppress(TimeoutError):
-            while True:
+        got: list[int] = []
+        quiet_until = time.monotonic() + 0.25
+        while time.monotonic() < quiet_until:
+            if accounted and len(got) + served.drops_so_far() >= count:
+                break
+            s.settimeout(0.01 if accounted else quiet_until - time.monotonic())
+            with contextlib.suppress(TimeoutError):
                 got.append(int(s.recv(100)))
+                quiet_until = time.monotonic() + 0.25
         return got
 
 
 @pytest.mark.parametrize("mode", ["sync", "fork", "event"])  # thread: the seed's test
 def test_drop_all_or_nothing(mode: str) -> None:
     with serving("udp", ":0", "-c", mode, "--drop", "100") as served:
-        assert udp_round(served, 5) == []
+        assert udp_round(served, 5, accounted=True) == []
     assert {e["kind"] for e in served.faults()} == {"drop"}
     with serving("udp", ":0", "-c", mode, "--drop", "0") as served:
-        assert sorted(udp_round(served, 5)) == [0, 1, 2, 3, 4]  # fork: children race
+        assert sorted(udp_round(served, 5, accounted=True)) == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]  # fork: children race
 
 
 @pytest.mark.parametrize("mode", ["thread", "event"])
@@ -219,7 +243,7 @@ def test_same_seed_same_datagrams_dropped(mode: str) -> None:
     rounds = []
     for seed in ("7", "7", "8"):
         with serving("udp", ":0", "-c", mode, "--drop", "30", "--seed", seed) as served:
-            rounds.append(udp_round(served))
+            rounds.append(udp_round(served, accounted=True))
     assert rounds[0] == rounds[1]
     assert 0 < len(rounds[0]) < 20
     assert rounds[2] != rounds[0]

@@ -1017,11 +1017,14 @@ def test_stop_during_load(spawn: Callable[..., Server], sock_dir: str, mode: str
 def test_second_signal_forces_the_exit(
     spawn: Callable[..., Server], tmp_path: Any, mode: str
 ) -> None:
+    """A handler blocked in recv holds the stop for its 60 s; a second signal ends the run
+    at once (the abort's shutdown ends the handler: no 2 s abort wait; a handler that ignores
+    its socket under a forced exit is test_cli_pty's test_second_ctrl_c_forces_exit_130)."""
     handler = write_handler(tmp_path, "faulty.py", FAULTY_HANDLER)
     server = spawn(["tcp", ":0", "-c", mode, "-H", handler, "--grace", "60"])
     addr = server.address()
     with connect(addr) as sock:
-        sock.sendall(b"hang")
+        sock.sendall(b"hang-io")
         assert recv_exactly(sock, 7) == b"hanging"
         server.send_signal(signal.SIGINT)
         started = time.monotonic()

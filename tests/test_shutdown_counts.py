@@ -241,6 +241,10 @@ def test_sighup_stops_gracefully_and_removes_the_socket_file(
         s.sendall(b"abc")
         assert s.recv(3) == b"abc"
         os.killpg(child.pid, signal.SIGHUP)  # a closed terminal: to the whole group
+        if mode != "sync":  # sync: the loop is inside the handler, no line says it heard
+            child.expect("stopping: waiting up to")  # the connection is in the drain
+            s.shutdown(socket.SHUT_WR)  # it ends by itself: the drain ends now, not at grace
+            assert s.recv(10) == b""
         status, out = finish(child)
     assert status == 0
     assert "1 connection, 3 B in, 3 B out" in out
