@@ -23,6 +23,29 @@ BANNER = re.compile(rb"listening on (\S+)")
 TCP_URL = re.compile(rb"(tcp|udp)://(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):(\d+)")
 
 
+#: sockserve processes a test started with subprocess (`track`), ended after each test by
+#: conftest's `no_server_left` if the test did not (a failed assertion midway).
+_TRACKED: list[subprocess.Popen[Any]] = []
+
+
+def track(proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
+    """Register `proc` to be ended (by its pid) after the test, if still running; returns it."""
+    _TRACKED.append(proc)
+    return proc
+
+
+def end_tracked() -> None:
+    """Kill what `track` registered and still runs, reap it, close its pipes."""
+    while _TRACKED:
+        proc = _TRACKED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def spawn(args: Sequence[str], *, timeout: float = 15, cwd: str | None = None) -> pexpect.spawn:
     """Start `python -m sockserve ARGS` in a pty (no colours, a wide terminal).
 

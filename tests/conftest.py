@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 import sockserve as ss
+from tests.clitools import end_tracked
 
 #: A user's project, with tests of its own: run by test_example_project.py, not collected here.
 collect_ignore = ["example_project"]
@@ -128,6 +129,14 @@ def leakcheck(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not threads, f"threads left running: {threads}"
     assert not fds, f"file descriptors left open: {fds}"
     assert not children, f"child processes left behind: {children}"
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    """End (by its pid) any sockserve a test started with `clitools.track` and left running,
+    as a failed assertion midway does (after `leakcheck` is set up: ended before it checks)."""
+    yield
+    end_tracked()
 
 
 # -- transports ------------------------------------------------------------------------------

@@ -12,28 +12,13 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from tests.clitools import finish, inet_address, spawn, wait_listening
+from tests.clitools import finish, inet_address, spawn, track, wait_listening
 
 TIMEOUT = 10
 MODES = ["sync", "thread", "fork", "event"]
-
-
-_started: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_server_left() -> Iterator[None]:
-    """A test that fails midway leaves no server running."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -43,7 +28,7 @@ def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _started.append(proc)
+    track(proc)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().decode().strip()
 

@@ -12,11 +12,12 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.clitools import track
 
 NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-(tcp|udp|unix|unix-dgram)-[A-Za-z0-9._-]+-\d+-\d+\.jsonl$")
 CHUNK_LINE = re.compile(r'^\{"t": \d+\.\d{6}, "dir": "(in|out)", "(text|hex)": .*\}$')
@@ -37,23 +38,6 @@ class Slow(socketserver.StreamRequestHandler):
 
 
 #: The servers the running test started (`no_server_left` ends what a failing test left).
-STARTED: list[Server] = []
-
-
-@pytest.fixture(autouse=True)
-def no_server_left() -> Iterator[None]:
-    """End (by its pid) any server a test left running, as a failed assertion does."""
-    yield
-    while STARTED:
-        proc = STARTED.pop().proc
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
 class Server:
     """`sockserve ARGS --print-address` started in a subprocess; stderr on a pipe."""
 
@@ -76,7 +60,7 @@ class Server:
         if not line:
             _, err = self.proc.communicate(timeout=10)
             raise AssertionError(f"no address: {err.decode()}")
-        STARTED.append(self)
+        track(self.proc)
         self.text = line
         if line.startswith("["):
             host, port = line[1:].rsplit("]:", 1)

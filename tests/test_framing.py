@@ -12,30 +12,15 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
 import pytest
 
-from tests.clitools import finish, inet_address, wait_listening
+from tests.clitools import finish, inet_address, track, wait_listening
 
 TIMEOUT = 10
 MODES = ["sync", "thread", "fork", "event"]
-
-
-_started: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_server_left() -> Iterator[None]:
-    """A test that fails midway leaves no server running."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def start(*args: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
@@ -46,7 +31,7 @@ def start(*args: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _started.append(proc)
+    track(proc)
     assert proc.stdout is not None
     host, port = proc.stdout.readline().decode().strip().rsplit(":", 1)
     return proc, (host, int(port))

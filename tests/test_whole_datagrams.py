@@ -11,27 +11,14 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
+
+from tests.clitools import track
 
 TIMEOUT = 10
 MODES = ["sync", "thread", "fork", "event"]
 BIG = 200_000  # past UDP's 64 KiB, within a unix datagram socket's default send buffer
-
-
-_started: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_server_left() -> Iterator[None]:
-    """A test that fails midway leaves no server running."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def sockserve(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
@@ -41,7 +28,7 @@ def sockserve(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _started.append(proc)
+    track(proc)
     return proc
 
 

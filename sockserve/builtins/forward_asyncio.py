@@ -228,15 +228,22 @@ class ClientSide(asyncio.Protocol):
                 self.task.cancel()
         up = self.up
         if up is not None and not up.is_closing():
-            if exc is not None:
-                reset(up)
-            elif was_reset(self.faults[0]):
-                pass_reset_on(self.up_watch, up)
-            else:
-                close_after_paced(self.up_watch, up)
+            pass_end_on(exc, was_reset(self.faults[0]), self.up_watch, up)
         recorder = self.shared.recorder
         if recorder is not None:
             recorder.record(self.client, self.received, self.sent)
+
+
+def pass_end_on(exc: Exception | None, fault_reset: bool, watch: Any, transport: Any) -> None:
+    """One side ended: tell `transport` (the other side, behind `watch`) as it ended. An
+    error resets it, a fault's reset is passed on as a reset, an orderly end closes it once
+    the data its faults still hold has gone out."""
+    if exc is not None:
+        reset(transport)
+    elif fault_reset:
+        pass_reset_on(watch, transport)
+    else:
+        close_after_paced(watch, transport)
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -271,14 +278,8 @@ class UpstreamSide(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         owner = self.owner
         client = owner.transport
-        if client.is_closing():
-            return
-        if exc is not None:
-            reset(client)
-        elif was_reset(owner.faults[1]):
-            pass_reset_on(owner.watch, client)
-        else:
-            close_after_paced(owner.watch, client)
+        if not client.is_closing():
+            pass_end_on(exc, was_reset(owner.faults[1]), owner.watch, client)
 
 
 def watched_upstream(owner: ClientSide, watch: Watch, watched: Any) -> asyncio.BaseProtocol:
