@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -217,6 +216,16 @@ def test_reuse_port_and_mode_are_refused(tmp_path: Path) -> None:
     assert "--mode does not apply to a socket sockserve did not create" in err
 
 
+def wait_activator_listening(proc: subprocess.Popen[str], path: str) -> None:
+    """Wait for systemd-socket-activate's "Listening on PATH" line: the socket is bound and
+    listening (the file alone appears at bind, before listen)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith(f"Listening on {path}"):
+            return
+    raise AssertionError("systemd-socket-activate ended before it listened")
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None,
     reason="systemd-socket-activate is not installed (Debian package systemd)",
@@ -232,9 +241,7 @@ def test_systemd_socket_activate(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_activator_listening(proc, path)
         assert exchange(path, socket.AF_UNIX, b"activated") == b"ACTIVATED"
         assert exchange(path, socket.AF_UNIX, b"again") == b"AGAIN"
     finally:
@@ -328,9 +335,7 @@ def test_systemd_socket_activate_inetd(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_activator_listening(proc, path)
         assert exchange(path, socket.AF_UNIX, b"one") == b"ONE"
         assert exchange(path, socket.AF_UNIX, b"two") == b"TWO"
     finally:
