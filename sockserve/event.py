@@ -124,10 +124,14 @@ class EventServer:
         # A connection goes straight to its protocol unless faults or TLS come first.
         self._holds_back = bool(self.watch_dressers) or tls is not None
         self._plain = not count_bytes and not self.watch_dressers  # `_make`: no watch
+        # Nothing comes between the accept and the protocol: a protocol that tells the server
+        # of its connection itself (`opened`) is not hooked.
+        self._told = self.stream and not self._holds_back and not access and not banner
+        self._told = self._told and idle_timeout is None
         self._client_ids = getattr(self.events, "client_ids", None)  # the run's monitor's
         self.requests_started = 0
         self.stop_reason: str | None = None
-        self._conns: set[_Served] = set()
+        self._conns: set[Any] = set()  # each a `_Served`, or a protocol that tells (`opened`)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None  # asyncio.Server (streams)
         self._endpoint: Any = None  # the datagram transport, until it is lost
@@ -266,7 +270,37 @@ class EventServer:
             protocol = self.protocol_factory() if self._plain else self._make()
         except HANDLER_ERRORS:  # reported: the loop must not see it (uvloop's listener would
             return _Unserved()  # stop accepting, a SystemExit would stop the loop)
+        if self._told and hasattr(type(protocol), "event_server"):
+            if self._refusing:  # stopped, or the request limit reached
+                return _Unserved()
+            self.requests_started += 1  # now: the next accepted in this batch sees the limit
+            if self.request_limit is not None:
+                self._count_request()
+            protocol.event_server = self
+            return protocol
         return _Served(self, protocol).protocol
+
+    def opened(self, protocol: Any, transport: Any) -> Any:
+        """Register the connection of a protocol that has an `event_server` attribute, set by
+        the server before its connection_made (the builtins' `EventStream`); returns its
+        client for events. Such a protocol calls this from its connection_made, and `closed`
+        from its connection_lost, in place of the hooks `_Served` puts on any other protocol:
+        it costs less per connection (benchmarks/RESULTS.md). The server sets it only when
+        nothing comes between the accept and the protocol (faults, TLS, access rules, a
+        banner, an idle timeout).
+        """
+        peer = transport.get_extra_info("peername")
+        self._conns.add(protocol)
+        ids = self._client_ids
+        client = peer if ids is None else Client(peer, ids.next())
+        self.events.connected(client)
+        return client
+
+    def closed(self, protocol: Any) -> None:
+        """The end of a connection registered by `opened`."""
+        self._conns.discard(protocol)
+        if self._draining:
+            self._maybe_drained()
 
     def _new_endpoint(self) -> Any:
         return _ServedEndpoint(self, self._make()).protocol

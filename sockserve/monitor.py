@@ -101,7 +101,9 @@ class RunMonitor:
             # A record per datagram, all from one thread, that the reporter would not show.
             self.record = self._count  # type: ignore[method-assign]  # a cheaper record, per run
         if not self.wants_counts and not reporter.shows_connections():  # --quiet
-            self.connected = self._count_connection  # type: ignore[method-assign]  # per run
+            # Event mode counts from its loop's thread alone: no lock needed.
+            counted = self._count_connection_here if config.concurrency == "event" else None
+            self.connected = counted or self._count_connection  # type: ignore[method-assign]
 
     def _count(self, client: Any, received: int, sent: int) -> None:
         """`record` where it only has to count: one thread, nothing to print or forward."""
@@ -114,6 +116,10 @@ class RunMonitor:
         """`connected` where the reporter shows neither connections nor counts (--quiet):
         only count it."""
         self.stats.add_connection()
+
+    def _count_connection_here(self, client: Any) -> None:
+        """`_count_connection` when every connection is counted from one thread."""
+        self.stats.connections += 1
 
     def become_worker(self) -> None:
         """In a --workers process: act as the parent of its own request children."""

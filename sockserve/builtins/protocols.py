@@ -37,11 +37,15 @@ class EventStream(asyncio.Protocol):
 
     discard is this class as it is. `takes_client`: the event server sets `client` (the
     connection's `events.Client`) before connection_made; else it is the peer's address.
+    When nothing comes between the accept and the protocol, the event server sets
+    `event_server` instead: the protocol tells it of its connection's start (which gives the
+    `client`) and end itself, and is not hooked (`sockserve.event.EventServer.opened`).
     """
 
     transport: Any = None
     takes_client = True
     client: Any = None
+    event_server: Any = None
     # The byte counts: class defaults, so that a new connection sets no more than it needs.
     received = 0
     sent = 0
@@ -52,13 +56,21 @@ class EventStream(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        if self.client is None:
+        server = self.event_server
+        if server is not None:
+            self.client = server.opened(self, transport)
+        elif self.client is None:
             self.client = transport.get_extra_info("peername")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        recorder = self.shared.recorder
-        if recorder is not None:
-            recorder.record(self.client, self.received, self.sent)
+        try:
+            recorder = self.shared.recorder
+            if recorder is not None:
+                recorder.record(self.client, self.received, self.sent)
+        finally:
+            server = self.event_server
+            if server is not None:
+                server.closed(self)
 
     def data_received(self, data: bytes) -> None:
         self.saw(data)
