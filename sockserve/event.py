@@ -266,6 +266,7 @@ class EventServer:
             self._server = await loop.create_server(factory, sock=sock, backlog=self.backlog)
 
     def _new_connection(self) -> Any:
+        protocol: Any
         try:
             protocol = self.protocol_factory() if self._plain else self._make()
         except HANDLER_ERRORS:  # reported: the loop must not see it (uvloop's listener would

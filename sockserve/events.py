@@ -15,10 +15,10 @@ the plain address: only reporting code gets the `Client`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 __all__ = [

@@ -8,8 +8,11 @@ import socket
 import threading
 from typing import Any
 
+import pytest
+
+from sockserve import builtins as bh
 from sockserve.event import EventServer
-from sockserve.events import ClientIds
+from sockserve.events import ClientIds, NullEvents
 
 
 class Echo(asyncio.Protocol):
@@ -80,3 +83,70 @@ def test_ids_drawn_by_threads_at_once_are_unique() -> None:
         thread.join()
     every = sorted(n for mine in drawn for n in mine)
     assert every == list(range(3, 3 + 2 * 8000, 2))
+
+
+class Told(NullEvents):
+    """Numbers connections as a run's monitor does, and records `connected`."""
+
+    def __init__(self) -> None:
+        self.client_ids = ClientIds()
+        self.clients: list[Any] = []
+
+    def connected(self, client: Any) -> None:
+        self.clients.append(client)
+
+
+@pytest.mark.parametrize("banner", [b"", b"hi\n"], ids=["told", "hooked (banner)"])
+def test_a_builtin_tells_the_server_of_its_connection_unless_something_comes_first(
+    banner: bytes,
+) -> None:
+    """With nothing between the accept and the protocol, a builtin registers its connection
+    itself (`EventServer.opened`/`closed`); with a banner it is hooked as any protocol. Either
+    way the connection is counted, numbered, drained, and nothing is left behind."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    address = sock.getsockname()
+    events = Told()
+    builtin = bh.protocol_factory("echo", "stream", bh.HandlerOptions())
+    made: list[Any] = []
+
+    def factory() -> Any:
+        made.append(builtin())
+        return made[-1]
+
+    server = EventServer(
+        sock,
+        factory,
+        events=events,
+        count_bytes=False,
+        banner=banner,
+        loop_factory=asyncio.new_event_loop,
+    )
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    client = socket.create_connection(address, timeout=5)
+    try:
+        client.sendall(b"ping")
+        want = banner + b"ping"
+        got = b""
+        while len(got) < len(want):
+            got += client.recv(64)
+        assert got == want
+        assert server.active_connections == 1
+        (protocol,) = made
+        assert (protocol.event_server is server) == (not banner)
+        (connected,) = events.clients
+        assert (connected.id, connected.address) == (1, client.getsockname())
+        assert protocol.client is connected
+        server.request_stop()
+        thread.join(5)
+        assert not server.drain(0.05), "the drain ended with the connection still open"
+    finally:
+        client.close()
+    assert server.drain(5), "the drain did not see the connection end"
+    server.close_connections(0)
+    assert server.active_connections == 0
+    hooks = {"connection_made", "connection_lost"} & set(vars(protocol))
+    assert not hooks, f"left on the protocol: {hooks}"
+    assert server.requests_started == 1
