@@ -196,6 +196,7 @@ def _tab_complete(argv: list[str], setup: str, lines: list[str], workdir: Path) 
         timeout=15,
         dimensions=(40, 200),
     )
+    child.delaybeforesend = None  # each line waits for the previous one's output instead
     try:
         child.sendline(setup)
         results = []

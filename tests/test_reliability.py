@@ -657,7 +657,7 @@ def test_handler_raising_or_hanging(
     """A raise is logged with its traceback and the connection closed; a hang never holds
     the stop past the grace period."""
     handler = write_handler(tmp_path, "faulty.py", FAULTY_HANDLER)
-    grace = 0.3
+    grace = 0.15
     server = spawn(["tcp", ":0", "-c", mode, "-H", handler, "--grace", str(grace)])
     addr = server.address()
     with connect(addr) as sock:

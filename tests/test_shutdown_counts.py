@@ -27,7 +27,7 @@ from clitools import finish, spawn, wait_process
 
 MODES = ("sync", "thread", "fork", "event")
 N = 64 * 1024
-GRACE = 0.3
+GRACE = 0.15
 #: A stop takes the grace period, then the abort's wait (no longer than the grace period
 #: for handlers that end when their socket is shut down); the rest is the machine's slack.
 STOP_BOUND = 2 * GRACE + 1.5
