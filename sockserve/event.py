@@ -11,7 +11,9 @@ receives and writes is counted for the summary and ``-v`` lines, and shown with 
 any other handler.
 
 EventServer runs such protocols (or the builtins' protocol factories) on a socket the factory
-already bound; see its docstring for the stop sequence the lifecycle drives.
+already bound; see its docstring for the stop sequence the lifecycle drives. A UDP builtin
+that needs nothing of a transport is answered from a reader callback instead
+(`sockserve.lean_datagrams`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ records and the request count are those of the builtin's protocol
 datagram is answered with an empty one, as in the other modes.
 
 A reply the socket cannot take now (EAGAIN) is lost, as a datagram may be, and counts 0 bytes
-out; asyncio's transport would have buffered it (uvloop's too), which a UDP socket on Linux
-never needs: it drops what does not fit in the receiver's buffer without a word. A failed send
-or receive (an ICMP error such as ECONNREFUSED for an earlier reply) costs that datagram only.
+out; asyncio's transport (uvloop's too) would have buffered it. On Linux a UDP send waits only
+for the sender's own buffer, rarely full: a receiver without room drops the datagram without a
+word either way. Any other failed send (EMSGSIZE, an ICMP error such as ECONNREFUSED for an
+earlier reply) also costs that reply only, and a failed receive ends the wake-up's batch.
 
 Unix datagram sockets stay on the transport: a unix datagram may be bigger than any fixed
 buffer, and reading it whole takes a peek at its size first (`parts.whole_datagrams`).
