@@ -11,13 +11,16 @@ receives and writes is counted for the summary and ``-v`` lines, and shown with 
 any other handler.
 
 EventServer runs such protocols (or the builtins' protocol factories) on a socket the factory
-already bound; see its docstring for the stop sequence the lifecycle drives.
+already bound; see its docstring for the stop sequence the lifecycle drives. A UDP builtin
+that needs nothing of a transport is answered from a reader callback instead
+(`sockserve.lean_datagrams`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -27,6 +30,7 @@ from .arrival import arrival_asked
 from .arrival_asyncio import ArrivalDatagramTransport
 from .errors import HANDLER_ERRORS
 from .events import Client, Events, NullEvents
+from .lean_datagrams import LeanDatagramEndpoint
 from .watch import Dresser, Watch
 from .watch_asyncio import watched
 
@@ -249,7 +253,15 @@ class EventServer:
             if arrival_asked(sock):  # on 0.0.0.0 or [::]: replies from the arrival address
                 self._endpoint = ArrivalDatagramTransport(loop, sock, self._new_endpoint())
                 return
-            endpoint = self._new_endpoint
+            protocol = self._make()
+            lean = getattr(protocol, "lean_datagrams", None) if self._plain else None
+            answer = lean() if lean is not None else None
+            if answer is not None and LeanDatagramEndpoint.fits(sock):  # a builtin on UDP
+                self._endpoint = LeanDatagramEndpoint(
+                    loop, sock, protocol, answer, self._datagram_admission(), self._endpoint_lost
+                )
+                return
+            endpoint = functools.partial(self._serve_endpoint, protocol)
             transport, _ = await loop.create_datagram_endpoint(endpoint, sock=sock)
             self._endpoint = transport
             return
@@ -304,7 +316,28 @@ class EventServer:
             self._maybe_drained()
 
     def _new_endpoint(self) -> Any:
-        return _ServedEndpoint(self, self._make()).protocol
+        return self._serve_endpoint(self._make())
+
+    def _serve_endpoint(self, protocol: Any) -> Any:
+        return _ServedEndpoint(self, protocol).protocol
+
+    def _datagram_admission(self) -> Callable[[Any], bool] | None:
+        """`_admit_datagram` when datagrams are counted or checked (the request limit, the
+        access rules); None when every datagram is served as it comes."""
+        if self.request_limit is None and self.access is None:
+            return None
+        return self._admit_datagram
+
+    def _admit_datagram(self, addr: Any) -> bool:
+        """Count a datagram from `addr` as a request; False: drop it (stopped, the request
+        limit reached, or refused by the access rules)."""
+        if self._refusing:
+            return False  # the rest is dropped, as sync mode never reads it
+        if not self._admits(addr):
+            return False
+        self.requests_started += 1
+        self._count_request()
+        return True
 
     def _make(self) -> Any:
         """A new protocol; when the server counts, behind a watch (`sockserve.watch_asyncio`)."""
@@ -646,14 +679,8 @@ class _ServedEndpoint:
             protocol.datagram_received = self.datagram_received
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        server = self.server
-        if server._refusing:
-            return  # after the request limit: the rest is dropped, as sync mode never reads it
-        if not server._admits(addr):
-            return
-        server.requests_started += 1
-        server._count_request()
-        self.received(data, addr)
+        if self.server._admit_datagram(addr):
+            self.received(data, addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
         attrs = vars(self.protocol)

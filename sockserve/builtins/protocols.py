@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
 from ..events import Client
+from ..lean_datagrams import LeanAnswer
 from .cores import (
     LINGER_SECONDS,
     OneAnswer,
@@ -401,6 +402,16 @@ class EventDatagram(asyncio.DatagramProtocol):
             else:
                 quick = self.echo if recorder is not None else self.reflect
             self.datagram_received = quick  # type: ignore[method-assign] # chosen per protocol
+
+    def lean_datagrams(self) -> LeanAnswer | None:
+        """How the event server may answer for this protocol without its callbacks
+        (`sockserve.lean_datagrams`); None when it writes the datagrams out (stdout, stdio)."""
+        shared = self.shared
+        if shared.writer is not None:
+            return None
+        answer = None if shared.name == "echo" else self.answer
+        recorder = shared.recorder
+        return LeanAnswer(answer, None if recorder is None else recorder.record, self.ids)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
