@@ -62,13 +62,13 @@ def default_concurrency(socktype: SockType) -> Concurrency:
     return "thread" if socktype == "stream" else "sync"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class ServeConfig:
     """Everything a run needs, validated; built by `build_config`, read by the runner.
 
-    A run's settings are compared by identity (`eq=False`): no field-by-field `__eq__` and
-    `__hash__` to generate at import, which for this many fields is a visible share of
-    start-up.
+    A run's settings are compared by identity (`eq=False`) and not shown whole (`repr=False`):
+    nothing uses a field-by-field `__eq__`, `__hash__` or `__repr__`, and generating them at
+    import, for this many fields, is a visible share of start-up.
     """
 
     family: Family
