@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -82,6 +81,8 @@ def load_handler(spec: str) -> LoadedHandler:
     builtin = builtin_handler(spec)
     if builtin is not None:
         return builtin
+    import unicodedata  # a spec of the user's, or an error: a builtin's name never loads it
+
     spec = spec.strip()
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec):
         raise HandlerLoadError(f"bad handler {spec!r}: control characters", hint=f"use {FORMS}")
@@ -194,6 +195,8 @@ def _raised_by_user_code(where: str, exc: BaseException) -> HandlerLoadError:
 
 def _one_line(text: str) -> str:
     """`text` with line breaks and other control characters escaped, as repr() shows them."""
+    import unicodedata
+
     return "".join(
         repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
     )

@@ -17,7 +17,6 @@ takes, or fail with one line naming what is wrong (`self.fail`: click prints the
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any
 
 import click
@@ -387,6 +386,8 @@ def _escaped(body: str) -> bytes:
         if kind in "uU":
             char = chr(int(digits, 16))
         elif kind == "N":
+            import unicodedata  # only a \N{name} escape needs the character names
+
             char = unicodedata.lookup(digits[1:-1])
         else:
             return ("\\" + body).encode("utf-8", "surrogateescape")
