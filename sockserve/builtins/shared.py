@@ -25,14 +25,13 @@ INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, repr=False)
 class HandlerOptions:
     """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary).
 
     `lines`: stdout and stdio write whole lines per connection and one line per datagram
     (`framing`; the command's default); False writes the bytes as they come (--raw).
-    Compared by identity and not shown whole (`eq=False`, `repr=False`): nothing needs more,
-    and each generated method costs start-up.
+    Not shown whole (`repr=False`): nothing does, and each generated method costs start-up.
     """
 
     reply: bytes | None = None
