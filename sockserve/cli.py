@@ -14,11 +14,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
-from click.shell_completion import CompletionItem
 
 from . import __version__, config, runner
 from .config import ServeConfig
@@ -30,7 +29,7 @@ from .console import (
     silence,
 )
 from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveError, UsageError
-from .helptext import SockserveCommand, completion_source
+from .helptext import SockserveCommand
 from .inherited import stderr_is_stdin
 from .options import (
     ADDRESS,
@@ -48,6 +47,9 @@ from .options import (
     SECONDS,
     SIZE,
 )
+
+if TYPE_CHECKING:  # completion only: loaded when the shell asks (see `Command`)
+    from click.shell_completion import CompletionItem
 
 VERSION_MESSAGE = (
     f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
@@ -71,6 +73,8 @@ class ScriptFileType(click.ParamType):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
         return [CompletionItem(incomplete, type="file")]
 
 
@@ -88,7 +92,8 @@ class Invocation:
 class Command(SockserveCommand):
     """The sockserve command; run without `args` (the program, reading sys.argv), it owns the
     process's exit (see `exit_command`) and its standard streams (see
-    `console.open_closed_streams`)."""
+    `console.open_closed_streams`). Our completion classes (`completion`) are loaded only when
+    the shell asks for completions."""
 
     def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
         if "obj" not in extra:
@@ -96,6 +101,16 @@ class Command(SockserveCommand):
             closed = open_closed_streams() if as_program else frozenset()
             extra["obj"] = Invocation(as_program=as_program, closed=closed)
         return super().main(args, *rest, **extra)
+
+    def _main_shell_completion(
+        self, ctx_args: Any, prog_name: str, complete_var: str | None = None
+    ) -> None:
+        """Click's check for a completion request (its variable named as click names it);
+        when there is one, our shells' classes are registered first."""
+        name = prog_name.replace("-", "_").replace(".", "_")
+        if os.environ.get(complete_var or f"_{name}_COMPLETE".upper()):
+            from . import completion  # noqa: F401  registers the shells' classes with click
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Parse; with --traceback (an eager flag: known before -H is loaded), a handler
@@ -113,6 +128,8 @@ class Command(SockserveCommand):
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is None or ctx.resilient_parsing:
         return
+    from .completion import completion_source
+
     click.echo(completion_source(main, value), nl=False)
     ctx.exit(0)
 

@@ -17,14 +17,16 @@ takes, or fail with one line naming what is wrong (`self.fail`: click prints the
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem
 
 from .addresses import Address, Family, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import BUILTIN_NAMES, LoadedHandler, load_handler
+
+if TYPE_CHECKING:  # completion only: loaded by the `shell_complete` methods
+    from click.shell_completion import CompletionItem
 
 PROTOCOLS = {
     "tcp": "TCP stream server (IPv4 or IPv6)",
@@ -51,6 +53,8 @@ class DescribedChoice(click.Choice):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
         return [
             CompletionItem(name, help=text)
             for name, text in self.descriptions.items()
@@ -85,6 +89,8 @@ class AddressType(click.ParamType):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
         proto = ctx.params.get("proto")
         if proto in ("unix", "unix-dgram"):
             return [CompletionItem(incomplete, type="file")]
@@ -138,6 +144,8 @@ class HandlerType(click.ParamType):
     ) -> list[CompletionItem]:
         if ":" in incomplete:
             return []
+        from click.shell_completion import CompletionItem
+
         from .builtins import BUILTINS  # the descriptions: only when completing
 
         items = [
