@@ -37,6 +37,7 @@ from .options import (
     CONCURRENCY,
     DELAY,
     ESCAPED_TEXT,
+    FILE_PATH,
     HANDLER,
     NETWORK,
     OCTAL,
@@ -44,6 +45,7 @@ from .options import (
     POSITIVE_SECONDS,
     PROTO,
     RATE,
+    READABLE_FILE,
     SECONDS,
     SIZE,
 )
@@ -172,7 +174,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--reply-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="File the reply handler answers with (implies -H reply), sent as --reply's TEXT.",
 )
 @click.option(
@@ -184,7 +186,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--banner-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="File sent to each stream client as soon as it connects, as --banner's TEXT.",
 )
 @click.option(
@@ -316,12 +318,12 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--allow-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="Read --allow rules from a file: one per line, # comments.",
 )
 @click.option(
     "--deny-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="Read --deny rules from a file: one per line, # comments.",
 )
 @click.option(
@@ -348,7 +350,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--transcript",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     metavar="FILE",
     help="Replay a transcript --record wrote (implies -H replay): each client gets the "
     "server's side of it, each chunk once the client has sent what the recording had before "
@@ -376,14 +378,14 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--cert",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Serve TLS with this PEM certificate (chain) instead of a throwaway one; implies --tls.  "
     "[default: a throwaway certificate]",
 )
 @click.option(
     "--key",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="The PEM private key of --cert.  [default: in the --cert file]",
 )
@@ -396,14 +398,14 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--tls-ca-out",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="PATH",
     help="Write the throwaway CA certificate here (mode 600; kept).  "
     "[default: a temporary file, removed at exit]",
 )
 @click.option(
     "--client-ca",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Require client certificates (mTLS) signed by a CA of this PEM file.  "
     "[default: none asked]",
@@ -612,7 +614,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--forward-ca",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Trust only the CAs of this PEM file for the upstream's certificate (e.g. the tls_ca "
     "file another sockserve --tls names).  [default: the system's CAs]",
@@ -625,13 +627,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--forward-cert",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Present this PEM client certificate to the upstream (mTLS).  [default: none]",
 )
 @click.option(
     "--forward-key",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="The PEM private key of --forward-cert.  [default: in the --forward-cert file]",
 )

@@ -11,7 +11,8 @@ takes, or fail with one line naming what is wrong (`self.fail`: click prints the
 - ESCAPED_TEXT: `--reply` text with backslash escapes → bytes;
 - NETWORK: an --allow/--deny rule (a CIDR, an address, a host name), checked, kept as text;
 - SIZE: bytes (`1500`, `64K`, `1Mi`); RATE: bytes per second (`100K`); PCT: 0 to 100;
-  DELAY (`50ms[:10ms]`) and CHUNK (`3[:5ms]`): the fault options' pairs.
+  DELAY (`50ms[:10ms]`) and CHUNK (`3[:5ms]`): the fault options' pairs;
+- READABLE_FILE, FILE_PATH: click's Path, one instance each for the options that share it.
 """
 
 from __future__ import annotations
@@ -418,3 +419,8 @@ RATE = RateType()
 PCT = PercentType()
 DELAY = DelayType()
 CHUNK = ChunkType()
+#: click's own path types, one instance for all the options that share one (as click's STRING):
+#: a file that must exist and be readable (--reply-file, --allow-file...), and a file's path,
+#: read or written later (--cert, --tls-ca-out...).
+READABLE_FILE = click.Path(exists=True, dir_okay=False, readable=True)
+FILE_PATH = click.Path(dir_okay=False)
