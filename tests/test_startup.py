@@ -101,7 +101,7 @@ def test_python_m_sockserve_and_console_script_serve() -> None:
 
 
 #: What a plain run (`sockserve tcp ADDRESS`, a builtin in thread mode) never needs: the
-#: completion code, what only some specs, escapes, modes or families use.
+#: completion code, what only some specs, escapes, modes, families or socket types use.
 NOT_FOR_A_PLAIN_RUN = {
     "click.shell_completion",
     "sockserve.completion",
@@ -110,6 +110,7 @@ NOT_FOR_A_PLAIN_RUN = {
     "sockserve.parts.accept_batch",
     "sockserve.parts.unix_file",
     "sockserve.parts.watching",
+    "sockserve.builtins.datagram",
 }
 
 
