@@ -30,7 +30,6 @@ from .console import (
 )
 from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveError, UsageError
 from .helptext import SockserveCommand
-from .inherited import stderr_is_stdin
 from .options import (
     ADDRESS,
     CHUNK,
@@ -710,8 +709,11 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
 
 def _serve(config: ServeConfig, quiet: bool) -> int:
     """Run the server; return the exit status, or exit with a SockserveError's."""
-    if config.inetd and stderr_is_stdin():  # stderr is the connection: log nothing into it
-        silence(sys.stderr)
+    if config.inetd:
+        from .inherited import stderr_is_stdin
+
+        if stderr_is_stdin():  # stderr is the connection: log nothing into it
+            silence(sys.stderr)
     try:
         reporter = _reporter(config, quiet)
         if config.concurrency == "event":

@@ -111,6 +111,8 @@ NOT_FOR_A_PLAIN_RUN = {
     "sockserve.parts.unix_file",
     "sockserve.parts.watching",
     "sockserve.builtins.datagram",
+    "sockserve.inherited",
+    "sockserve.upstreams",
 }
 
 
