@@ -53,7 +53,7 @@ OPTION_BUILTIN_NAMES = ("replay",)
 class LoadedHandler(NamedTuple):
     """A resolved handler: `builtin` names a builtin, else `cls` is the user's class.
 
-    A NamedTuple: immutable and compared by value, as a frozen dataclass, for a tenth of
+    A NamedTuple: immutable and compared by value, as a frozen dataclass, for a fraction of
     its start-up (no methods generated and compiled at import).
     """
 
