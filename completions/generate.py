@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from sockserve.cli import main as cli_main
-from sockserve.helptext import COMPLETION_CLASSES, completion_source
+from sockserve.completion import COMPLETION_CLASSES, completion_source
 
 HERE = Path(__file__).resolve().parent
 

@@ -4,7 +4,8 @@
 module imports nothing but the framework. The package, from the command line down (each
 layer imports only the ones below it; ARCHITECTURE.md is the map):
 
-- `cli` (click), `options` (its parameter types), `helptext` (help, man page, completions)
+- `cli` (click), `options` (its parameter types), `helptext` (help, man page),
+  `completion` (the shell completion scripts)
 - `config`: the validated ServeConfig; `addresses`, `loading` parse ADDRESS and HANDLER
 - `runner`: one run; `lifecycle` (signals, stop, drain), `monitor` (counts, children's
   events), `workers` (--workers)

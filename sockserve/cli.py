@@ -14,11 +14,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
-from click.shell_completion import CompletionItem
 
 from . import __version__, config, runner
 from .config import ServeConfig
@@ -30,14 +29,14 @@ from .console import (
     silence,
 )
 from .errors import EnvironmentProblem, ExitStatus, HandlerLoadError, SockserveError, UsageError
-from .helptext import SockserveCommand, completion_source
-from .inherited import stderr_is_stdin
+from .helptext import SockserveCommand
 from .options import (
     ADDRESS,
     CHUNK,
     CONCURRENCY,
     DELAY,
     ESCAPED_TEXT,
+    FILE_PATH,
     HANDLER,
     NETWORK,
     OCTAL,
@@ -45,9 +44,13 @@ from .options import (
     POSITIVE_SECONDS,
     PROTO,
     RATE,
+    READABLE_FILE,
     SECONDS,
     SIZE,
 )
+
+if TYPE_CHECKING:  # completion only: loaded when the shell asks (see `Command`)
+    from click.shell_completion import CompletionItem
 
 VERSION_MESSAGE = (
     f"sockserve {__version__} (Python {sys.version.split()[0]}, {sys.implementation.name})"
@@ -71,6 +74,8 @@ class ScriptFileType(click.ParamType):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
         return [CompletionItem(incomplete, type="file")]
 
 
@@ -88,7 +93,8 @@ class Invocation:
 class Command(SockserveCommand):
     """The sockserve command; run without `args` (the program, reading sys.argv), it owns the
     process's exit (see `exit_command`) and its standard streams (see
-    `console.open_closed_streams`)."""
+    `console.open_closed_streams`). Our completion classes (`completion`) are loaded only when
+    the shell asks for completions."""
 
     def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
         if "obj" not in extra:
@@ -96,6 +102,16 @@ class Command(SockserveCommand):
             closed = open_closed_streams() if as_program else frozenset()
             extra["obj"] = Invocation(as_program=as_program, closed=closed)
         return super().main(args, *rest, **extra)
+
+    def _main_shell_completion(
+        self, ctx_args: Any, prog_name: str, complete_var: str | None = None
+    ) -> None:
+        """Click's check for a completion request (its variable named as click names it);
+        when there is one, our shells' classes are registered first."""
+        name = prog_name.replace("-", "_").replace(".", "_")
+        if os.environ.get(complete_var or f"_{name}_COMPLETE".upper()):
+            from . import completion  # noqa: F401  registers the shells' classes with click
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Parse; with --traceback (an eager flag: known before -H is loaded), a handler
@@ -113,6 +129,8 @@ class Command(SockserveCommand):
 def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is None or ctx.resilient_parsing:
         return
+    from .completion import completion_source
+
     click.echo(completion_source(main, value), nl=False)
     ctx.exit(0)
 
@@ -155,7 +173,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--reply-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="File the reply handler answers with (implies -H reply), sent as --reply's TEXT.",
 )
 @click.option(
@@ -167,7 +185,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--banner-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="File sent to each stream client as soon as it connects, as --banner's TEXT.",
 )
 @click.option(
@@ -299,12 +317,12 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--allow-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="Read --allow rules from a file: one per line, # comments.",
 )
 @click.option(
     "--deny-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     help="Read --deny rules from a file: one per line, # comments.",
 )
 @click.option(
@@ -331,7 +349,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--transcript",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
+    type=READABLE_FILE,
     metavar="FILE",
     help="Replay a transcript --record wrote (implies -H replay): each client gets the "
     "server's side of it, each chunk once the client has sent what the recording had before "
@@ -359,14 +377,14 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--cert",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Serve TLS with this PEM certificate (chain) instead of a throwaway one; implies --tls.  "
     "[default: a throwaway certificate]",
 )
 @click.option(
     "--key",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="The PEM private key of --cert.  [default: in the --cert file]",
 )
@@ -379,14 +397,14 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--tls-ca-out",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="PATH",
     help="Write the throwaway CA certificate here (mode 600; kept).  "
     "[default: a temporary file, removed at exit]",
 )
 @click.option(
     "--client-ca",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Require client certificates (mTLS) signed by a CA of this PEM file.  "
     "[default: none asked]",
@@ -595,7 +613,7 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--forward-ca",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Trust only the CAs of this PEM file for the upstream's certificate (e.g. the tls_ca "
     "file another sockserve --tls names).  [default: the system's CAs]",
@@ -608,13 +626,13 @@ def _print_completion(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option(
     "--forward-cert",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="Present this PEM client certificate to the upstream (mTLS).  [default: none]",
 )
 @click.option(
     "--forward-key",
-    type=click.Path(dir_okay=False),
+    type=FILE_PATH,
     metavar="FILE",
     help="The PEM private key of --forward-cert.  [default: in the --forward-cert file]",
 )
@@ -691,8 +709,11 @@ def build_config(params: dict[str, Any]) -> ServeConfig:
 
 def _serve(config: ServeConfig, quiet: bool) -> int:
     """Run the server; return the exit status, or exit with a SockserveError's."""
-    if config.inetd and stderr_is_stdin():  # stderr is the connection: log nothing into it
-        silence(sys.stderr)
+    if config.inetd:
+        from .inherited import stderr_is_stdin
+
+        if stderr_is_stdin():  # stderr is the connection: log nothing into it
+            silence(sys.stderr)
     try:
         reporter = _reporter(config, quiet)
         if config.concurrency == "event":

@@ -17,7 +17,6 @@ from . import socketserver as ss
 from .config import MAX_DATAGRAM, ServeConfig
 from .errors import EnvironmentProblem, UsageError
 from .events import Events
-from .parts.accept_batch import AcceptBatchPart, input_waiting
 from .parts.acceptors import AcceptingThreadsPart
 from .parts.backoff import AcceptBackoffPart, DispatchRefusalPart
 from .parts.client_ids import ClientIdsPart
@@ -25,15 +24,11 @@ from .parts.listener import ChildClosesListenerPart, NodelayListenerPart
 from .parts.pinning import PinningPart, gil_enabled
 from .parts.reporting import ReportingPart
 from .parts.requests import RequestsPart
-from .parts.unix_file import UnixFilePart, prepare_unix_path
-from .parts.watching import WatchPart
 from .watch import Dresser
 
 __all__ = [
     "INLINE_DATAGRAM_BUILTINS",
-    "input_waiting",
     "make_server",
-    "prepare_unix_path",
     "resolve_sockaddr",
     "server_class",
     "translate_bind_error",
@@ -56,8 +51,9 @@ _MIXINS: dict[str, type | None] = {
 }
 #: Every part by name, in the order of the bases: the first sees a step first (see
 #: `sockserve.parts`). The parts of a capability (faults, TLS, access rules, --record,
-#: inherited sockets), of an option (--banner, --timeout) or of datagrams are imported only by
-#: a run that needs them.
+#: inherited sockets), of an option (--banner, --timeout), of datagrams, of a unix socket
+#: file, and those only some handlers and modes take (the watch, the accept batch) are
+#: imported only by a run that needs them.
 PART_ORDER: tuple[str, ...] = (
     "FaultPart",
     "ReportingPart",
@@ -108,6 +104,8 @@ def server_class(
         raise UsageError("--concurrency fork needs fork(), which this platform lacks")
     chosen = {RequestsPart, AcceptBackoffPart, *parts}
     if family == "unix" and not {part.__name__ for part in chosen} & _NOT_OUR_FILE:
+        from .parts.unix_file import UnixFilePart
+
         chosen.add(UnixFilePart)
     ordered = sorted(chosen, key=lambda part: PART_ORDER.index(part.__name__))
     bases: tuple[type, ...] = (*ordered, base) if mixin is None else (*ordered, mixin, base)
@@ -144,6 +142,8 @@ def choose_parts(
     if threads_accept:
         parts.append(AcceptingThreadsPart)
     elif concurrency in ("thread", "fork") and stream:
+        from .parts.accept_batch import AcceptBatchPart
+
         parts.append(AcceptBatchPart)
     if config.pin is None:  # the builtins' threads, while they take turns under a GIL
         pin = threads_accept and gil_enabled()
@@ -184,6 +184,8 @@ def choose_parts(
         parts.append(FaultPart)
         settings["fault_dresser"] = next(d for d in dressers if isinstance(d, FaultDresser))
     if watching or counting or dressers:
+        from .parts.watching import WatchPart
+
         parts.append(WatchPart)
         settings["watch_data"] = watching
         settings["record_counts"] = counting
@@ -327,6 +329,7 @@ def make_server(
     if family == "unix":
         settings["unix_mode"] = config.mode
     if tls is not None:
+        from .parts.watching import WatchPart
         from .tls import WatchedTlsSocket  # ssl: only a run that serves TLS loads it
 
         settings["tls_context"] = tls.context

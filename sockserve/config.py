@@ -8,8 +8,10 @@ unix datagram pair, to learn how big a datagram the system sends (`unix_datagram
 
 The rules of each capability live with it (access rules in `access`, faults in `faultplan`,
 --exec in `exec_command`, --script in `script_model`, --record and replay in `transcripts`,
---forward in `upstreams`, TLS in `tls_config`); a capability's module is imported only when
-one of its options is given, so a plain run never loads it.
+--forward in `upstreams`, TLS in `tls_config`, inherited sockets and --inetd in `inherited`);
+a capability's module is imported only when one of its options is given (or, for the forward
+and inherited rules, the -H forward or the missing ADDRESS they are about), so a plain run
+never loads it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .addresses import TRANSPORTS, Address, Family, SockType, parse_address, resolve_transport
 from .errors import UsageError
-from .inherited import check_inetd, check_inherited, inetd_address, inherited_address, inherited_fd
 from .loading import (
     ROOM_BUILTINS,
     SLOW_CLIENT_POLICIES,
@@ -32,7 +33,6 @@ from .loading import (
     check_compatible,
     load_handler,
 )
-from .upstreams import check_forward, forward_handler
 
 if TYPE_CHECKING:  # each capability's module is loaded when a run gives its options
     from .access import AccessRules
@@ -62,13 +62,13 @@ def default_concurrency(socktype: SockType) -> Concurrency:
     return "thread" if socktype == "stream" else "sync"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class ServeConfig:
     """Everything a run needs, validated; built by `build_config`, read by the runner.
 
-    A run's settings are compared by identity (`eq=False`): no field-by-field `__eq__` and
-    `__hash__` to generate at import, which for this many fields is a visible share of
-    start-up.
+    A run's settings are compared by identity (`eq=False`) and not shown whole (`repr=False`):
+    nothing uses a field-by-field `__eq__`, `__hash__` or `__repr__`, and generating them at
+    import, for this many fields, is a visible share of start-up.
     """
 
     family: Family
@@ -154,18 +154,29 @@ class ServeConfig:
             self.access.check(self.family, self.transport)
         self._check_output_framing()
         self._check_exec()
-        check_inherited(self.fd, mode=self.mode, reuse_port=self.reuse_port)
-        refused = {
-            "--workers": self.workers > 1,
-            "--once": self.once,
-            "--max-requests": self.max_requests is not None,
-            "--print-address": self.print_address,
-            "--print-host-port": self.print_host_port,
-            "--mode": self.mode is not None,
-            "--reuse-port": self.reuse_port,
-        }
-        check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
-        check_forward(self.forward, self.socktype, self.transport, self.concurrency, self.workers)
+        if self.fd is not None:
+            from .inherited import check_inherited
+
+            check_inherited(self.fd, mode=self.mode, reuse_port=self.reuse_port)
+        if self.inetd:
+            from .inherited import check_inetd
+
+            refused = {
+                "--workers": self.workers > 1,
+                "--once": self.once,
+                "--max-requests": self.max_requests is not None,
+                "--print-address": self.print_address,
+                "--print-host-port": self.print_host_port,
+                "--mode": self.mode is not None,
+                "--reuse-port": self.reuse_port,
+            }
+            check_inetd(self.inetd, self.concurrency, self.handler.builtin, refused)
+        if self.forward is not None:
+            from .upstreams import check_forward
+
+            check_forward(
+                self.forward, self.socktype, self.transport, self.concurrency, self.workers
+            )
         if self.forward_tls is not None:
             from .tls_config import check_forward_tls
 
@@ -452,8 +463,13 @@ def build_config(
     if proto not in TRANSPORTS:
         raise UsageError(f"unknown protocol {proto!r}", hint="use " + ", ".join(TRANSPORTS))
     wanted_family, socktype = resolve_transport(proto, family, type)
-    fd = inherited_fd(address, fd, activated, fd_name, inetd)
+    if address is None or fd is not None or activated or fd_name is not None or inetd:
+        from .inherited import inherited_fd  # its rules: exactly one of ADDRESS, --fd...
+
+        fd = inherited_fd(address, fd, activated, fd_name, inetd)
     if fd is not None:  # a socket sockserve did not create: its own family and type
+        from .inherited import inherited_address
+
         address = inherited_address(fd, activated, proto, wanted_family, socktype, backlog)
     elif inetd:  # the connection on stdin
         if socktype != "stream" or backlog is not None:
@@ -461,6 +477,8 @@ def build_config(
                 "--inetd serves a stream connection: no datagram PROTO, no --backlog",
                 hint="use tcp or unix, without --backlog",
             )
+        from .inherited import inetd_address
+
         address = inetd_address(proto, wanted_family)
     else:
         assert address is not None
@@ -474,7 +492,11 @@ def build_config(
         from .exec_command import exec_handler
 
         handler = exec_handler(handler, exec, sh_exec)
-    handler, upstream = forward_handler(handler, forward, socktype)
+    upstream: Address | None = None
+    if forward is not None or _handler_name(handler) == "forward":
+        from .upstreams import forward_handler
+
+        handler, upstream = forward_handler(handler, forward, socktype)
     if handler is None:
         handler = "reply" if replies else "script" if script is not None else "echo"
     loaded = load_handler(handler) if isinstance(handler, str) else handler
@@ -617,6 +639,13 @@ def _tls_settings(**options: Any) -> TlsSettings | None:
     from .tls_config import tls_settings
 
     return tls_settings(**options)
+
+
+def _handler_name(handler: str | LoadedHandler | None) -> str | None:
+    """The handler `handler` names: -H's text, or the name of the handler it was loaded as."""
+    if isinstance(handler, LoadedHandler):
+        return handler.name
+    return handler.strip() if handler is not None else None
 
 
 def _forward_tls(**options: Any) -> ForwardTls | None:

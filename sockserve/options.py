@@ -11,21 +11,23 @@ takes, or fail with one line naming what is wrong (`self.fail`: click prints the
 - ESCAPED_TEXT: `--reply` text with backslash escapes → bytes;
 - NETWORK: an --allow/--deny rule (a CIDR, an address, a host name), checked, kept as text;
 - SIZE: bytes (`1500`, `64K`, `1Mi`); RATE: bytes per second (`100K`); PCT: 0 to 100;
-  DELAY (`50ms[:10ms]`) and CHUNK (`3[:5ms]`): the fault options' pairs.
+  DELAY (`50ms[:10ms]`) and CHUNK (`3[:5ms]`): the fault options' pairs;
+- READABLE_FILE, FILE_PATH: click's Path, one instance each for the options that share it.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem
 
 from .addresses import Address, Family, parse_address, resolve_transport
 from .errors import UsageError
 from .loading import BUILTIN_NAMES, LoadedHandler, load_handler
+
+if TYPE_CHECKING:  # completion only: loaded by the `shell_complete` methods
+    from click.shell_completion import CompletionItem
 
 PROTOCOLS = {
     "tcp": "TCP stream server (IPv4 or IPv6)",
@@ -52,6 +54,8 @@ class DescribedChoice(click.Choice):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
         return [
             CompletionItem(name, help=text)
             for name, text in self.descriptions.items()
@@ -86,6 +90,8 @@ class AddressType(click.ParamType):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
         proto = ctx.params.get("proto")
         if proto in ("unix", "unix-dgram"):
             return [CompletionItem(incomplete, type="file")]
@@ -139,6 +145,8 @@ class HandlerType(click.ParamType):
     ) -> list[CompletionItem]:
         if ":" in incomplete:
             return []
+        from click.shell_completion import CompletionItem
+
         from .builtins import BUILTINS  # the descriptions: only when completing
 
         items = [
@@ -387,6 +395,8 @@ def _escaped(body: str) -> bytes:
         if kind in "uU":
             char = chr(int(digits, 16))
         elif kind == "N":
+            import unicodedata  # only a \N{name} escape needs the character names
+
             char = unicodedata.lookup(digits[1:-1])
         else:
             return ("\\" + body).encode("utf-8", "surrogateescape")
@@ -409,3 +419,8 @@ RATE = RateType()
 PCT = PercentType()
 DELAY = DelayType()
 CHUNK = ChunkType()
+#: click's own path types, one instance for all the options that share one (as click's STRING):
+#: a file that must exist and be readable (--reply-file, --allow-file...), and a file's path,
+#: read or written later (--cert, --tls-ca-out...).
+READABLE_FILE = click.Path(exists=True, dir_okay=False, readable=True)
+FILE_PATH = click.Path(dir_okay=False)

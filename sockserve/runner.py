@@ -23,7 +23,6 @@ from .console import PlainReporter, silence
 from .errors import ExitStatus
 from .lifecycle import RUN_SIGNALS, Lifecycle, run_loop
 from .monitor import RunMonitor
-from .upstreams import check_not_self
 
 __all__ = ["Run", "RunMonitor", "build_handler", "make_loop_server", "print_address", "serve"]
 
@@ -156,6 +155,8 @@ class Run:
             raise
         self.family = "unix" if config.family == "unix" else _family_of(self.server)
         if config.forward is not None:  # port 0 is known now, before serving
+            from .upstreams import check_not_self
+
             try:
                 check_not_self(
                     config.forward,

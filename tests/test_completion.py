@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from clitools import write_sockserve_wrapper
 
 from sockserve import cli
-from sockserve.helptext import COMPLETION_CLASSES
+from sockserve.completion import COMPLETION_CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETIONS = ROOT / "completions"

@@ -100,6 +100,32 @@ def test_python_m_sockserve_and_console_script_serve() -> None:
     assert "from sockserve.cli import main" in script.read_text()
 
 
+#: What a plain run (`sockserve tcp ADDRESS`, a builtin in thread mode) never needs: the
+#: completion code, what only some specs, escapes, modes, families or socket types use.
+NOT_FOR_A_PLAIN_RUN = {
+    "click.shell_completion",
+    "sockserve.completion",
+    "unicodedata",
+    "queue",
+    "sockserve.parts.accept_batch",
+    "sockserve.parts.unix_file",
+    "sockserve.parts.watching",
+    "sockserve.builtins.datagram",
+    "sockserve.inherited",
+    "sockserve.upstreams",
+}
+
+
+def test_a_plain_run_imports_only_what_it_uses() -> None:
+    """The real command, serving one connection: none of NOT_FOR_A_PLAIN_RUN is imported."""
+    command = [sys.executable, "-X", "importtime", "-m", "sockserve", *SERVE_ARGS, "-c", "thread"]
+    lines, err = _serve_once(command, reply=b"ping")
+    assert lines == []
+    imported = {line.split("|")[-1].strip() for line in err.splitlines() if "|" in line}
+    assert "sockserve.runner" in imported  # the report lists what the run imported
+    assert imported & NOT_FOR_A_PLAIN_RUN == set()
+
+
 GC_STATE_HANDLER = """
 import gc
 import sockserve as socketserver

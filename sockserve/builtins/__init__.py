@@ -9,7 +9,8 @@ adapters put it on the wire, each with the fast paths it uses:
 
 - `stream_handler(name, options)`: a request handler class for TCP and unix stream servers,
   in sync, thread and fork mode (`stream`);
-- `datagram_handler(name, options)`: the same for UDP and unix datagram servers (`datagram`);
+- `datagram_handler(name, options)`: the same for UDP and unix datagram servers (`datagram`,
+  loaded by the first call);
 - `protocol_factory(name, socktype, options)`: asyncio protocols for the event mode
   (`protocols`, loaded by the first call).
 
@@ -60,13 +61,14 @@ from .cores import (
     time_bytes,
     transform_chunk,
 )
-from .datagram import datagram_handler
 from .output import OutputClosed
 from .shared import HandlerOptions, Shared
 from .stream import stream_handler
 
-if TYPE_CHECKING:  # asyncio is loaded in event mode only
+if TYPE_CHECKING:  # asyncio is loaded in event mode only, the datagram adapters for datagrams
     import asyncio
+
+    from ..socketserver import BaseRequestHandler
 
 __all__ = [
     "BUILTINS",
@@ -85,6 +87,15 @@ __all__ = [
     "daytime_line",
     "time_bytes",
 ]
+
+
+def datagram_handler(name: str, options: HandlerOptions) -> type[BaseRequestHandler]:
+    """A new request handler class for datagram servers running the builtin `name` (see
+    `datagram.datagram_handler`); a run that serves streams never loads the datagram adapters.
+    """
+    from .datagram import datagram_handler as new_handler
+
+    return new_handler(name, options)
 
 
 def protocol_factory(

@@ -7,15 +7,17 @@ A mixin goes first in the bases, because it overrides `process_request` (and ext
 from __future__ import annotations
 
 import os
-import queue
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .servers import TCPServer, UDPServer, _RequestType, _RetAddress, _Waker
+
+if TYPE_CHECKING:  # loaded by the first reusable thread that waits (see `next_job`)
+    import queue
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
 
@@ -249,8 +251,9 @@ class _RequestThreads:
         self.snapshots = 0  # callers of `snapshot` waiting on `started`
         self.waiters: set[_Waker] = set()
         # reuse_threads: requests handed to threads waiting for one (`idle` of them, not
-        # counting the requests already queued for them); None tells one to end.
-        self.jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        # counting the requests already queued for them); None tells one to end. Made when
+        # the first thread waits: a server whose threads are never reused has no queue.
+        self.jobs: queue.SimpleQueue[tuple[Any, Any] | None] | None = None
         self.idle = 0
         self.closed = False
 
@@ -259,22 +262,28 @@ class _RequestThreads:
         with self.lock:
             if not self.idle or self.closed:
                 return False
+            assert self.jobs is not None  # made by the idle thread's `next_job`
             self.idle -= 1
             self.jobs.put((request, client_address))
         return True
 
     def next_job(self, idle_timeout: float) -> tuple[Any, Any] | None:
         """For a reusable thread done with a request: wait for the next one, or None to end."""
+        import queue
+
         with self.lock:
             if self.closed:
                 return None
             self.idle += 1
+            if self.jobs is None:
+                self.jobs = queue.SimpleQueue()
+            jobs = self.jobs
         try:
-            return self.jobs.get(timeout=idle_timeout)
+            return jobs.get(timeout=idle_timeout)
         except queue.Empty:
             with self.lock:  # a request may have been handed over as the wait ran out
                 try:
-                    return self.jobs.get_nowait()
+                    return jobs.get_nowait()
                 except queue.Empty:
                     self.idle -= 1
                     return None
@@ -285,6 +294,7 @@ class _RequestThreads:
             self.closed = True
             idle, self.idle = self.idle, 0
             for _ in range(idle):
+                assert self.jobs is not None  # made by the idle threads' `next_job`
                 self.jobs.put(None)
 
     def start(
