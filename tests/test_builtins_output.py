@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -41,5 +42,5 @@ def test_a_buffer_is_ready_before_the_first_connection() -> None:
 def test_handler_options_are_frozen() -> None:
     options = bh.HandlerOptions(reply=b"x")
     assert options == bh.HandlerOptions(reply=b"x") and options.chunk_size == 65536
-    with pytest.raises(AttributeError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         options.reply = b"y"  # type: ignore[misc] # the point of the test

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..addresses import Address
 from ..events import Events
@@ -24,13 +25,13 @@ INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-class HandlerOptions(NamedTuple):
+@dataclass(frozen=True, repr=False)
+class HandlerOptions:
     """Settings of the builtins; `output`/`input` default to our stdout/stdin (binary).
 
     `lines`: stdout and stdio write whole lines per connection and one line per datagram
     (`framing`; the command's default); False writes the bytes as they come (--raw).
-    A NamedTuple: immutable and compared by value, as a frozen dataclass, for a fraction of
-    its start-up (no methods generated and compiled at import).
+    Not shown whole (`repr=False`): nothing does, and each generated method costs start-up.
     """
 
     reply: bytes | None = None
