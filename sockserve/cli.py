@@ -101,17 +101,11 @@ class Command(SockserveCommand):
             as_program = args is None
             closed = open_closed_streams() if as_program else frozenset()
             extra["obj"] = Invocation(as_program=as_program, closed=closed)
+        if any(name.startswith("_") and name.endswith("_COMPLETE") for name in os.environ):
+            # A shell asks for completions (click's `_<PROG>_COMPLETE` variable, whatever the
+            # program's name): our shells' classes are registered with click first.
+            from . import completion  # noqa: F401
         return super().main(args, *rest, **extra)
-
-    def _main_shell_completion(
-        self, ctx_args: Any, prog_name: str, complete_var: str | None = None
-    ) -> None:
-        """Click's check for a completion request (its variable named as click names it);
-        when there is one, our shells' classes are registered first."""
-        name = prog_name.replace("-", "_").replace(".", "_")
-        if os.environ.get(complete_var or f"_{name}_COMPLETE".upper()):
-            from . import completion  # noqa: F401  registers the shells' classes with click
-        super()._main_shell_completion(ctx_args, prog_name, complete_var)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Parse; with --traceback (an eager flag: known before -H is loaded), a handler
