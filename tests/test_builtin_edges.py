@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 import pytest
 
@@ -170,6 +172,18 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.001)
 
 
+def wait_line(stream: IO[bytes], text: bytes) -> None:
+    """Read `stream` (stderr) until a line holds `text`; at most TIMEOUT."""
+    deadline = time.monotonic() + TIMEOUT
+    seen = b""
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([stream], [], [], left)[0], seen
+        chunk = os.read(stream.fileno(), 4096)
+        assert chunk, seen
+        seen += chunk
+
+
 @pytest.mark.skipif(
     not sys.platform.startswith("linux"),
     reason="an EOF not read yet is told by POLLRDHUP; TCP_INFO and FIONREAD on a pipe: Linux's",
@@ -178,7 +192,10 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 def test_stdin_read_before_the_server_read_a_client_eof_goes_to_the_next_one(mode: str) -> None:
     """The first client's EOF has arrived, but the server has not read up to it: it is still
     writing what came before to an output that is full. Text read from stdin meanwhile is
-    sent to a client that had closed (the reset says so) and goes to the next client."""
+    sent to a client that had closed (the reset says so) and goes to the next client.
+
+    The next client connects once the first connection has ended: in fork mode the child
+    that served it hands the text on to the children started after that."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sockserve", "tcp", "127.0.0.1:0", "-H", "stdio", "-c", mode]
         + ["--print-address"],
@@ -187,7 +204,7 @@ def test_stdin_read_before_the_server_read_a_client_eof_goes_to_the_next_one(mod
         stderr=subprocess.PIPE,
     )
     track(proc)
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     addr = host_port(proc.stdout.readline().decode().strip())
     out = proc.stdout.fileno()
     # More than the output pipe holds: the server blocks writing it, with the EOF not read.
@@ -196,6 +213,7 @@ def test_stdin_read_before_the_server_read_a_client_eof_goes_to_the_next_one(mod
     with socket.create_connection(addr, timeout=TIMEOUT) as first:
         first.sendall(data)
         first.shutdown(socket.SHUT_WR)
+        first_port = first.getsockname()[1]
         wait_until(lambda: client_eof_arrived(first), "the server's kernel never took the EOF")
     stdin = proc.stdin.fileno()
     os.write(stdin, b"between\n")
@@ -205,6 +223,7 @@ def test_stdin_read_before_the_server_read_a_client_eof_goes_to_the_next_one(mod
     while len(got) < len(data) and (chunk := os.read(out, 1 << 16)):
         got += chunk
     assert got == data
+    wait_line(proc.stderr, b"close 127.0.0.1:%d\n" % first_port)
     with socket.create_connection(addr, timeout=TIMEOUT) as second:
         assert second.recv(100) == b"between\n"
     proc.send_signal(signal.SIGTERM)
