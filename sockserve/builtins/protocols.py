@@ -30,7 +30,7 @@ from .cores import (
 from .framing import LineBuffer, datagram_line
 from .output import OutputClosed, OutputFailed
 from .shared import INET_FAMILIES, MAX_UDP_PAYLOAD, Shared
-from .stdin import CONFIRM_SECONDS, EventStdin, unconfirmed
+from .stdin import CONFIRM_SECONDS, EventStdin, client_sent_eof, unconfirmed
 
 
 class EventStream(asyncio.Protocol):
@@ -281,9 +281,10 @@ class EventAnswer(EventStream):
 class EventStdio(EventStdout):
     """stdio on a stream: as with threads, a half-closed client keeps getting stdin.
 
-    Once a TCP client has sent its EOF it may be gone entirely: what stdin sends it then is
-    kept (`unconfirmed`) until acknowledged; if the connection is reset instead, it goes back
-    to stdin (`EventStdin.give_back`) for the other clients, or the next one.
+    Once a TCP client has sent its EOF (arrived, even if not read yet: `client_sent_eof`) it
+    may be gone entirely: what stdin sends it then is kept (`unconfirmed`) until acknowledged;
+    if the connection is reset instead, it goes back to stdin (`EventStdin.give_back`) for the
+    other clients, or the next one.
     """
 
     stdin: EventStdin
@@ -310,8 +311,9 @@ class EventStdio(EventStdout):
         """Send a chunk of stdin; False when this client cannot take it."""
         if self.transport.is_closing():
             return False
+        confirm = self.confirming and (self.client_eof or client_sent_eof(self.sock))
         self.send(data)
-        if self.client_eof and self.confirming:
+        if confirm:
             self.unconfirmed.append(data)
             if self.check is None:
                 self.deadline = self.loop.time() + CONFIRM_SECONDS

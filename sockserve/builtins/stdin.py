@@ -10,7 +10,9 @@ Loaded for stdio only. In sync, thread and fork mode one reader thread per handl
   connected; stdin read while none is connected waits for the next one. So does stdin that
   no client got: a TCP client that sent its EOF may have closed entirely, which TCP tells
   only by resetting the connection when data reaches it, so what is sent to such a client
-  counts once acknowledged (`delivered`), and goes to the next client otherwise. A client
+  counts once acknowledged (`delivered`), and goes to the next client otherwise. Its EOF
+  counts from when it arrived (`client_sent_eof`), whether or not the handler has read up to
+  it yet, as in event mode. A client
   that does not read stalls stdin for the others. In fork mode each child reads stdin for
   its own client, so a chunk of stdin goes to one of them; what a child read for a client
   that had closed goes to the next child through a pipe (`StreamStdio.leftover`).
@@ -149,6 +151,21 @@ def unconfirmed(sock: Any) -> int | None:
     return int.from_bytes(out, sys.byteorder)
 
 
+#: poll's "the peer shut its sending side" (Linux): set once the peer's EOF has arrived, read
+#: or not.
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+
+
+def client_sent_eof(sock: Any) -> bool:
+    """Whether the peer's EOF has reached `sock`, even if the handler has not read up to it
+    yet (False where the system cannot tell)."""
+    if not _POLLRDHUP:
+        return False
+    poller = select.poll()
+    poller.register(sock, _POLLRDHUP)
+    return bool(poller.poll(0))
+
+
 def delivered(sock: socket.socket) -> bool:
     """Wait until what `sock` sent is acknowledged (True) or the connection is reset
     (False: the client had closed entirely, not only its sending side, and never got it).
@@ -172,8 +189,10 @@ def delivered(sock: socket.socket) -> bool:
 class StreamPeer:
     """One stream connection as the stdin reader sees it.
 
-    Once its client has sent its EOF (`client_done`), a TCP client may be gone entirely:
-    what is sent to it then counts only once acknowledged (`delivered`).
+    Once its client has sent its EOF, a TCP client may be gone entirely: what is sent to it
+    then counts only once acknowledged (`delivered`). The EOF counts from when it arrived
+    (`client_sent_eof`), not from when the handler read it (`client_done`): the handler may
+    still be writing out what came before it.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -181,11 +200,12 @@ class StreamPeer:
         self.lock = threading.Lock()
         self.open = True
         self.sent = 0
+        self.tcp = sock.family in INET_FAMILIES
         self.confirm = False
 
     def client_done(self) -> None:
         """The client sent its EOF: it may still read (half-close), or be gone (TCP)."""
-        self.confirm = self.sock.family in INET_FAMILIES
+        self.confirm = self.tcp
 
     def send(self, data: bytes) -> bool:
         """Send `data`; False when the client did not get it (gone)."""
@@ -193,8 +213,9 @@ class StreamPeer:
             if not self.open:
                 return False
             try:
+                confirm = self.confirm or (self.tcp and client_sent_eof(self.sock))
                 self.sock.sendall(data)
-                if self.confirm and not delivered(self.sock):
+                if confirm and not delivered(self.sock):
                     raise ConnectionResetError("the client had closed")
             except OSError:  # gone, reset, or too slow for its timeout: stop sending to it
                 self.open = False
