@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sockserve.parts.acceptors import AcceptingThreadsPart
+
+#: The event loops event-mode tests run on: asyncio's, and uvloop's when it is installed.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the `fast` extra is optional
+    pass
+else:
+    LOOPS["uvloop"] = uvloop.new_event_loop
+    uvloop.new_event_loop().close()  # libuv's process-wide signal pipe, opened once, stays open
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A user's handler file, named absolutely (whatever directory pytest runs from).

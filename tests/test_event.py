@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from builtin_checks import SOLO
 from clitools import RecordsObserver, finish, inet_address, spawn, tcp_exchange, wait_listening
+from servertools import LOOPS
 
 from sockserve import builtins as bh
 from sockserve.event import EventServer
@@ -32,15 +33,6 @@ pytestmark = pytest.mark.leakcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "event_echo.py"
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - the `fast` extra is optional
-    pass
-else:
-    LOOPS["uvloop"] = uvloop.new_event_loop
-    uvloop.new_event_loop().close()  # libuv's process-wide signal pipe, opened once, stays open
 
 
 @pytest.fixture(params=list(LOOPS))

@@ -3,7 +3,6 @@ on both loops; and the datagram servers that keep the transport."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 from clitools import RecordsObserver
+from servertools import LOOPS
 
 from sockserve import builtins as bh
 from sockserve.event import EventServer
@@ -19,15 +19,6 @@ from sockserve.events import Client, ClientIds
 from sockserve.lean_datagrams import BATCH, LeanDatagramEndpoint
 
 pytestmark = pytest.mark.leakcheck
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - the `fast` extra is optional
-    pass
-else:
-    LOOPS["uvloop"] = uvloop.new_event_loop
-    uvloop.new_event_loop().close()  # libuv's process-wide signal pipe, opened once, stays open
 
 
 class Running:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from servertools import EventsRecorder
+from servertools import LOOPS, EventsRecorder
 
 from sockserve.watch import Watch
 from sockserve.watch_asyncio import (
@@ -25,15 +25,6 @@ from sockserve.watch_asyncio import (
 pytestmark = pytest.mark.leakcheck
 
 TIMEOUT = 10
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - the `fast` extra is optional
-    pass
-else:
-    LOOPS["uvloop"] = uvloop.new_event_loop
-    uvloop.new_event_loop().close()  # libuv's process-wide signal pipe, opened once, stays open
 
 
 @pytest.fixture(params=list(LOOPS))
