@@ -130,8 +130,9 @@ class EventServer:
         self._plain = not count_bytes and not self.watch_dressers  # `_make`: no watch
         # Nothing comes between the accept and the protocol: a protocol that tells the server
         # of its connection itself (`opened`) is not hooked.
-        self._told = self.stream and not self._holds_back and not access and not banner
-        self._told = self._told and idle_timeout is None
+        self._told = self.stream and not (
+            self._holds_back or access or banner or idle_timeout is not None
+        )
         self._client_ids = getattr(self.events, "client_ids", None)  # the run's monitor's
         self.requests_started = 0
         self.stop_reason: str | None = None
@@ -286,24 +287,31 @@ class EventServer:
         if self._told and hasattr(type(protocol), "event_server"):
             if self._refusing:  # stopped, or the request limit reached
                 return _Unserved()
-            self.requests_started += 1  # now: the next accepted in this batch sees the limit
-            if self.request_limit is not None:
-                self._count_request()
+            # Counted now: the next accepted in this batch sees the limit. `_start_request`,
+            # without its frame when there is no limit (once per connection).
+            if self.request_limit is None:
+                self.requests_started += 1
+            else:
+                self._start_request()
             protocol.event_server = self
             return protocol
         return _Served(self, protocol).protocol
 
-    def opened(self, protocol: Any, transport: Any) -> Any:
-        """Register the connection of a protocol that has an `event_server` attribute, set by
-        the server before its connection_made (the builtins' `EventStream`); returns its
-        client for events. Such a protocol calls this from its connection_made, and `closed`
-        from its connection_lost, in place of the hooks `_Served` puts on any other protocol:
-        it costs less per connection (benchmarks/RESULTS.md). The server sets it only when
-        nothing comes between the accept and the protocol (faults, TLS, access rules, a
-        banner, an idle timeout).
+    def opened(self, conn: Any, transport: Any, peer: Any = None) -> Any:
+        """Register an open connection and tell `connected`; returns its client for events
+        (`peer`, the peer's address, is looked up when not given).
+
+        `_Served` calls it for a hooked protocol. A protocol that has an `event_server`
+        attribute, set by the server before its connection_made (the builtins'
+        `EventStream`), calls it itself from its connection_made, and `closed` from its
+        connection_lost, in place of the hooks `_Served` puts on any other protocol: it costs
+        less per connection (benchmarks/RESULTS.md). The server sets it only when nothing comes
+        between the accept and the protocol (faults, TLS, access rules, a banner, an idle
+        timeout).
         """
-        peer = transport.get_extra_info("peername")
-        self._conns.add(protocol)
+        if peer is None:
+            peer = transport.get_extra_info("peername")
+        self._conns.add(conn)
         ids = self._client_ids
         client = peer if ids is None else Client(peer, ids.next())
         self.events.connected(client)
@@ -335,8 +343,7 @@ class EventServer:
             return False  # the rest is dropped, as sync mode never reads it
         if not self._admits(addr):
             return False
-        self.requests_started += 1
-        self._count_request()
+        self._start_request()
         return True
 
     def _make(self) -> Any:
@@ -483,7 +490,9 @@ class EventServer:
         if self._draining:
             self._maybe_drained()
 
-    def _count_request(self) -> None:
+    def _start_request(self) -> None:
+        """Count a request (a connection or a datagram) as started; stop at the limit."""
+        self.requests_started += 1
         limit = self.request_limit
         if limit is not None and self.requests_started >= limit:
             self._refusing = True
@@ -558,16 +567,10 @@ class _Served:
             self.refused = True
             transport.abort()
             return
-        server._conns.add(self)
-        server.requests_started += 1
-        ids = server._client_ids
-        if ids is not None:
-            self.client = Client(peer, ids.next())
-        server.events.connected(self.client)
+        self.client = server.opened(self, transport, peer)
         if server.idle_timeout is not None:
             server._watch_idle(self)
-        if server.request_limit is not None:
-            server._count_request()
+        server._start_request()
         if not server._holds_back:
             self.begin(transport)
             return

@@ -101,9 +101,10 @@ class RunMonitor:
             # A record per datagram, all from one thread, that the reporter would not show.
             self.record = self._count  # type: ignore[method-assign]  # a cheaper record, per run
         if not self.wants_counts and not reporter.shows_connections():  # --quiet
-            # Event mode counts from its loop's thread alone: no lock needed.
-            counted = self._count_connection_here if config.concurrency == "event" else None
-            self.connected = counted or self._count_connection  # type: ignore[method-assign]
+            if config.concurrency == "event":  # counted from the loop's thread alone: no lock
+                self.connected = self._count_connection_here  # type: ignore[method-assign]
+            else:
+                self.connected = self._count_connection  # type: ignore[method-assign]
 
     def _count(self, client: Any, received: int, sent: int) -> None:
         """`record` where it only has to count: one thread, nothing to print or forward."""
