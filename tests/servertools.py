@@ -15,6 +15,18 @@ import pytest
 
 from sockserve.parts.acceptors import AcceptingThreadsPart
 
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `predicate` (a state that no event tells, such as a kernel or /proc figure) until
+    it holds: True, or False once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 #: The event loops event-mode tests run on: asyncio's, and uvloop's when it is installed.
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
 try:

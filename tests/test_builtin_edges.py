@@ -17,12 +17,12 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable
 from typing import IO
 
 import pytest
 
 from tests.clitools import finish, inet_address, spawn, track, wait_listening
+from tests.servertools import wait_until
 
 TIMEOUT = 10
 MODES = ["sync", "thread", "fork", "event"]
@@ -164,14 +164,6 @@ def unread(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` (a kernel state no event tells) until true, for at most TIMEOUT."""
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.001)
-
-
 def wait_line(stream: IO[bytes], text: bytes) -> None:
     """Read `stream` (stderr) until a line holds `text`; at most TIMEOUT."""
     deadline = time.monotonic() + TIMEOUT
@@ -214,11 +206,13 @@ def test_stdin_read_before_the_server_read_a_client_eof_goes_to_the_next_one(mod
         first.sendall(data)
         first.shutdown(socket.SHUT_WR)
         first_port = first.getsockname()[1]
-        wait_until(lambda: client_eof_arrived(first), "the server's kernel never took the EOF")
+        assert wait_until(lambda: client_eof_arrived(first)), (
+            "the server's kernel never took the EOF"
+        )
     stdin = proc.stdin.fileno()
     os.write(stdin, b"between\n")
     if mode != "event":  # (the event loop itself is blocked on the output: it reads later)
-        wait_until(lambda: unread(stdin) == 0, "stdin was not read")
+        assert wait_until(lambda: unread(stdin) == 0), "stdin was not read"
     got = bytearray()
     while len(got) < len(data) and (chunk := os.read(out, 1 << 16)):
         got += chunk

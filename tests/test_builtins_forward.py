@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from servertools import EventsRecorder
+from servertools import EventsRecorder, wait_until
 
 import sockserve as ss
 from sockserve import builtins as bh
@@ -32,15 +32,6 @@ _warm.run_until_complete(asyncio.sleep(0))
 _warm.close()
 MODES = ["thread-splice", "thread-copy", "fork", "sync", "event"]
 _LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-def wait_until(predicate: Any, timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def address_of(sock: socket.socket) -> Address:

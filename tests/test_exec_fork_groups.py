@@ -7,10 +7,10 @@ import os
 import select
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
+from servertools import wait_until
 from test_exec import serving
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open")
@@ -30,16 +30,6 @@ def wait_gone(pid: int, timeout: float) -> bool:
         return bool(select.select([fd], [], [], timeout)[0])
     finally:
         os.close(fd)
-
-
-def back_in(pid: int, group: int, timeout: float) -> bool:
-    """Poll until process `pid` is in process group `group`: True if it was in time."""
-    deadline = time.monotonic() + timeout
-    while os.getpgid(pid) != group:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def read_pid(fifo: Path) -> int:
@@ -69,7 +59,7 @@ def test_a_killed_request_child_takes_its_program_along(tmp_path: Path, proto: s
             assert os.getpgid(pid) == child  # the group that bears the child's pid...
             # ...holds its programs only: the child goes back to sockserve's group once Popen
             # returns, which may be after the program has written its pid.
-            assert back_in(child, group, 5), "the request child stayed in its program's group"
+            assert wait_until(lambda: os.getpgid(child) == group, 5), "still in its program's group"
             os.kill(child, signal.SIGKILL)
             assert wait_gone(pid, 5), "the program outlived its request child"
             second.connect((host, int(port)))  # served on: a new child, a new program

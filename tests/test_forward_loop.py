@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from servertools import wait_until
 
 from sockserve.builtins import forward_loop
 from sockserve.builtins.forward_loop import Relay, relay_here, relay_shared
@@ -32,13 +32,6 @@ def read_to_eof(sock: socket.socket) -> bytes:
 
 def loop_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == LOOP_NAME]
-
-
-def wait_until(predicate: Callable[[], Any]) -> bool:
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return bool(predicate())
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 from builtin_checks import SOLO
 from clitools import wait_process
+from servertools import wait_until
 
 from sockserve import builtins as bh, socketserver as ss
 from sockserve.addresses import parse_address
@@ -234,16 +235,6 @@ def children_of(parent: int) -> list[tuple[int, str]]:
         if int(fields[1]) == parent:
             found.append((pid, fields[0]))
     return found
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    """Poll a /proc figure until `predicate` holds (no event tells us when a thread is gone)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def server_connections(port: int) -> int:
